@@ -1,0 +1,169 @@
+//! The plain data that flows from the snapshot to the renderers.
+//!
+//! A [`Report`] is what one profiling run found. It is also the JSON schema
+//! (`--format json`), so every field is documented and changes bump
+//! [`SCHEMA_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the JSON schema written by `--format json`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything one run of memprof found about one target.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA_VERSION`] when written by this build.
+    pub version: u32,
+    /// The profiled process.
+    pub target: Target,
+    /// When probing started, in seconds since the Unix epoch.
+    pub start_unix_secs: f64,
+    /// How long the probes were attached, in seconds.
+    pub duration_secs: f64,
+    /// Sum over all stacks (including the stack-lost bucket).
+    pub totals: Totals,
+    /// Outstanding allocations grouped by call stack, largest `bytes` first.
+    pub stacks: Vec<Stack>,
+    /// Counters of everything the probes gave up on or found surprising.
+    pub stats: Stats,
+}
+
+/// The process a report is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub pid: u32,
+    /// Short command name (`/proc/PID/comm`).
+    pub comm: String,
+    /// Full command line, arguments joined by spaces.
+    pub cmdline: String,
+    /// The allocator library that was probed (path inside the target's mount namespace).
+    pub allocator: String,
+    /// Set when the process exited before the end of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited_after_secs: Option<f64>,
+}
+
+/// Outstanding bytes and allocation count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+/// Outstanding memory attributed to one call stack.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stack {
+    /// Outstanding bytes (sum of requested sizes) allocated from this stack.
+    pub bytes: u64,
+    /// Number of outstanding allocations from this stack.
+    pub count: u64,
+    /// Age of the oldest outstanding allocation, in seconds at the end of the run.
+    pub oldest_age_secs: f64,
+    /// Median age of the outstanding allocations, in seconds.
+    pub median_age_secs: f64,
+    /// Frames, innermost first: `frames[0]` is the code that called the allocator.
+    /// Empty when the kernel could not walk the stack.
+    pub frames: Vec<Frame>,
+}
+
+/// One symbolized frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Absolute address in the target process.
+    pub addr: u64,
+    /// Demangled function name, when it could be resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Binary or library containing the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Source file, when debug information was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Source line, when debug information was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// True for frames of functions inlined into the next frame.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+}
+
+impl Frame {
+    /// The name shown for this frame: the function, else `module+0xaddr`, else the address.
+    pub fn display_name(&self) -> String {
+        match (&self.function, &self.module) {
+            (Some(f), _) => f.clone(),
+            (None, Some(m)) => {
+                let base = m.rsplit('/').next().unwrap_or(m);
+                format!("{base}@{:#x}", self.addr)
+            }
+            (None, None) => format!("{:#x}", self.addr),
+        }
+    }
+
+    /// `file:line` when known.
+    pub fn location(&self) -> Option<String> {
+        match (&self.file, self.line) {
+            (Some(f), Some(l)) => Some(format!("{f}:{l}")),
+            (Some(f), None) => Some(f.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// What the probes counted besides the allocations themselves.
+///
+/// Every path on which memprof loses or cannot attribute data increments one of
+/// these, so a report can say how complete it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Successful allocations seen.
+    pub allocs: u64,
+    /// Frees (and reallocs that released a block) of tracked pointers.
+    pub frees: u64,
+    /// Allocation calls that returned NULL (nothing recorded).
+    pub failed_allocs: u64,
+    /// Frees of pointers allocated before memprof attached (or lost): not errors.
+    pub frees_unknown: u64,
+    /// Allocator calls made from inside another allocator call (counted once, at the outer call).
+    pub nested_calls: u64,
+    /// Allocations not tracked because the live-allocation map was full.
+    pub live_map_full: u64,
+    /// Bytes of the allocations not tracked because the live-allocation map was full.
+    pub live_map_full_bytes: u64,
+    /// Allocations whose stack could not be captured (counted under an unknown stack).
+    pub stack_lost: u64,
+    /// Allocations not aggregated because the per-stack map was full.
+    pub stack_map_full: u64,
+    /// Return probes that fired without a matching entry (attached mid-call).
+    pub return_without_entry: u64,
+    /// Allocator entries not tracked because the per-thread map was full.
+    pub pending_map_full: u64,
+    /// Per-thread entries replaced because their return never came.
+    pub pending_stale: u64,
+}
+
+impl Stats {
+    /// True when some allocation was not counted in the totals, so they are lower bounds.
+    pub fn lost_data(&self) -> bool {
+        self.live_map_full > 0 || self.stack_map_full > 0 || self.pending_map_full > 0
+    }
+
+    /// Every counter with its name, in a fixed order, for renderers.
+    pub fn named(&self) -> [(&'static str, u64); 12] {
+        [
+            ("allocs", self.allocs),
+            ("frees", self.frees),
+            ("failed_allocs", self.failed_allocs),
+            ("frees_unknown", self.frees_unknown),
+            ("nested_calls", self.nested_calls),
+            ("live_map_full", self.live_map_full),
+            ("live_map_full_bytes", self.live_map_full_bytes),
+            ("stack_lost", self.stack_lost),
+            ("stack_map_full", self.stack_map_full),
+            ("return_without_entry", self.return_without_entry),
+            ("pending_map_full", self.pending_map_full),
+            ("pending_stale", self.pending_stale),
+        ]
+    }
+}
