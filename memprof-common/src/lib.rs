@@ -1,1 +1,96 @@
+//! Types shared by the memprof BPF programs and user space.
+//!
+//! Everything here is `#[repr(C)]`, made of integers only, and has no hidden
+//! padding (asserted at compile time), so both sides agree on the layout.
 #![no_std]
+
+/// A live allocation, keyed by its address in the `LIVE` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocInfo {
+    /// Requested size in bytes.
+    pub size: u64,
+    /// `bpf_ktime_get_ns()` when the allocation returned.
+    pub timestamp_ns: u64,
+    /// Id in the `STACKS` map, or [`STACK_LOST`] when the walk failed.
+    pub stack_id: i64,
+}
+const _: () = assert!(core::mem::size_of::<AllocInfo>() == 24);
+
+/// Outstanding bytes and allocations of one stack, in the `AGG` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackAgg {
+    pub bytes: u64,
+    pub count: u64,
+}
+const _: () = assert!(core::mem::size_of::<StackAgg>() == 16);
+
+/// An allocator call between its entry and its return, keyed by thread in `PENDING`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCall {
+    /// Requested size in bytes (already multiplied out for calloc/reallocarray).
+    pub size: u64,
+    /// Stack pointer at entry: a call made from inside this one has a lower one.
+    pub sp: u64,
+    /// realloc: the old pointer; posix_memalign: where the result will be stored.
+    pub ptr: u64,
+    /// Allocator calls entered from inside this one (or tail-called by it) and
+    /// not yet returned: their returns are not this call's.
+    pub depth: u64,
+}
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
+
+/// `AllocInfo::stack_id` of allocations whose user stack could not be captured.
+pub const STACK_LOST: i64 = -1;
+
+/// Names of the maps, shared so that user space and BPF cannot drift apart.
+pub mod maps {
+    pub const LIVE: &str = "LIVE";
+    pub const AGG: &str = "AGG";
+    pub const STACKS: &str = "STACKS";
+    pub const PENDING: &str = "PENDING";
+    pub const STATS: &str = "STATS";
+}
+
+/// Names of the load-time globals.
+pub mod globals {
+    /// `u32`: the process (tgid) whose calls are recorded.
+    pub const TARGET_TGID: &str = "TARGET_TGID";
+}
+
+/// Default sizes of the maps; each has a command-line flag.
+pub mod defaults {
+    pub const MAX_LIVE: u32 = 1 << 20;
+    pub const MAX_STACKS: u32 = 1 << 14;
+    pub const MAX_THREADS: u32 = 1 << 14;
+}
+
+/// Indices of the counters in the per-CPU `STATS` array.
+pub mod stat {
+    pub const ALLOCS: u32 = 0;
+    pub const FREES: u32 = 1;
+    pub const FAILED_ALLOCS: u32 = 2;
+    pub const FREES_UNKNOWN: u32 = 3;
+    pub const NESTED_CALLS: u32 = 4;
+    pub const LIVE_MAP_FULL: u32 = 5;
+    pub const LIVE_MAP_FULL_BYTES: u32 = 6;
+    pub const STACK_LOST: u32 = 7;
+    pub const STACK_MAP_FULL: u32 = 8;
+    pub const RETURN_WITHOUT_ENTRY: u32 = 9;
+    pub const PENDING_MAP_FULL: u32 = 10;
+    pub const PENDING_STALE: u32 = 11;
+    /// Number of counters.
+    pub const COUNT: u32 = 12;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::AllocInfo {}
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::StackAgg {}
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::PendingCall {}
+}

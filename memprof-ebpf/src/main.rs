@@ -1,5 +1,367 @@
+//! The BPF programs of memprof: uprobes and uretprobes on the allocator
+//! entry points of the target's libc.
+//!
+//! Entry programs remember the arguments of the call per thread (`PENDING`);
+//! return programs record the returned block in `LIVE` (address -> size,
+//! time, stack) and add it to the per-stack aggregate `AGG`; `free` removes
+//! the block and subtracts it. Every path that gives up bumps a counter in
+//! `STATS`, which user space shows in every report.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, StackTrace},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    Global,
+};
+use memprof_common::{defaults, stat, AllocInfo, PendingCall, StackAgg, STACK_LOST};
+
+const EEXIST: i32 = 17;
+
+/// The process (tgid) whose calls are recorded; set by the loader.
+#[unsafe(no_mangle)]
+static TARGET_TGID: Global<u32> = Global::new(0);
+
+#[map]
+static LIVE: HashMap<u64, AllocInfo> = HashMap::with_max_entries(defaults::MAX_LIVE, 0);
+
+#[map]
+static AGG: HashMap<i64, StackAgg> = HashMap::with_max_entries(defaults::MAX_STACKS + 1, 0);
+
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(defaults::MAX_STACKS, 0);
+
+#[map]
+static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(defaults::MAX_THREADS, 0);
+
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[inline(always)]
+fn add(counter: *mut u64, n: u64) {
+    // SAFETY: `counter` points into a map value that lives as long as the map;
+    // the atomic add keeps concurrent updaters correct.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+#[inline(always)]
+fn bump_by(index: u32, n: u64) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        add(counter, n);
+    }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    bump_by(index, 1);
+}
+
+/// The thread id of the caller when it belongs to the target process.
+#[inline(always)]
+fn target_thread() -> Option<u64> {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32 == TARGET_TGID.load()).then_some(id)
+}
+
+#[inline(always)]
+fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
+    // SAFETY: `regs` is the program's context, which the verifier lets us read.
+    unsafe { (*regs).rsp }
+}
+
+/// Records an allocator entry for this thread, unless it is nested in another.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
+    let Some(tid) = target_thread() else { return };
+    let sp = stack_pointer(ctx.regs);
+    if let Some(outer) = PENDING.get_ptr_mut(tid) {
+        // SAFETY: the value belongs to this thread's key; only this thread touches it.
+        let outer = unsafe { &mut *outer };
+        if sp <= outer.sp {
+            // Called (or tail-called) from inside the outer allocator call:
+            // the outer call is the one the user made.
+            outer.depth += 1;
+            bump(stat::NESTED_CALLS);
+            return;
+        }
+        // A deeper-or-equal stack than a call still pending: that call never returned.
+        bump(stat::PENDING_STALE);
+    }
+    let call = PendingCall { size, sp, ptr, depth: 0 };
+    if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
+        bump(stat::PENDING_MAP_FULL);
+    }
+}
+
+/// Takes this thread's pending call at the return of the outermost allocator call.
+#[inline(always)]
+fn leave() -> Option<PendingCall> {
+    let tid = target_thread()?;
+    let Some(pending) = PENDING.get_ptr_mut(tid) else {
+        bump(stat::RETURN_WITHOUT_ENTRY);
+        return None;
+    };
+    // SAFETY: the value belongs to this thread's key; only this thread touches it.
+    let pending = unsafe { &mut *pending };
+    if pending.depth > 0 {
+        pending.depth -= 1;
+        return None;
+    }
+    let call = *pending;
+    let _ = PENDING.remove(tid);
+    Some(call)
+}
+
+/// True while this thread is inside an allocator call (a free made by the allocator itself).
+#[inline(always)]
+fn inside_allocator(tid: u64) -> bool {
+    PENDING.get_ptr(tid).is_some()
+}
+
+#[inline(always)]
+fn agg_add(stack_id: i64, size: u64) -> bool {
+    if let Some(agg) = AGG.get_ptr_mut(stack_id) {
+        // SAFETY: points into the map value; fields are updated atomically.
+        unsafe {
+            add(&raw mut (*agg).bytes, size);
+            add(&raw mut (*agg).count, 1);
+        }
+        return true;
+    }
+    let first = StackAgg { bytes: size, count: 1 };
+    match AGG.insert(stack_id, first, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(e) if e == -EEXIST => {
+            // Another CPU created it between our lookup and insert.
+            match AGG.get_ptr_mut(stack_id) {
+                Some(agg) => {
+                    // SAFETY: as above.
+                    unsafe {
+                        add(&raw mut (*agg).bytes, size);
+                        add(&raw mut (*agg).count, 1);
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
+        Err(_) => false,
+    }
+}
+
+/// Forgets a live block; returns false when it was not tracked.
+#[inline(always)]
+fn forget(addr: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(info) = (unsafe { LIVE.get(addr) }).copied() else {
+        return false;
+    };
+    if LIVE.remove(addr).is_err() {
+        return false;
+    }
+    if let Some(agg) = AGG.get_ptr_mut(info.stack_id) {
+        // SAFETY: points into the map value; fields are updated atomically.
+        unsafe {
+            add(&raw mut (*agg).bytes, 0u64.wrapping_sub(info.size));
+            add(&raw mut (*agg).count, u64::MAX);
+        }
+    }
+    true
+}
+
+/// Counts a block that the target released.
+#[inline(always)]
+fn release(addr: u64) {
+    if forget(addr) {
+        bump(stat::FREES);
+    } else {
+        bump(stat::FREES_UNKNOWN);
+    }
+}
+
+/// Records a block returned to the target.
+#[inline(always)]
+fn record<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, addr: u64, size: u64) {
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id,
+        Err(_) => {
+            bump(stat::STACK_LOST);
+            STACK_LOST
+        }
+    };
+    let info = AllocInfo { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, stack_id };
+    let mut inserted = LIVE.insert(addr, info, BPF_NOEXIST as u64);
+    if let Err(e) = inserted {
+        if e == -EEXIST {
+            // Its free was never seen: drop the stale record, then take the new one.
+            forget(addr);
+            inserted = LIVE.insert(addr, info, BPF_NOEXIST as u64);
+        }
+    }
+    if inserted.is_err() {
+        bump(stat::LIVE_MAP_FULL);
+        bump_by(stat::LIVE_MAP_FULL_BYTES, size);
+        return;
+    }
+    if !agg_add(stack_id, size) {
+        let _ = LIVE.remove(addr);
+        bump(stat::STACK_MAP_FULL);
+        return;
+    }
+    bump(stat::ALLOCS);
+}
+
+/// Ends a call that returns the new block (malloc, calloc, memalign, ...).
+#[inline(always)]
+fn finish_alloc(ctx: &RetProbeContext) {
+    let Some(call) = leave() else { return };
+    let addr: u64 = ctx.ret();
+    if addr == 0 {
+        bump(stat::FAILED_ALLOCS);
+    } else {
+        record(ctx, addr, call.size);
+    }
+}
+
+// ---- entry programs -------------------------------------------------------
+
+/// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    let size: u64 = ctx.arg(0).unwrap_or(0);
+    enter(&ctx, size, 0);
+    0
+}
+
+/// `calloc(nmemb, size)`.
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let nmemb: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    enter(&ctx, nmemb.wrapping_mul(size), 0);
+    0
+}
+
+/// `realloc(ptr, size)`.
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    enter(&ctx, size, ptr);
+    0
+}
+
+/// `reallocarray(ptr, nmemb, size)`.
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let nmemb: u64 = ctx.arg(1).unwrap_or(0);
+    let size: u64 = ctx.arg(2).unwrap_or(0);
+    enter(&ctx, nmemb.wrapping_mul(size), ptr);
+    0
+}
+
+/// `posix_memalign(memptr, alignment, size)`.
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    let memptr: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(2).unwrap_or(0);
+    enter(&ctx, size, memptr);
+    0
+}
+
+/// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`.
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    enter(&ctx, size, 0);
+    0
+}
+
+/// `free(ptr)`: no return probe needed.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    if ptr == 0 {
+        return 0;
+    }
+    if inside_allocator(tid) {
+        // e.g. realloc(p, 0) freeing p: accounted at realloc's return.
+        bump(stat::NESTED_CALLS);
+        return 0;
+    }
+    release(ptr);
+    0
+}
+
+// ---- return programs ------------------------------------------------------
+
+/// Return of malloc, calloc, aligned_alloc, memalign, valloc, pvalloc.
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    finish_alloc(&ctx);
+    0
+}
+
+/// Return of realloc and reallocarray.
+#[uretprobe]
+pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
+    let Some(call) = leave() else { return 0 };
+    let new: u64 = ctx.ret();
+    let old = call.ptr;
+    if new == 0 {
+        if call.size == 0 && old != 0 {
+            // realloc(p, 0) freed p.
+            release(old);
+        } else {
+            // Failed: the old block (if any) stays live.
+            bump(stat::FAILED_ALLOCS);
+        }
+        return 0;
+    }
+    if old != 0 {
+        release(old);
+    }
+    record(&ctx, new, call.size);
+    0
+}
+
+/// Return of posix_memalign: 0 on success, the block stored through `memptr`.
+#[uretprobe]
+pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
+    let Some(call) = leave() else { return 0 };
+    let rc: i32 = ctx.ret();
+    if rc != 0 {
+        bump(stat::FAILED_ALLOCS);
+        return 0;
+    }
+    // SAFETY: reading user memory through the helper, which handles faults.
+    match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
+        Ok(addr) if addr != 0 => record(&ctx, addr, call.size),
+        _ => bump(stat::FAILED_ALLOCS),
+    }
+    0
+}
+
+/// A thread exits: drop its pending call, if it died inside the allocator.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn thread_exit(_ctx: RawTracePointContext) -> u32 {
+    if let Some(tid) = target_thread() {
+        let _ = PENDING.remove(tid);
+    }
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,98 @@
+//! Grouping live allocations by stack: pure, no I/O.
+
+use std::collections::HashMap;
+
+use memprof_common::AllocInfo;
+
+use crate::model::Totals;
+
+/// Outstanding memory of one stack id, before symbolization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackTotals {
+    pub stack_id: i64,
+    pub bytes: u64,
+    pub count: u64,
+    pub oldest_age_ns: u64,
+    pub median_age_ns: u64,
+}
+
+/// Groups live allocations by stack id, largest `bytes` first (ties: larger
+/// count, then stack id, so the order is deterministic).
+pub fn by_stack(live: &[(u64, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
+    let mut ages: HashMap<i64, (u64, Vec<u64>)> = HashMap::new();
+    for (_, info) in live {
+        let entry = ages.entry(info.stack_id).or_default();
+        entry.0 += info.size;
+        entry.1.push(now_ns.saturating_sub(info.timestamp_ns));
+    }
+    let mut stacks: Vec<StackTotals> = ages
+        .into_iter()
+        .map(|(stack_id, (bytes, mut ages))| {
+            ages.sort_unstable();
+            StackTotals {
+                stack_id,
+                bytes,
+                count: ages.len() as u64,
+                oldest_age_ns: ages.last().copied().unwrap_or(0),
+                median_age_ns: ages.get(ages.len() / 2).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    stacks.sort_by(|a, b| {
+        b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
+    });
+    stacks
+}
+
+/// Sum over stacks.
+pub fn totals(stacks: &[StackTotals]) -> Totals {
+    stacks.iter().fold(Totals::default(), |t, s| Totals {
+        bytes: t.bytes + s.bytes,
+        count: t.count + s.count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(size: u64, ts: u64, stack_id: i64) -> AllocInfo {
+        AllocInfo { size, timestamp_ns: ts, stack_id }
+    }
+
+    #[test]
+    fn groups_sorts_and_ages() {
+        let live = vec![
+            (0x10, alloc(100, 10, 1)),
+            (0x20, alloc(100, 20, 1)),
+            (0x30, alloc(100, 30, 1)),
+            (0x40, alloc(1000, 50, 2)),
+            (0x50, alloc(7, 90, -1)),
+        ];
+        let stacks = by_stack(&live, 100);
+        assert_eq!(stacks.len(), 3);
+        assert_eq!(
+            stacks[0],
+            StackTotals { stack_id: 2, bytes: 1000, count: 1, oldest_age_ns: 50, median_age_ns: 50 }
+        );
+        assert_eq!(
+            stacks[1],
+            StackTotals { stack_id: 1, bytes: 300, count: 3, oldest_age_ns: 90, median_age_ns: 80 }
+        );
+        assert_eq!(stacks[2].stack_id, -1);
+        assert_eq!(totals(&stacks), Totals { bytes: 1307, count: 5 });
+    }
+
+    #[test]
+    fn ties_are_ordered_deterministically() {
+        let live = vec![(1, alloc(5, 0, 9)), (2, alloc(5, 0, 3)), (3, alloc(5, 0, 4)), (4, alloc(0, 0, 4))];
+        let ids: Vec<_> = by_stack(&live, 0).iter().map(|s| s.stack_id).collect();
+        assert_eq!(ids, vec![4, 3, 9]);
+    }
+
+    #[test]
+    fn empty_input_gives_nothing() {
+        assert!(by_stack(&[], 5).is_empty());
+        assert_eq!(totals(&[]), Totals::default());
+    }
+}

@@ -1,0 +1,193 @@
+//! Loading the BPF object and attaching its programs to the target's libc.
+//!
+//! [`Probes`] owns the loaded object; dropping it (or calling
+//! [`Probes::detach`]) detaches every probe, so no exit path leaves a uprobe
+//! behind.
+
+use std::fs;
+use std::io;
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::maps::Map;
+use aya::programs::uprobe::UProbeScope;
+use aya::programs::{ProgramError, RawTracePoint, UProbe};
+use aya::{Ebpf, EbpfLoader};
+use memprof_common::{globals, maps};
+
+use crate::error::Error;
+use crate::target::{probe_sites, ProbeSite, Target};
+
+/// The BPF object, built by build.rs from the memprof-ebpf crate.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memprof"));
+
+/// Sizes of the BPF maps.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub max_live: u32,
+    pub max_stacks: u32,
+    pub max_threads: u32,
+}
+
+/// The maps that outlive the probes, read after detaching.
+pub struct Maps {
+    pub live: Map,
+    pub agg: Map,
+    pub stacks: Map,
+    pub stats: Map,
+}
+
+/// Loaded and attached programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Probe sites attached, for the log.
+    pub sites: Vec<ProbeSite>,
+    /// Number of uprobes and uretprobes attached.
+    pub attached: usize,
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Fails with a clear message when this process may not load BPF programs.
+pub fn check_permissions() -> Result<(), Error> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<_> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(Error::NotPermitted { missing: missing.join(", ") })
+}
+
+/// Fails with a clear message when the kernel cannot attach uprobes.
+pub fn check_kernel() -> Result<(), Error> {
+    let path = Path::new("/sys/bus/event_source/devices/uprobe/type");
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(Error::NoUprobes { path: path.to_path_buf() })
+    }
+}
+
+impl Probes {
+    /// Loads the BPF object for `target` and attaches every allocator probe.
+    pub fn attach(target: &Target, sizes: MapSizes) -> anyhow::Result<Probes> {
+        check_permissions()?;
+        check_kernel()?;
+        let sites = probe_sites(&target.libc_host_path)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::TARGET_TGID, &target.pid, true)
+            .map_max_entries(maps::LIVE, sizes.max_live)
+            .map_max_entries(maps::AGG, sizes.max_stacks.saturating_add(1))
+            .map_max_entries(maps::STACKS, sizes.max_stacks)
+            .map_max_entries(maps::PENDING, sizes.max_threads)
+            .load(BPF_OBJECT)
+            .context("loading the BPF programs into the kernel")?;
+
+        for name in [
+            "malloc_enter",
+            "calloc_enter",
+            "realloc_enter",
+            "reallocarray_enter",
+            "posix_memalign_enter",
+            "memalign_enter",
+            "free_enter",
+            "alloc_exit",
+            "realloc_exit",
+            "posix_memalign_exit",
+        ] {
+            uprobe(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading BPF program {name}"))?;
+        }
+        let exit: &mut RawTracePoint = ebpf
+            .program_mut("thread_exit")
+            .context("BPF program thread_exit missing from the object")?
+            .try_into()?;
+        exit.load().context("loading BPF program thread_exit")?;
+        exit.attach("sched_process_exit")
+            .context("attaching to the sched_process_exit raw tracepoint")?;
+
+        let pid = NonZeroU32::new(target.pid).ok_or(Error::NoSuchProcess(0))?;
+        let mut attached = 0;
+        // Return probes first: an entry without its return would leave a
+        // pending call behind, a return without its entry is only counted.
+        for site in &sites {
+            let (enter, exit) = site.kind.programs();
+            for program in exit.into_iter().chain([enter]) {
+                uprobe(&mut ebpf, program)?
+                    .attach(
+                        site.file_offset,
+                        &target.libc_host_path,
+                        UProbeScope::OneProcess(pid),
+                    )
+                    .map_err(|e| attach_error(e, site, target))?;
+                attached += 1;
+            }
+        }
+        log::debug!("attached {attached} probes at {sites:?}");
+        Ok(Probes { ebpf, sites, attached })
+    }
+
+    /// Detaches every probe and unloads the programs, keeping the maps for reading.
+    pub fn detach(mut self) -> anyhow::Result<Maps> {
+        let mut take = |name: &str| {
+            self.ebpf.take_map(name).with_context(|| format!("BPF map {name} missing from the object"))
+        };
+        let maps = Maps {
+            live: take(maps::LIVE)?,
+            agg: take(maps::AGG)?,
+            stacks: take(maps::STACKS)?,
+            stats: take(maps::STATS)?,
+        };
+        drop(self.ebpf);
+        Ok(maps)
+    }
+
+    /// The maps while the probes stay attached (for snapshots during the run).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("BPF program {name} missing from the object"))?;
+    Ok(program.try_into()?)
+}
+
+fn attach_error(err: ProgramError, site: &ProbeSite, target: &Target) -> anyhow::Error {
+    let einval = match &err {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::EINVAL),
+        _ => false,
+    };
+    if einval {
+        return Error::ProbeConflict {
+            function: site.names.join("/"),
+            library: target.libc.clone(),
+        }
+        .into();
+    }
+    let not_found = matches!(&err, ProgramError::SyscallError(e) if e.io_error.kind() == io::ErrorKind::NotFound);
+    let err = anyhow::Error::new(err);
+    let what = format!("attaching a uprobe to {} in {}", site.names.join("/"), target.libc);
+    if not_found {
+        err.context(format!("{what}: did pid {} exit?", target.pid))
+    } else {
+        err.context(what)
+    }
+}

@@ -1,0 +1,99 @@
+//! Reading the BPF maps into plain Rust values.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, StackTraceMap};
+use memprof_common::{stat, AllocInfo, StackAgg};
+
+use crate::model::Stats;
+
+/// Everything the maps held at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Live allocations: address -> info.
+    pub live: Vec<(u64, AllocInfo)>,
+    /// Per-stack aggregates kept in the kernel.
+    pub agg: HashMap<i64, StackAgg>,
+    /// Instruction pointers of each stack id referenced by `live`, innermost first.
+    pub traces: HashMap<i64, Vec<u64>>,
+    /// Counters, summed over CPUs.
+    pub stats: Stats,
+}
+
+/// Reads the counters.
+pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
+    let array = PerCpuArray::<&MapData, u64>::try_from(map).context("STATS map")?;
+    let counter = |index: u32| -> anyhow::Result<u64> {
+        Ok(array.get(&index, 0).context("reading STATS")?.iter().sum())
+    };
+    Ok(Stats {
+        allocs: counter(stat::ALLOCS)?,
+        frees: counter(stat::FREES)?,
+        failed_allocs: counter(stat::FAILED_ALLOCS)?,
+        frees_unknown: counter(stat::FREES_UNKNOWN)?,
+        nested_calls: counter(stat::NESTED_CALLS)?,
+        live_map_full: counter(stat::LIVE_MAP_FULL)?,
+        live_map_full_bytes: counter(stat::LIVE_MAP_FULL_BYTES)?,
+        stack_lost: counter(stat::STACK_LOST)?,
+        stack_map_full: counter(stat::STACK_MAP_FULL)?,
+        return_without_entry: counter(stat::RETURN_WITHOUT_ENTRY)?,
+        pending_map_full: counter(stat::PENDING_MAP_FULL)?,
+        pending_stale: counter(stat::PENDING_STALE)?,
+    })
+}
+
+/// Reads the per-stack aggregates (cheap: one entry per stack).
+pub fn read_agg(map: &Map) -> anyhow::Result<HashMap<i64, StackAgg>> {
+    let agg = BpfHashMap::<&MapData, i64, StackAgg>::try_from(map).context("AGG map")?;
+    let mut out = HashMap::new();
+    for entry in agg.iter() {
+        let (id, value) = entry.context("reading AGG")?;
+        out.insert(id, value);
+    }
+    Ok(out)
+}
+
+/// Reads every map.
+pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Result<Snapshot> {
+    let live_map = BpfHashMap::<&MapData, u64, AllocInfo>::try_from(live).context("LIVE map")?;
+    let mut entries = Vec::new();
+    for entry in live_map.iter() {
+        match entry {
+            Ok(kv) => entries.push(kv),
+            // An entry removed between listing its key and reading it: the
+            // target freed it while we read (only possible while attached).
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).context("reading LIVE"),
+        }
+    }
+    let stack_map = StackTraceMap::<&MapData>::try_from(stacks).context("STACKS map")?;
+    let mut traces = HashMap::new();
+    for (_, info) in &entries {
+        if info.stack_id < 0 || traces.contains_key(&info.stack_id) {
+            continue;
+        }
+        let Ok(id) = u32::try_from(info.stack_id) else { continue };
+        match stack_map.get(&id, 0) {
+            Ok(trace) => {
+                let ips = trace.frames().iter().map(|f| f.ip).collect();
+                traces.insert(info.stack_id, ips);
+            }
+            Err(e) => log::debug!("stack {id} unreadable: {e}"),
+        }
+    }
+    Ok(Snapshot {
+        live: entries,
+        agg: read_agg(agg)?,
+        traces,
+        stats: read_stats(stats)?,
+    })
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,208 @@
+//! The target process: does it exist, which libc does it map, and where in that
+//! libc are the allocator functions.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+
+use crate::error::Error;
+
+/// What an allocator entry point does with its arguments and its result; picks
+/// the pair of BPF programs attached to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
+    Malloc,
+    /// `calloc(nmemb, size)`.
+    Calloc,
+    /// `realloc(ptr, size)`.
+    Realloc,
+    /// `reallocarray(ptr, nmemb, size)`.
+    ReallocArray,
+    /// `posix_memalign(memptr, alignment, size)`.
+    PosixMemalign,
+    /// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`.
+    Memalign,
+    /// `free(ptr)`.
+    Free,
+}
+
+impl Kind {
+    /// Names of the entry and return programs in the BPF object.
+    pub fn programs(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Kind::Malloc => ("malloc_enter", Some("alloc_exit")),
+            Kind::Calloc => ("calloc_enter", Some("alloc_exit")),
+            Kind::Realloc => ("realloc_enter", Some("realloc_exit")),
+            Kind::ReallocArray => ("reallocarray_enter", Some("realloc_exit")),
+            Kind::PosixMemalign => ("posix_memalign_enter", Some("posix_memalign_exit")),
+            Kind::Memalign => ("memalign_enter", Some("alloc_exit")),
+            Kind::Free => ("free_enter", None),
+        }
+    }
+}
+
+/// The allocator functions memprof probes, in the order it attaches them.
+pub const FUNCTIONS: &[(&str, Kind)] = &[
+    ("malloc", Kind::Malloc),
+    ("calloc", Kind::Calloc),
+    ("realloc", Kind::Realloc),
+    ("reallocarray", Kind::ReallocArray),
+    ("posix_memalign", Kind::PosixMemalign),
+    ("aligned_alloc", Kind::Memalign),
+    ("memalign", Kind::Memalign),
+    ("valloc", Kind::Malloc),
+    ("pvalloc", Kind::Malloc),
+    ("free", Kind::Free),
+];
+
+/// One probe site: a file offset in the library and every exported name at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSite {
+    pub file_offset: u64,
+    pub kind: Kind,
+    /// All probed names that share this address (e.g. `aligned_alloc` and
+    /// `memalign` in some glibc versions): one probe serves them all.
+    pub names: Vec<&'static str>,
+}
+
+/// A running process chosen as target.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: String,
+    /// libc's path as the target sees it (its mount namespace).
+    pub libc: String,
+    /// libc reached through `/proc/PID/root`, valid from memprof's namespace.
+    pub libc_host_path: PathBuf,
+}
+
+impl Target {
+    /// Finds the process and the libc it maps.
+    pub fn open(pid: u32) -> Result<Target, anyhow::Error> {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !proc_dir.exists() {
+            return Err(Error::NoSuchProcess(pid).into());
+        }
+        let comm = fs::read_to_string(proc_dir.join("comm"))
+            .map(|s| s.trim_end().to_string())
+            .map_err(|_| Error::NoSuchProcess(pid))?;
+        let cmdline = fs::read(proc_dir.join("cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let maps = fs::read_to_string(proc_dir.join("maps"))
+            .with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let libc = find_libc(&maps).ok_or_else(|| Error::NoLibc { pid, comm: comm.clone() })?;
+        let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
+        Ok(Target { pid, comm, cmdline, libc, libc_host_path })
+    }
+
+    /// True while the process is still running.
+    pub fn is_alive(&self) -> bool {
+        // A zombie still has /proc/PID but no memory map.
+        fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .map(|stat| {
+                let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                !matches!(state, Some('Z') | Some('X') | None)
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// The path of the glibc mapped in a `/proc/PID/maps` listing.
+pub fn find_libc(maps: &str) -> Option<String> {
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            let base = path.rsplit('/').next().unwrap_or(path);
+            base == "libc.so.6" || (base.starts_with("libc-2.") && base.ends_with(".so"))
+        })
+        .map(str::to_string)
+}
+
+/// Resolves the probe sites of the allocator functions in an ELF file.
+pub fn probe_sites(library: &Path) -> anyhow::Result<Vec<ProbeSite>> {
+    let data = fs::read(library).with_context(|| format!("reading {}", library.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("parsing {} as ELF", library.display()))?;
+    let mut by_addr: BTreeMap<u64, ProbeSite> = BTreeMap::new();
+    for &(name, kind) in FUNCTIONS {
+        let Some(addr) = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.is_definition() && s.address() != 0 && s.name() == Ok(name))
+            .map(|s| s.address())
+        else {
+            continue;
+        };
+        let Some(file_offset) = file_offset(&file, addr) else {
+            continue;
+        };
+        by_addr
+            .entry(file_offset)
+            .and_modify(|site| site.names.push(name))
+            .or_insert_with(|| ProbeSite { file_offset, kind, names: vec![name] });
+    }
+    if by_addr.is_empty() {
+        return Err(Error::NoAllocatorSymbols { library: library.display().to_string() }.into());
+    }
+    Ok(by_addr.into_values().collect())
+}
+
+/// Virtual address -> file offset, through the loadable segment that holds it.
+fn file_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (offset, size) = seg.file_range();
+        (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + offset)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c2a00000-55d0c2a01000 r--p 00000000 fe:01 1234 /usr/bin/leaky
+7f1c2a000000-7f1c2a028000 r--p 00000000 fe:01 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a028000-7f1c2a19d000 r-xp 00028000 fe:01 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0 [stack]
+";
+
+    #[test]
+    fn finds_glibc_in_maps() {
+        assert_eq!(find_libc(MAPS).as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert_eq!(find_libc("7f-8f r-xp 0 00:00 0 /lib/libc-2.31.so\n").as_deref(), Some("/lib/libc-2.31.so"));
+        assert_eq!(find_libc("7f-8f r-xp 0 00:00 0 /usr/lib/libcurl.so.4\n"), None);
+        assert_eq!(find_libc("7f-8f r-xp 0 00:00 0 [vdso]\n"), None);
+    }
+
+    #[test]
+    fn resolves_this_machines_libc_once_per_address() {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let libc = find_libc(&maps).expect("the test binary maps glibc");
+        let sites = probe_sites(Path::new(&libc)).unwrap();
+        let names: Vec<_> = sites.iter().flat_map(|s| s.names.clone()).collect();
+        for f in ["malloc", "calloc", "realloc", "free", "posix_memalign"] {
+            assert!(names.contains(&f), "{f} missing from {names:?}");
+        }
+        let mut offsets: Vec<_> = sites.iter().map(|s| s.file_offset).collect();
+        offsets.dedup();
+        assert_eq!(offsets.len(), sites.len(), "one site per address");
+    }
+
+    #[test]
+    fn a_missing_pid_is_named() {
+        let err = Target::open(u32::MAX - 1).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}
