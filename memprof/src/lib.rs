@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod cli;
+pub mod compare;
 pub mod error;
 pub mod model;
 pub mod probes;
@@ -28,7 +29,7 @@ use crate::target::Target;
 /// Profiles the target named on the command line and returns what it still holds.
 pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
     let target = Target::open(cli.pid)?;
-    let symbolizer = Symbolizer::new(target.pid);
+    let mut symbolizer = Symbolizer::new(target.pid);
     let sizes = MapSizes {
         max_live: cli.max_live,
         max_stacks: cli.max_stacks,
@@ -54,6 +55,7 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
+    symbolizer.refresh();
     match end {
         End::Duration => log::debug!("duration reached"),
         End::Signal(name) => log::info!("{name} received: detaching and reporting"),

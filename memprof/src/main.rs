@@ -59,7 +59,8 @@ fn init_logging(cli: &Cli) {
         .filter_module("memprof", level)
         .format(|buf, record| match record.level() {
             log::Level::Info => writeln!(buf, "memprof: {}", record.args()),
-            level => writeln!(buf, "memprof: {}: {}", level.to_string().to_lowercase(), record.args()),
+            log::Level::Warn => writeln!(buf, "memprof: warning: {}", record.args()),
+            level => writeln!(buf, "memprof: {}: {}", level.as_str().to_lowercase(), record.args()),
         })
         .init();
 }

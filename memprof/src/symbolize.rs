@@ -1,36 +1,76 @@
 //! Turning instruction pointers of the target into function names and source lines.
+//!
+//! The executable mappings of the target are recorded, and their files held
+//! open, when profiling starts (and refreshed at the end while the target
+//! lives). Addresses are translated to file offsets through that table and
+//! symbolized from the held files, so stacks stay symbolized when the target
+//! exits during the run, when its binaries are deleted or replaced, and when it
+//! lives in another mount namespace.
 
 use std::collections::HashMap;
+use std::fs::{self, File};
+use std::os::fd::AsRawFd as _;
 
-use blazesym::symbolize::cache::{Cache, Process as CacheProcess};
-use blazesym::symbolize::source::{Process, Source};
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
-use blazesym::Pid;
 
 use crate::model::Frame;
+
+/// One executable, file-backed mapping of the target.
+#[derive(Debug)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    /// The file's path as the target sees it.
+    path: String,
+    /// The file itself, opened through `/proc/PID/map_files`.
+    file: File,
+}
 
 /// One long-lived symbolizer per target (blazesym caches parsed ELF and DWARF).
 pub struct Symbolizer {
     blaze: Blaze,
     pid: u32,
+    mappings: Vec<Mapping>,
 }
 
 impl Symbolizer {
-    /// Creates the symbolizer and caches the target's memory map now, so that
-    /// stacks can still be symbolized if the target exits during the run.
+    /// Creates the symbolizer and records the target's executable mappings now.
     pub fn new(pid: u32) -> Symbolizer {
         let blaze = Blaze::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        if let Err(e) = blaze.cache(&Cache::from(CacheProcess::new(Pid::from(pid)))) {
-            log::debug!("caching the memory map of pid {pid}: {e}");
-        }
-        Symbolizer { blaze, pid }
+        let mut sym = Symbolizer { blaze, pid, mappings: Vec::new() };
+        sym.refresh();
+        sym
     }
 
-    /// Symbolizes many stacks at once (one batch for all distinct addresses).
+    /// Records mappings that appeared since the last call (e.g. `dlopen`).
+    pub fn refresh(&mut self) {
+        let Ok(maps) = fs::read_to_string(format!("/proc/{}/maps", self.pid)) else {
+            return;
+        };
+        for (start, end, file_offset, path) in executable_mappings(&maps) {
+            if self.mappings.iter().any(|m| m.start == start && m.end == end && m.path == path) {
+                continue;
+            }
+            let pid = self.pid;
+            let opened = File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+                .or_else(|_| File::open(format!("/proc/{pid}/root{path}")));
+            match opened {
+                Ok(file) => {
+                    self.mappings.retain(|m| m.end <= start || m.start >= end);
+                    self.mappings.push(Mapping { start, end, file_offset, path: path.to_string(), file });
+                }
+                Err(e) => log::debug!("cannot open {path} of pid {pid}: {e}"),
+            }
+        }
+    }
+
+    /// Symbolizes many stacks at once (one batch per mapped file).
     ///
     /// Stacks are instruction pointers innermost first, as captured at the
     /// allocator's return: every one is a return address, so the address looked
@@ -47,7 +87,9 @@ impl Symbolizer {
                 let frames = ips
                     .iter()
                     .flat_map(|&ip| match resolved.get(&ip.saturating_sub(1)) {
-                        Some(frames) => frames.iter().cloned().map(|f| Frame { addr: ip, ..f }).collect(),
+                        Some(frames) => {
+                            frames.iter().cloned().map(|f| Frame { addr: ip, ..f }).collect()
+                        }
                         None => vec![Frame { addr: ip, ..Frame::default() }],
                     })
                     .collect();
@@ -57,30 +99,57 @@ impl Symbolizer {
     }
 
     fn resolve(&self, addrs: &[u64]) -> HashMap<u64, Vec<Frame>> {
-        let mut src = Process::new(Pid::from(self.pid));
-        src.map_files = true;
-        let src = Source::Process(src);
-        let results = match self.blaze.symbolize(&src, Input::AbsAddr(addrs)) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!("symbolizing pid {}: {e}", self.pid);
-                return HashMap::new();
+        let mut by_mapping: HashMap<usize, Vec<u64>> = HashMap::new();
+        for &addr in addrs {
+            if let Some(i) = self.mappings.iter().position(|m| m.start <= addr && addr < m.end) {
+                by_mapping.entry(i).or_default().push(addr);
             }
-        };
-        addrs
-            .iter()
-            .zip(results)
-            .map(|(&addr, sym)| (addr, frames_of(addr, sym)))
-            .collect()
+        }
+        let mut out = HashMap::new();
+        for (i, addrs) in by_mapping {
+            let m = &self.mappings[i];
+            let offsets: Vec<u64> = addrs.iter().map(|a| a - m.start + m.file_offset).collect();
+            let src = Source::Elf(Elf::new(format!("/proc/self/fd/{}", m.file.as_raw_fd())));
+            match self.blaze.symbolize(&src, Input::FileOffset(&offsets)) {
+                Ok(results) => {
+                    for (&addr, sym) in addrs.iter().zip(results) {
+                        out.insert(addr, frames_of(addr, &m.path, sym));
+                    }
+                }
+                Err(e) => log::warn!("symbolizing addresses in {}: {e}", m.path),
+            }
+        }
+        out
     }
 }
 
+/// `(start, end, file offset, path)` of the executable file mappings in a `/proc/PID/maps` listing.
+fn executable_mappings(maps: &str) -> impl Iterator<Item = (u64, u64, u64, &str)> {
+    maps.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next()?;
+        let perms = fields.next()?;
+        let offset = fields.next()?;
+        let path = fields.nth(2)?;
+        if !perms.contains('x') || !path.starts_with('/') {
+            return None;
+        }
+        let (start, end) = range.split_once('-')?;
+        Some((
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+            u64::from_str_radix(offset, 16).ok()?,
+            path,
+        ))
+    })
+}
+
 /// Frames of one address, innermost first: inlined functions, then the real one.
-fn frames_of(addr: u64, sym: Symbolized<'_>) -> Vec<Frame> {
+fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
+    let module = Some(module.to_string());
     let Symbolized::Sym(sym) = sym else {
-        return vec![Frame { addr, ..Frame::default() }];
+        return vec![Frame { addr, module, ..Frame::default() }];
     };
-    let module = sym.module.as_ref().map(|m| m.to_string_lossy().into_owned());
     let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
     // blazesym lists inlined functions outermost first; the location of the
     // address is in the innermost one.
@@ -98,7 +167,14 @@ fn frames_of(addr: u64, sym: Symbolized<'_>) -> Vec<Frame> {
         location = inlined.code_info.as_ref().map(code_location);
     }
     let (file, line) = location.unwrap_or((None, None));
-    frames.push(Frame { addr, function: Some(sym.name.to_string()), module, file, line, inlined: false });
+    frames.push(Frame {
+        addr,
+        function: Some(sym.name.to_string()),
+        module,
+        file,
+        line,
+        inlined: false,
+    });
     frames
 }
 
@@ -111,16 +187,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parses_executable_mappings() {
+        let maps = "\
+55d0c2a00000-55d0c2a01000 r--p 00000000 fe:01 1234 /usr/bin/leaky
+55d0c2a01000-55d0c2a02000 r-xp 00001000 fe:01 1234 /usr/bin/leaky
+7f1c2a028000-7f1c2a19d000 r-xp 00028000 fe:01 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0 [stack]
+7ffd1c100000-7ffd1c102000 r-xp 00000000 00:00 0 [vdso]
+";
+        let got: Vec<_> = executable_mappings(maps).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x55d0c2a01000, 0x55d0c2a02000, 0x1000, "/usr/bin/leaky"),
+                (0x7f1c2a028000, 0x7f1c2a19d000, 0x28000, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            ]
+        );
+    }
+
+    #[test]
     fn symbolizes_this_process() {
         #[inline(never)]
-        fn marker() -> u64 {
-            marker as *const () as u64
+        fn marker_function_for_symbolizer() -> u64 {
+            marker_function_for_symbolizer as *const () as u64
         }
-        let addr = marker() + 1;
+        let addr = marker_function_for_symbolizer() + 1;
         let sym = Symbolizer::new(std::process::id());
         let stacks = HashMap::from([(7, vec![addr + 1])]);
         let frames = &sym.symbolize_stacks(&stacks)[&7];
         let name = frames.last().and_then(|f| f.function.clone()).unwrap_or_default();
-        assert!(name.contains("marker"), "{frames:?}");
+        assert!(name.contains("marker_function_for_symbolizer"), "{frames:?}");
+        assert_eq!(frames.last().map(|f| f.addr), Some(addr + 1));
     }
 }
