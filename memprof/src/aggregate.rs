@@ -39,7 +39,10 @@ pub fn by_stack(live: &[(u64, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
         })
         .collect();
     stacks.sort_by(|a, b| {
-        b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
+        b.bytes
+            .cmp(&a.bytes)
+            .then(b.count.cmp(&a.count))
+            .then(a.stack_id.cmp(&b.stack_id))
     });
     stacks
 }
@@ -57,7 +60,11 @@ mod tests {
     use super::*;
 
     fn alloc(size: u64, ts: u64, stack_id: i64) -> AllocInfo {
-        AllocInfo { size, timestamp_ns: ts, stack_id }
+        AllocInfo {
+            size,
+            timestamp_ns: ts,
+            stack_id,
+        }
     }
 
     #[test]
@@ -73,19 +80,42 @@ mod tests {
         assert_eq!(stacks.len(), 3);
         assert_eq!(
             stacks[0],
-            StackTotals { stack_id: 2, bytes: 1000, count: 1, oldest_age_ns: 50, median_age_ns: 50 }
+            StackTotals {
+                stack_id: 2,
+                bytes: 1000,
+                count: 1,
+                oldest_age_ns: 50,
+                median_age_ns: 50
+            }
         );
         assert_eq!(
             stacks[1],
-            StackTotals { stack_id: 1, bytes: 300, count: 3, oldest_age_ns: 90, median_age_ns: 80 }
+            StackTotals {
+                stack_id: 1,
+                bytes: 300,
+                count: 3,
+                oldest_age_ns: 90,
+                median_age_ns: 80
+            }
         );
         assert_eq!(stacks[2].stack_id, -1);
-        assert_eq!(totals(&stacks), Totals { bytes: 1307, count: 5 });
+        assert_eq!(
+            totals(&stacks),
+            Totals {
+                bytes: 1307,
+                count: 5
+            }
+        );
     }
 
     #[test]
     fn ties_are_ordered_deterministically() {
-        let live = vec![(1, alloc(5, 0, 9)), (2, alloc(5, 0, 3)), (3, alloc(5, 0, 4)), (4, alloc(0, 0, 4))];
+        let live = vec![
+            (1, alloc(5, 0, 9)),
+            (2, alloc(5, 0, 3)),
+            (3, alloc(5, 0, 4)),
+            (4, alloc(0, 0, 4)),
+        ];
         let ids: Vec<_> = by_stack(&live, 0).iter().map(|s| s.stack_id).collect();
         assert_eq!(ids, vec![4, 3, 9]);
     }

@@ -104,8 +104,9 @@ mod tests {
 
     #[test]
     fn parses_the_main_use() {
-        let cli = Cli::try_parse_from(["memprof", "-p", "42", "--duration", "60", "-o", "leak.svg"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["memprof", "-p", "42", "--duration", "60", "-o", "leak.svg"])
+                .unwrap();
         assert_eq!(cli.pid, 42);
         assert_eq!(cli.duration, Some(60.0));
         assert_eq!(cli.output, vec![PathBuf::from("leak.svg")]);

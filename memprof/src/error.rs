@@ -33,6 +33,8 @@ pub enum Error {
     )]
     ProbeConflict { function: String, library: String },
 
-    #[error("{library} exports none of the allocator functions memprof probes (malloc, free, ...)")]
+    #[error(
+        "{library} exports none of the allocator functions memprof probes (malloc, free, ...)"
+    )]
     NoAllocatorSymbols { library: String },
 }

@@ -36,8 +36,10 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
         max_threads: cli.max_threads,
     };
     let probes = Probes::attach(&target, sizes)?;
-    let start_unix_secs =
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let start_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let started = Instant::now();
     log::info!(
         "attached {} probes to pid {} ({}) in {}; {}",
@@ -60,7 +62,10 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
         End::Duration => log::debug!("duration reached"),
         End::Signal(name) => log::info!("{name} received: detaching and reporting"),
         End::TargetExited(after) => {
-            log::warn!("pid {} exited after {after:.1} s: reporting what it held then", target.pid)
+            log::warn!(
+                "pid {} exited after {after:.1} s: reporting what it held then",
+                target.pid
+            )
         }
     }
     log::debug!("detaching {} probes", probes.attached);
@@ -74,10 +79,17 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
     let stacks = aggregate::by_stack(&snap.live, end_ns);
     let totals = aggregate::totals(&stacks);
     check_consistency(&snap, &totals);
-    let shown: Vec<_> = stacks.into_iter().filter(|s| s.bytes >= cli.min_size).collect();
+    let shown: Vec<_> = stacks
+        .into_iter()
+        .filter(|s| s.bytes >= cli.min_size)
+        .collect();
     let traces: HashMap<i64, Vec<u64>> = shown
         .iter()
-        .filter_map(|s| snap.traces.get(&s.stack_id).map(|t| (s.stack_id, t.clone())))
+        .filter_map(|s| {
+            snap.traces
+                .get(&s.stack_id)
+                .map(|t| (s.stack_id, t.clone()))
+        })
         .collect();
     let mut frames = symbolizer.symbolize_stacks(&traces);
     let stacks = shown
@@ -114,8 +126,9 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
 /// The in-kernel per-stack aggregate and the live-allocation map must agree
 /// once the probes are detached; a mismatch is a memprof bug worth reporting.
 fn check_consistency(snap: &snapshot::Snapshot, totals: &model::Totals) {
-    let (bytes, count) =
-        snap.agg.values().fold((0u64, 0u64), |(b, c), a| (b.wrapping_add(a.bytes), c.wrapping_add(a.count)));
+    let (bytes, count) = snap.agg.values().fold((0u64, 0u64), |(b, c), a| {
+        (b.wrapping_add(a.bytes), c.wrapping_add(a.count))
+    });
     if bytes != totals.bytes || count != totals.count {
         log::warn!(
             "per-stack aggregate ({bytes} B in {count}) disagrees with live allocations ({} B in {})",

@@ -21,7 +21,11 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let report = memprof::profile(cli)?;
-    let opts = RenderOptions { top: cli.top, color: cli.color, title: cli.title.clone() };
+    let opts = RenderOptions {
+        top: cli.top,
+        color: cli.color,
+        title: cli.title.clone(),
+    };
     if cli.output.is_empty() {
         let mut out = std::io::stdout().lock();
         render::render(&report, cli.format, &opts, &mut out)?;
@@ -39,7 +43,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     // Files were asked for: still show the text report on a terminal or pipe,
     // unless it was one of the files.
-    if !cli.output.iter().any(|p| Format::from_path(p).unwrap_or(cli.format) == Format::Text) {
+    if !cli
+        .output
+        .iter()
+        .any(|p| Format::from_path(p).unwrap_or(cli.format) == Format::Text)
+    {
         let mut out = std::io::stdout().lock();
         render::render(&report, Format::Text, &opts, &mut out)?;
         out.flush()?;
@@ -60,7 +68,12 @@ fn init_logging(cli: &Cli) {
         .format(|buf, record| match record.level() {
             log::Level::Info => writeln!(buf, "memprof: {}", record.args()),
             log::Level::Warn => writeln!(buf, "memprof: warning: {}", record.args()),
-            level => writeln!(buf, "memprof: {}: {}", level.as_str().to_lowercase(), record.args()),
+            level => writeln!(
+                buf,
+                "memprof: {}: {}",
+                level.as_str().to_lowercase(),
+                record.args()
+            ),
         })
         .init();
 }

@@ -29,7 +29,7 @@ pub struct Report {
 }
 
 /// The process a report is about.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Target {
     pub pid: u32,
     /// Short command name (`/proc/PID/comm`).

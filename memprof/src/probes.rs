@@ -68,7 +68,9 @@ pub fn check_permissions() -> Result<(), Error> {
         .filter(|&(cap, _)| !has(cap))
         .map(|(_, name)| name)
         .collect();
-    Err(Error::NotPermitted { missing: missing.join(", ") })
+    Err(Error::NotPermitted {
+        missing: missing.join(", "),
+    })
 }
 
 /// Fails with a clear message when the kernel cannot attach uprobes.
@@ -77,7 +79,9 @@ pub fn check_kernel() -> Result<(), Error> {
     if path.exists() {
         Ok(())
     } else {
-        Err(Error::NoUprobes { path: path.to_path_buf() })
+        Err(Error::NoUprobes {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -139,13 +143,19 @@ impl Probes {
             }
         }
         log::debug!("attached {attached} probes at {sites:?}");
-        Ok(Probes { ebpf, sites, attached })
+        Ok(Probes {
+            ebpf,
+            sites,
+            attached,
+        })
     }
 
     /// Detaches every probe and unloads the programs, keeping the maps for reading.
     pub fn detach(mut self) -> anyhow::Result<Maps> {
         let mut take = |name: &str| {
-            self.ebpf.take_map(name).with_context(|| format!("BPF map {name} missing from the object"))
+            self.ebpf
+                .take_map(name)
+                .with_context(|| format!("BPF map {name} missing from the object"))
         };
         let maps = Maps {
             live: take(maps::LIVE)?,
@@ -184,7 +194,11 @@ fn attach_error(err: ProgramError, site: &ProbeSite, target: &Target) -> anyhow:
     }
     let not_found = matches!(&err, ProgramError::SyscallError(e) if e.io_error.kind() == io::ErrorKind::NotFound);
     let err = anyhow::Error::new(err);
-    let what = format!("attaching a uprobe to {} in {}", site.names.join("/"), target.libc);
+    let what = format!(
+        "attaching a uprobe to {} in {}",
+        site.names.join("/"),
+        target.libc
+    );
     if not_found {
         err.context(format!("{what}: did pid {} exit?", target.pid))
     } else {

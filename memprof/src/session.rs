@@ -22,8 +22,15 @@ pub enum End {
 }
 
 /// Waits until the run should end.
-pub fn wait(probes: &Probes, target: &Target, duration: Option<f64>, quiet: bool) -> anyhow::Result<End> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn wait(
+    probes: &Probes,
+    target: &Target,
+    duration: Option<f64>,
+    quiet: bool,
+) -> anyhow::Result<End> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(wait_async(probes, target, duration, quiet))
 }
 
@@ -80,7 +87,9 @@ fn show_status(probes: &Probes, elapsed: Duration, duration: Option<f64>) {
     let (Ok(agg), Ok(stats)) = (snapshot::read_agg(agg), snapshot::read_stats(stats)) else {
         return;
     };
-    let (bytes, count) = agg.values().fold((0u64, 0u64), |(b, c), a| (b + a.bytes, c + a.count));
+    let (bytes, count) = agg
+        .values()
+        .fold((0u64, 0u64), |(b, c), a| (b + a.bytes, c + a.count));
     let time = match duration {
         Some(d) => format!("{:.0}s / {d:.0}s", elapsed.as_secs_f64()),
         None => format!("{:.0}s (Ctrl-C to stop)", elapsed.as_secs_f64()),

@@ -73,7 +73,9 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
         if info.stack_id < 0 || traces.contains_key(&info.stack_id) {
             continue;
         }
-        let Ok(id) = u32::try_from(info.stack_id) else { continue };
+        let Ok(id) = u32::try_from(info.stack_id) else {
+            continue;
+        };
         match stack_map.get(&id, 0) {
             Ok(trace) => {
                 let ips = trace.frames().iter().map(|f| f.ip).collect();
@@ -92,7 +94,10 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
 
 /// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64

@@ -43,7 +43,11 @@ impl Symbolizer {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        let mut sym = Symbolizer { blaze, pid, mappings: Vec::new() };
+        let mut sym = Symbolizer {
+            blaze,
+            pid,
+            mappings: Vec::new(),
+        };
         sym.refresh();
         sym
     }
@@ -54,7 +58,11 @@ impl Symbolizer {
             return;
         };
         for (start, end, file_offset, path) in executable_mappings(&maps) {
-            if self.mappings.iter().any(|m| m.start == start && m.end == end && m.path == path) {
+            if self
+                .mappings
+                .iter()
+                .any(|m| m.start == start && m.end == end && m.path == path)
+            {
                 continue;
             }
             let pid = self.pid;
@@ -63,7 +71,13 @@ impl Symbolizer {
             match opened {
                 Ok(file) => {
                     self.mappings.retain(|m| m.end <= start || m.start >= end);
-                    self.mappings.push(Mapping { start, end, file_offset, path: path.to_string(), file });
+                    self.mappings.push(Mapping {
+                        start,
+                        end,
+                        file_offset,
+                        path: path.to_string(),
+                        file,
+                    });
                 }
                 Err(e) => log::debug!("cannot open {path} of pid {pid}: {e}"),
             }
@@ -76,8 +90,11 @@ impl Symbolizer {
     /// allocator's return: every one is a return address, so the address looked
     /// up is `ip - 1`, inside the call instruction.
     pub fn symbolize_stacks(&self, stacks: &HashMap<i64, Vec<u64>>) -> HashMap<i64, Vec<Frame>> {
-        let mut addrs: Vec<u64> =
-            stacks.values().flatten().map(|ip| ip.saturating_sub(1)).collect();
+        let mut addrs: Vec<u64> = stacks
+            .values()
+            .flatten()
+            .map(|ip| ip.saturating_sub(1))
+            .collect();
         addrs.sort_unstable();
         addrs.dedup();
         let resolved = self.resolve(&addrs);
@@ -87,10 +104,15 @@ impl Symbolizer {
                 let frames = ips
                     .iter()
                     .flat_map(|&ip| match resolved.get(&ip.saturating_sub(1)) {
-                        Some(frames) => {
-                            frames.iter().cloned().map(|f| Frame { addr: ip, ..f }).collect()
-                        }
-                        None => vec![Frame { addr: ip, ..Frame::default() }],
+                        Some(frames) => frames
+                            .iter()
+                            .cloned()
+                            .map(|f| Frame { addr: ip, ..f })
+                            .collect(),
+                        None => vec![Frame {
+                            addr: ip,
+                            ..Frame::default()
+                        }],
                     })
                     .collect();
                 (id, frames)
@@ -101,7 +123,11 @@ impl Symbolizer {
     fn resolve(&self, addrs: &[u64]) -> HashMap<u64, Vec<Frame>> {
         let mut by_mapping: HashMap<usize, Vec<u64>> = HashMap::new();
         for &addr in addrs {
-            if let Some(i) = self.mappings.iter().position(|m| m.start <= addr && addr < m.end) {
+            if let Some(i) = self
+                .mappings
+                .iter()
+                .position(|m| m.start <= addr && addr < m.end)
+            {
                 by_mapping.entry(i).or_default().push(addr);
             }
         }
@@ -148,7 +174,11 @@ fn executable_mappings(maps: &str) -> impl Iterator<Item = (u64, u64, u64, &str)
 fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
     let module = Some(module.to_string());
     let Symbolized::Sym(sym) = sym else {
-        return vec![Frame { addr, module, ..Frame::default() }];
+        return vec![Frame {
+            addr,
+            module,
+            ..Frame::default()
+        }];
     };
     let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
     // blazesym lists inlined functions outermost first; the location of the
@@ -179,7 +209,10 @@ fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
 }
 
 fn code_location(info: &CodeInfo<'_>) -> (Option<String>, Option<u32>) {
-    (Some(info.to_path().to_string_lossy().into_owned()), info.line)
+    (
+        Some(info.to_path().to_string_lossy().into_owned()),
+        info.line,
+    )
 }
 
 #[cfg(test)]
@@ -200,7 +233,12 @@ mod tests {
             got,
             vec![
                 (0x55d0c2a01000, 0x55d0c2a02000, 0x1000, "/usr/bin/leaky"),
-                (0x7f1c2a028000, 0x7f1c2a19d000, 0x28000, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                (
+                    0x7f1c2a028000,
+                    0x7f1c2a19d000,
+                    0x28000,
+                    "/usr/lib/x86_64-linux-gnu/libc.so.6"
+                ),
             ]
         );
     }
@@ -215,8 +253,14 @@ mod tests {
         let sym = Symbolizer::new(std::process::id());
         let stacks = HashMap::from([(7, vec![addr + 1])]);
         let frames = &sym.symbolize_stacks(&stacks)[&7];
-        let name = frames.last().and_then(|f| f.function.clone()).unwrap_or_default();
-        assert!(name.contains("marker_function_for_symbolizer"), "{frames:?}");
+        let name = frames
+            .last()
+            .and_then(|f| f.function.clone())
+            .unwrap_or_default();
+        assert!(
+            name.contains("marker_function_for_symbolizer"),
+            "{frames:?}"
+        );
         assert_eq!(frames.last().map(|f| f.addr), Some(addr + 1));
     }
 }

@@ -102,9 +102,18 @@ impl Target {
             .unwrap_or_default();
         let maps = fs::read_to_string(proc_dir.join("maps"))
             .with_context(|| format!("reading /proc/{pid}/maps"))?;
-        let libc = find_libc(&maps).ok_or_else(|| Error::NoLibc { pid, comm: comm.clone() })?;
+        let libc = find_libc(&maps).ok_or_else(|| Error::NoLibc {
+            pid,
+            comm: comm.clone(),
+        })?;
         let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
-        Ok(Target { pid, comm, cmdline, libc, libc_host_path })
+        Ok(Target {
+            pid,
+            comm,
+            cmdline,
+            libc,
+            libc_host_path,
+        })
     }
 
     /// True while the process is still running.
@@ -112,7 +121,9 @@ impl Target {
         // A zombie still has /proc/PID but no memory map.
         fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .map(|stat| {
-                let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                let state = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next());
                 !matches!(state, Some('Z') | Some('X') | None)
             })
             .unwrap_or(false)
@@ -151,10 +162,17 @@ pub fn probe_sites(library: &Path) -> anyhow::Result<Vec<ProbeSite>> {
         by_addr
             .entry(file_offset)
             .and_modify(|site| site.names.push(name))
-            .or_insert_with(|| ProbeSite { file_offset, kind, names: vec![name] });
+            .or_insert_with(|| ProbeSite {
+                file_offset,
+                kind,
+                names: vec![name],
+            });
     }
     if by_addr.is_empty() {
-        return Err(Error::NoAllocatorSymbols { library: library.display().to_string() }.into());
+        return Err(Error::NoAllocatorSymbols {
+            library: library.display().to_string(),
+        }
+        .into());
     }
     Ok(by_addr.into_values().collect())
 }
@@ -163,7 +181,8 @@ pub fn probe_sites(library: &Path) -> anyhow::Result<Vec<ProbeSite>> {
 fn file_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (offset, size) = seg.file_range();
-        (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + offset)
+        (addr >= seg.address() && addr < seg.address() + size)
+            .then(|| addr - seg.address() + offset)
     })
 }
 
@@ -180,9 +199,18 @@ mod tests {
 
     #[test]
     fn finds_glibc_in_maps() {
-        assert_eq!(find_libc(MAPS).as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
-        assert_eq!(find_libc("7f-8f r-xp 0 00:00 0 /lib/libc-2.31.so\n").as_deref(), Some("/lib/libc-2.31.so"));
-        assert_eq!(find_libc("7f-8f r-xp 0 00:00 0 /usr/lib/libcurl.so.4\n"), None);
+        assert_eq!(
+            find_libc(MAPS).as_deref(),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        assert_eq!(
+            find_libc("7f-8f r-xp 0 00:00 0 /lib/libc-2.31.so\n").as_deref(),
+            Some("/lib/libc-2.31.so")
+        );
+        assert_eq!(
+            find_libc("7f-8f r-xp 0 00:00 0 /usr/lib/libcurl.so.4\n"),
+            None
+        );
         assert_eq!(find_libc("7f-8f r-xp 0 00:00 0 [vdso]\n"), None);
     }
 

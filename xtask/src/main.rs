@@ -1,1 +1,100 @@
-fn main(){}
+//! Project automation for memprof, run as `cargo xtask <command>`.
+//!
+//! Every command but `setup` runs `setup` first, so a fresh clone needs nothing but
+//! `cargo xtask demo` or `cargo xtask test`.
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about,
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing memprof needs: apt packages, the nightly toolchain with
+    /// rust-src, and bpf-linker built against the nightly's own LLVM. Quick when all is present.
+    Setup,
+    /// Run setup, then build the whole workspace (the eBPF object is built by memprof's build.rs).
+    Build(BuildArgs),
+    /// Run setup, then every check and test: fmt, clippy (host and eBPF), unit tests, and the
+    /// integration tests as root (through `sudo -E` when not root).
+    Test,
+    /// Run setup, build memprof, and profile a bundled leaking program: writes leak.svg and leak.json.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// Build with the release profile.
+    #[arg(long)]
+    release: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = cmd::pin_target_dir().and_then(|()| match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build(args) => build(&args),
+        Command::Test => test::run(),
+        Command::Demo(args) => demo::run(&args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build(args: &BuildArgs) -> anyhow::Result<()> {
+    setup::run()?;
+    let mut build = cmd::cargo();
+    build.args(["build", "--workspace", "--exclude", cmd::EBPF_CRATE]);
+    if args.release {
+        build.arg("--release");
+    }
+    cmd::step("build", &mut build)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn demo_defaults() {
+        let cli = Cli::try_parse_from(["cargo xtask", "demo"]).unwrap();
+        let Command::Demo(args) = cli.command else {
+            panic!("expected demo, got {:?}", cli.command);
+        };
+        assert_eq!(args.duration, 8);
+        assert!(args.out_dir.is_none());
+    }
+
+    #[test]
+    fn demo_rejects_zero_duration() {
+        assert!(Cli::try_parse_from(["cargo xtask", "demo", "--duration", "0"]).is_err());
+    }
+}

@@ -1,1 +1,211 @@
-pub mod text;
+//! Renderers: turn a [`Report`] into text, folded stacks, an SVG flame graph,
+//! JSON or a pprof profile.
+//!
+//! This is the only library module that writes output, and it writes nothing
+//! but the bytes of the report to the `out` it is given. Every renderer is a
+//! pure function of the report and the [`RenderOptions`], so the same report
+//! always renders to the same bytes (golden tests rely on it).
+
+pub(crate) mod folded;
+mod json;
+mod pprof;
+pub(crate) mod svg;
+mod text;
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::model::Report;
+
+/// The output formats of a report.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A human-readable report: header, top stacks, counters.
+    Text,
+    /// Folded stacks (`root;...;leaf bytes`), the input of flame graph tools.
+    Folded,
+    /// A flame graph of outstanding bytes, drawn with inferno.
+    Svg,
+    /// The whole report as JSON (the schema is `memprof::model::Report`).
+    Json,
+    /// A gzipped pprof `profile.proto` with `inuse_space` and `inuse_objects`.
+    Pprof,
+}
+
+impl Format {
+    /// The format implied by a file name's extension, if any.
+    ///
+    /// `.txt` text, `.folded`/`.collapsed` folded, `.svg` svg, `.json` json,
+    /// `.pb.gz`/`.pprof` pprof. Extensions are matched case-insensitively.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        if name.ends_with(".pb.gz") {
+            return Some(Format::Pprof);
+        }
+        let ext = name.rsplit_once('.')?.1;
+        match ext {
+            "txt" => Some(Format::Text),
+            "folded" | "collapsed" => Some(Format::Folded),
+            "svg" => Some(Format::Svg),
+            "json" => Some(Format::Json),
+            "pprof" => Some(Format::Pprof),
+            _ => None,
+        }
+    }
+}
+
+/// How the SVG flame graph is colored.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ColorScheme {
+    /// Every frame from inferno's green-blue "mem" palette.
+    Mem,
+    /// Every frame from inferno's red-yellow "hot" palette (the classic CPU flame graph look).
+    Hot,
+    /// Allocation call sites (the leaf frames, which called the allocator) in red,
+    /// every other frame from the muted "mem" palette, so the leaks stand out.
+    #[default]
+    Leak,
+}
+
+/// Options shared by all renderers; each uses the fields that apply to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Number of stacks shown by the text report, largest first; 0 shows all.
+    pub top: usize,
+    /// Color scheme of the SVG flame graph.
+    pub color: ColorScheme,
+    /// Title of the SVG flame graph and the text report, instead of the default
+    /// one naming the target.
+    pub title: Option<String>,
+}
+
+impl RenderOptions {
+    /// Default for [`RenderOptions::top`].
+    pub const DEFAULT_TOP: usize = 20;
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            top: Self::DEFAULT_TOP,
+            color: ColorScheme::default(),
+            title: None,
+        }
+    }
+}
+
+/// Writes `report` to `out` in `format`.
+///
+/// Nothing is written anywhere else. Errors are those of `out` (and, for SVG,
+/// of inferno).
+pub fn render(
+    report: &Report,
+    format: Format,
+    opts: &RenderOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Text => text::render(report, opts, out),
+        Format::Folded => folded::render(report, out),
+        Format::Svg => svg::render(report, opts, out),
+        Format::Json => json::render(report, out),
+        Format::Pprof => pprof::render(report, out),
+    }
+}
+
+/// `bytes` in binary units with one decimal (`1.5 MiB`), or exact below 1 KiB (`512 B`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A duration in seconds, short and human: `0.25 s`, `12.3 s`, `4m05s`, `2h03m`.
+pub fn human_secs(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".to_string();
+    }
+    if secs < 1.0 {
+        return format!("{secs:.2} s");
+    }
+    if secs < 60.0 {
+        return format!("{secs:.1} s");
+    }
+    let whole = secs.round() as u64;
+    if whole < 3600 {
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    } else {
+        format!("{}h{:02}m", whole / 3600, (whole % 3600) / 60)
+    }
+}
+
+/// The default title of a report about `report.target`.
+fn default_title(report: &Report) -> String {
+    let t = &report.target;
+    if t.comm.is_empty() {
+        format!("memprof: outstanding memory of pid {}", t.pid)
+    } else {
+        format!("memprof: outstanding memory of pid {} ({})", t.pid, t.comm)
+    }
+}
+
+/// The stacks of `report` by outstanding bytes, largest first; ties keep report order.
+fn stacks_by_bytes(report: &Report) -> Vec<&crate::model::Stack> {
+    let mut stacks: Vec<_> = report.stacks.iter().collect();
+    stacks.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)));
+    stacks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_from_path() {
+        let cases = [
+            ("out.txt", Some(Format::Text)),
+            ("a/b/out.folded", Some(Format::Folded)),
+            ("out.collapsed", Some(Format::Folded)),
+            ("OUT.SVG", Some(Format::Svg)),
+            ("report.json", Some(Format::Json)),
+            ("heap.pb.gz", Some(Format::Pprof)),
+            ("heap.pprof", Some(Format::Pprof)),
+            ("archive.tar.gz", None),
+            ("noext", None),
+            ("", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(Format::from_path(Path::new(path)), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536 * 1024), "1.5 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+        assert_eq!(human_secs(0.25), "0.25 s");
+        assert_eq!(human_secs(12.34), "12.3 s");
+        assert_eq!(human_secs(245.0), "4m05s");
+        assert_eq!(human_secs(7380.0), "2h03m");
+        assert_eq!(human_secs(f64::NAN), "?");
+    }
+
+    #[test]
+    fn defaults() {
+        let opts = RenderOptions::default();
+        assert_eq!(opts.top, RenderOptions::DEFAULT_TOP);
+        assert_eq!(opts.color, ColorScheme::Leak);
+        assert_eq!(opts.title, None);
+    }
+}

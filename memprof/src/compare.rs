@@ -1,0 +1,483 @@
+//! Combining reports: merge several into one, or compare two as a
+//! differential flame graph.
+//!
+//! Stacks from different runs (or processes) cannot be matched by address, so
+//! both operations match them by their symbolized frame names
+//! ([`Frame::display_name`], innermost first). Pure functions: no I/O besides
+//! writing the SVG to the given `out`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+
+use anyhow::Context as _;
+
+use crate::model::{Frame, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
+use crate::render::folded::fold;
+use crate::render::svg::{flamegraph, message_svg};
+use crate::render::{human_bytes, RenderOptions};
+
+/// Merges `reports` into one report of the whole set.
+///
+/// - Stacks with the same frame names are joined: bytes and counts summed, the
+///   oldest age is the maximum, the median age is the count-weighted median of
+///   the medians (an approximation: the individual ages are gone), and the frames
+///   (with their addresses) are those of the largest contributing stack.
+///   Stacks the kernel could not walk are joined together.
+/// - Totals and every counter of the stats are summed.
+/// - The target is the common pid, or 0 when the reports are of several
+///   processes; `comm`, `cmdline` and `allocator` list the distinct values.
+/// - The run spans from the earliest start to the latest end.
+///
+/// Stacks come out largest first, ties ordered by their frame names, so the
+/// result does not depend on hash order.
+pub fn merge(reports: &[Report]) -> Report {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<Vec<String>, usize> = HashMap::new();
+    for report in reports {
+        for stack in &report.stacks {
+            let key: Vec<String> = stack.frames.iter().map(Frame::display_name).collect();
+            let i = *index.entry(key.clone()).or_insert_with(|| {
+                groups.push(Group {
+                    key,
+                    stack: Stack {
+                        frames: stack.frames.clone(),
+                        ..Stack::default()
+                    },
+                    largest: 0,
+                    medians: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            if let Some(group) = groups.get_mut(i) {
+                group.add(stack);
+            }
+        }
+    }
+    let mut groups: Vec<Group> = groups.into_iter().map(Group::finish).collect();
+    groups.sort_by(|a, b| {
+        b.stack
+            .bytes
+            .cmp(&a.stack.bytes)
+            .then(b.stack.count.cmp(&a.stack.count))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+
+    let totals = reports.iter().fold(Totals::default(), |t, r| Totals {
+        bytes: t.bytes.saturating_add(r.totals.bytes),
+        count: t.count.saturating_add(r.totals.count),
+    });
+    let stats = reports
+        .iter()
+        .fold(Stats::default(), |s, r| add_stats(&s, &r.stats));
+    let (start_unix_secs, duration_secs) = span(reports);
+    Report {
+        version: SCHEMA_VERSION,
+        target: merged_target(reports, start_unix_secs),
+        start_unix_secs,
+        duration_secs,
+        totals,
+        stacks: groups.into_iter().map(|g| g.stack).collect(),
+        stats,
+    }
+}
+
+/// The stacks of several reports that share frame names.
+struct Group {
+    key: Vec<String>,
+    stack: Stack,
+    /// Bytes of the stack whose frames `stack` carries.
+    largest: u64,
+    /// (median age, count) of every joined stack.
+    medians: Vec<(f64, u64)>,
+}
+
+impl Group {
+    fn add(&mut self, stack: &Stack) {
+        if stack.bytes > self.largest {
+            self.largest = stack.bytes;
+            self.stack.frames.clone_from(&stack.frames);
+        }
+        self.stack.bytes = self.stack.bytes.saturating_add(stack.bytes);
+        self.stack.count = self.stack.count.saturating_add(stack.count);
+        self.stack.oldest_age_secs = self.stack.oldest_age_secs.max(stack.oldest_age_secs);
+        self.medians.push((stack.median_age_secs, stack.count));
+    }
+
+    fn finish(mut self) -> Group {
+        self.stack.median_age_secs = weighted_median(&mut self.medians);
+        self
+    }
+}
+
+/// The value at the middle of `values` weighted by their counts (0 when empty).
+fn weighted_median(values: &mut [(f64, u64)]) -> f64 {
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: u64 = values.iter().map(|v| v.1).fold(0, u64::saturating_add);
+    let half = total.div_ceil(2).max(1);
+    let mut seen = 0u64;
+    for &(value, count) in values.iter() {
+        seen = seen.saturating_add(count);
+        if seen >= half {
+            return value;
+        }
+    }
+    values.last().map_or(0.0, |v| v.0)
+}
+
+fn add_stats(a: &Stats, b: &Stats) -> Stats {
+    Stats {
+        allocs: a.allocs.saturating_add(b.allocs),
+        frees: a.frees.saturating_add(b.frees),
+        failed_allocs: a.failed_allocs.saturating_add(b.failed_allocs),
+        frees_unknown: a.frees_unknown.saturating_add(b.frees_unknown),
+        nested_calls: a.nested_calls.saturating_add(b.nested_calls),
+        live_map_full: a.live_map_full.saturating_add(b.live_map_full),
+        live_map_full_bytes: a.live_map_full_bytes.saturating_add(b.live_map_full_bytes),
+        stack_lost: a.stack_lost.saturating_add(b.stack_lost),
+        stack_map_full: a.stack_map_full.saturating_add(b.stack_map_full),
+        return_without_entry: a
+            .return_without_entry
+            .saturating_add(b.return_without_entry),
+        pending_map_full: a.pending_map_full.saturating_add(b.pending_map_full),
+        pending_stale: a.pending_stale.saturating_add(b.pending_stale),
+    }
+}
+
+/// Start and duration of the set: earliest start to latest end when every
+/// start is known, else no start and the longest duration.
+fn span(reports: &[Report]) -> (f64, f64) {
+    let known = reports.iter().all(|r| r.start_unix_secs > 0.0);
+    if !known || reports.is_empty() {
+        let longest = reports.iter().map(|r| r.duration_secs).fold(0.0, f64::max);
+        return (0.0, longest);
+    }
+    let start = reports
+        .iter()
+        .map(|r| r.start_unix_secs)
+        .fold(f64::INFINITY, f64::min);
+    let end = reports
+        .iter()
+        .map(|r| r.start_unix_secs + r.duration_secs)
+        .fold(f64::NEG_INFINITY, f64::max);
+    (start, end - start)
+}
+
+/// The distinct values of `f` over `reports`, in first-seen order.
+fn distinct<'a>(reports: &'a [Report], f: impl Fn(&'a Report) -> &'a str) -> Vec<&'a str> {
+    let mut seen = Vec::new();
+    for r in reports {
+        let v = f(r);
+        if !v.is_empty() && !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    seen
+}
+
+fn merged_target(reports: &[Report], start_unix_secs: f64) -> Target {
+    let pids: BTreeSet<u32> = reports.iter().map(|r| r.target.pid).collect();
+    let same_process = pids.len() == 1;
+    let cmdlines = distinct(reports, |r| &r.target.cmdline);
+    let cmdline = if same_process || reports.len() <= 1 {
+        cmdlines.join(" | ")
+    } else {
+        let who: Vec<String> = reports
+            .iter()
+            .map(|r| format!("pid {} ({})", r.target.pid, r.target.comm))
+            .collect();
+        format!("merged from {} reports: {}", reports.len(), who.join(", "))
+    };
+    // Only meaningful for one process: when it exited, relative to the merged start.
+    let exited_after_secs = if same_process {
+        reports
+            .iter()
+            .filter_map(|r| {
+                r.target
+                    .exited_after_secs
+                    .map(|e| e + (r.start_unix_secs - start_unix_secs).max(0.0))
+            })
+            .reduce(f64::max)
+    } else {
+        None
+    };
+    Target {
+        pid: if same_process {
+            pids.into_iter().next().unwrap_or(0)
+        } else {
+            0
+        },
+        comm: distinct(reports, |r| &r.target.comm).join(","),
+        cmdline,
+        allocator: distinct(reports, |r| &r.target.allocator).join(", "),
+        exited_after_secs,
+    }
+}
+
+/// The folded stacks of `before` and `after` (as `--format folded` writes
+/// them), the two inputs of inferno's differential flame graph.
+pub fn diff_folded(before: &Report, after: &Report) -> (String, String) {
+    let folded = |report: &Report| {
+        let mut s = String::new();
+        for (stack, bytes) in fold(report, Frame::display_name) {
+            s.push_str(&stack);
+            s.push(' ');
+            s.push_str(&bytes.to_string());
+            s.push('\n');
+        }
+        s
+    };
+    (folded(before), folded(after))
+}
+
+/// Writes a differential flame graph of `after` against `before` to `out`.
+///
+/// Widths are the outstanding bytes of `after`; frames are red where they grew
+/// and blue where they shrank (stacks gone in `after` have no width). Hex
+/// addresses are masked so that unsymbolized frames of different runs match.
+/// An `after` without outstanding bytes gives a small SVG saying so.
+pub fn render_diff_svg(
+    before: &Report,
+    after: &Report,
+    opts: &RenderOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let title = opts.title.clone().unwrap_or_else(|| {
+        let who = |r: &Report| format!("pid {} ({})", r.target.pid, r.target.comm);
+        format!(
+            "memprof: outstanding memory, {} vs {}",
+            who(before),
+            who(after)
+        )
+    });
+    let subtitle = format!(
+        "before: {} in {} allocations; after: {} in {} allocations; red grew, blue shrank",
+        human_bytes(before.totals.bytes),
+        before.totals.count,
+        human_bytes(after.totals.bytes),
+        after.totals.count,
+    );
+    let (folded_before, folded_after) = diff_folded(before, after);
+    let mut merged = Vec::new();
+    let diff_opts = inferno::differential::Options {
+        normalize: false,
+        strip_hex: true,
+    };
+    inferno::differential::from_readers(
+        diff_opts,
+        folded_before.as_bytes(),
+        folded_after.as_bytes(),
+        &mut merged,
+    )
+    .context("inferno could not combine the folded stacks")?;
+    let merged = String::from_utf8_lossy(&merged);
+    let lines: Vec<String> = merged
+        .lines()
+        .filter(|line| line.rsplit(' ').next().is_some_and(|after| after != "0"))
+        .map(str::to_string)
+        .collect();
+    if lines.is_empty() {
+        return message_svg(
+            &title,
+            Some(&subtitle),
+            "no outstanding allocations in the later report",
+            out,
+        );
+    }
+    flamegraph(
+        &lines,
+        title,
+        Some(subtitle),
+        opts.color,
+        &BTreeSet::new(),
+        out,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str, addr: u64) -> Frame {
+        Frame {
+            addr,
+            function: Some(name.to_string()),
+            ..Frame::default()
+        }
+    }
+
+    fn stack(bytes: u64, count: u64, median: f64, names: &[&str], addr: u64) -> Stack {
+        Stack {
+            bytes,
+            count,
+            oldest_age_secs: median * 2.0,
+            median_age_secs: median,
+            frames: names.iter().map(|n| frame(n, addr)).collect(),
+        }
+    }
+
+    fn report(pid: u32, start: f64, stacks: Vec<Stack>) -> Report {
+        let totals = Totals {
+            bytes: stacks.iter().map(|s| s.bytes).sum(),
+            count: stacks.iter().map(|s| s.count).sum(),
+        };
+        Report {
+            version: SCHEMA_VERSION,
+            target: Target {
+                pid,
+                comm: format!("app{pid}"),
+                cmdline: format!("app{pid} --run"),
+                allocator: "/lib/libc.so.6".to_string(),
+                exited_after_secs: None,
+            },
+            start_unix_secs: start,
+            duration_secs: 10.0,
+            totals,
+            stacks,
+            stats: Stats {
+                allocs: totals.count,
+                live_map_full: 1,
+                ..Stats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn merge_joins_by_names_and_sums() {
+        // Same names at different addresses (another run): joined.
+        let a = report(
+            1,
+            100.0,
+            vec![
+                stack(100, 1, 1.0, &["leak", "main"], 0x10),
+                stack(5, 5, 9.0, &[], 0),
+            ],
+        );
+        let b = report(
+            1,
+            105.0,
+            vec![
+                stack(300, 3, 4.0, &["leak", "main"], 0x20),
+                stack(50, 1, 2.0, &["other", "main"], 0x30),
+                stack(7, 1, 3.0, &[], 0),
+            ],
+        );
+        let m = merge(&[a, b]);
+        assert_eq!(m.version, SCHEMA_VERSION);
+        assert_eq!(
+            m.totals,
+            Totals {
+                bytes: 462,
+                count: 11
+            }
+        );
+        assert_eq!(m.stats.allocs, 11);
+        assert_eq!(m.stats.live_map_full, 2);
+        assert_eq!(m.start_unix_secs, 100.0);
+        assert_eq!(m.duration_secs, 15.0);
+        assert_eq!(m.target.pid, 1);
+        assert_eq!(m.target.cmdline, "app1 --run");
+
+        let summary: Vec<_> = m
+            .stacks
+            .iter()
+            .map(|s| (s.bytes, s.count, s.frames.len()))
+            .collect();
+        assert_eq!(summary, [(400, 4, 2), (50, 1, 2), (12, 6, 0)]);
+        let leak = &m.stacks[0];
+        // Frames of the largest contributor.
+        assert_eq!(leak.frames[0].addr, 0x20);
+        assert_eq!(leak.oldest_age_secs, 8.0);
+        // Medians 1.0 (1 allocation) and 4.0 (3 allocations): 4.0.
+        assert_eq!(leak.median_age_secs, 4.0);
+    }
+
+    #[test]
+    fn merge_of_several_processes() {
+        let a = report(1, 100.0, vec![stack(1, 1, 1.0, &["f"], 1)]);
+        let mut b = report(2, 100.0, vec![stack(1, 1, 1.0, &["f"], 1)]);
+        b.target.exited_after_secs = Some(3.0);
+        let m = merge(&[a, b]);
+        assert_eq!(m.target.pid, 0);
+        assert_eq!(m.target.comm, "app1,app2");
+        assert_eq!(
+            m.target.cmdline,
+            "merged from 2 reports: pid 1 (app1), pid 2 (app2)"
+        );
+        assert_eq!(m.target.allocator, "/lib/libc.so.6");
+        assert_eq!(m.target.exited_after_secs, None);
+        assert_eq!(m.stacks.len(), 1);
+        assert_eq!(m.stacks[0].bytes, 2);
+    }
+
+    #[test]
+    fn merge_of_nothing() {
+        let m = merge(&[]);
+        assert_eq!(m.version, SCHEMA_VERSION);
+        assert!(m.stacks.is_empty());
+        assert_eq!(m.totals, Totals::default());
+    }
+
+    #[test]
+    fn weighted_medians() {
+        assert_eq!(weighted_median(&mut []), 0.0);
+        assert_eq!(weighted_median(&mut [(5.0, 1)]), 5.0);
+        assert_eq!(weighted_median(&mut [(9.0, 1), (1.0, 1), (5.0, 1)]), 5.0);
+        assert_eq!(weighted_median(&mut [(9.0, 10), (1.0, 1), (5.0, 1)]), 9.0);
+        assert_eq!(weighted_median(&mut [(2.0, 0)]), 2.0);
+    }
+
+    #[test]
+    fn folded_pair() {
+        let before = report(1, 1.0, vec![stack(10, 1, 1.0, &["leak", "main"], 1)]);
+        let after = report(
+            1,
+            2.0,
+            vec![
+                stack(30, 1, 1.0, &["leak", "main"], 1),
+                stack(5, 1, 1.0, &[], 0),
+            ],
+        );
+        let (b, a) = diff_folded(&before, &after);
+        assert_eq!(b, "main;leak 10\n");
+        assert_eq!(a, "[stack lost] 5\nmain;leak 30\n");
+    }
+
+    #[test]
+    fn diff_svg() {
+        let before = report(
+            1,
+            1.0,
+            vec![
+                stack(10, 1, 1.0, &["leak", "main"], 1),
+                stack(40, 1, 1.0, &["gone", "main"], 1),
+            ],
+        );
+        let after = report(
+            2,
+            2.0,
+            vec![
+                stack(30, 1, 1.0, &["leak", "main"], 1),
+                stack(20, 1, 1.0, &["new", "main"], 1),
+            ],
+        );
+        let mut out = Vec::new();
+        render_diff_svg(&before, &after, &RenderOptions::default(), &mut out).unwrap();
+        let svg = String::from_utf8(out).unwrap();
+        assert!(svg.contains("pid 1 (app1) vs pid 2 (app2)"));
+        // leak grew by 20 of the 50 bytes after: +40%.
+        assert!(svg.contains("leak (30 bytes, 60.00%; +40.00%)"), "{svg}");
+        assert!(svg.contains("new (20 bytes, 40.00%; +40.00%)"), "{svg}");
+        assert!(!svg.contains("gone ("));
+    }
+
+    #[test]
+    fn diff_svg_of_empty_after() {
+        let before = report(1, 1.0, vec![stack(10, 1, 1.0, &["leak"], 1)]);
+        let after = report(1, 2.0, vec![]);
+        let mut out = Vec::new();
+        render_diff_svg(&before, &after, &RenderOptions::default(), &mut out).unwrap();
+        let svg = String::from_utf8(out).unwrap();
+        assert!(svg.contains("no outstanding allocations in the later report"));
+        assert!(svg.ends_with("</svg>\n"));
+    }
+}

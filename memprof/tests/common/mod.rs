@@ -1,0 +1,174 @@
+//! A hand-built report shared by the renderer tests: C frames with file:line,
+//! Rust names (one with `;` in it, one inlined frame), a frame without any
+//! symbol, a stack the kernel could not walk, and counters that say data was lost.
+#![allow(dead_code)] // each test crate uses part of this
+
+use memprof::model::{Frame, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
+
+const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+const APP: &str = "/opt/leaky/bin/leaky";
+
+fn c_frame(addr: u64, function: &str, file: &str, line: u32) -> Frame {
+    Frame {
+        addr,
+        function: Some(function.to_string()),
+        module: Some(APP.to_string()),
+        file: Some(file.to_string()),
+        line: Some(line),
+        inlined: false,
+    }
+}
+
+fn libc_frame(addr: u64, function: &str) -> Frame {
+    Frame {
+        addr,
+        function: Some(function.to_string()),
+        module: Some(LIBC.to_string()),
+        ..Frame::default()
+    }
+}
+
+/// The bottom of every C stack: main, then libc's start code.
+fn c_roots() -> Vec<Frame> {
+    vec![
+        c_frame(0x5555_5555_5301, "main", "/src/leaky/leaky.c", 88),
+        libc_frame(0x7fff_f7c2_9d90, "__libc_start_call_main"),
+        libc_frame(0x7fff_f7c2_9e40, "__libc_start_main_impl"),
+        // `_start` has no debug information.
+        Frame {
+            addr: 0x5555_5555_50a5,
+            function: Some("_start".to_string()),
+            module: Some(APP.to_string()),
+            ..Frame::default()
+        },
+    ]
+}
+
+fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -> Stack {
+    Stack {
+        bytes,
+        count,
+        oldest_age_secs: oldest,
+        median_age_secs: median,
+        frames,
+    }
+}
+
+/// A report as the pipeline would produce it (stacks largest first).
+pub fn sample_report() -> Report {
+    let start = c_roots();
+
+    let mut leak = vec![
+        c_frame(0x5555_5555_5189, "leak_buffer", "/src/leaky/leaky.c", 12),
+        c_frame(
+            0x5555_5555_5240,
+            "process_request",
+            "/src/leaky/leaky.c",
+            40,
+        ),
+    ];
+    leak.extend(start.clone());
+
+    let mut rust = vec![
+        Frame {
+            addr: 0x5555_5555_6a10,
+            function: Some("alloc::raw_vec::RawVec<T,A>::grow_one".to_string()),
+            module: Some(APP.to_string()),
+            file: Some("/rustc/library/alloc/src/raw_vec.rs".to_string()),
+            line: Some(567),
+            inlined: true,
+        },
+        Frame {
+            addr: 0x5555_5555_6a10,
+            function: Some("leaky::cache::Cache::insert".to_string()),
+            module: Some(APP.to_string()),
+            file: Some("/src/leaky/src/cache.rs".to_string()),
+            line: Some(31),
+            inlined: false,
+        },
+        c_frame(
+            0x5555_5555_6b22,
+            "leaky::main",
+            "/src/leaky/src/main.rs",
+            10,
+        ),
+    ];
+    rust.extend(start[1..].iter().cloned());
+
+    let mut semicolon = vec![c_frame(
+        0x5555_5555_7004,
+        "<[u8; 16] as leaky::Fill>::fill",
+        "/src/leaky/src/fill.rs",
+        7,
+    )];
+    semicolon.extend(start.clone());
+
+    let mut unsymbolized = vec![Frame {
+        addr: 0x7fff_f7e0_1234,
+        module: Some("/usr/lib/libfoo.so.1".to_string()),
+        ..Frame::default()
+    }];
+    unsymbolized.extend(start.clone());
+
+    let stacks = vec![
+        stack(1 << 20, 16, 29.75, 15.5, leak),
+        stack(256 << 10, 64, 20.0, 10.25, rust),
+        stack(8192, 1, 0.125, 0.125, unsymbolized),
+        stack(4096, 2, 3.5, 2.0, vec![]),
+        stack(1000, 10, 61.0, 0.5, semicolon),
+    ];
+    let totals = Totals {
+        bytes: stacks.iter().map(|s| s.bytes).sum(),
+        count: stacks.iter().map(|s| s.count).sum(),
+    };
+    Report {
+        version: SCHEMA_VERSION,
+        target: Target {
+            pid: 4242,
+            comm: "leaky".to_string(),
+            cmdline: "/opt/leaky/bin/leaky --rounds 3 --size 4096".to_string(),
+            allocator: LIBC.to_string(),
+            exited_after_secs: Some(27.25),
+        },
+        start_unix_secs: 1_714_564_800.25,
+        duration_secs: 30.0,
+        totals,
+        stacks,
+        stats: Stats {
+            allocs: 1200,
+            frees: 1107,
+            failed_allocs: 0,
+            frees_unknown: 37,
+            nested_calls: 3,
+            live_map_full: 5,
+            live_map_full_bytes: 20480,
+            stack_lost: 2,
+            stack_map_full: 0,
+            return_without_entry: 1,
+            pending_map_full: 0,
+            pending_stale: 0,
+        },
+    }
+}
+
+/// A report of a run that found nothing outstanding.
+pub fn empty_report() -> Report {
+    Report {
+        version: SCHEMA_VERSION,
+        target: Target {
+            pid: 7,
+            comm: "quiet".to_string(),
+            cmdline: "quiet".to_string(),
+            allocator: LIBC.to_string(),
+            exited_after_secs: None,
+        },
+        start_unix_secs: 1_714_564_800.0,
+        duration_secs: 5.0,
+        stats: Stats {
+            allocs: 10,
+            frees: 10,
+            ..Stats::default()
+        },
+        ..Report::default()
+    }
+}

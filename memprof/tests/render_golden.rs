@@ -1,0 +1,181 @@
+//! Golden-file tests of the text, folded and JSON renderers, and checks of the SVG.
+//!
+//! Run with `MEMPROF_BLESS=1` to rewrite the files under `tests/golden/` from
+//! the current output, then review the diff before committing it.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{empty_report, sample_report};
+use memprof::model::Report;
+use memprof::render::{render, ColorScheme, Format, RenderOptions};
+
+fn rendered(report: &Report, format: Format, opts: &RenderOptions) -> String {
+    let mut out = Vec::new();
+    render(report, format, opts, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// Compares `actual` with `tests/golden/<name>`, or rewrites it when `MEMPROF_BLESS=1`.
+fn check_golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("MEMPROF_BLESS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with MEMPROF_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(e, a)| e != a)
+            .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the output, first at line {}:\n  expected: {:?}\n  actual:   {:?}\n\
+             full output:\n{actual}\nrun with MEMPROF_BLESS=1 to accept the new output",
+            path.display(),
+            line + 1,
+            expected.lines().nth(line),
+            actual.lines().nth(line),
+        );
+    }
+}
+
+#[test]
+fn text_golden() {
+    let opts = RenderOptions {
+        top: 4,
+        ..RenderOptions::default()
+    };
+    check_golden(
+        "sample.txt",
+        &rendered(&sample_report(), Format::Text, &opts),
+    );
+}
+
+#[test]
+fn text_all_stacks() {
+    let opts = RenderOptions {
+        top: 0,
+        ..RenderOptions::default()
+    };
+    let text = rendered(&sample_report(), Format::Text, &opts);
+    assert!(
+        text.contains("\n5 stacks by outstanding bytes:\n"),
+        "{text}"
+    );
+    for rank in 1..=5 {
+        assert!(text.contains(&format!("\n#{rank}  ")), "{text}");
+    }
+    assert!(!text.contains("more stack"), "{text}");
+}
+
+#[test]
+fn text_empty_golden() {
+    let text = rendered(&empty_report(), Format::Text, &RenderOptions::default());
+    assert!(text.contains("no outstanding allocations were found"));
+    check_golden("empty.txt", &text);
+}
+
+#[test]
+fn folded_golden() {
+    let folded = rendered(&sample_report(), Format::Folded, &RenderOptions::default());
+    for line in folded.lines() {
+        let (stack, bytes) = line.rsplit_once(' ').unwrap();
+        assert!(bytes.parse::<u64>().is_ok(), "{line}");
+        assert!(!stack.contains('\n'), "{line}");
+    }
+    check_golden("sample.folded", &folded);
+}
+
+#[test]
+fn json_golden_round_trips() {
+    let report = sample_report();
+    let json = rendered(&report, Format::Json, &RenderOptions::default());
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, report);
+    check_golden("sample.json", &json);
+}
+
+/// Parses `svg` completely, failing on malformed XML.
+fn assert_well_formed(svg: &str) {
+    let mut reader = quick_xml::Reader::from_str(svg);
+    let mut depth = 0i32;
+    let mut elements = 0;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(_)) => {
+                depth += 1;
+                elements += 1;
+            }
+            Ok(quick_xml::events::Event::Empty(_)) => elements += 1,
+            Ok(quick_xml::events::Event::End(_)) => depth -= 1,
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("malformed SVG at {}: {e}\n{svg}", reader.buffer_position()),
+        }
+        assert!(depth >= 0);
+    }
+    assert_eq!(depth, 0, "unclosed elements");
+    assert!(elements > 0);
+    assert!(svg.contains("<svg"));
+}
+
+#[test]
+fn svg_of_sample() {
+    let svg = rendered(&sample_report(), Format::Svg, &RenderOptions::default());
+    assert_well_formed(&svg);
+    assert!(
+        svg.contains("memprof: outstanding memory of pid 4242 (leaky)"),
+        "title"
+    );
+    assert!(svg.contains("1.3 MiB (1324008 bytes) in 93 allocations outstanding after 30.0 s"));
+    assert!(svg.contains("LOWER BOUNDS"));
+    // Leaf frames, with their call sites, and their tooltips in bytes.
+    for leaf in [
+        "leak_buffer (leaky.c:12)",
+        "alloc::raw_vec::RawVec&lt;T,A&gt;::grow_one (raw_vec.rs:567)",
+        "[stack lost]",
+        "&lt;[u8: 16] as leaky::Fill&gt;::fill (fill.rs:7)",
+        "libfoo.so.1@0x7ffff7e01234",
+    ] {
+        assert!(svg.contains(leaf), "missing {leaf}");
+    }
+    assert!(svg.contains("leak_buffer (leaky.c:12) (1,048,576 bytes, 79.20%)"));
+    // Leak scheme: the allocation call sites are red.
+    assert!(svg.contains("rgb(220,50,40)"));
+}
+
+#[test]
+fn svg_is_deterministic_for_every_scheme() {
+    for color in [ColorScheme::Mem, ColorScheme::Hot, ColorScheme::Leak] {
+        let opts = RenderOptions {
+            color,
+            title: Some("custom <title>".to_string()),
+            ..RenderOptions::default()
+        };
+        let a = rendered(&sample_report(), Format::Svg, &opts);
+        let b = rendered(&sample_report(), Format::Svg, &opts);
+        assert_eq!(a, b, "{color:?}");
+        assert_well_formed(&a);
+        assert!(a.contains("custom &lt;title&gt;"));
+        assert_eq!(a.contains("rgb(220,50,40)"), color == ColorScheme::Leak);
+    }
+}
+
+#[test]
+fn svg_of_empty_report() {
+    let svg = rendered(&empty_report(), Format::Svg, &RenderOptions::default());
+    assert_well_formed(&svg);
+    assert!(svg.contains("no outstanding allocations were found"));
+    assert!(svg.contains("memprof: outstanding memory of pid 7 (quiet)"));
+}

@@ -1,0 +1,275 @@
+//! The pprof renderer, checked with an independent decoder: the messages of
+//! `profile.proto` declared with prost, and the gzip undone with flate2.
+
+mod common;
+
+use std::io::Read;
+
+use common::{empty_report, sample_report};
+use memprof::model::Report;
+use memprof::render::{render, Format, RenderOptions};
+
+// perftools.profiles, from https://github.com/google/pprof/blob/main/proto/profile.proto
+#[derive(Clone, PartialEq, prost::Message)]
+struct Profile {
+    #[prost(message, repeated, tag = "1")]
+    sample_type: Vec<ValueType>,
+    #[prost(message, repeated, tag = "2")]
+    sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    mapping: Vec<Mapping>,
+    #[prost(message, repeated, tag = "4")]
+    location: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    function: Vec<Function>,
+    #[prost(string, repeated, tag = "6")]
+    string_table: Vec<String>,
+    #[prost(int64, tag = "7")]
+    drop_frames: i64,
+    #[prost(int64, tag = "8")]
+    keep_frames: i64,
+    #[prost(int64, tag = "9")]
+    time_nanos: i64,
+    #[prost(int64, tag = "10")]
+    duration_nanos: i64,
+    #[prost(message, optional, tag = "11")]
+    period_type: Option<ValueType>,
+    #[prost(int64, tag = "12")]
+    period: i64,
+    #[prost(int64, repeated, tag = "13")]
+    comment: Vec<i64>,
+    #[prost(int64, tag = "14")]
+    default_sample_type: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ValueType {
+    #[prost(int64, tag = "1")]
+    r#type: i64,
+    #[prost(int64, tag = "2")]
+    unit: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Sample {
+    #[prost(uint64, repeated, tag = "1")]
+    location_id: Vec<u64>,
+    #[prost(int64, repeated, tag = "2")]
+    value: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Mapping {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(uint64, tag = "2")]
+    memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    file_offset: u64,
+    #[prost(int64, tag = "5")]
+    filename: i64,
+    #[prost(int64, tag = "6")]
+    build_id: i64,
+    #[prost(bool, tag = "7")]
+    has_functions: bool,
+    #[prost(bool, tag = "8")]
+    has_filenames: bool,
+    #[prost(bool, tag = "9")]
+    has_line_numbers: bool,
+    #[prost(bool, tag = "10")]
+    has_inline_frames: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Location {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(uint64, tag = "2")]
+    mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    address: u64,
+    #[prost(message, repeated, tag = "4")]
+    line: Vec<Line>,
+    #[prost(bool, tag = "5")]
+    is_folded: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Line {
+    #[prost(uint64, tag = "1")]
+    function_id: u64,
+    #[prost(int64, tag = "2")]
+    line: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Function {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(int64, tag = "2")]
+    name: i64,
+    #[prost(int64, tag = "3")]
+    system_name: i64,
+    #[prost(int64, tag = "4")]
+    filename: i64,
+    #[prost(int64, tag = "5")]
+    start_line: i64,
+}
+
+fn decode(report: &Report) -> Profile {
+    let mut gz = Vec::new();
+    render(report, Format::Pprof, &RenderOptions::default(), &mut gz).unwrap();
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    <Profile as prost::Message>::decode(&raw[..]).unwrap()
+}
+
+/// One frame of a decoded stack: function name, file and line, or the address.
+#[derive(Debug, PartialEq)]
+enum Decoded {
+    Line(String, String, i64),
+    Addr(u64),
+}
+
+/// The frames of `sample`, innermost first, with inlined lines expanded.
+fn frames(p: &Profile, sample: &Sample) -> Vec<Decoded> {
+    let s = |i: i64| p.string_table[i as usize].clone();
+    let mut out = Vec::new();
+    for &id in &sample.location_id {
+        let loc = &p.location[id as usize - 1];
+        assert_eq!(loc.id, id, "location ids are their index plus one");
+        if loc.line.is_empty() {
+            out.push(Decoded::Addr(loc.address));
+        }
+        for line in &loc.line {
+            let f = &p.function[line.function_id as usize - 1];
+            assert_eq!(f.id, line.function_id);
+            out.push(Decoded::Line(s(f.name), s(f.filename), line.line));
+        }
+    }
+    out
+}
+
+#[test]
+fn sample_report_decodes_exactly() {
+    let report = sample_report();
+    let p = decode(&report);
+    let s = |i: i64| p.string_table[i as usize].as_str();
+
+    assert_eq!(p.string_table[0], "");
+    let types: Vec<_> = p
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(
+        types,
+        [("inuse_space", "bytes"), ("inuse_objects", "count")]
+    );
+    assert_eq!(s(p.default_sample_type), "inuse_space");
+    assert_eq!(p.time_nanos, 1_714_564_800_250_000_000);
+    assert_eq!(p.duration_nanos, 30_000_000_000);
+
+    // One sample per stack, values [bytes, count], totals exact.
+    assert_eq!(p.sample.len(), report.stacks.len());
+    for (sample, stack) in p.sample.iter().zip(&report.stacks) {
+        assert_eq!(sample.value, [stack.bytes as i64, stack.count as i64]);
+    }
+    let bytes: i64 = p.sample.iter().map(|s| s.value[0]).sum();
+    let count: i64 = p.sample.iter().map(|s| s.value[1]).sum();
+    assert_eq!(bytes as u64, report.totals.bytes);
+    assert_eq!(count as u64, report.totals.count);
+
+    let line = |f: &str, file: &str, l: i64| Decoded::Line(f.into(), file.into(), l);
+    let libc_start = [
+        line("__libc_start_call_main", "", 0),
+        line("__libc_start_main_impl", "", 0),
+        line("_start", "", 0),
+    ];
+
+    let mut want = vec![
+        line("leak_buffer", "/src/leaky/leaky.c", 12),
+        line("process_request", "/src/leaky/leaky.c", 40),
+        line("main", "/src/leaky/leaky.c", 88),
+    ];
+    want.extend(libc_start.iter().map(|d| match d {
+        Decoded::Line(a, b, c) => Decoded::Line(a.clone(), b.clone(), *c),
+        Decoded::Addr(a) => Decoded::Addr(*a),
+    }));
+    assert_eq!(frames(&p, &p.sample[0]), want);
+
+    // The inlined frame shares the location of the frame it was inlined into.
+    let rust = &p.sample[1];
+    assert_eq!(rust.location_id.len(), report.stacks[1].frames.len() - 1);
+    let inlined = &p.location[rust.location_id[0] as usize - 1];
+    assert_eq!(inlined.address, 0x5555_5555_6a10);
+    assert_eq!(inlined.line.len(), 2);
+    assert_eq!(
+        frames(&p, rust)[..3],
+        [
+            line(
+                "alloc::raw_vec::RawVec<T,A>::grow_one",
+                "/rustc/library/alloc/src/raw_vec.rs",
+                567
+            ),
+            line("leaky::cache::Cache::insert", "/src/leaky/src/cache.rs", 31),
+            line("leaky::main", "/src/leaky/src/main.rs", 10),
+        ]
+    );
+
+    // A frame without a symbol is an address in its module's mapping.
+    let unsymbolized = &p.sample[2];
+    assert_eq!(frames(&p, unsymbolized)[0], Decoded::Addr(0x7fff_f7e0_1234));
+    let loc = &p.location[unsymbolized.location_id[0] as usize - 1];
+    let mapping = &p.mapping[loc.mapping_id as usize - 1];
+    assert_eq!(s(mapping.filename), "/usr/lib/libfoo.so.1");
+    assert!(!mapping.has_functions);
+    assert!(mapping.memory_start <= loc.address && loc.address < mapping.memory_limit);
+
+    // The stack the kernel could not walk.
+    assert_eq!(frames(&p, &p.sample[3]), [line("[stack lost]", "", 0)]);
+
+    // `;` needs no escaping in pprof: the name is kept as is.
+    assert_eq!(
+        frames(&p, &p.sample[4])[0],
+        line(
+            "<[u8; 16] as leaky::Fill>::fill",
+            "/src/leaky/src/fill.rs",
+            7
+        )
+    );
+
+    // Every mapping covers the addresses of its locations.
+    for loc in &p.location {
+        if loc.mapping_id != 0 {
+            let m = &p.mapping[loc.mapping_id as usize - 1];
+            assert!(m.memory_start <= loc.address && loc.address < m.memory_limit);
+        }
+    }
+    let comments: Vec<_> = p.comment.iter().map(|&i| s(i)).collect();
+    assert!(comments.contains(&"memprof: outstanding memory of pid 4242 (leaky)"));
+    assert!(comments.iter().any(|c| c.contains("lower bounds")));
+}
+
+#[test]
+fn empty_report_decodes() {
+    let p = decode(&empty_report());
+    assert!(p.sample.is_empty());
+    assert!(p.location.is_empty());
+    assert_eq!(p.sample_type.len(), 2);
+    assert_eq!(p.string_table[0], "");
+}
+
+#[test]
+fn output_is_deterministic() {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let opts = RenderOptions::default();
+    render(&sample_report(), Format::Pprof, &opts, &mut a).unwrap();
+    render(&sample_report(), Format::Pprof, &opts, &mut b).unwrap();
+    assert_eq!(a, b);
+}

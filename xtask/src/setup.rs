@@ -1,0 +1,551 @@
+//! `cargo xtask setup`: install what a fresh Debian 12 machine lacks, idempotently.
+//!
+//! Each item is checked first and prints one line, `ok` or `installing ...`, so a second run
+//! takes a moment. See /work/shared/TOOLCHAIN.md for why bpf-linker is built the way it is.
+
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd::{self, is_root, output};
+
+/// Debian packages the project needs, and why.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("gcc", "compiles the C fixtures and the demo program"),
+    (
+        "libc6-dev",
+        "libc headers and the static libc.a a fixture links",
+    ),
+    (
+        "libc6-dbg",
+        "debug info: line numbers for libc frames in stacks",
+    ),
+    ("util-linux", "setpriv, for tests that drop privileges"),
+];
+
+/// Components of the nightly toolchain: rust-src for `-Z build-std=core`, clippy for the eBPF lint step.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+/// Components of the toolchain that runs xtask, for `cargo xtask test`.
+const HOST_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Overrides where bpf-linker is looked for and installed (`cargo install --root`), e.g. to try
+/// the install path without touching the bpf-linker on PATH.
+const BPF_LINKER_ROOT_ENV: &str = "MEMPROF_BPF_LINKER_ROOT";
+
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    apt_packages().context("setup: apt packages")?;
+    toolchains().context("setup: Rust toolchains")?;
+    bpf_linker().context("setup: bpf-linker")?;
+    println!("setup: done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn ok(item: &str, detail: &str) {
+    if detail.is_empty() {
+        println!("setup: {item}: ok");
+    } else {
+        println!("setup: {item}: ok ({detail})");
+    }
+}
+
+fn installing(item: &str, detail: &str) {
+    println!("setup: {item}: installing {detail}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// apt
+
+fn apt_packages() -> Result<()> {
+    if which::which("dpkg-query").is_err() {
+        let names: Vec<&str> = APT_PACKAGES.iter().map(|(name, _)| *name).collect();
+        println!(
+            "setup: apt packages: skipped, dpkg-query not found (not Debian?): \
+             install the equivalents of {} yourself",
+            names.join(", ")
+        );
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    for &(name, why) in APT_PACKAGES {
+        if dpkg_installed(name)? {
+            ok(name, "");
+        } else {
+            installing(name, &format!("with apt-get ({why})"));
+            missing.push(name);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+
+    cmd::run(&mut privileged(&missing, &["apt-get", "update"])?)?;
+    let mut install = vec!["apt-get", "install", "-y", "--no-install-recommends"];
+    install.extend(&missing);
+    cmd::run(&mut privileged(&missing, &install)?)?;
+    for name in missing {
+        if !dpkg_installed(name)? {
+            bail!("apt-get reported success but {name} is still not installed");
+        }
+    }
+    Ok(())
+}
+
+/// Whether dpkg knows `name` as installed (`dpkg-query` fails for packages it never heard of).
+fn dpkg_installed(name: &str) -> Result<bool> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .stdin(Stdio::null())
+        .output()
+        .context("could not run dpkg-query")?;
+    let status = String::from_utf8_lossy(&out.stdout);
+    // "install ok installed": want, error flag, state.
+    Ok(out.status.success() && status.split_whitespace().nth(2) == Some("installed"))
+}
+
+/// An apt-get command line, run through sudo when not root.
+fn privileged(missing: &[&str], argv: &[&str]) -> Result<Command> {
+    let mut cmd = if is_root() {
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    } else if which::which("sudo").is_ok() {
+        let mut cmd = Command::new("sudo");
+        cmd.args(["env", "DEBIAN_FRONTEND=noninteractive"])
+            .args(argv);
+        cmd
+    } else {
+        bail!(
+            "installing {} needs root and sudo is not installed: run `cargo xtask setup` as root",
+            missing.join(" ")
+        );
+    };
+    cmd.stdin(Stdio::null());
+    Ok(cmd)
+}
+
+// ---------------------------------------------------------------------------------------------
+// rustup toolchains
+
+fn rustup(args: &[&str]) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(args);
+    cmd
+}
+
+fn toolchains() -> Result<()> {
+    let list = output(&mut rustup(&["toolchain", "list"])).context(
+        "memprof builds its eBPF programs with a nightly toolchain managed by rustup: \
+         install rustup (https://rustup.rs) and put ~/.cargo/bin on PATH",
+    )?;
+    if has_undated_nightly(&list) {
+        ok("nightly toolchain", "");
+    } else {
+        installing("nightly toolchain", "with rustup (profile minimal)");
+        cmd::run(&mut rustup(&[
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    components("nightly", NIGHTLY_COMPONENTS)?;
+
+    // The toolchain `cargo` resolves to here (rustup's RUSTUP_TOOLCHAIN, override or default),
+    // which runs fmt and clippy in `cargo xtask test`.
+    let active = output(rustup(&["show", "active-toolchain"]).current_dir(cmd::root()))?;
+    let active = active
+        .split_whitespace()
+        .next()
+        .context("`rustup show active-toolchain` printed nothing")?
+        .to_owned();
+    components(&active, HOST_COMPONENTS)
+}
+
+/// Whether `rustup toolchain list` shows a plain `nightly` (not a dated `nightly-2024-05-01`).
+fn has_undated_nightly(list: &str) -> bool {
+    list.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .any(|name| match name.strip_prefix("nightly") {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_prefix('-')
+                .is_some_and(|host| !host.starts_with(|c: char| c.is_ascii_digit())),
+            None => false,
+        })
+}
+
+fn components(toolchain: &str, wanted: &[&str]) -> Result<()> {
+    let installed = output(&mut rustup(&[
+        "component",
+        "list",
+        "--toolchain",
+        toolchain,
+        "--installed",
+    ]))?;
+    for &component in wanted {
+        let item = format!("{toolchain} {component}");
+        if has_component(&installed, component) {
+            ok(&item, "");
+        } else {
+            installing(&item, "with rustup");
+            cmd::run(&mut rustup(&[
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                toolchain,
+            ]))?;
+        }
+    }
+    Ok(())
+}
+
+/// `rustup component list --installed` prints `rust-src` or `clippy-x86_64-unknown-linux-gnu`
+/// (the component, then the host triple).
+fn has_component(installed: &str, component: &str) -> bool {
+    let arch = format!("{}-", env::consts::ARCH);
+    installed.lines().map(str::trim).any(|line| {
+        line == component
+            || line
+                .strip_prefix(component)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|host| host.starts_with(&arch) && host.contains(env::consts::OS))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// bpf-linker
+
+/// The LLVM that ships inside the nightly toolchain.
+struct NightlyLlvm {
+    major: u32,
+    /// `<nightly sysroot>/lib`, the rpath bpf-linker is linked with.
+    lib_dir: PathBuf,
+    /// The real `libLLVM.so.<ver>-rust-<rustc version>` file in `lib_dir`.
+    libllvm: PathBuf,
+}
+
+fn nightly_llvm() -> Result<NightlyLlvm> {
+    let version = output(&mut rustup(&["run", "nightly", "rustc", "-vV"]))?;
+    let major = llvm_major(&version)?;
+    let sysroot = output(&mut rustup(&[
+        "run", "nightly", "rustc", "--print", "sysroot",
+    ]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = find_libllvm(&lib_dir)?;
+    Ok(NightlyLlvm {
+        major,
+        lib_dir,
+        libllvm,
+    })
+}
+
+/// The major version in `rustc -vV`'s `LLVM version: 22.1.4` line.
+fn llvm_major(rustc_vv: &str) -> Result<u32> {
+    let version = rustc_vv
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version:"))
+        .context("`rustc +nightly -vV` prints no `LLVM version:` line")?
+        .trim();
+    version
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .with_context(|| format!("cannot read the LLVM major version from {version:?}"))
+}
+
+/// The largest regular file named `libLLVM.so.*` in `lib_dir` (the `libLLVM-*.so` next to it is a
+/// tiny linker script, and symlinks are skipped).
+fn find_libllvm(lib_dir: &Path) -> Result<PathBuf> {
+    let entries =
+        fs::read_dir(lib_dir).with_context(|| format!("cannot list {}", lib_dir.display()))?;
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", lib_dir.display()))?;
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("libLLVM.so.")
+        {
+            continue;
+        }
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+        if meta.is_file() && best.as_ref().is_none_or(|(size, _)| meta.len() > *size) {
+            best = Some((meta.len(), entry.path()));
+        }
+    }
+    best.map(|(_, path)| path).with_context(|| {
+        format!(
+            "the nightly toolchain ships no libLLVM.so.* in {}: bpf-linker cannot be built \
+             against it (try `rustup update nightly`)",
+            lib_dir.display()
+        )
+    })
+}
+
+/// Why an existing bpf-linker cannot be used, or its `--version` line if it can.
+enum Linker {
+    Usable(String),
+    Missing,
+    Unusable(String),
+}
+
+fn check_linker(bin: &Path, llvm: &NightlyLlvm) -> Linker {
+    if !bin.exists() {
+        return Linker::Missing;
+    }
+    let version = match Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        Ok(out) => {
+            return Linker::Unusable(format!(
+                "`{} --version` fails: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Err(err) => return Linker::Unusable(format!("cannot run {}: {err}", bin.display())),
+    };
+    let ldd = match output(Command::new("ldd").arg(bin)) {
+        Ok(ldd) => ldd,
+        Err(err) => return Linker::Unusable(format!("{err:#}")),
+    };
+    match loaded_libllvm(&ldd) {
+        Some(loaded) if same_file(Path::new(loaded), &llvm.libllvm) => Linker::Usable(version),
+        Some(loaded) => Linker::Unusable(format!(
+            "it loads {loaded}, not the nightly's {}",
+            llvm.libllvm.display()
+        )),
+        None => Linker::Unusable("ldd shows no libLLVM it loads".to_owned()),
+    }
+}
+
+/// The path ldd resolved libLLVM to (`libLLVM.so.22.1-rust-... => /path (0x...)`), or `not found`.
+fn loaded_libllvm(ldd: &str) -> Option<&str> {
+    ldd.lines().find_map(|line| {
+        let (name, resolved) = line.split_once("=>")?;
+        if !name.trim().starts_with("libLLVM") {
+            return None;
+        }
+        let resolved = resolved.trim();
+        Some(match resolved.rfind(" (0x") {
+            Some(end) => &resolved[..end],
+            None => resolved,
+        })
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+fn bpf_linker() -> Result<()> {
+    let llvm = nightly_llvm()?;
+    let root = env::var_os(BPF_LINKER_ROOT_ENV).map(PathBuf::from);
+    let bin = match &root {
+        Some(root) => Some(root.join("bin/bpf-linker")),
+        None => which::which("bpf-linker").ok(),
+    };
+    let state = bin
+        .as_deref()
+        .map_or(Linker::Missing, |bin| check_linker(bin, &llvm));
+    match state {
+        Linker::Usable(version) => {
+            let at = bin.as_deref().unwrap_or(Path::new("?")).display();
+            ok(
+                "bpf-linker",
+                &format!("{version} at {at}, on the nightly's LLVM {}", llvm.major),
+            );
+            return Ok(());
+        }
+        Linker::Missing => installing(
+            "bpf-linker",
+            &format!(
+                "{BPF_LINKER_VERSION} with cargo, against the nightly's LLVM {} (about a minute)",
+                llvm.major
+            ),
+        ),
+        Linker::Unusable(why) => installing(
+            "bpf-linker",
+            &format!(
+                "{BPF_LINKER_VERSION} with cargo, against the nightly's LLVM {}, because {why} \
+                 (about a minute)",
+                llvm.major
+            ),
+        ),
+    }
+    install_linker(&llvm, root.as_deref())?;
+
+    // Check what builds will actually run.
+    let bin = match &root {
+        Some(root) => root.join("bin/bpf-linker"),
+        None => which::which("bpf-linker").context(
+            "bpf-linker was installed but is not on PATH: add cargo's bin directory \
+             ($CARGO_HOME/bin, usually ~/.cargo/bin) to PATH",
+        )?,
+    };
+    match check_linker(&bin, &llvm) {
+        Linker::Usable(version) => {
+            println!(
+                "setup: bpf-linker: installed {version} at {}",
+                bin.display()
+            );
+            if root.is_some() {
+                println!(
+                    "setup: bpf-linker: {BPF_LINKER_ROOT_ENV} is set: put {} on PATH to use it",
+                    bin.parent().unwrap_or(&bin).display()
+                );
+            }
+            Ok(())
+        }
+        Linker::Missing => bail!("bpf-linker was installed but {} is missing", bin.display()),
+        Linker::Unusable(why) => bail!(
+            "the bpf-linker found at {} cannot be used: {why}; if another bpf-linker shadows \
+             the one cargo installed, remove it or put cargo's bin directory first in PATH",
+            bin.display()
+        ),
+    }
+}
+
+/// Where the LLVM prefix for building bpf-linker lives: `$XDG_CACHE_HOME` or `~/.cache`.
+fn llvm_prefix_dir() -> Result<PathBuf> {
+    let cache = match env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        _ => env::var_os("HOME")
+            .map(|home| Path::new(&home).join(".cache"))
+            .context("neither XDG_CACHE_HOME nor HOME is set: cannot place the LLVM prefix")?,
+    };
+    Ok(cache.join("memprof/llvm-prefix"))
+}
+
+/// `cargo install bpf-linker` against the nightly's libLLVM: no system LLVM is needed.
+fn install_linker(llvm: &NightlyLlvm, root: Option<&Path>) -> Result<()> {
+    // A prefix whose lib/libLLVM.so is the nightly's libLLVM, for llvm-sys to link against.
+    let prefix = llvm_prefix_dir()?;
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("cannot create {}", prefix_lib.display()))?;
+    let link = prefix_lib.join("libLLVM.so");
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+    }
+    symlink(&llvm.libllvm, &link).with_context(|| {
+        format!(
+            "cannot link {} to {}",
+            link.display(),
+            llvm.libllvm.display()
+        )
+    })?;
+
+    let mut install = cmd::cargo();
+    install
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--locked", "--force", "--no-default-features", "--features"])
+        .arg(format!("llvm-{}", llvm.major))
+        .env("LLVM_PREFIX", &prefix)
+        // Outside the workspace, so its .cargo/config.toml (rustflags, ...) does not apply.
+        .current_dir(&prefix)
+        .stdin(Stdio::null());
+    if let Some(root) = root {
+        install.arg("--root").arg(root);
+    }
+    // The rpath makes bpf-linker find the nightly's libLLVM at run time.
+    let rpath = format!("link-arg=-Wl,-rpath,{}", llvm.lib_dir.display());
+    if rpath.contains(char::is_whitespace) {
+        install
+            .env_remove("RUSTFLAGS")
+            .env("CARGO_ENCODED_RUSTFLAGS", format!("-C\x1f{rpath}"));
+    } else {
+        install
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env("RUSTFLAGS", format!("-C {rpath}"));
+    }
+    cmd::run(&mut install)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_llvm_major() {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
+                  host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(vv).unwrap(), 22);
+        assert!(llvm_major("rustc 1.0\n").is_err());
+    }
+
+    #[test]
+    fn finds_undated_nightly_only() {
+        let list = "stable-x86_64-unknown-linux-gnu (active, default)\n\
+                    nightly-x86_64-unknown-linux-gnu\n1.95.0-x86_64-unknown-linux-gnu\n";
+        assert!(has_undated_nightly(list));
+        assert!(has_undated_nightly("nightly\n"));
+        assert!(!has_undated_nightly(
+            "stable-x86_64-unknown-linux-gnu (default)\nnightly-2024-05-01-x86_64-unknown-linux-gnu\n"
+        ));
+        assert!(!has_undated_nightly("no installed toolchains\n"));
+    }
+
+    #[test]
+    fn matches_components_by_name() {
+        let host = format!("{}-unknown-{}-gnu", env::consts::ARCH, env::consts::OS);
+        let installed = format!("cargo-{host}\nclippy-{host}\nrust-src\nrust-std-{host}\n");
+        assert!(has_component(&installed, "rust-src"));
+        assert!(has_component(&installed, "clippy"));
+        assert!(!has_component(&installed, "rustfmt"));
+        assert!(!has_component(&installed, "rust"));
+    }
+
+    #[test]
+    fn reads_libllvm_from_ldd() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ff4925ee000)\n\
+                   \tlibLLVM.so.22.1-rust-1.97.0-nightly => /root/.rustup/toolchains/nightly/lib/libLLVM.so.22.1-rust-1.97.0-nightly (0x00007ff487a00000)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007ff48781e000)\n";
+        assert_eq!(
+            loaded_libllvm(ldd),
+            Some("/root/.rustup/toolchains/nightly/lib/libLLVM.so.22.1-rust-1.97.0-nightly")
+        );
+        assert_eq!(
+            loaded_libllvm("\tlibLLVM.so.22.1-rust-1.97.0-nightly => not found\n"),
+            Some("not found")
+        );
+        assert_eq!(
+            loaded_libllvm("\tlibc.so.6 => /lib/libc.so.6 (0x1)\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn picks_the_real_libllvm_not_the_linker_script() {
+        let dir = std::env::temp_dir().join(format!("xtask-libllvm-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("libLLVM-22-rust-1.97.0-nightly.so"), "INPUT(x)").unwrap();
+        fs::write(
+            dir.join("libLLVM.so.22.1-rust-1.97.0-nightly"),
+            vec![0u8; 4096],
+        )
+        .unwrap();
+        let found = find_libllvm(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            found.unwrap().file_name().unwrap(),
+            "libLLVM.so.22.1-rust-1.97.0-nightly"
+        );
+    }
+}
