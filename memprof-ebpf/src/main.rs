@@ -94,7 +94,12 @@ fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
         // A deeper-or-equal stack than a call still pending: that call never returned.
         bump(stat::PENDING_STALE);
     }
-    let call = PendingCall { size, sp, ptr, depth: 0 };
+    let call = PendingCall {
+        size,
+        sp,
+        ptr,
+        depth: 0,
+    };
     if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
         bump(stat::PENDING_MAP_FULL);
     }
@@ -135,7 +140,10 @@ fn agg_add(stack_id: i64, size: u64) -> bool {
         }
         return true;
     }
-    let first = StackAgg { bytes: size, count: 1 };
+    let first = StackAgg {
+        bytes: size,
+        count: 1,
+    };
     match AGG.insert(stack_id, first, BPF_NOEXIST as u64) {
         Ok(()) => true,
         Err(e) if e == -EEXIST => {
@@ -196,7 +204,11 @@ fn record<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, addr: u64, si
             STACK_LOST
         }
     };
-    let info = AllocInfo { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, stack_id };
+    let info = AllocInfo {
+        size,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id,
+    };
     let mut inserted = LIVE.insert(addr, info, BPF_NOEXIST as u64);
     if let Err(e) = inserted {
         if e == -EEXIST {
