@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compare;
 pub mod error;
 pub mod model;
+pub mod placement;
 pub mod probes;
 pub mod render;
 pub mod session;

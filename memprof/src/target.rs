@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::Error;
+use crate::placement;
 
 /// What an allocator entry point does with its arguments and its result; picks
 /// the pair of BPF programs attached to it.
@@ -31,6 +32,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// How many argument registers the entry program reads.
+    pub fn arguments(self) -> usize {
+        match self {
+            Kind::Malloc | Kind::Free => 1,
+            Kind::Calloc | Kind::Realloc | Kind::Memalign => 2,
+            Kind::ReallocArray | Kind::PosixMemalign => 3,
+        }
+    }
+
     /// Names of the entry and return programs in the BPF object.
     pub fn programs(self) -> (&'static str, Option<&'static str>) {
         match self {
@@ -67,6 +77,8 @@ pub struct ProbeSite {
     /// All probed names that share this address (e.g. `aligned_alloc` and
     /// `memalign` in some glibc versions): one probe serves them all.
     pub names: Vec<&'static str>,
+    /// How far into the function the probes sit (see [`crate::placement`]).
+    pub offset_in_function: u64,
 }
 
 /// A running process chosen as target.
@@ -166,7 +178,18 @@ pub fn probe_sites(library: &Path) -> anyhow::Result<Vec<ProbeSite>> {
                 file_offset,
                 kind,
                 names: vec![name],
+                offset_in_function: 0,
             });
+    }
+    for site in by_addr.values_mut() {
+        let start = usize::try_from(site.file_offset).unwrap_or(usize::MAX);
+        let code = data
+            .get(start..)
+            .map(|c| &c[..c.len().min(64)])
+            .unwrap_or_default();
+        let delta = placement::cheap_offset(code, site.kind.arguments());
+        site.offset_in_function = delta;
+        site.file_offset += delta;
     }
     if by_addr.is_empty() {
         return Err(Error::NoAllocatorSymbols {
