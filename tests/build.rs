@@ -1,0 +1,146 @@
+//! Builds the C fixtures and checks how the Rust fixture is compiled.
+//!
+//! # C fixtures
+//!
+//! `fixtures/{leaky,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
+//! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
+//! harness finds them. Building here rather than from the tests means cargo
+//! rebuilds them exactly when a source changes, the compiler runs as the
+//! user who builds (the tests themselves may run as root through `sudo`, and
+//! would leave root-owned files in `target/`), and no test races another to
+//! compile. A fixture that fails to build (no gcc; no `libc.a` for the static
+//! one) does not fail the build: the error goes to `<name>.error` next to
+//! where the binary would be, and the test that needs it reports it.
+//!
+//! # Frame pointers of the Rust fixture
+//!
+//! memprof walks user stacks by frame pointer, so the `leaky-rust` fixture
+//! must be compiled with `-C force-frame-pointers=yes`, or its stacks skip
+//! the leaking functions. Stable cargo cannot set codegen flags for one
+//! package (`[profile.*.package.*]` has no `rustflags`, and a build script can
+//! only pass `-l`/`-L`/link args), so the flag comes from the workspace's
+//! `.cargo/config.toml`:
+//!
+//! ```toml
+//! [target.x86_64-unknown-linux-gnu]
+//! rustflags = ["-C", "force-frame-pointers=yes"]
+//! ```
+//!
+//! A `RUSTFLAGS` environment variable replaces that setting, so it has to
+//! carry the flag itself. Cargo hands this script the flags it compiles the
+//! package with (`CARGO_ENCODED_RUSTFLAGS`); whether the flag is there goes
+//! to the harness as `MEMPROF_TESTS_FRAME_POINTERS` (`1` or `0`), and the
+//! Rust fixture's tests fail with this explanation when it is `0`.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Flags every C fixture is compiled with: frame pointers everywhere, so the
+/// kernel's frame-pointer unwinder sees every frame of the fixture.
+const CFLAGS: &[&str] = &[
+    "-O1",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-mno-omit-leaf-frame-pointer",
+    "-pthread",
+    "-Wall",
+    "-Wextra",
+];
+
+/// The C fixtures and their extra flags.
+const C_FIXTURES: &[(&str, &[&str])] = &[("leaky", &[]), ("demo", &[]), ("static", &["-static"])];
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-env=MEMPROF_TESTS_CFLAGS={}", CFLAGS.join(" "));
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("fixtures");
+    if let Err(e) = fs::create_dir_all(&out_dir) {
+        println!("cargo:warning=cannot create {}: {e}", out_dir.display());
+    }
+    for (name, extra) in C_FIXTURES {
+        let src = Path::new("fixtures").join(format!("{name}.c"));
+        println!("cargo:rerun-if-changed={}", src.display());
+        let error_file = out_dir.join(format!("{name}.error"));
+        match compile(&src, extra, &out_dir.join(name)) {
+            Ok(warnings) => {
+                let _ = fs::remove_file(&error_file);
+                for line in warnings.lines() {
+                    println!("cargo:warning=fixture {name}: {line}");
+                }
+            }
+            Err(e) => {
+                println!(
+                    "cargo:warning=fixture {name} not built: {}",
+                    e.lines().next().unwrap_or_default()
+                );
+                let _ = fs::write(&error_file, e);
+            }
+        }
+    }
+
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let on = frame_pointers(flags.split('\x1f').filter(|f| !f.is_empty()));
+    println!(
+        "cargo:rustc-env=MEMPROF_TESTS_FRAME_POINTERS={}",
+        if on { 1 } else { 0 }
+    );
+    if !on {
+        println!(
+            "cargo:warning=the leaky-rust fixture is built without frame pointers; add \
+             `rustflags = [\"-C\", \"force-frame-pointers=yes\"]` under \
+             [target.x86_64-unknown-linux-gnu] in .cargo/config.toml (or to RUSTFLAGS)"
+        );
+    }
+}
+
+/// `gcc CFLAGS extra src -o out`. Ok holds gcc's warnings; the error is the
+/// command and gcc's output.
+fn compile(src: &Path, extra: &[&str], out: &Path) -> Result<String, String> {
+    let mut cmd = Command::new("gcc");
+    cmd.args(CFLAGS)
+        .args(extra)
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null());
+    let shown = format!("{cmd:?}");
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run gcc (is it installed?): {e}\ncommand: {shown}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    } else {
+        Err(format!(
+            "gcc failed ({})\ncommand: {shown}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// The value of the last `force-frame-pointers` codegen option, as rustc reads it.
+fn frame_pointers<'a>(flags: impl Iterator<Item = &'a str>) -> bool {
+    let mut on = false;
+    let mut after_c = false;
+    for flag in flags {
+        let opt = if after_c {
+            Some(flag)
+        } else {
+            flag.strip_prefix("-C")
+                .or_else(|| flag.strip_prefix("--codegen="))
+                .filter(|rest| !rest.is_empty())
+        };
+        after_c = flag == "-C" || flag == "--codegen";
+        if let Some(opt) = opt {
+            match opt.strip_prefix("force-frame-pointers") {
+                Some("" | "=yes" | "=y" | "=on" | "=true" | "=always") => on = true,
+                Some(value) if value.starts_with('=') => on = false,
+                _ => {}
+            }
+        }
+    }
+    on
+}

@@ -1,0 +1,76 @@
+//! memprof against the demo service (`tests/fixtures/demo.c`, the program of
+//! `cargo xtask demo`) with `--duration`: the report shows the two leaks and
+//! not the per-request churn. Needs root (run through `cargo xtask test`).
+
+use std::time::Duration;
+
+use tests::{
+    check_no_loss, describe_report, frame_index, root_or_skip, Fixture, Kind, Memprof, Report,
+    Totals, ATTACH_TIMEOUT, FINISH_TIMEOUT,
+};
+
+/// Outstanding bytes and count over the stacks that contain `function`.
+fn through(report: &Report, function: &str) -> Totals {
+    let mut sum = Totals::default();
+    for stack in report
+        .stacks
+        .iter()
+        .filter(|s| frame_index(s, function).is_some())
+    {
+        sum.bytes += stack.bytes;
+        sum.count += stack.count;
+    }
+    sum
+}
+
+#[test]
+fn duration_run_finds_both_leaks() {
+    if !root_or_skip() {
+        return;
+    }
+    // The demo serves for 60 s, far longer than the run: memprof must stop
+    // on its own at the end of --duration.
+    let fixture = Fixture::spawn_with(Kind::Demo, &[], &["60"]);
+    let pid = fixture.pid().to_string();
+    let mut memprof = Memprof::spawn(&["-p", &pid, "--duration", "3", "--format", "json"]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    let report = output.report();
+    let dump = describe_report(&report);
+
+    let problems = check_no_loss(&report.stats);
+    assert!(problems.is_empty(), "{problems:?}\n{dump}");
+    // About 300 requests a second for 3 s: each leaks a cache entry, its key
+    // and its page; every 25th leaks a log buffer.
+    for (function, at_least) in [
+        ("cache_insert", 200),
+        ("render_page", 100),
+        ("log_buffer_append", 4),
+    ] {
+        let got = through(&report, function);
+        assert!(
+            got.count >= at_least && got.bytes > 0,
+            "{function}: {} B in {} allocs, expected at least {at_least} allocs\n{dump}",
+            got.bytes,
+            got.count
+        );
+    }
+    // A request parsed when the probes detached may still be in flight (at
+    // most its 4 blocks); everything else parse_request allocates is freed.
+    let parsed = through(&report, "parse_request");
+    assert!(
+        parsed.count <= 4,
+        "parse_request: {} allocs outstanding, expected at most one request's 4\n{dump}",
+        parsed.count
+    );
+    assert!(
+        report.duration_secs >= 2.5 && report.duration_secs < 30.0,
+        "duration_secs = {}, expected about 3",
+        report.duration_secs
+    );
+    // The demo keeps working after memprof detached, and stops cleanly.
+    fixture.signal(libc::SIGTERM);
+    let status = fixture.finish(Duration::from_secs(10));
+    assert!(status.success(), "the demo did not exit cleanly: {status}");
+}
