@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use memprof_common::AllocInfo;
 
-use crate::model::Totals;
+use crate::model::{Growth, Totals};
 
 /// Outstanding memory of one stack id, before symbolization.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +53,63 @@ pub fn totals(stacks: &[StackTotals]) -> Totals {
         bytes: t.bytes + s.bytes,
         count: t.count + s.count,
     })
+}
+
+/// Keeps the allocations at least `min_age_ns` old at `now_ns`; returns the
+/// kept ones and the totals of those left out.
+pub fn older_than(
+    live: &[(u64, AllocInfo)],
+    now_ns: u64,
+    min_age_ns: u64,
+) -> (Vec<(u64, AllocInfo)>, Totals) {
+    let mut younger = Totals::default();
+    let kept = live
+        .iter()
+        .filter(|(_, info)| {
+            let old = now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns;
+            if !old {
+                younger.bytes += info.size;
+                younger.count += 1;
+            }
+            old
+        })
+        .copied()
+        .collect();
+    (kept, younger)
+}
+
+/// How a stack's outstanding bytes evolved, from samples taken at `times` (seconds).
+pub fn growth(samples: &[u64], times: &[f64]) -> Growth {
+    let n = samples.len().min(times.len());
+    let (samples, times) = (&samples[..n], &times[..n]);
+    let steps = n.saturating_sub(1);
+    let rises = samples.windows(2).filter(|w| w[1] > w[0]).count();
+    let growing = steps > 0 && samples.last() > samples.first() && rises * 2 >= steps;
+    Growth {
+        samples: samples.to_vec(),
+        bytes_per_sec: slope(samples, times),
+        growing,
+    }
+}
+
+/// Least-squares slope of `ys` over `xs`; 0 when undefined.
+fn slope(ys: &[u64], xs: &[f64]) -> f64 {
+    let n = ys.len() as f64;
+    if ys.len() < 2 {
+        return 0.0;
+    }
+    let mean_x = xs.iter().sum::<f64>() / n;
+    let mean_y = ys.iter().map(|&y| y as f64).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (&x, &y) in xs.iter().zip(ys) {
+        num += (x - mean_x) * (y as f64 - mean_y);
+        den += (x - mean_x) * (x - mean_x);
+    }
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
@@ -124,5 +181,42 @@ mod tests {
     fn empty_input_gives_nothing() {
         assert!(by_stack(&[], 5).is_empty());
         assert_eq!(totals(&[]), Totals::default());
+    }
+
+    #[test]
+    fn keeps_only_old_allocations() {
+        let live = vec![
+            (1, alloc(10, 0, 1)),
+            (2, alloc(20, 50, 1)),
+            (3, alloc(40, 95, 2)),
+        ];
+        let (kept, younger) = older_than(&live, 100, 50);
+        assert_eq!(kept.iter().map(|(a, _)| *a).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            younger,
+            Totals {
+                bytes: 40,
+                count: 1
+            }
+        );
+    }
+
+    #[test]
+    fn tells_growth_from_flat_and_noise() {
+        let t = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let g = growth(&[100, 200, 300, 400, 500], &t);
+        assert!(g.growing);
+        assert!((g.bytes_per_sec - 100.0).abs() < 1e-9, "{g:?}");
+        let flat = growth(&[5000, 5000, 5000, 5000, 5000], &t);
+        assert!(!flat.growing);
+        assert_eq!(flat.bytes_per_sec, 0.0);
+        // up and down around a level: not growing even though it ends higher
+        let noisy = growth(&[100, 300, 100, 100, 101], &t);
+        assert!(!noisy.growing, "{noisy:?}");
+        let shrinking = growth(&[500, 400, 300, 200, 100], &t);
+        assert!(!shrinking.growing);
+        assert!(shrinking.bytes_per_sec < 0.0);
+        assert!(!growth(&[7], &[1.0]).growing);
+        assert!(!growth(&[], &[]).growing);
     }
 }

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use memprof_common::defaults;
 
-use crate::render::{ColorScheme, Format};
+use crate::render::{ColorScheme, Format, RenderOptions};
 
 /// memprof: find the call stacks that hold a running process's memory.
 ///
@@ -20,46 +20,85 @@ use crate::render::{ColorScheme, Format};
 #[command(
     name = "memprof",
     version,
+    args_conflicts_with_subcommands = true,
     after_help = "EXAMPLES:\n  \
     sudo memprof -p 4242 --duration 60                 text report of what pid 4242 still holds after 60 s\n  \
     sudo memprof -p 4242 --duration 60 -o leak.svg     ...and a leak flame graph\n  \
+    sudo memprof -p 4242 --duration 300 --interval 10  rank stacks that keep growing above large flat ones\n  \
+    sudo memprof -p 4242 --min-age 30                  only allocations older than 30 s count as leak suspects\n  \
     sudo memprof -p 4242 -o leak.svg -o leak.json      stop with Ctrl-C; several outputs, format by extension\n  \
-    sudo memprof -p 4242 --format json | jq .totals    machine-readable report on stdout\n\n\
-    memprof needs root (or CAP_BPF and CAP_PERFMON) and a kernel with uprobes."
+    sudo memprof -p 4242 --format json | jq .totals    machine-readable report on stdout\n  \
+    memprof diff before.json after.json -o diff.svg    what changed between two runs\n  \
+    memprof merge host*.json -o fleet.svg              one report from many processes or hosts\n\n\
+    Profiling needs root (or CAP_BPF and CAP_PERFMON) and a kernel with uprobes."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    /// More log output on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// No progress or log output on stderr, only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// Commands that work on saved JSON reports instead of a live process.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compare two JSON reports: which stacks grew or shrank (text), or a
+    /// differential flame graph (-o diff.svg; red = grew, blue = shrank).
+    Diff {
+        /// The earlier report (`memprof ... -o before.json`).
+        before: PathBuf,
+        /// The later report.
+        after: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Join JSON reports of several processes or hosts into one report; stacks
+    /// are matched by their symbolized frames.
+    Merge {
+        /// The reports to merge.
+        #[arg(required = true, num_args = 1..)]
+        reports: Vec<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// What to profile and how.
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
     /// Process id of the target. It must be running and map a dynamically linked glibc.
     #[arg(short, long, value_name = "PID")]
-    pub pid: u32,
+    pub pid: Option<u32>,
 
     /// How long to record, in seconds. Without it, memprof records until Ctrl-C or SIGTERM.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
 
-    /// Format of the report written to stdout (files given with -o take their format from the extension).
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Take a snapshot of every stack's outstanding bytes every SECS seconds, and rank
+    /// stacks that keep growing above stacks that are large but flat.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
+    pub interval: Option<f64>,
 
-    /// Write the report to FILE instead of stdout; may be repeated. The format comes from the
-    /// extension: .txt, .svg, .folded, .json, .pb.gz/.pprof (else --format).
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Vec<PathBuf>,
-
-    /// Number of stacks shown in the text report (0 = all).
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    pub top: usize,
+    /// Count only allocations at least SECS old at the end of the run as leak suspects
+    /// (short-lived memory in use is left out).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub min_age: Option<f64>,
 
     /// Leave out stacks that hold fewer than this many outstanding bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub min_size: u64,
-
-    /// Color scheme of the SVG flame graph.
-    #[arg(long, value_enum, default_value_t = ColorScheme::default())]
-    pub color: ColorScheme,
-
-    /// Title of the flame graph (default: names the target).
-    #[arg(long)]
-    pub title: Option<String>,
 
     /// Most live allocations tracked at once; beyond it allocations are counted as lost.
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_LIVE)]
@@ -72,14 +111,42 @@ pub struct Cli {
     /// Most threads that can be inside an allocator call at once.
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_THREADS)]
     pub max_threads: u32,
+}
 
-    /// More log output on stderr (-v: debug, -vv: trace).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+/// Where and how reports are written.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Format of the report written to stdout (files given with -o take their format from the extension).
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 
-    /// No progress or log output on stderr, only errors.
-    #[arg(short, long)]
-    pub quiet: bool,
+    /// Write the report to FILE instead of stdout; may be repeated. The format comes from the
+    /// extension: .txt, .svg, .folded, .json, .pb.gz/.pprof (else --format).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Vec<PathBuf>,
+
+    /// Number of stacks shown in the text report (0 = all).
+    #[arg(long, value_name = "N", default_value_t = RenderOptions::DEFAULT_TOP)]
+    pub top: usize,
+
+    /// Color scheme of the SVG flame graph.
+    #[arg(long, value_enum, default_value_t = ColorScheme::default())]
+    pub color: ColorScheme,
+
+    /// Title of the flame graph (default: names the target).
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+impl OutputArgs {
+    /// The renderers' options.
+    pub fn render_options(&self) -> RenderOptions {
+        RenderOptions {
+            top: self.top,
+            color: self.color,
+            title: self.title.clone(),
+        }
+    }
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -107,19 +174,27 @@ mod tests {
         let cli =
             Cli::try_parse_from(["memprof", "-p", "42", "--duration", "60", "-o", "leak.svg"])
                 .unwrap();
-        assert_eq!(cli.pid, 42);
-        assert_eq!(cli.duration, Some(60.0));
-        assert_eq!(cli.output, vec![PathBuf::from("leak.svg")]);
-        assert_eq!(cli.format, Format::Text);
-        assert_eq!(cli.max_live, defaults::MAX_LIVE);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.profile.pid, Some(42));
+        assert_eq!(cli.profile.duration, Some(60.0));
+        assert_eq!(cli.output.output, vec![PathBuf::from("leak.svg")]);
+        assert_eq!(cli.output.format, Format::Text);
+        assert_eq!(cli.profile.max_live, defaults::MAX_LIVE);
+        assert_eq!(cli.output.top, RenderOptions::DEFAULT_TOP);
     }
 
     #[test]
-    fn rejects_bad_durations_and_missing_pid() {
-        assert!(Cli::try_parse_from(["memprof", "-p", "1", "--duration", "0"]).is_err());
-        assert!(Cli::try_parse_from(["memprof", "-p", "1", "--duration", "-3"]).is_err());
-        assert!(Cli::try_parse_from(["memprof", "-p", "1", "--duration", "abc"]).is_err());
-        assert!(Cli::try_parse_from(["memprof", "--duration", "5"]).is_err());
+    fn rejects_bad_durations() {
+        for bad in ["0", "-3", "abc", "inf", "NaN"] {
+            assert!(
+                Cli::try_parse_from(["memprof", "-p", "1", "--duration", bad]).is_err(),
+                "{bad}"
+            );
+            assert!(
+                Cli::try_parse_from(["memprof", "-p", "1", "--interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
         assert!(Cli::try_parse_from(["memprof", "-p", "x"]).is_err());
     }
 
@@ -127,6 +202,28 @@ mod tests {
     fn repeats_outputs() {
         let cli =
             Cli::try_parse_from(["memprof", "-p", "1", "-o", "a.svg", "-o", "b.json"]).unwrap();
-        assert_eq!(cli.output.len(), 2);
+        assert_eq!(cli.output.output.len(), 2);
+    }
+
+    #[test]
+    fn parses_diff_and_merge() {
+        let cli =
+            Cli::try_parse_from(["memprof", "diff", "a.json", "b.json", "-o", "d.svg"]).unwrap();
+        match cli.command {
+            Some(Command::Diff {
+                before,
+                after,
+                output,
+            }) => {
+                assert_eq!(before, PathBuf::from("a.json"));
+                assert_eq!(after, PathBuf::from("b.json"));
+                assert_eq!(output.output, vec![PathBuf::from("d.svg")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["memprof", "merge", "a.json", "b.json", "c.json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Merge { reports, .. }) if reports.len() == 3));
+        assert!(Cli::try_parse_from(["memprof", "merge"]).is_err());
+        assert!(Cli::try_parse_from(["memprof", "-p", "1", "diff", "a", "b"]).is_err());
     }
 }

@@ -41,6 +41,7 @@ pub fn merge(reports: &[Report]) -> Report {
                     key,
                     stack: Stack {
                         frames: stack.frames.clone(),
+                        growth: None,
                         ..Stack::default()
                     },
                     largest: 0,
@@ -78,6 +79,20 @@ pub fn merge(reports: &[Report]) -> Report {
         totals,
         stacks: groups.into_iter().map(|g| g.stack).collect(),
         stats,
+        // The same --min-age everywhere carries over; a mix has no single meaning.
+        min_age_secs: reports
+            .first()
+            .and_then(|r| r.min_age_secs)
+            .filter(|age| reports.iter().all(|r| r.min_age_secs == Some(*age))),
+        younger: reports
+            .iter()
+            .filter_map(|r| r.younger)
+            .reduce(|a, b| Totals {
+                bytes: a.bytes.saturating_add(b.bytes),
+                count: a.count.saturating_add(b.count),
+            }),
+        // Snapshots of different runs do not line up in time.
+        interval_secs: None,
     }
 }
 
@@ -291,6 +306,120 @@ pub fn render_diff_svg(
         &BTreeSet::new(),
         out,
     )
+}
+
+/// One stack's change between two reports, matched by frame names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackDelta {
+    /// Frame names, innermost first.
+    pub frames: Vec<String>,
+    pub before: Totals,
+    pub after: Totals,
+}
+
+impl StackDelta {
+    /// Outstanding bytes gained (negative: released).
+    pub fn delta_bytes(&self) -> i128 {
+        i128::from(self.after.bytes) - i128::from(self.before.bytes)
+    }
+}
+
+/// Every stack of either report with its bytes before and after, largest
+/// change first (ties by frame names).
+pub fn stack_deltas(before: &Report, after: &Report) -> Vec<StackDelta> {
+    let mut by_key: HashMap<Vec<String>, StackDelta> = HashMap::new();
+    for (report, is_after) in [(before, false), (after, true)] {
+        for stack in &report.stacks {
+            let frames: Vec<String> = stack.frames.iter().map(Frame::display_name).collect();
+            let entry = by_key.entry(frames.clone()).or_insert_with(|| StackDelta {
+                frames,
+                before: Totals::default(),
+                after: Totals::default(),
+            });
+            let side = if is_after {
+                &mut entry.after
+            } else {
+                &mut entry.before
+            };
+            side.bytes += stack.bytes;
+            side.count += stack.count;
+        }
+    }
+    let mut deltas: Vec<StackDelta> = by_key.into_values().collect();
+    deltas.sort_by(|a, b| {
+        b.delta_bytes()
+            .abs()
+            .cmp(&a.delta_bytes().abs())
+            .then_with(|| a.frames.cmp(&b.frames))
+    });
+    deltas
+}
+
+/// Writes a text report of what changed from `before` to `after`.
+pub fn render_diff_text(
+    before: &Report,
+    after: &Report,
+    opts: &RenderOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let who = |r: &Report| format!("pid {} ({})", r.target.pid, r.target.comm);
+    writeln!(out, "memprof diff: {} -> {}", who(before), who(after))?;
+    let delta = i128::from(after.totals.bytes) - i128::from(before.totals.bytes);
+    writeln!(
+        out,
+        "outstanding: {} in {} allocations -> {} in {} allocations ({})",
+        human_bytes(before.totals.bytes),
+        before.totals.count,
+        human_bytes(after.totals.bytes),
+        after.totals.count,
+        signed_bytes(delta),
+    )?;
+    let deltas: Vec<StackDelta> = stack_deltas(before, after)
+        .into_iter()
+        .filter(|d| d.delta_bytes() != 0)
+        .collect();
+    if deltas.is_empty() {
+        writeln!(out, "\nno stack changed")?;
+        return Ok(());
+    }
+    let shown = if opts.top == 0 {
+        deltas.len()
+    } else {
+        opts.top.min(deltas.len())
+    };
+    writeln!(
+        out,
+        "\n{shown} of {} changed stacks, largest change first:",
+        deltas.len()
+    )?;
+    for (rank, d) in deltas.iter().take(shown).enumerate() {
+        writeln!(
+            out,
+            "\n#{:<3} {} ({} -> {} bytes, {} -> {} allocations)",
+            rank + 1,
+            signed_bytes(d.delta_bytes()),
+            d.before.bytes,
+            d.after.bytes,
+            d.before.count,
+            d.after.count,
+        )?;
+        if d.frames.is_empty() {
+            writeln!(out, "      [stack lost]")?;
+        }
+        for name in &d.frames {
+            writeln!(out, "      {name}")?;
+        }
+    }
+    Ok(())
+}
+
+fn signed_bytes(delta: i128) -> String {
+    let magnitude = human_bytes(u64::try_from(delta.unsigned_abs()).unwrap_or(u64::MAX));
+    if delta < 0 {
+        format!("-{magnitude}")
+    } else {
+        format!("+{magnitude}")
+    }
 }
 
 #[cfg(test)]

@@ -20,21 +20,21 @@ pub mod target;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::cli::Cli;
+use crate::cli::ProfileArgs;
 use crate::model::{Report, Stack, SCHEMA_VERSION};
 use crate::probes::{MapSizes, Probes};
-use crate::session::End;
+use crate::session::{End, Plan, Sample};
 use crate::symbolize::Symbolizer;
 use crate::target::Target;
 
 /// Profiles the target named on the command line and returns what it still holds.
-pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
-    let target = Target::open(cli.pid)?;
+pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Report> {
+    let target = Target::open(pid)?;
     let mut symbolizer = Symbolizer::new(target.pid);
     let sizes = MapSizes {
-        max_live: cli.max_live,
-        max_stacks: cli.max_stacks,
-        max_threads: cli.max_threads,
+        max_live: args.max_live,
+        max_stacks: args.max_stacks,
+        max_threads: args.max_threads,
     };
     let probes = Probes::attach(&target, sizes)?;
     let start_unix_secs = SystemTime::now()
@@ -48,13 +48,18 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
         target.pid,
         target.comm,
         target.libc,
-        match cli.duration {
+        match args.duration {
             Some(d) => format!("recording for {d} s (Ctrl-C to stop early)"),
             None => "recording until Ctrl-C".to_string(),
         }
     );
 
-    let end = session::wait(&probes, &target, cli.duration, cli.quiet)?;
+    let plan = Plan {
+        duration: args.duration,
+        interval: args.interval,
+        quiet,
+    };
+    let (end, samples) = session::wait(&probes, &target, plan)?;
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
@@ -73,16 +78,26 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
     let maps = probes.detach()?;
     log::debug!("detached; reading maps");
     let snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
-
     for (id, ips) in &snap.traces {
         log::trace!("stack {id}: {ips:x?}");
     }
-    let stacks = aggregate::by_stack(&snap.live, end_ns);
+    let all = aggregate::by_stack(&snap.live, end_ns);
+    check_consistency(&snap, &aggregate::totals(&all));
+
+    let (stacks, younger) = match args.min_age {
+        Some(secs) => {
+            let (old, younger) = aggregate::older_than(&snap.live, end_ns, (secs * 1e9) as u64);
+            (aggregate::by_stack(&old, end_ns), Some(younger))
+        }
+        None => (all.clone(), None),
+    };
     let totals = aggregate::totals(&stacks);
-    check_consistency(&snap, &totals);
+    let growth = args
+        .interval
+        .map(|_| growth_by_stack(&samples, &all, duration_secs));
     let shown: Vec<_> = stacks
         .into_iter()
-        .filter(|s| s.bytes >= cli.min_size)
+        .filter(|s| s.bytes >= args.min_size)
         .collect();
     let traces: HashMap<i64, Vec<u64>> = shown
         .iter()
@@ -93,7 +108,7 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
         })
         .collect();
     let mut frames = symbolizer.symbolize_stacks(&traces);
-    let stacks = shown
+    let mut stacks: Vec<Stack> = shown
         .into_iter()
         .map(|s| Stack {
             bytes: s.bytes,
@@ -101,8 +116,12 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
             oldest_age_secs: s.oldest_age_ns as f64 / 1e9,
             median_age_secs: s.median_age_ns as f64 / 1e9,
             frames: frames.remove(&s.stack_id).unwrap_or_default(),
+            growth: growth.as_ref().and_then(|g| g.get(&s.stack_id).cloned()),
         })
         .collect();
+    if growth.is_some() {
+        rank_growing_first(&mut stacks);
+    }
 
     Ok(Report {
         version: SCHEMA_VERSION,
@@ -121,7 +140,46 @@ pub fn profile(cli: &Cli) -> anyhow::Result<Report> {
         totals,
         stacks,
         stats: snap.stats,
+        min_age_secs: args.min_age,
+        younger,
+        interval_secs: args.interval,
     })
+}
+
+/// Each stack's bytes at every sample, then at the end of the run.
+fn growth_by_stack(
+    samples: &[Sample],
+    end: &[aggregate::StackTotals],
+    end_secs: f64,
+) -> HashMap<i64, model::Growth> {
+    let mut times: Vec<f64> = samples.iter().map(|s| s.at_secs).collect();
+    times.push(end_secs);
+    end.iter()
+        .map(|s| {
+            let mut series: Vec<u64> = samples
+                .iter()
+                .map(|sample| sample.bytes.get(&s.stack_id).copied().unwrap_or(0))
+                .collect();
+            series.push(s.bytes);
+            (s.stack_id, aggregate::growth(&series, &times))
+        })
+        .collect()
+}
+
+/// Growing stacks first, fastest first; then the rest, largest first.
+fn rank_growing_first(stacks: &mut [Stack]) {
+    let key = |s: &Stack| {
+        s.growth
+            .as_ref()
+            .filter(|g| g.growing)
+            .map(|g| g.bytes_per_sec)
+    };
+    stacks.sort_by(|a, b| match (key(a), key(b)) {
+        (Some(x), Some(y)) => y.total_cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => b.bytes.cmp(&a.bytes),
+    });
 }
 
 /// The in-kernel per-stack aggregate and the live-allocation map must agree
@@ -136,5 +194,33 @@ fn check_consistency(snap: &snapshot::Snapshot, totals: &model::Totals) {
             totals.bytes,
             totals.count
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Growth;
+
+    #[test]
+    fn growing_stacks_rank_above_large_flat_ones() {
+        let stack = |bytes, growing, rate| Stack {
+            bytes,
+            growth: Some(Growth {
+                samples: vec![],
+                bytes_per_sec: rate,
+                growing,
+            }),
+            ..Stack::default()
+        };
+        let mut stacks = vec![
+            stack(1_000_000, false, 0.0),
+            stack(10, true, 1.0),
+            stack(500, true, 50.0),
+            stack(2_000, false, 3.0),
+        ];
+        rank_growing_first(&mut stacks);
+        let order: Vec<u64> = stacks.iter().map(|s| s.bytes).collect();
+        assert_eq!(order, vec![500, 10, 1_000_000, 2_000]);
     }
 }

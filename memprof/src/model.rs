@@ -26,6 +26,15 @@ pub struct Report {
     pub stacks: Vec<Stack>,
     /// Counters of everything the probes gave up on or found surprising.
     pub stats: Stats,
+    /// `--min-age`: only allocations at least this old at the end were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age_secs: Option<f64>,
+    /// With `--min-age`: the outstanding allocations left out for being younger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub younger: Option<Totals>,
+    /// `--interval`: seconds between the snapshots in [`Stack::growth`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<f64>,
 }
 
 /// The process a report is about.
@@ -64,6 +73,21 @@ pub struct Stack {
     /// Frames, innermost first: `frames[0]` is the code that called the allocator.
     /// Empty when the kernel could not walk the stack.
     pub frames: Vec<Frame>,
+    /// With `--interval`: how this stack's outstanding bytes evolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Growth>,
+}
+
+/// Outstanding bytes of one stack over the run, from periodic snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Growth {
+    /// Outstanding bytes at each snapshot, the last one at the end of the run.
+    pub samples: Vec<u64>,
+    /// Least-squares slope of `samples` over time, in bytes per second.
+    pub bytes_per_sec: f64,
+    /// True when the bytes kept rising: higher at the end than at the first
+    /// snapshot, and rising in at least half of the intervals.
+    pub growing: bool,
 }
 
 /// One symbolized frame.

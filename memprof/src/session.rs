@@ -1,6 +1,7 @@
 //! Waiting out the run: the duration, Ctrl-C and SIGTERM, the target's exit,
 //! and a status line on a terminal. The only async module.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
@@ -21,25 +22,46 @@ pub enum End {
     TargetExited(f64),
 }
 
-/// Waits until the run should end.
-pub fn wait(
-    probes: &Probes,
-    target: &Target,
-    duration: Option<f64>,
-    quiet: bool,
-) -> anyhow::Result<End> {
+/// Outstanding bytes per stack id at one moment of the run.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// Seconds since the probes were attached.
+    pub at_secs: f64,
+    pub bytes: HashMap<i64, u64>,
+}
+
+/// What to wait for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plan {
+    /// End after this many seconds (else on a signal or the target's exit).
+    pub duration: Option<f64>,
+    /// Take a [`Sample`] this often.
+    pub interval: Option<f64>,
+    /// No status line.
+    pub quiet: bool,
+}
+
+/// Waits until the run should end, sampling the per-stack aggregate on the way.
+pub fn wait(probes: &Probes, target: &Target, plan: Plan) -> anyhow::Result<(End, Vec<Sample>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(wait_async(probes, target, duration, quiet))
+    runtime.block_on(wait_async(probes, target, plan))
 }
 
 async fn wait_async(
     probes: &Probes,
     target: &Target,
-    duration: Option<f64>,
-    quiet: bool,
-) -> anyhow::Result<End> {
+    plan: Plan,
+) -> anyhow::Result<(End, Vec<Sample>)> {
+    let Plan {
+        duration,
+        interval,
+        quiet,
+    } = plan;
+    let mut samples = Vec::new();
+    let period = Duration::from_secs_f64(interval.unwrap_or(1.0));
+    let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let started = Instant::now();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -59,6 +81,12 @@ async fn wait_async(
             _ = &mut sleep_until_deadline => break End::Duration,
             _ = sigint.recv() => break End::Signal("SIGINT"),
             _ = sigterm.recv() => break End::Signal("SIGTERM"),
+            _ = sampler.tick(), if interval.is_some() => {
+                match sample(probes, started.elapsed().as_secs_f64()) {
+                    Ok(s) => samples.push(s),
+                    Err(e) => log::warn!("snapshot failed: {e:#}"),
+                }
+            }
             _ = tick.tick() => {
                 if !target.is_alive() {
                     break End::TargetExited(started.elapsed().as_secs_f64());
@@ -73,7 +101,19 @@ async fn wait_async(
     if status_line {
         eprint!("\r\x1b[2K");
     }
-    Ok(end)
+    Ok((end, samples))
+}
+
+fn sample(probes: &Probes, at_secs: f64) -> anyhow::Result<Sample> {
+    let agg = probes
+        .ebpf()
+        .map(memprof_common::maps::AGG)
+        .ok_or_else(|| anyhow::anyhow!("AGG map missing"))?;
+    let bytes = snapshot::read_agg(agg)?
+        .into_iter()
+        .map(|(id, a)| (id, a.bytes))
+        .collect();
+    Ok(Sample { at_secs, bytes })
 }
 
 fn show_status(probes: &Probes, elapsed: Duration, duration: Option<f64>) {
