@@ -111,6 +111,16 @@ pub struct ProfileArgs {
     /// Most threads that can be inside an allocator call at once.
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_THREADS)]
     pub max_threads: u32,
+
+    /// Benchmarking: attach every probe but record nothing (the programs return at
+    /// once), to measure the cost of the traps alone.
+    #[arg(long, hide = true)]
+    pub floor: bool,
+
+    /// Benchmarking: put every probe on the first instruction of its function
+    /// instead of the cheapest equivalent one.
+    #[arg(long, hide = true)]
+    pub probe_at_entry: bool,
 }
 
 /// Where and how reports are written.

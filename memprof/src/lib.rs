@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::ProfileArgs;
 use crate::model::{Report, Stack, SCHEMA_VERSION};
-use crate::probes::{MapSizes, Probes};
+use crate::probes::{ProbeConfig, Probes};
 use crate::session::{End, Plan, Sample};
 use crate::symbolize::Symbolizer;
 use crate::target::Target;
@@ -31,12 +31,14 @@ use crate::target::Target;
 pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Report> {
     let target = Target::open(pid)?;
     let mut symbolizer = Symbolizer::new(target.pid);
-    let sizes = MapSizes {
+    let config = ProbeConfig {
         max_live: args.max_live,
         max_stacks: args.max_stacks,
         max_threads: args.max_threads,
+        floor: args.floor,
+        at_entry: args.probe_at_entry,
     };
-    let probes = Probes::attach(&target, sizes)?;
+    let probes = Probes::attach(&target, config)?;
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

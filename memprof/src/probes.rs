@@ -22,12 +22,16 @@ use crate::target::{probe_sites, ProbeSite, Target};
 /// The BPF object, built by build.rs from the memprof-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memprof"));
 
-/// Sizes of the BPF maps.
+/// How to load and attach the probes.
 #[derive(Clone, Copy, Debug)]
-pub struct MapSizes {
+pub struct ProbeConfig {
     pub max_live: u32,
     pub max_stacks: u32,
     pub max_threads: u32,
+    /// Record nothing: the programs return at once (for measuring the floor).
+    pub floor: bool,
+    /// Probe each function's first instruction instead of the cheapest equivalent one.
+    pub at_entry: bool,
 }
 
 /// The maps that outlive the probes, read after detaching.
@@ -87,17 +91,19 @@ pub fn check_kernel() -> Result<(), Error> {
 
 impl Probes {
     /// Loads the BPF object for `target` and attaches every allocator probe.
-    pub fn attach(target: &Target, sizes: MapSizes) -> anyhow::Result<Probes> {
+    pub fn attach(target: &Target, config: ProbeConfig) -> anyhow::Result<Probes> {
         check_permissions()?;
         check_kernel()?;
-        let sites = probe_sites(&target.libc_host_path)?;
+        let sites = probe_sites(&target.libc_host_path, !config.at_entry)?;
+        // A tgid that no process has makes every program return at once.
+        let recorded_tgid = if config.floor { u32::MAX } else { target.pid };
 
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::TARGET_TGID, &target.pid, true)
-            .map_max_entries(maps::LIVE, sizes.max_live)
-            .map_max_entries(maps::AGG, sizes.max_stacks.saturating_add(1))
-            .map_max_entries(maps::STACKS, sizes.max_stacks)
-            .map_max_entries(maps::PENDING, sizes.max_threads)
+            .override_global(globals::TARGET_TGID, &recorded_tgid, true)
+            .map_max_entries(maps::LIVE, config.max_live)
+            .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
+            .map_max_entries(maps::STACKS, config.max_stacks)
+            .map_max_entries(maps::PENDING, config.max_threads)
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
 
