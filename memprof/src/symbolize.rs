@@ -181,11 +181,15 @@ fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
         }];
     };
     let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
-    // blazesym lists inlined functions outermost first; the location of the
-    // address is in the innermost one.
-    let mut location = sym.code_info.as_deref().map(code_location);
+    // blazesym lists inlined functions outermost first, each with the location
+    // inside it; the symbol's own location is the call site of the first
+    // inlined function (or the address itself when nothing was inlined).
     for inlined in sym.inlined.iter().rev() {
-        let (file, line) = location.take().unwrap_or((None, None));
+        let (file, line) = inlined
+            .code_info
+            .as_ref()
+            .map(code_location)
+            .unwrap_or((None, None));
         frames.push(Frame {
             addr,
             function: Some(inlined.name.to_string()),
@@ -194,9 +198,12 @@ fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
             line,
             inlined: true,
         });
-        location = inlined.code_info.as_ref().map(code_location);
     }
-    let (file, line) = location.unwrap_or((None, None));
+    let (file, line) = sym
+        .code_info
+        .as_deref()
+        .map(code_location)
+        .unwrap_or((None, None));
     frames.push(Frame {
         addr,
         function: Some(sym.name.to_string()),

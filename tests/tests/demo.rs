@@ -69,6 +69,37 @@ fn duration_run_finds_both_leaks() {
         "duration_secs = {}, expected about 3",
         report.duration_secs
     );
+    // xmalloc is inlined into its callers at -O1: the inlined frame's line
+    // must be inside xmalloc, the caller's line the call of xmalloc.
+    let source: Vec<&str> = include_str!("../fixtures/demo.c").lines().collect();
+    let line_text = |line: Option<u32>| {
+        line.and_then(|l| source.get(l as usize - 1))
+            .copied()
+            .unwrap_or_default()
+    };
+    let mut inlined_seen = 0;
+    for stack in &report.stacks {
+        for pair in stack.frames.windows(2) {
+            if pair[0].inlined && pair[0].function.as_deref() == Some("xmalloc") {
+                inlined_seen += 1;
+                let (inner, outer) = (line_text(pair[0].line), line_text(pair[1].line));
+                assert!(
+                    outer.contains("xmalloc("),
+                    "caller line {:?} of the inlined xmalloc is not its call: {outer:?}\n{dump}",
+                    pair[1].line
+                );
+                assert!(
+                    !inner.contains("xmalloc(") && !inner.trim().is_empty(),
+                    "inlined xmalloc line {:?} is not inside xmalloc: {inner:?}\n{dump}",
+                    pair[0].line
+                );
+            }
+        }
+    }
+    assert!(
+        inlined_seen > 0,
+        "no inlined xmalloc frame in the report\n{dump}"
+    );
     // The demo keeps working after memprof detached, and stops cleanly.
     fixture.signal(libc::SIGTERM);
     let status = fixture.finish(Duration::from_secs(10));
