@@ -52,6 +52,8 @@ pub mod maps {
     pub const STACKS: &str = "STACKS";
     pub const PENDING: &str = "PENDING";
     pub const STATS: &str = "STATS";
+    /// `Array<u32>` of one entry: nonzero while the probes record.
+    pub const CONTROL: &str = "CONTROL";
 }
 
 /// Names of the load-time globals.

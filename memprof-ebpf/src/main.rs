@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
     Global,
 };
@@ -44,6 +44,13 @@ static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(defaults::
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// `[0]`: nonzero while recording. User space turns it on once every probe
+/// is attached and off before detaching them, so that the maps only reflect
+/// moments when all probes were in place (attaching and detaching one probe
+/// at a time takes a while, and the target keeps running meanwhile).
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 fn add(counter: *mut u64, n: u64) {
     // SAFETY: `counter` points into a map value that lives as long as the map;
@@ -63,11 +70,18 @@ fn bump(index: u32) {
     bump_by(index, 1);
 }
 
-/// The thread id of the caller when it belongs to the target process.
+/// The thread id of the caller when it belongs to the target process and
+/// memprof is recording.
 #[inline(always)]
 fn target_thread() -> Option<u64> {
     let id = bpf_get_current_pid_tgid();
-    ((id >> 32) as u32 == TARGET_TGID.load()).then_some(id)
+    if (id >> 32) as u32 != TARGET_TGID.load() {
+        return None;
+    }
+    match CONTROL.get(0) {
+        Some(&recording) if recording != 0 => Some(id),
+        _ => None,
+    }
 }
 
 #[inline(always)]

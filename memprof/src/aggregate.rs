@@ -84,7 +84,15 @@ pub fn growth(samples: &[u64], times: &[f64]) -> Growth {
     let (samples, times) = (&samples[..n], &times[..n]);
     let steps = n.saturating_sub(1);
     let rises = samples.windows(2).filter(|w| w[1] > w[0]).count();
-    let growing = steps > 0 && samples.last() > samples.first() && rises * 2 >= steps;
+    let max = samples.iter().copied().max().unwrap_or(0);
+    // Ends near its highest point, above where it started, having risen in at
+    // least half of the intervals: a leak, possibly with partial frees on the way.
+    let growing = steps > 0
+        && samples.last() > samples.first()
+        && samples
+            .last()
+            .is_some_and(|&last| last as f64 >= 0.9 * max as f64)
+        && rises * 2 >= steps;
     Growth {
         samples: samples.to_vec(),
         bytes_per_sec: slope(samples, times),
@@ -213,6 +221,8 @@ mod tests {
         // up and down around a level: not growing even though it ends higher
         let noisy = growth(&[100, 300, 100, 100, 101], &t);
         assert!(!noisy.growing, "{noisy:?}");
+        let sawtooth = growth(&[100, 200, 150, 250, 300], &t);
+        assert!(sawtooth.growing, "{sawtooth:?}");
         let shrinking = growth(&[500, 400, 300, 200, 100], &t);
         assert!(!shrinking.growing);
         assert!(shrinking.bytes_per_sec < 0.0);

@@ -326,6 +326,11 @@ impl StackDelta {
 
 /// Every stack of either report with its bytes before and after, largest
 /// change first (ties by frame names).
+///
+/// Stacks are matched by frame names, so the same code at other addresses (a
+/// later run) is one stack; stacks of one report with the same names are
+/// summed. A stack found on one side only has zero totals on the other.
+/// Unchanged stacks are included, with a delta of 0.
 pub fn stack_deltas(before: &Report, after: &Report) -> Vec<StackDelta> {
     let mut by_key: HashMap<Vec<String>, StackDelta> = HashMap::new();
     for (report, is_after) in [(before, false), (after, true)] {
@@ -356,6 +361,10 @@ pub fn stack_deltas(before: &Report, after: &Report) -> Vec<StackDelta> {
 }
 
 /// Writes a text report of what changed from `before` to `after`.
+///
+/// The header gives both totals and their change; then the stacks whose bytes
+/// changed, largest change first ([`stack_deltas`]), at most `opts.top` of them
+/// (0 shows all), each with its frame names; or `no stack changed`.
 pub fn render_diff_text(
     before: &Report,
     after: &Report,
@@ -425,6 +434,7 @@ fn signed_bytes(delta: i128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Growth;
 
     fn frame(name: &str, addr: u64) -> Frame {
         Frame {
@@ -441,6 +451,7 @@ mod tests {
             oldest_age_secs: median * 2.0,
             median_age_secs: median,
             frames: names.iter().map(|n| frame(n, addr)).collect(),
+            growth: None,
         }
     }
 
@@ -467,6 +478,9 @@ mod tests {
                 live_map_full: 1,
                 ..Stats::default()
             },
+            min_age_secs: None,
+            younger: None,
+            interval_secs: None,
         }
     }
 
@@ -521,6 +535,49 @@ mod tests {
     }
 
     #[test]
+    fn merge_carries_min_age_only_when_the_same_everywhere() {
+        let young = |bytes, count| Some(Totals { bytes, count });
+        let mut a = report(1, 100.0, vec![stack(10, 1, 1.0, &["f"], 1)]);
+        a.min_age_secs = Some(30.0);
+        a.younger = young(100, 2);
+        a.interval_secs = Some(5.0);
+        a.stacks[0].growth = Some(Growth {
+            samples: vec![0, 10],
+            bytes_per_sec: 2.0,
+            growing: true,
+        });
+        let mut b = a.clone();
+        b.younger = young(50, 1);
+
+        let m = merge(&[a.clone(), b.clone()]);
+        assert_eq!(m.min_age_secs, Some(30.0));
+        assert_eq!(m.younger, young(150, 3));
+        // Snapshots of different runs do not line up: no interval, no growth.
+        assert_eq!(m.interval_secs, None);
+        assert_eq!(m.stacks[0].growth, None);
+
+        // Another --min-age, or none, somewhere: no single meaning.
+        let mut c = b.clone();
+        c.min_age_secs = Some(10.0);
+        let m = merge(&[a.clone(), b.clone(), c]);
+        assert_eq!(m.min_age_secs, None);
+        assert_eq!(m.younger, young(200, 4));
+        let mut d = b.clone();
+        d.min_age_secs = None;
+        d.younger = None;
+        let m = merge(&[a.clone(), d.clone()]);
+        assert_eq!(m.min_age_secs, None);
+        assert_eq!(m.younger, young(100, 2));
+        let m = merge(&[d.clone(), a]);
+        assert_eq!(m.min_age_secs, None);
+
+        // No report with --min-age: nothing younger was measured.
+        let m = merge(&[d.clone(), d]);
+        assert_eq!((m.min_age_secs, m.younger), (None, None));
+        assert_eq!(merge(&[]).younger, None);
+    }
+
+    #[test]
     fn merge_of_several_processes() {
         let a = report(1, 100.0, vec![stack(1, 1, 1.0, &["f"], 1)]);
         let mut b = report(2, 100.0, vec![stack(1, 1, 1.0, &["f"], 1)]);
@@ -569,6 +626,204 @@ mod tests {
         let (b, a) = diff_folded(&before, &after);
         assert_eq!(b, "main;leak 10\n");
         assert_eq!(a, "[stack lost] 5\nmain;leak 30\n");
+    }
+
+    /// (frame names, bytes before, bytes after) of each delta, in order.
+    fn summary(deltas: &[StackDelta]) -> Vec<(String, u64, u64)> {
+        deltas
+            .iter()
+            .map(|d| (d.frames.join(";"), d.before.bytes, d.after.bytes))
+            .collect()
+    }
+
+    #[test]
+    fn deltas_match_by_names_not_addresses() {
+        let before = report(1, 1.0, vec![stack(10, 1, 1.0, &["leak", "main"], 0x10)]);
+        // Same names at other addresses, split over two stacks of the later run.
+        let after = report(
+            2,
+            2.0,
+            vec![
+                stack(30, 3, 1.0, &["leak", "main"], 0x20),
+                stack(5, 2, 1.0, &["leak", "main"], 0x30),
+            ],
+        );
+        let deltas = stack_deltas(&before, &after);
+        assert_eq!(
+            deltas,
+            [StackDelta {
+                frames: vec!["leak".to_string(), "main".to_string()],
+                before: Totals {
+                    bytes: 10,
+                    count: 1
+                },
+                after: Totals {
+                    bytes: 35,
+                    count: 5
+                },
+            }]
+        );
+        assert_eq!(deltas[0].delta_bytes(), 25);
+        // The same names in another order are another stack.
+        let swapped = report(2, 2.0, vec![stack(10, 1, 1.0, &["main", "leak"], 0x10)]);
+        assert_eq!(stack_deltas(&before, &swapped).len(), 2);
+    }
+
+    #[test]
+    fn deltas_of_added_removed_and_lost_stacks() {
+        let before = report(
+            1,
+            1.0,
+            vec![
+                stack(40, 4, 1.0, &["gone", "main"], 1),
+                stack(7, 1, 1.0, &[], 0),
+                stack(3, 1, 1.0, &["same"], 1),
+            ],
+        );
+        let after = report(
+            1,
+            2.0,
+            vec![
+                stack(20, 2, 1.0, &["new", "main"], 1),
+                stack(9, 3, 1.0, &[], 0),
+                stack(3, 1, 1.0, &["same"], 2),
+            ],
+        );
+        let deltas = stack_deltas(&before, &after);
+        assert_eq!(
+            summary(&deltas),
+            [
+                ("gone;main".to_string(), 40, 0),
+                ("new;main".to_string(), 0, 20),
+                // The stacks the kernel could not walk are one stack.
+                (String::new(), 7, 9),
+                // Unchanged stacks are there too, last.
+                ("same".to_string(), 3, 3),
+            ]
+        );
+        assert_eq!(deltas[0].after, Totals::default());
+        assert_eq!(deltas[0].delta_bytes(), -40);
+        assert_eq!(deltas[1].before, Totals::default());
+        assert_eq!(deltas[2].after.count, 3);
+        assert_eq!(deltas[3].delta_bytes(), 0);
+    }
+
+    #[test]
+    fn deltas_ordered_by_size_of_change_then_names() {
+        let before = report(
+            1,
+            1.0,
+            vec![
+                stack(100, 1, 1.0, &["b"], 1),
+                stack(100, 1, 1.0, &["a"], 1),
+                stack(50, 1, 1.0, &["shrinks"], 1),
+            ],
+        );
+        let after = report(
+            1,
+            2.0,
+            vec![
+                stack(110, 1, 1.0, &["b"], 1),
+                stack(90, 1, 1.0, &["a"], 1),
+                stack(20, 1, 1.0, &["c"], 1),
+            ],
+        );
+        // |-50| first, then +20, then the tie of -10 and +10 by frame names.
+        assert_eq!(
+            summary(&stack_deltas(&before, &after)),
+            [
+                ("shrinks".to_string(), 50, 0),
+                ("c".to_string(), 0, 20),
+                ("a".to_string(), 100, 90),
+                ("b".to_string(), 100, 110),
+            ]
+        );
+        // Reports in the other direction: same magnitudes, same order.
+        assert_eq!(
+            summary(&stack_deltas(&after, &before)),
+            [
+                ("shrinks".to_string(), 0, 50),
+                ("c".to_string(), 20, 0),
+                ("a".to_string(), 90, 100),
+                ("b".to_string(), 110, 100),
+            ]
+        );
+        assert!(stack_deltas(&report(1, 1.0, vec![]), &report(1, 1.0, vec![])).is_empty());
+    }
+
+    fn diff_text(before: &Report, after: &Report, top: usize) -> String {
+        let opts = RenderOptions {
+            top,
+            ..RenderOptions::default()
+        };
+        let mut out = Vec::new();
+        render_diff_text(before, after, &opts, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn diff_text_exact() {
+        let before = report(
+            1,
+            1.0,
+            vec![
+                stack(1024, 1, 1.0, &["leak", "main"], 1),
+                stack(4096, 2, 1.0, &["gone", "main"], 1),
+                stack(8, 1, 1.0, &["same"], 1),
+            ],
+        );
+        let after = report(
+            2,
+            2.0,
+            vec![
+                stack(3 << 20, 30, 1.0, &["leak", "main"], 2),
+                stack(100, 5, 1.0, &[], 0),
+                stack(8, 1, 1.0, &["same"], 2),
+            ],
+        );
+        let expected = "\
+memprof diff: pid 1 (app1) -> pid 2 (app2)
+outstanding: 5.0 KiB in 4 allocations -> 3.0 MiB in 36 allocations (+3.0 MiB)
+
+3 of 3 changed stacks, largest change first:
+
+#1   +3.0 MiB (1024 -> 3145728 bytes, 1 -> 30 allocations)
+      leak
+      main
+
+#2   -4.0 KiB (4096 -> 0 bytes, 2 -> 0 allocations)
+      gone
+      main
+
+#3   +100 B (0 -> 100 bytes, 0 -> 5 allocations)
+      [stack lost]
+";
+        assert_eq!(diff_text(&before, &after, 20), expected);
+        assert_eq!(diff_text(&before, &after, 0), expected);
+
+        // --top 1: the largest change only, and the count of all of them.
+        let top1 = diff_text(&before, &after, 1);
+        assert!(top1.contains("\n1 of 3 changed stacks, largest change first:\n"));
+        assert!(top1.contains("\n#1   +3.0 MiB"), "{top1}");
+        assert!(!top1.contains("#2"), "{top1}");
+        // A decrease overall is signed too.
+        let back = diff_text(&after, &before, 20);
+        assert!(back.contains("(-3.0 MiB)\n"), "{back}");
+    }
+
+    #[test]
+    fn diff_text_without_changes() {
+        let before = report(1, 1.0, vec![stack(10, 1, 1.0, &["leak"], 1)]);
+        let after = report(1, 2.0, vec![stack(10, 1, 1.0, &["leak"], 2)]);
+        assert_eq!(
+            diff_text(&before, &after, 20),
+            "memprof diff: pid 1 (app1) -> pid 1 (app1)\n\
+             outstanding: 10 B in 1 allocations -> 10 B in 1 allocations (+0 B)\n\
+             \n\
+             no stack changed\n"
+        );
+        let empty = report(1, 1.0, vec![]);
+        assert!(diff_text(&empty, &empty, 20).ends_with("\nno stack changed\n"));
     }
 
     #[test]

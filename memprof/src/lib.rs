@@ -38,7 +38,7 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         floor: args.floor,
         at_entry: args.probe_at_entry,
     };
-    let probes = Probes::attach(&target, config)?;
+    let mut probes = Probes::attach(&target, config)?;
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -62,6 +62,8 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         quiet,
     };
     let (end, samples) = session::wait(&probes, &target, plan)?;
+    // Freeze the maps at the end of the run; detaching takes longer.
+    probes.set_recording(false)?;
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();

@@ -86,7 +86,8 @@ pub struct Growth {
     /// Least-squares slope of `samples` over time, in bytes per second.
     pub bytes_per_sec: f64,
     /// True when the bytes kept rising: higher at the end than at the first
-    /// snapshot, and rising in at least half of the intervals.
+    /// snapshot, within 10% of the highest snapshot at the end, and rising in
+    /// at least half of the intervals.
     pub growing: bool,
 }
 

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use anyhow::Context as _;
-use aya::maps::Map;
+use aya::maps::{Array, Map, MapData};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
@@ -149,15 +149,32 @@ impl Probes {
             }
         }
         log::debug!("attached {attached} probes at {sites:?}");
-        Ok(Probes {
+        let mut probes = Probes {
             ebpf,
             sites,
             attached,
-        })
+        };
+        probes.set_recording(true)?;
+        Ok(probes)
     }
 
-    /// Detaches every probe and unloads the programs, keeping the maps for reading.
+    /// Turns recording on or off for every probe at once.
+    pub fn set_recording(&mut self, on: bool) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::CONTROL)
+            .context("BPF map CONTROL missing from the object")?;
+        let mut control = Array::<&mut MapData, u32>::try_from(map)?;
+        control
+            .set(0, u32::from(on), 0)
+            .context("switching recording")?;
+        Ok(())
+    }
+
+    /// Stops recording, detaches every probe and unloads the programs,
+    /// keeping the maps for reading.
     pub fn detach(mut self) -> anyhow::Result<Maps> {
+        self.set_recording(false)?;
         let mut take = |name: &str| {
             self.ebpf
                 .take_map(name)
@@ -198,14 +215,15 @@ fn attach_error(err: ProgramError, site: &ProbeSite, target: &Target) -> anyhow:
         }
         .into();
     }
-    let not_found = matches!(&err, ProgramError::SyscallError(e) if e.io_error.kind() == io::ErrorKind::NotFound);
+    let gone = matches!(&err, ProgramError::SyscallError(e)
+        if e.io_error.kind() == io::ErrorKind::NotFound || e.io_error.raw_os_error() == Some(libc::ESRCH));
     let err = anyhow::Error::new(err);
     let what = format!(
         "attaching a uprobe to {} in {}",
         site.names.join("/"),
         target.libc
     );
-    if not_found {
+    if gone {
         err.context(format!("{what}: did pid {} exit?", target.pid))
     } else {
         err.context(what)

@@ -7,8 +7,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{empty_report, sample_report};
-use memprof::model::Report;
+use common::{empty_report, growth_report, min_age_report, sample_report};
+use memprof::model::{Report, Totals};
 use memprof::render::{render, ColorScheme, Format, RenderOptions};
 
 fn rendered(report: &Report, format: Format, opts: &RenderOptions) -> String {
@@ -87,6 +87,61 @@ fn text_empty_golden() {
 }
 
 #[test]
+fn text_growth_golden() {
+    let opts = RenderOptions {
+        top: 4,
+        ..RenderOptions::default()
+    };
+    let text = rendered(&growth_report(), Format::Text, &opts);
+    check_golden("growth.txt", &text);
+}
+
+#[test]
+fn text_growth_keeps_the_report_order() {
+    let opts = RenderOptions {
+        top: 0,
+        ..RenderOptions::default()
+    };
+    let text = rendered(&growth_report(), Format::Text, &opts);
+    // The slowly growing 1000-byte stack is second, above far larger flat ones.
+    let second = text.find("\n#2  1000 B").unwrap();
+    let third = text.find("\n#3  256.0 KiB").unwrap();
+    assert!(second < third, "{text}");
+    assert!(text.contains("\n5 stacks, growing ones first, then by outstanding bytes:\n"));
+    // What grows is said before the stacks are listed.
+    let summary = text.find("growth:       2 of 5 stacks grow").unwrap();
+    assert!(summary < text.find("\n#1  ").unwrap(), "{text}");
+    assert!(text.contains("#1 leak_buffer +35.2 KiB/s"), "{text}");
+    assert!(
+        text.contains("\n    flat at 256.0 KiB over 12 snapshots\n"),
+        "{text}"
+    );
+    assert!(text.contains("    shrinking -1.4 KiB/s over 12 snapshots: 44.0 KiB, "));
+}
+
+#[test]
+fn text_min_age_golden() {
+    let opts = RenderOptions {
+        top: 4,
+        ..RenderOptions::default()
+    };
+    let text = rendered(&min_age_report(), Format::Text, &opts);
+    assert!(text.contains(
+        "min age:      only allocations at least 2.0 s old count as leak suspects; \
+         24.6 KiB (25176 bytes) in 11 younger allocations were left out\n"
+    ));
+    check_golden("min_age.txt", &text);
+}
+
+#[test]
+fn text_without_new_fields_says_nothing_of_them() {
+    let text = rendered(&sample_report(), Format::Text, &RenderOptions::default());
+    for absent in ["min age:", "snapshots:", "growth:", "growing", "younger"] {
+        assert!(!text.contains(absent), "{absent}: {text}");
+    }
+}
+
+#[test]
 fn folded_golden() {
     let folded = rendered(&sample_report(), Format::Folded, &RenderOptions::default());
     for line in folded.lines() {
@@ -104,6 +159,44 @@ fn json_golden_round_trips() {
     let back: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, report);
     check_golden("sample.json", &json);
+}
+
+/// The growth report with `--min-age` too: every new field set.
+fn growth_and_min_age_report() -> Report {
+    let mut report = growth_report();
+    report.min_age_secs = Some(2.0);
+    report.younger = Some(Totals {
+        bytes: 4096,
+        count: 3,
+    });
+    report
+}
+
+#[test]
+fn json_with_growth_and_min_age_round_trips() {
+    let report = growth_and_min_age_report();
+    let json = rendered(&report, Format::Json, &RenderOptions::default());
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, report);
+    for key in [
+        "\"min_age_secs\": 2.0",
+        "\"younger\": {",
+        "\"interval_secs\": 2.5",
+        "\"growth\": {",
+        "\"bytes_per_sec\": 36021.875",
+        "\"growing\": true",
+    ] {
+        assert!(json.contains(key), "missing {key}");
+    }
+    check_golden("growth.json", &json);
+}
+
+#[test]
+fn json_without_new_fields_leaves_them_out() {
+    let json = rendered(&sample_report(), Format::Json, &RenderOptions::default());
+    for key in ["min_age_secs", "younger", "interval_secs", "growth"] {
+        assert!(!json.contains(key), "{key}");
+    }
 }
 
 /// Parses `svg` completely, failing on malformed XML.
@@ -170,6 +263,28 @@ fn svg_is_deterministic_for_every_scheme() {
         assert!(a.contains("custom &lt;title&gt;"));
         assert_eq!(a.contains("rgb(220,50,40)"), color == ColorScheme::Leak);
     }
+}
+
+#[test]
+fn svg_subtitle_mentions_min_age_and_snapshots() {
+    let svg = rendered(
+        &growth_and_min_age_report(),
+        Format::Svg,
+        &RenderOptions::default(),
+    );
+    assert_well_formed(&svg);
+    // Too long for one line with everything: the exact byte count goes.
+    assert!(
+        svg.contains(
+            "1.3 MiB in 93 allocations outstanding after 30.0 s; \
+             only allocations older than 2.0 s; 2 stacks growing (snapshots every 2.5 s); \
+             process exited at 27.2 s; LOWER BOUNDS"
+        ),
+        "{svg}"
+    );
+    let plain = rendered(&sample_report(), Format::Svg, &RenderOptions::default());
+    assert!(!plain.contains("snapshots every"));
+    assert!(!plain.contains("older than"));
 }
 
 #[test]

@@ -82,16 +82,61 @@ pub(crate) fn frame_label(frame: &Frame) -> String {
     }
 }
 
-/// One line under the title: totals and duration, and whether they are complete.
-/// Kept short: it is drawn centered on one line of a 1200 px wide image.
+/// About as many characters as fit on the subtitle's line.
+const SUBTITLE_CHARS: usize = 160;
+
+/// One line under the title: totals and duration, which allocations count
+/// (`--min-age`), how many stacks grew (`--interval`), and whether the totals
+/// are complete. Kept short: it is drawn centered on one line of a 1200 px wide
+/// image, so the exact byte count is left out when everything else is said.
 fn subtitle(report: &Report) -> String {
-    let mut s = format!(
-        "{} ({} bytes) in {} allocations outstanding after {}",
-        human_bytes(report.totals.bytes),
-        report.totals.bytes,
-        report.totals.count,
-        human_secs(report.duration_secs),
-    );
+    let outstanding = |exact: bool| {
+        let exact = if exact {
+            format!(" ({} bytes)", report.totals.bytes)
+        } else {
+            String::new()
+        };
+        format!(
+            "{}{exact} in {} allocations outstanding after {}",
+            human_bytes(report.totals.bytes),
+            report.totals.count,
+            human_secs(report.duration_secs),
+        )
+    };
+    let notes = subtitle_notes(report);
+    let s = outstanding(true) + &notes;
+    if s.chars().count() > SUBTITLE_CHARS {
+        outstanding(false) + &notes
+    } else {
+        s
+    }
+}
+
+/// The `; ...` parts of the subtitle after the totals.
+fn subtitle_notes(report: &Report) -> String {
+    let mut s = String::new();
+    if let Some(min_age) = report.min_age_secs {
+        s.push_str(&format!(
+            "; only allocations older than {}",
+            human_secs(min_age)
+        ));
+    }
+    if let Some(interval) = report.interval_secs {
+        let growing = report
+            .stacks
+            .iter()
+            .filter(|st| st.growth.as_ref().is_some_and(|g| g.growing))
+            .count();
+        let stacks = match growing {
+            0 => "no stack".to_string(),
+            1 => "1 stack".to_string(),
+            n => format!("{n} stacks"),
+        };
+        s.push_str(&format!(
+            "; {stacks} growing (snapshots every {})",
+            human_secs(interval)
+        ));
+    }
     if let Some(exited) = report.target.exited_after_secs {
         s.push_str(&format!("; process exited at {}", human_secs(exited)));
     }
@@ -210,6 +255,46 @@ mod tests {
         assert_eq!(frame_label(&f), "leak (app.c)");
         f.file = None;
         assert_eq!(frame_label(&f), "leak");
+    }
+
+    #[test]
+    fn subtitles() {
+        use crate::model::{Growth, Stack, Totals};
+        let stack = |growing| Stack {
+            growth: Some(Growth {
+                samples: vec![0, 1],
+                bytes_per_sec: 1.0,
+                growing,
+            }),
+            ..Stack::default()
+        };
+        let mut report = Report {
+            duration_secs: 60.0,
+            totals: Totals {
+                bytes: 2048,
+                count: 2,
+            },
+            ..Report::default()
+        };
+        assert_eq!(
+            subtitle(&report),
+            "2.0 KiB (2048 bytes) in 2 allocations outstanding after 1m00s"
+        );
+        report.min_age_secs = Some(30.0);
+        report.interval_secs = Some(5.0);
+        report.stacks = vec![stack(true), stack(false)];
+        assert_eq!(
+            subtitle(&report),
+            "2.0 KiB (2048 bytes) in 2 allocations outstanding after 1m00s; \
+             only allocations older than 30.0 s; 1 stack growing (snapshots every 5.0 s)"
+        );
+        report.stacks = vec![stack(false)];
+        report.min_age_secs = None;
+        assert_eq!(
+            subtitle(&report),
+            "2.0 KiB (2048 bytes) in 2 allocations outstanding after 1m00s; \
+             no stack growing (snapshots every 5.0 s)"
+        );
     }
 
     #[test]

@@ -1,13 +1,27 @@
 //! The human-readable report: what was profiled, how much is outstanding,
 //! the largest stacks, and how complete the data is.
+//!
+//! With `--min-age` the header says which allocations were counted and how
+//! much younger memory was left out. With `--interval` it says which stacks
+//! grew, before anything else, each stack gets a growth line, and the stacks
+//! are listed in the order of the report (memprof ranks growing stacks first).
 
 use std::io::Write;
 
 use super::{default_title, human_bytes, human_secs, stacks_by_bytes, RenderOptions};
-use crate::model::{Frame, Report, Stack, Stats};
+use crate::model::{Frame, Growth, Report, Stack, Stats, Totals};
 
 /// Indentation of the frames under a stack's heading.
 const FRAME_INDENT: &str = "      ";
+
+/// Indentation of the growth line under a stack's heading (that of its text).
+const GROWTH_INDENT: &str = "    ";
+
+/// Most snapshot values shown on a growth line; longer series are thinned evenly.
+const MAX_GROWTH_VALUES: usize = 8;
+
+/// Most growing stacks named in the header's growth summary.
+const MAX_NAMED_GROWING: usize = 3;
 
 pub(crate) fn render(
     report: &Report,
@@ -52,6 +66,25 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
         report.stacks.len(),
         plural(report.stacks.len() as u64, "stack", "stacks"),
     )?;
+    if let Some(min_age) = report.min_age_secs {
+        writeln!(
+            out,
+            "min age:      {}",
+            min_age_note(min_age, report.younger)
+        )?;
+    }
+    if let Some(interval) = report.interval_secs {
+        writeln!(
+            out,
+            "snapshots:    every {}; stacks that kept growing are ranked first, fastest first",
+            human_secs(interval)
+        )?;
+        writeln!(
+            out,
+            "growth:       {}",
+            growth_summary(&listing_order(report))
+        )?;
+    }
     if report.stats.lost_data() {
         writeln!(out, "{}", lost_data_warning(&report.stats))?;
     }
@@ -65,11 +98,160 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     Ok(())
 }
 
+/// What `--min-age` left out: `only allocations at least 30.0 s old count ...`.
+fn min_age_note(min_age: f64, younger: Option<Totals>) -> String {
+    let mut note = format!(
+        "only allocations at least {} old count as leak suspects",
+        human_secs(min_age)
+    );
+    match younger {
+        Some(y) if y.count > 0 || y.bytes > 0 => note.push_str(&format!(
+            "; {} ({} bytes) in {} younger {} left out",
+            human_bytes(y.bytes),
+            y.bytes,
+            y.count,
+            plural(y.count, "allocation was", "allocations were"),
+        )),
+        Some(_) => note.push_str("; no younger allocation was outstanding"),
+        None => {}
+    }
+    note
+}
+
+/// The stacks in the order they are listed: as given when the report has
+/// snapshots (memprof ranks growing stacks first), else largest first.
+fn listing_order(report: &Report) -> Vec<&Stack> {
+    if report.interval_secs.is_some() {
+        report.stacks.iter().collect()
+    } else {
+        stacks_by_bytes(report)
+    }
+}
+
+/// `2 of 5 stacks grow (+34.2 KiB/s in all): #1 leak_buffer +34.1 KiB/s, ...`,
+/// naming each growing stack by its rank in `listed` and its innermost frame.
+fn growth_summary(listed: &[&Stack]) -> String {
+    let growing: Vec<(usize, &Stack, &Growth)> = listed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            s.growth
+                .as_ref()
+                .filter(|g| g.growing)
+                .map(|g| (i + 1, *s, g))
+        })
+        .collect();
+    if growing.is_empty() {
+        let snapshots = listed
+            .iter()
+            .filter_map(|s| s.growth.as_ref().map(|g| g.samples.len()))
+            .max()
+            .unwrap_or(0);
+        return if snapshots > 0 {
+            format!(
+                "no stack grew steadily over the {snapshots} {}",
+                plural(snapshots as u64, "snapshot", "snapshots")
+            )
+        } else {
+            "no stack grew steadily".to_string()
+        };
+    }
+    let all: f64 = growing.iter().map(|(_, _, g)| g.bytes_per_sec).sum();
+    let named: Vec<String> = growing
+        .iter()
+        .take(MAX_NAMED_GROWING)
+        .map(|(rank, stack, g)| {
+            let name = stack
+                .frames
+                .first()
+                .map_or_else(|| "[stack lost]".to_string(), Frame::display_name);
+            format!("#{rank} {name} {}", rate(g.bytes_per_sec))
+        })
+        .collect();
+    let mut summary = format!(
+        "{} of {} {} {} ({} in all): {}",
+        growing.len(),
+        listed.len(),
+        plural(listed.len() as u64, "stack", "stacks"),
+        plural(growing.len() as u64, "grows", "grow"),
+        rate(all),
+        named.join(", ")
+    );
+    if growing.len() > named.len() {
+        summary.push_str(&format!(", and {} more", growing.len() - named.len()));
+    }
+    summary
+}
+
+/// A stack's growth line: the trend, then its outstanding bytes at (up to
+/// [`MAX_GROWTH_VALUES`] evenly picked) snapshots; a flat stack says its size once.
+fn growth_line(growth: &Growth) -> String {
+    let samples = &growth.samples;
+    let (Some(&first), Some(&last)) = (samples.first(), samples.last()) else {
+        return "no snapshot taken".to_string();
+    };
+    let snapshots = format!(
+        "{} {}",
+        samples.len(),
+        plural(samples.len() as u64, "snapshot", "snapshots")
+    );
+    let trend = if growth.growing {
+        format!("growing {}", rate(growth.bytes_per_sec))
+    } else if samples.iter().all(|&b| b == first) {
+        return format!("flat at {} over {snapshots}", human_bytes(first));
+    } else if last < first {
+        format!("shrinking {}", rate(growth.bytes_per_sec))
+    } else {
+        format!("no steady growth ({})", rate(growth.bytes_per_sec))
+    };
+    let picked = pick_evenly(samples, MAX_GROWTH_VALUES);
+    let values: Vec<String> = picked.iter().map(|&b| human_bytes(b)).collect();
+    let mut line = format!("{trend} over {snapshots}: {}", values.join(", "));
+    if picked.len() < samples.len() {
+        line.push_str(&format!(" ({} of {} shown)", picked.len(), samples.len()));
+    }
+    line
+}
+
+/// At most `max` of `values`, evenly spread, always with the first and the last.
+fn pick_evenly(values: &[u64], max: usize) -> Vec<u64> {
+    let n = values.len();
+    if n <= max || max < 2 {
+        return values.iter().take(max).copied().collect();
+    }
+    let (span, steps) = (n - 1, max - 1);
+    (0..max)
+        .filter_map(|i| values.get((i * span + steps / 2) / steps).copied())
+        .collect()
+}
+
+/// A signed rate in bytes per second: `+34.1 KiB/s`, `-512 B/s`, `+0.5 B/s`.
+fn rate(bytes_per_sec: f64) -> String {
+    if !bytes_per_sec.is_finite() {
+        return "? B/s".to_string();
+    }
+    let sign = if bytes_per_sec < 0.0 { '-' } else { '+' };
+    let abs = bytes_per_sec.abs();
+    let magnitude = if abs < 10.0 {
+        format!("{abs:.1} B")
+    } else {
+        human_bytes(abs.round() as u64)
+    };
+    format!("{sign}{magnitude}/s")
+}
+
 fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     if report.stacks.is_empty() {
         let totals = report.totals;
         if totals.bytes == 0 && totals.count == 0 {
-            writeln!(out, "no outstanding allocations were found")?;
+            match report.min_age_secs {
+                Some(min_age) => writeln!(
+                    out,
+                    "no outstanding allocation is at least {} old",
+                    human_secs(min_age)
+                )?,
+                None => writeln!(out, "no outstanding allocations were found")?,
+            }
         } else {
             writeln!(
                 out,
@@ -81,25 +263,26 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
         writeln!(out)?;
         return Ok(());
     }
-    let sorted = stacks_by_bytes(report);
+    let sorted = listing_order(report);
     let shown = if opts.top == 0 {
         sorted.len()
     } else {
         opts.top.min(sorted.len())
     };
+    let order = if report.interval_secs.is_some() {
+        ", growing ones first, then by outstanding bytes"
+    } else {
+        " by outstanding bytes"
+    };
     if shown == sorted.len() {
         writeln!(
             out,
-            "{} {} by outstanding bytes:",
+            "{} {}{order}:",
             sorted.len(),
             plural(sorted.len() as u64, "stack", "stacks")
         )?;
     } else {
-        writeln!(
-            out,
-            "Top {shown} of {} stacks by outstanding bytes:",
-            sorted.len()
-        )?;
+        writeln!(out, "Top {shown} of {} stacks{order}:", sorted.len())?;
     }
     // Percentages are of the totals, or of the sum over the stacks if that is
     // larger (an inconsistent report), so they never exceed 100%.
@@ -159,6 +342,9 @@ fn stack_block(rank: usize, stack: &Stack, sum: u64, out: &mut dyn Write) -> any
         human_secs(stack.oldest_age_secs),
         human_secs(stack.median_age_secs),
     )?;
+    if let Some(growth) = &stack.growth {
+        writeln!(out, "{GROWTH_INDENT}{}", growth_line(growth))?;
+    }
     if stack.frames.is_empty() {
         writeln!(
             out,
@@ -379,5 +565,184 @@ mod tests {
         assert!(first < second, "{text}");
         assert!(!text.contains("#3"), "{text}");
         assert!(text.contains("... and 1 more stack with 1 B (1 bytes) in 1 allocation."));
+    }
+
+    fn growth(samples: &[u64], bytes_per_sec: f64, growing: bool) -> Growth {
+        Growth {
+            samples: samples.to_vec(),
+            bytes_per_sec,
+            growing,
+        }
+    }
+
+    #[test]
+    fn picks_evenly_with_both_ends() {
+        let values: Vec<u64> = (0..10).collect();
+        assert_eq!(pick_evenly(&values, 8), [0, 1, 3, 4, 5, 6, 8, 9]);
+        assert_eq!(pick_evenly(&values, 2), [0, 9]);
+        assert_eq!(pick_evenly(&values, 10), values);
+        assert_eq!(pick_evenly(&values[..3], 8), [0, 1, 2]);
+        assert_eq!(pick_evenly(&values, 1), [0]);
+        assert!(pick_evenly(&[], 8).is_empty());
+        let many: Vec<u64> = (0..1000).collect();
+        let picked = pick_evenly(&many, 8);
+        assert_eq!(picked.len(), 8);
+        assert_eq!((picked[0], picked[7]), (0, 999));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(rate(0.0), "+0.0 B/s");
+        assert_eq!(rate(0.25), "+0.2 B/s");
+        assert_eq!(rate(37.2), "+37 B/s");
+        assert_eq!(rate(-1409.25), "-1.4 KiB/s");
+        assert_eq!(rate(3.0 * 1024.0 * 1024.0), "+3.0 MiB/s");
+        assert_eq!(rate(f64::NAN), "? B/s");
+    }
+
+    #[test]
+    fn growth_lines() {
+        assert_eq!(
+            growth_line(&growth(&[0, 1024, 2048], 102.4, true)),
+            "growing +102 B/s over 3 snapshots: 0 B, 1.0 KiB, 2.0 KiB"
+        );
+        assert_eq!(
+            growth_line(&growth(&[4096; 20], 0.0, false)),
+            "flat at 4.0 KiB over 20 snapshots"
+        );
+        assert_eq!(
+            growth_line(&growth(&[300, 200, 100], -10.0, false)),
+            "shrinking -10 B/s over 3 snapshots: 300 B, 200 B, 100 B"
+        );
+        assert_eq!(
+            growth_line(&growth(&[100, 300, 100, 100, 101], 2.5, false)),
+            "no steady growth (+2.5 B/s) over 5 snapshots: 100 B, 300 B, 100 B, 100 B, 101 B"
+        );
+        assert_eq!(
+            growth_line(&growth(&[512], 0.0, false)),
+            "flat at 512 B over 1 snapshot"
+        );
+        assert_eq!(growth_line(&growth(&[], 0.0, false)), "no snapshot taken");
+        let long: Vec<u64> = (0..12).map(|i| i * 100).collect();
+        assert_eq!(
+            growth_line(&growth(&long, 40.0, true)),
+            "growing +40 B/s over 12 snapshots: \
+             0 B, 200 B, 300 B, 500 B, 600 B, 800 B, 900 B, 1.1 KiB (8 of 12 shown)"
+        );
+    }
+
+    #[test]
+    fn growth_summaries() {
+        let stack = |name: &str, g: Option<Growth>| Stack {
+            frames: vec![Frame {
+                function: Some(name.to_string()),
+                ..Frame::default()
+            }],
+            growth: g,
+            ..Stack::default()
+        };
+        let flat = stack("flat", Some(growth(&[1, 1, 1], 0.0, false)));
+        assert_eq!(
+            growth_summary(&[&flat]),
+            "no stack grew steadily over the 3 snapshots"
+        );
+        assert_eq!(growth_summary(&[]), "no stack grew steadily");
+
+        let grows: Vec<Stack> = [400.0, 300.0, 200.0, 100.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| stack(&format!("f{i}"), Some(growth(&[0, 1], r, true))))
+            .collect();
+        let lost = Stack {
+            frames: vec![],
+            ..grows[0].clone()
+        };
+        let listed: Vec<&Stack> = vec![&lost, &flat, &grows[1], &grows[2], &grows[3]];
+        // Ranks are positions in the listing, whatever the growing stacks' order.
+        assert_eq!(
+            growth_summary(&listed),
+            "4 of 5 stacks grow (+1000 B/s in all): #1 [stack lost] +400 B/s, \
+             #3 f1 +300 B/s, #4 f2 +200 B/s, and 1 more"
+        );
+        let one = [&grows[0]];
+        assert_eq!(
+            growth_summary(&one),
+            "1 of 1 stack grows (+400 B/s in all): #1 f0 +400 B/s"
+        );
+    }
+
+    #[test]
+    fn min_age_notes() {
+        let younger = Totals {
+            bytes: 2048,
+            count: 1,
+        };
+        assert_eq!(
+            min_age_note(30.0, Some(younger)),
+            "only allocations at least 30.0 s old count as leak suspects; \
+             2.0 KiB (2048 bytes) in 1 younger allocation was left out"
+        );
+        assert_eq!(
+            min_age_note(30.0, Some(Totals::default())),
+            "only allocations at least 30.0 s old count as leak suspects; \
+             no younger allocation was outstanding"
+        );
+        assert_eq!(
+            min_age_note(0.5, None),
+            "only allocations at least 0.50 s old count as leak suspects"
+        );
+    }
+
+    #[test]
+    fn min_age_with_nothing_old_enough() {
+        let report = Report {
+            min_age_secs: Some(60.0),
+            younger: Some(Totals {
+                bytes: 4096,
+                count: 4,
+            }),
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\nno outstanding allocation is at least 1m00s old\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("4.0 KiB (4096 bytes) in 4 younger allocations were left out"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn interval_keeps_the_given_order() {
+        let stack = |bytes, growing| Stack {
+            bytes,
+            count: 1,
+            growth: Some(growth(&[0, bytes], bytes as f64, growing)),
+            ..Stack::default()
+        };
+        let report = Report {
+            interval_secs: Some(1.0),
+            stacks: vec![stack(10, true), stack(30, false), stack(20, false)],
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let ranks: Vec<usize> = ["#1  10 B", "#2  30 B", "#3  20 B"]
+            .iter()
+            .map(|h| text.find(h).unwrap())
+            .collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.contains("snapshots:    every 1.0 s;"), "{text}");
+        assert!(
+            text.contains(
+                "growth:       1 of 3 stacks grows (+10 B/s in all): #1 [stack lost] +10 B/s\n"
+            ),
+            "{text}"
+        );
     }
 }

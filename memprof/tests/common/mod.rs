@@ -1,9 +1,10 @@
 //! A hand-built report shared by the renderer tests: C frames with file:line,
 //! Rust names (one with `;` in it, one inlined frame), a frame without any
 //! symbol, a stack the kernel could not walk, and counters that say data was lost.
+//! Variants of it as `--interval` and `--min-age` would have produced it.
 #![allow(dead_code)] // each test crate uses part of this
 
-use memprof::model::{Frame, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
+use memprof::model::{Frame, Growth, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
 
 const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
 const APP: &str = "/opt/leaky/bin/leaky";
@@ -51,6 +52,7 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
         oldest_age_secs: oldest,
         median_age_secs: median,
         frames,
+        growth: None,
     }
 }
 
@@ -117,10 +119,7 @@ pub fn sample_report() -> Report {
         stack(4096, 2, 3.5, 2.0, vec![]),
         stack(1000, 10, 61.0, 0.5, semicolon),
     ];
-    let totals = Totals {
-        bytes: stacks.iter().map(|s| s.bytes).sum(),
-        count: stacks.iter().map(|s| s.count).sum(),
-    };
+    let totals = totals_of(&stacks);
     Report {
         version: SCHEMA_VERSION,
         target: Target {
@@ -148,7 +147,91 @@ pub fn sample_report() -> Report {
             pending_map_full: 0,
             pending_stale: 0,
         },
+        min_age_secs: None,
+        younger: None,
+        interval_secs: None,
     }
+}
+
+fn totals_of(stacks: &[Stack]) -> Totals {
+    Totals {
+        bytes: stacks.iter().map(|s| s.bytes).sum(),
+        count: stacks.iter().map(|s| s.count).sum(),
+    }
+}
+
+/// The sample as `--interval 2.5` would have produced it: 12 snapshots (the
+/// last at the end of the run), the C leak growing fast, the `;` stack growing
+/// slowly, the Rust stack flat, the unsymbolized one shrinking and the lost one
+/// going up and down; growing stacks first (fastest first), then by bytes.
+///
+/// Rates are the least-squares slopes rounded to 1/16 B/s, so that they are
+/// exact in JSON.
+pub fn growth_report() -> Report {
+    let mut report = sample_report();
+    report.interval_secs = Some(2.5);
+    let growth = |samples: Vec<u64>, bytes_per_sec: f64, growing: bool| {
+        Some(Growth {
+            samples,
+            bytes_per_sec,
+            growing,
+        })
+    };
+    // By bytes: leak, rust, unsymbolized, lost, semicolon.
+    let mut stacks = std::mem::take(&mut report.stacks);
+    assert_eq!(stacks.len(), 5);
+    stacks[0].growth = growth(
+        [1, 2, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16]
+            .iter()
+            .map(|n| n * 65536)
+            .collect(),
+        36021.875,
+        true,
+    );
+    stacks[1].growth = growth(vec![262_144; 12], 0.0, false);
+    stacks[2].growth = growth(
+        vec![
+            45056, 40960, 40960, 36864, 32768, 28672, 24576, 20480, 16384, 12288, 12288, 8192,
+        ],
+        -1409.25,
+        false,
+    );
+    stacks[3].growth = growth(
+        vec![
+            4096, 8192, 0, 4096, 4096, 0, 8192, 4096, 4096, 0, 8192, 4096,
+        ],
+        11.4375,
+        false,
+    );
+    stacks[4].growth = growth(
+        vec![0, 100, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000],
+        37.1875,
+        true,
+    );
+    let semicolon = stacks.remove(4);
+    stacks.insert(1, semicolon);
+    report.stacks = stacks;
+    report
+}
+
+/// The sample as `--min-age 2` would have produced it: the unsymbolized stack
+/// (all younger) is gone, the `;` stack keeps its 4 older allocations, and what
+/// was left out is in `younger`.
+pub fn min_age_report() -> Report {
+    let mut report = sample_report();
+    report.min_age_secs = Some(2.0);
+    report.stacks.remove(2);
+    if let Some(semicolon) = report.stacks.last_mut() {
+        semicolon.bytes = 400;
+        semicolon.count = 4;
+        semicolon.median_age_secs = 20.0;
+    }
+    report.totals = totals_of(&report.stacks);
+    report.younger = Some(Totals {
+        bytes: 8192 + 600 + 16384,
+        count: 1 + 6 + 4,
+    });
+    report
 }
 
 /// A report of a run that found nothing outstanding.
