@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -50,7 +50,12 @@ const CFLAGS: &[&str] = &[
 ];
 
 /// The C fixtures and their extra flags.
-const C_FIXTURES: &[(&str, &[&str])] = &[("leaky", &[]), ("demo", &[]), ("static", &["-static"])];
+const C_FIXTURES: &[(&str, &[&str])] = &[
+    ("leaky", &[]),
+    ("phases", &[]),
+    ("demo", &[]),
+    ("static", &["-static"]),
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -82,14 +82,18 @@ pub fn older_than(
 pub fn growth(samples: &[u64], times: &[f64]) -> Growth {
     let n = samples.len().min(times.len());
     let (samples, times) = (&samples[..n], &times[..n]);
-    let steps = n.saturating_sub(1);
-    let rises = samples.windows(2).filter(|w| w[1] > w[0]).count();
-    let max = samples.iter().copied().max().unwrap_or(0);
+    // Snapshots taken before the stack's first allocation say nothing about it.
+    let born = samples.iter().position(|&b| b > 0).unwrap_or(n);
+    let lived = &samples[born..];
+    let steps = lived.len().saturating_sub(1);
+    let rises = lived.windows(2).filter(|w| w[1] > w[0]).count();
+    let max = lived.iter().copied().max().unwrap_or(0);
     // Ends near its highest point, above where it started, having risen in at
-    // least half of the intervals: a leak, possibly with partial frees on the way.
+    // least half of the intervals since it appeared: a leak, possibly with
+    // partial frees on the way.
     let growing = steps > 0
-        && samples.last() > samples.first()
-        && samples
+        && lived.last() > lived.first()
+        && lived
             .last()
             .is_some_and(|&last| last as f64 >= 0.9 * max as f64)
         && rises * 2 >= steps;
@@ -221,6 +225,10 @@ mod tests {
         // up and down around a level: not growing even though it ends higher
         let noisy = growth(&[100, 300, 100, 100, 101], &t);
         assert!(!noisy.growing, "{noisy:?}");
+        // A leak that starts late is still a leak.
+        let t9: Vec<f64> = (1..=9).map(f64::from).collect();
+        let late = growth(&[0, 0, 0, 0, 0, 100, 200, 300, 400], &t9);
+        assert!(late.growing, "{late:?}");
         let sawtooth = growth(&[100, 200, 150, 250, 300], &t);
         assert!(sawtooth.growing, "{sawtooth:?}");
         let shrinking = growth(&[500, 400, 300, 200, 100], &t);

@@ -85,9 +85,9 @@ pub struct Growth {
     pub samples: Vec<u64>,
     /// Least-squares slope of `samples` over time, in bytes per second.
     pub bytes_per_sec: f64,
-    /// True when the bytes kept rising: higher at the end than at the first
-    /// snapshot, within 10% of the highest snapshot at the end, and rising in
-    /// at least half of the intervals.
+    /// True when the bytes kept rising since the stack first held memory:
+    /// higher at the end than at that first snapshot, within 10% of the
+    /// highest snapshot at the end, and rising in at least half of the intervals.
     pub growing: bool,
 }
 

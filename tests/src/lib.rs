@@ -197,6 +197,11 @@ fn c_fixture(name: &str) -> Result<PathBuf, String> {
 pub enum Kind {
     /// `tests/fixtures/leaky.c`: ground truth [`LEAKY_C`].
     Leaky,
+    /// `tests/fixtures/phases.c`: allocations that change over time (a
+    /// steadily growing stack, a large flat one, blocks freed halfway, churn;
+    /// with `--young`, young blocks right before `done`). Ground truth
+    /// [`PHASES`] and [`PHASES_YOUNG`].
+    Phases,
     /// The `leaky-rust` binary of this package: ground truth [`LEAKY_RUST`].
     LeakyRust,
     /// `tests/fixtures/demo.c`: the demo service of `cargo xtask demo`
@@ -214,6 +219,7 @@ impl Kind {
     pub fn path(self) -> Result<PathBuf, String> {
         match self {
             Kind::Leaky => c_fixture("leaky"),
+            Kind::Phases => c_fixture("phases"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
             Kind::LeakyRust => rust_fixture_path(),
@@ -633,7 +639,16 @@ pub fn run_memprof(wrapper: &[&str], args: &[&str], timeout: Duration) -> Output
 /// collect its output, and check that the fixture then exits 0 (a profiler
 /// must leave its target working). Returns memprof's output and the pid.
 pub fn profile_fixture(kind: Kind, memprof_args: &[&str]) -> (Output, u32) {
-    let mut fixture = Fixture::spawn(kind);
+    profile_fixture_with(kind, &[], memprof_args)
+}
+
+/// [`profile_fixture`] with `fixture_args` given to the fixture.
+pub fn profile_fixture_with(
+    kind: Kind,
+    fixture_args: &[&str],
+    memprof_args: &[&str],
+) -> (Output, u32) {
+    let mut fixture = Fixture::spawn_with(kind, &[], fixture_args);
     let pid = fixture.pid();
     let pid_arg = pid.to_string();
     let mut args = vec!["-p", pid_arg.as_str()];
@@ -719,6 +734,29 @@ pub const LEAKY_RUST_CLEAN: &[&str] = &["churn_worker", "fail_alloc"];
 /// Allocations `leaky-rust`'s churn makes at least (2 threads x 20000 boxes),
 /// and frees at least as many.
 pub const LEAKY_RUST_MIN_CHURN: u64 = 2 * 20_000;
+
+/// The ground truth of `tests/fixtures/phases.c` (the table at its top):
+/// what is outstanding after `done`, with or without `--young`.
+pub const PHASES: &[Leak] = &[
+    // 30 x malloc(4096), one every 100 ms for 3 s: growing
+    leak("grow_steadily", 30, 122_880),
+    // 1 x malloc(512 KiB) right after go: large and flat
+    leak("hold_flat", 1, 524_288),
+];
+
+/// What `phases --young` leaves outstanding besides [`PHASES`]: 7 x
+/// malloc(3000) right before `done`, at least 3 s after everything else.
+pub const PHASES_YOUNG: Leak = leak("young_blocks", 7, 21_000);
+
+/// Functions of `phases.c` that allocate but leave nothing outstanding:
+/// `free_later` (20 x malloc(1000), all freed at ~1.5 s) and the churn.
+pub const PHASES_CLEAN: &[&str] = &["free_later", "short_lived"];
+
+/// Blocks `phases.c`'s `free_later` allocates (and frees).
+pub const PHASES_FREE_LATER_BLOCKS: u64 = 20;
+
+/// Allocations `phases.c`'s churn makes at least, and frees at least as many.
+pub const PHASES_MIN_CHURN: u64 = 10_000;
 
 /// A [`Leak`], shorter (for the tables).
 pub const fn leak(function: &'static str, count: u64, bytes: u64) -> Leak {
@@ -946,6 +984,13 @@ mod tests {
             Totals {
                 bytes: 1_393_680,
                 count: 41
+            }
+        );
+        assert_eq!(
+            total(PHASES),
+            Totals {
+                bytes: 30 * 4096 + 512 * 1024,
+                count: 31
             }
         );
         assert_eq!(
