@@ -59,6 +59,7 @@ const C_FIXTURES: &[(&str, &[&str])] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=fixtures/fixture.h");
     println!("cargo:rustc-env=MEMPROF_TESTS_CFLAGS={}", CFLAGS.join(" "));
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("fixtures");
