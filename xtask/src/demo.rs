@@ -169,22 +169,7 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .process_group(0);
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the forked child before exec and only makes the
-        // async-signal-safe prctl and getppid syscalls; it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Die with xtask even if xtask is killed outright and its guard never runs.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                // xtask died before prctl took effect.
-                if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
+        die_with_xtask(&mut cmd);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
@@ -284,8 +269,29 @@ impl Drop for Service {
     }
 }
 
-/// The pid in the demo program's `ready <pid>` line.
-fn ready_pid(line: &str) -> Option<u32> {
+/// Makes the child started by `cmd` die (SIGKILL) when xtask dies, even if xtask is killed
+/// outright and no guard runs. Call it from the thread that spawns the child: the kernel ties
+/// the signal to the death of that thread.
+pub(crate) fn die_with_xtask(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe prctl and getppid syscalls; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // xtask died before prctl took effect.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The pid in a `ready <pid>` line (the demo program's, and the bench workloads').
+pub(crate) fn ready_pid(line: &str) -> Option<u32> {
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("ready"), Some(pid), None) => pid.parse().ok(),
@@ -296,7 +302,7 @@ fn ready_pid(line: &str) -> Option<u32> {
 /// Ctrl-C (SIGINT) and SIGTERM set a flag instead of killing xtask, so the demo program is
 /// always stopped by its guard. Children start with the default disposition again (a caught
 /// signal is reset on exec), so memprof still receives Ctrl-C and stops early.
-mod interrupt {
+pub(crate) mod interrupt {
     use super::*;
 
     static HAPPENED: AtomicBool = AtomicBool::new(false);

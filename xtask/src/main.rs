@@ -3,6 +3,7 @@
 //! Every command but `setup` runs `setup` first, so a fresh clone needs nothing but
 //! `cargo xtask demo` or `cargo xtask test`.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -36,6 +37,10 @@ enum Command {
     Test,
     /// Run setup, build memprof, and profile a bundled leaking program: writes leak.svg and leak.json.
     Demo(demo::DemoArgs),
+    /// Run setup, build memprof in release, and measure what it costs an allocation-heavy
+    /// program, side by side with its probes' floor, probes at function entry and bpftrace;
+    /// then memprof's own memory and report time. Prints medians and ratios, asserts nothing.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build(&args),
         Command::Test => test::run(),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +97,22 @@ mod tests {
         };
         assert_eq!(args.duration, 8);
         assert!(args.out_dir.is_none());
+    }
+
+    #[test]
+    fn bench_defaults_and_quick() {
+        let cli = Cli::try_parse_from(["cargo xtask", "bench"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench, got {:?}", cli.command);
+        };
+        assert_eq!((args.rounds, args.pairs, args.quick), (None, None, false));
+        let cli =
+            Cli::try_parse_from(["cargo xtask", "bench", "--quick", "--rounds", "3"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench, got {:?}", cli.command);
+        };
+        assert_eq!((args.rounds, args.quick), (Some(3), true));
+        assert!(Cli::try_parse_from(["cargo xtask", "bench", "--rounds", "0"]).is_err());
     }
 
     #[test]

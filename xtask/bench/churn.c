@@ -1,0 +1,136 @@
+/*
+ * churn: the allocation-heavy workload of `cargo xtask bench`.
+ *
+ *   usage: churn PAIRS
+ *
+ * Protocol (all lines written with write(2), so nothing waits in a stdio
+ * buffer):
+ *   1. prints "ready <pid>" and waits for a line on stdin ("go");
+ *   2. two threads each make PAIRS malloc/free pairs of 16 B..4 KiB (the size
+ *      varies deterministically with the pair's index), with no work between
+ *      the pairs; the main thread times them with CLOCK_MONOTONIC;
+ *   3. leaks a known amount: 100 x malloc(1000) in bench_leak, after the
+ *      threads are joined and outside the timed part;
+ *   4. prints "done <ns_per_pair>", the wall time of step 2 divided by the
+ *      pairs both threads made (2 x PAIRS), and waits for EOF on stdin
+ *      before exiting, so a profiler can report while the process lives.
+ *
+ * Built with gcc -O2 -g -fno-omit-frame-pointer -pthread: frame pointers so
+ * stacks can be walked, bench_leak noinline so it names the leak's stack.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline, noclone))
+
+#define THREADS 2
+#define LEAK_COUNT 100
+#define LEAK_SIZE 1000
+#define MIN_SIZE 16
+#define MAX_SIZE 4096
+
+/* Volatile, so gcc can drop neither a pair nor the leak. */
+static void *volatile sink;
+static void *volatile leaked[LEAK_COUNT];
+
+static void say(const char *line)
+{
+	size_t len = strlen(line);
+	while (len > 0) {
+		ssize_t n = write(STDOUT_FILENO, line, len);
+		if (n <= 0)
+			exit(3);
+		line += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Reads stdin up to the end of a line; returns 0 on EOF before it. */
+static int read_line(void)
+{
+	char c;
+	for (;;) {
+		ssize_t n = read(STDIN_FILENO, &c, 1);
+		if (n <= 0)
+			return 0;
+		if (c == '\n')
+			return 1;
+	}
+}
+
+static void wait_for_eof(void)
+{
+	char buf[64];
+	while (read(STDIN_FILENO, buf, sizeof buf) > 0)
+		;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static unsigned long pairs;
+
+static void *churn(void *arg)
+{
+	/* A different but fixed sequence of sizes per thread (xorshift32). */
+	uint32_t x = 2463534242u + (uint32_t)(uintptr_t)arg;
+	for (unsigned long i = 0; i < pairs; i++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		size_t size = MIN_SIZE + x % (MAX_SIZE - MIN_SIZE + 1);
+		void *p = malloc(size);
+		sink = p;
+		free(p);
+	}
+	return NULL;
+}
+
+NOINLINE void bench_leak(void)
+{
+	for (int i = 0; i < LEAK_COUNT; i++)
+		leaked[i] = malloc(LEAK_SIZE);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2 || (pairs = strtoul(argv[1], NULL, 10)) == 0) {
+		fprintf(stderr, "usage: %s PAIRS\n", argv[0]);
+		return 2;
+	}
+	char line[64];
+	snprintf(line, sizeof line, "ready %d\n", (int)getpid());
+	say(line);
+	if (!read_line())
+		return 0;
+
+	pthread_t threads[THREADS];
+	uint64_t start = now_ns();
+	for (uintptr_t t = 0; t < THREADS; t++) {
+		if (pthread_create(&threads[t], NULL, churn, (void *)t) != 0) {
+			fprintf(stderr, "churn: pthread_create failed\n");
+			return 1;
+		}
+	}
+	for (int t = 0; t < THREADS; t++)
+		pthread_join(threads[t], NULL);
+	uint64_t elapsed = now_ns() - start;
+
+	bench_leak();
+
+	snprintf(line, sizeof line, "done %.2f\n",
+		 (double)elapsed / (double)(THREADS * pairs));
+	say(line);
+	wait_for_eof();
+	return 0;
+}
