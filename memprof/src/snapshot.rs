@@ -81,7 +81,9 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
                 let ips = trace.frames().iter().map(|f| f.ip).collect();
                 traces.insert(info.stack_id, ips);
             }
-            Err(e) => log::debug!("stack {id} unreadable: {e}"),
+            Err(e) => log::warn!(
+                "stack {id} could not be read ({e}): its allocations are shown as [stack lost]"
+            ),
         }
     }
     Ok(Snapshot {
