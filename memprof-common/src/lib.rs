@@ -12,7 +12,8 @@ pub struct AllocInfo {
     pub size: u64,
     /// `bpf_ktime_get_ns()` when the allocation returned.
     pub timestamp_ns: u64,
-    /// Id in the `STACKS` map, or [`STACK_LOST`] when the walk failed.
+    /// Key in the `STACKS` map (a hash of the frames, never negative), or
+    /// [`STACK_LOST`] when the stack could not be captured or stored.
     pub stack_id: i64,
 }
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 24);
@@ -44,6 +45,20 @@ const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
 
 /// `AllocInfo::stack_id` of allocations whose user stack could not be captured.
 pub const STACK_LOST: i64 = -1;
+
+/// Most frames kept of a user stack (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const MAX_FRAMES: usize = 127;
+
+/// A captured user stack, in the `STACKS` map keyed by a hash of its frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackTrace {
+    /// Number of valid entries in `ips`.
+    pub len: u64,
+    /// Instruction pointers, innermost first; zero past `len`.
+    pub ips: [u64; MAX_FRAMES],
+}
+const _: () = assert!(core::mem::size_of::<StackTrace>() == 1024);
 
 /// Names of the maps, shared so that user space and BPF cannot drift apart.
 pub mod maps {
@@ -83,8 +98,9 @@ pub mod stat {
     pub const RETURN_WITHOUT_ENTRY: u32 = 9;
     pub const PENDING_MAP_FULL: u32 = 10;
     pub const PENDING_STALE: u32 = 11;
+    pub const STACK_COLLISIONS: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(feature = "user")]
@@ -95,4 +111,6 @@ mod pod {
     unsafe impl aya::Pod for super::StackAgg {}
     // SAFETY: repr(C), integers only, no padding (asserted above).
     unsafe impl aya::Pod for super::PendingCall {}
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::StackTrace {}
 }

@@ -155,6 +155,7 @@ fn add_stats(a: &Stats, b: &Stats) -> Stats {
             .saturating_add(b.return_without_entry),
         pending_map_full: a.pending_map_full.saturating_add(b.pending_map_full),
         pending_stale: a.pending_stale.saturating_add(b.pending_stale),
+        stack_collisions: a.stack_collisions.saturating_add(b.stack_collisions),
     }
 }
 

@@ -156,7 +156,7 @@ pub struct Stats {
     pub live_map_full: u64,
     /// Bytes of the allocations not tracked because the live-allocation map was full.
     pub live_map_full_bytes: u64,
-    /// Allocations whose stack could not be captured (counted under an unknown stack).
+    /// Allocations whose stack could not be captured or stored (counted under an unknown stack).
     pub stack_lost: u64,
     /// Allocations not aggregated because the per-stack map was full.
     pub stack_map_full: u64,
@@ -166,6 +166,10 @@ pub struct Stats {
     pub pending_map_full: u64,
     /// Per-thread entries replaced because their return never came.
     pub pending_stale: u64,
+    /// Allocations whose stack hashed like a different stored stack (so were
+    /// counted under that one). Expected to stay 0: the hash has 63 bits.
+    #[serde(default)]
+    pub stack_collisions: u64,
 }
 
 impl Stats {
@@ -175,7 +179,7 @@ impl Stats {
     }
 
     /// Every counter with its name, in a fixed order, for renderers.
-    pub fn named(&self) -> [(&'static str, u64); 12] {
+    pub fn named(&self) -> [(&'static str, u64); 13] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -189,6 +193,7 @@ impl Stats {
             ("return_without_entry", self.return_without_entry),
             ("pending_map_full", self.pending_map_full),
             ("pending_stale", self.pending_stale),
+            ("stack_collisions", self.stack_collisions),
         ]
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, StackTraceMap};
-use memprof_common::{stat, AllocInfo, StackAgg};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use memprof_common::{stat, AllocInfo, StackAgg, StackTrace};
 
 use crate::model::Stats;
 
@@ -40,6 +40,7 @@ pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
         return_without_entry: counter(stat::RETURN_WITHOUT_ENTRY)?,
         pending_map_full: counter(stat::PENDING_MAP_FULL)?,
         pending_stale: counter(stat::PENDING_STALE)?,
+        stack_collisions: counter(stat::STACK_COLLISIONS)?,
     })
 }
 
@@ -67,22 +68,21 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
             Err(e) => return Err(e).context("reading LIVE"),
         }
     }
-    let stack_map = StackTraceMap::<&MapData>::try_from(stacks).context("STACKS map")?;
+    let stack_map =
+        BpfHashMap::<&MapData, i64, StackTrace>::try_from(stacks).context("STACKS map")?;
     let mut traces = HashMap::new();
     for (_, info) in &entries {
         if info.stack_id < 0 || traces.contains_key(&info.stack_id) {
             continue;
         }
-        let Ok(id) = u32::try_from(info.stack_id) else {
-            continue;
-        };
-        match stack_map.get(&id, 0) {
+        match stack_map.get(&info.stack_id, 0) {
             Ok(trace) => {
-                let ips = trace.frames().iter().map(|f| f.ip).collect();
-                traces.insert(info.stack_id, ips);
+                let len = usize::try_from(trace.len).unwrap_or(0).min(trace.ips.len());
+                traces.insert(info.stack_id, trace.ips[..len].to_vec());
             }
             Err(e) => log::warn!(
-                "stack {id} could not be read ({e}): its allocations are shown as [stack lost]"
+                "stack {} could not be read ({e}): its allocations are shown as [stack lost]",
+                info.stack_id
             ),
         }
     }

@@ -202,6 +202,9 @@ pub enum Kind {
     /// with `--young`, young blocks right before `done`). Ground truth
     /// [`PHASES`] and [`PHASES_YOUNG`].
     Phases,
+    /// `tests/fixtures/stacks.c`: one 100-byte block leaked from each of 4096
+    /// distinct call stacks (all ending in `leaf_alloc`).
+    Stacks,
     /// The `leaky-rust` binary of this package: ground truth [`LEAKY_RUST`].
     LeakyRust,
     /// `tests/fixtures/demo.c`: the demo service of `cargo xtask demo`
@@ -220,6 +223,7 @@ impl Kind {
         match self {
             Kind::Leaky => c_fixture("leaky"),
             Kind::Phases => c_fixture("phases"),
+            Kind::Stacks => c_fixture("stacks"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
             Kind::LeakyRust => rust_fixture_path(),

@@ -427,6 +427,7 @@ fn explain(name: &str) -> Option<&'static str> {
             "allocations NOT tracked: the per-thread call map was full (--max-threads)"
         }
         "pending_stale" => "allocator calls whose return never came (thread exited or longjmp)",
+        "stack_collisions" => "allocations counted under another stack with the same hash",
         _ => return None,
     })
 }
