@@ -146,6 +146,7 @@ pub fn sample_report() -> Report {
             return_without_entry: 1,
             pending_map_full: 0,
             pending_stale: 0,
+            stack_collisions: 0,
         },
         min_age_secs: None,
         younger: None,
