@@ -418,7 +418,9 @@ fn explain(name: &str) -> Option<&'static str> {
         }
         "live_map_full" => "allocations NOT tracked: the live-allocation map was full (--max-live)",
         "live_map_full_bytes" => "bytes of the allocations not tracked because of live_map_full",
-        "stack_lost" => "allocations whose stack could not be walked or stored, shown as [stack lost]",
+        "stack_lost" => {
+            "allocations whose stack could not be walked or stored, shown as [stack lost]"
+        }
         "stack_map_full" => "allocations NOT counted: the stack map was full (--max-stacks)",
         "return_without_entry" => {
             "allocator returns without a matching entry (calls in flight at attach time)"
