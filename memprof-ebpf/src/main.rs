@@ -263,6 +263,9 @@ fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
             }
             id
         }
+        // Passed by reference: a copy of the 1 KiB value would overflow
+        // the 512-byte BPF stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
         None => match STACKS.insert(id, &*buf, BPF_NOEXIST as u64) {
             Ok(()) => id,
             Err(e) if e == -EEXIST => id,
