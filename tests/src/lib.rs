@@ -405,7 +405,7 @@ impl Drop for Fixture {
     }
 }
 
-fn send_signal(pid: u32, signal: libc::c_int) {
+pub fn send_signal(pid: u32, signal: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         panic!("pid {pid} out of range");
     };
