@@ -1,6 +1,6 @@
-use std::fs::{self, File};
-use std::io::{BufWriter, Write as _};
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -27,15 +27,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let Some(pid) = cli.profile.pid else {
                 anyhow::bail!("which process? give its pid with -p PID (see memprof --help)");
             };
-            let report = memprof::profile(&cli.profile, pid, cli.quiet)?;
-            write_report(&report, &cli.output)
+            let outputs = Outputs::open(&cli.output)?;
+            let report = match memprof::profile(&cli.profile, pid, cli.quiet) {
+                Ok(report) => report,
+                Err(e) => {
+                    outputs.abandon();
+                    return Err(e);
+                }
+            };
+            write_report(&report, &cli.output, outputs)
         }
         Some(Command::Merge { reports, output }) => {
             let reports = reports
                 .iter()
                 .map(|p| read_report(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            write_report(&memprof::compare::merge(&reports), output)
+            let outputs = Outputs::open(output)?;
+            write_report(&memprof::compare::merge(&reports), output, outputs)
         }
         Some(Command::Diff {
             before,
@@ -43,7 +51,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             output,
         }) => {
             let (before, after) = (read_report(before)?, read_report(after)?);
-            write_diff(&before, &after, output)
+            let outputs = Outputs::open(output)?;
+            write_diff(&before, &after, output, outputs)
         }
     }
 }
@@ -59,16 +68,19 @@ fn read_report(path: &Path) -> anyhow::Result<Report> {
 }
 
 /// Writes the report to every `-o` file (format by extension), or to stdout.
-fn write_report(report: &Report, output: &OutputArgs) -> anyhow::Result<()> {
+fn write_report(report: &Report, output: &OutputArgs, outputs: Outputs) -> anyhow::Result<()> {
     let opts = output.render_options();
-    each_output(output, |format, out| {
-        render::render(report, format, &opts, out)
-    })
+    outputs.write(|format, out| render::render(report, format, &opts, out))
 }
 
-fn write_diff(before: &Report, after: &Report, output: &OutputArgs) -> anyhow::Result<()> {
+fn write_diff(
+    before: &Report,
+    after: &Report,
+    output: &OutputArgs,
+    outputs: Outputs,
+) -> anyhow::Result<()> {
     let opts = output.render_options();
-    each_output(output, |format, out| match format {
+    outputs.write(|format, out| match format {
         Format::Svg => memprof::compare::render_diff_svg(before, after, &opts, out),
         Format::Text => memprof::compare::render_diff_text(before, after, &opts, out),
         Format::Folded => {
@@ -80,39 +92,87 @@ fn write_diff(before: &Report, after: &Report, output: &OutputArgs) -> anyhow::R
     })
 }
 
-/// Runs `render` once per output: each `-o FILE`, or stdout. When only files
-/// were asked for, the text report still goes to stdout.
-fn each_output(
-    output: &OutputArgs,
-    mut render: impl FnMut(Format, &mut dyn std::io::Write) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let to_stdout =
-        |render: &mut dyn FnMut(Format, &mut dyn std::io::Write) -> anyhow::Result<()>, format| {
+/// Where a report goes: the `-o` files, opened before any work so that a bad
+/// path fails at once instead of after a long run, and stdout (the report in
+/// `--format`, or the text report next to files that are not text).
+struct Outputs {
+    files: Vec<OutputFile>,
+    stdout: Option<Format>,
+}
+
+struct OutputFile {
+    path: PathBuf,
+    format: Format,
+    file: File,
+    /// Whether the file was there before: a failed run leaves it untouched
+    /// and removes the ones it created.
+    existed: bool,
+}
+
+impl Outputs {
+    fn open(output: &OutputArgs) -> anyhow::Result<Outputs> {
+        let mut files = Vec::new();
+        for path in &output.output {
+            let existed = path.exists();
+            // Not truncated yet: a failed run must not destroy an older report.
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let format = Format::from_path(path).unwrap_or(output.format);
+            files.push(OutputFile {
+                path: path.clone(),
+                format,
+                file,
+                existed,
+            });
+        }
+        let stdout = if files.is_empty() {
+            Some(output.format)
+        } else if files.iter().any(|f| f.format == Format::Text) {
+            None
+        } else {
+            Some(Format::Text)
+        };
+        Ok(Outputs { files, stdout })
+    }
+
+    /// Removes the files that `open` created; leaves older ones as they were.
+    fn abandon(self) {
+        for f in self.files.into_iter().filter(|f| !f.existed) {
+            let _ = fs::remove_file(&f.path);
+        }
+    }
+
+    /// Runs `render` once per destination.
+    fn write(
+        self,
+        mut render: impl FnMut(Format, &mut dyn Write) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        for OutputFile {
+            path, format, file, ..
+        } in self.files
+        {
+            let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+            if is_file {
+                file.set_len(0)
+                    .with_context(|| format!("truncating {}", path.display()))?;
+            }
+            let mut out = BufWriter::new(file);
+            render(format, &mut out)
+                .and_then(|()| out.flush().map_err(Into::into))
+                .with_context(|| format!("writing {}", path.display()))?;
+            log::info!("wrote {} ({format:?})", path.display());
+        }
+        if let Some(format) = self.stdout {
             let mut out = std::io::stdout().lock();
             render(format, &mut out)?;
             out.flush()?;
-            anyhow::Ok(())
-        };
-    if output.output.is_empty() {
-        return to_stdout(&mut render, output.format);
+        }
+        Ok(())
     }
-    for path in &output.output {
-        let format = Format::from_path(path).unwrap_or(output.format);
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut out = BufWriter::new(file);
-        render(format, &mut out)
-            .and_then(|()| out.flush().map_err(Into::into))
-            .with_context(|| format!("writing {}", path.display()))?;
-        log::info!("wrote {} ({format:?})", path.display());
-    }
-    if !output
-        .output
-        .iter()
-        .any(|p| Format::from_path(p).unwrap_or(output.format) == Format::Text)
-    {
-        to_stdout(&mut render, Format::Text)?;
-    }
-    Ok(())
 }
 
 fn init_logging(cli: &Cli) {

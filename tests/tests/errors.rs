@@ -48,6 +48,57 @@ fn pid_that_does_not_exist() {
 }
 
 #[test]
+fn a_failed_run_keeps_older_reports_and_leaves_no_new_files() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let older = dir.path().join("older.json");
+    std::fs::write(&older, "an older report").unwrap();
+    let fresh = dir.path().join("fresh.svg");
+    let pid = dead_pid().to_string();
+    let output = run_memprof(
+        &[],
+        &[
+            "-p",
+            &pid,
+            "-o",
+            older.to_str().unwrap(),
+            "-o",
+            fresh.to_str().unwrap(),
+        ],
+        ERROR_TIMEOUT,
+    );
+    assert_fails_with(&output, &["does not exist"]);
+    assert_eq!(std::fs::read_to_string(&older).unwrap(), "an older report");
+    assert!(
+        !fresh.exists(),
+        "a failed run left {} behind",
+        fresh.display()
+    );
+}
+
+#[test]
+fn an_unwritable_output_fails_before_attaching() {
+    if !root_or_skip() {
+        return;
+    }
+    let fixture = Fixture::spawn(Kind::Leaky);
+    let pid = fixture.pid().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("no-such-dir").join("leak.svg");
+    // --duration 30: if memprof attached first, this would take 30 s and fail
+    // the "not attached" check below.
+    let output = run_memprof(
+        &[],
+        &["-p", &pid, "--duration", "30", "-o", bad.to_str().unwrap()],
+        ERROR_TIMEOUT,
+    );
+    assert_fails_with(&output, &["creating", "no-such-dir"]);
+    assert!(!output.stderr.contains("attached"), "{}", output.stderr);
+}
+
+#[test]
 fn statically_linked_target_has_no_libc() {
     if !root_or_skip() {
         return;
