@@ -23,13 +23,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::cli::ProfileArgs;
 use crate::model::{Report, Stack, SCHEMA_VERSION};
 use crate::probes::{ProbeConfig, Probes};
-use crate::session::{End, Plan, Sample};
+use crate::session::{End, Plan, Sample, Session};
 use crate::symbolize::Symbolizer;
 use crate::target::Target;
 
 /// Profiles the target named on the command line and returns what it still holds.
 pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Report> {
     let target = Target::open(pid)?;
+    let mut session = Session::new()?;
     let mut symbolizer = Symbolizer::new(target.pid);
     let config = ProbeConfig {
         max_live: args.max_live,
@@ -61,7 +62,7 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         interval: args.interval,
         quiet,
     };
-    let (end, samples) = session::wait(&probes, &target, plan)?;
+    let (end, samples) = session.wait(&probes, &target, plan)?;
     // Freeze the maps at the end of the run; detaching takes longer.
     probes.set_recording(false)?;
     let duration_secs = started.elapsed().as_secs_f64();

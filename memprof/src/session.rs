@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::probes::Probes;
 use crate::snapshot;
@@ -41,18 +41,56 @@ pub struct Plan {
     pub quiet: bool,
 }
 
-/// Waits until the run should end, sampling the per-stack aggregate on the way.
-pub fn wait(probes: &Probes, target: &Target, plan: Plan) -> anyhow::Result<(End, Vec<Sample>)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(wait_async(probes, target, plan))
+/// The runtime and the signal handlers of a run. Created before the probes
+/// are attached, so that a Ctrl-C or SIGTERM that comes while attaching (or
+/// right after) ends the run with a report instead of killing memprof.
+pub struct Session {
+    runtime: tokio::runtime::Runtime,
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl Session {
+    /// Installs the SIGINT and SIGTERM handlers.
+    pub fn new() -> anyhow::Result<Session> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (sigint, sigterm) = runtime.block_on(async {
+            anyhow::Ok((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })?;
+        Ok(Session {
+            runtime,
+            sigint,
+            sigterm,
+        })
+    }
+
+    /// Waits until the run should end, sampling the per-stack aggregate on the way.
+    pub fn wait(
+        &mut self,
+        probes: &Probes,
+        target: &Target,
+        plan: Plan,
+    ) -> anyhow::Result<(End, Vec<Sample>)> {
+        let Session {
+            runtime,
+            sigint,
+            sigterm,
+        } = self;
+        runtime.block_on(wait_async(probes, target, plan, sigint, sigterm))
+    }
 }
 
 async fn wait_async(
     probes: &Probes,
     target: &Target,
     plan: Plan,
+    sigint: &mut Signal,
+    sigterm: &mut Signal,
 ) -> anyhow::Result<(End, Vec<Sample>)> {
     let Plan {
         duration,
@@ -63,8 +101,6 @@ async fn wait_async(
     let period = Duration::from_secs_f64(interval.unwrap_or(1.0));
     let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let started = Instant::now();
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let sleep_until_deadline = async {
         match deadline {
