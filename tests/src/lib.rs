@@ -205,6 +205,9 @@ pub enum Kind {
     /// `tests/fixtures/stacks.c`: one 100-byte block leaked from each of 4096
     /// distinct call stacks (all ending in `leaf_alloc`).
     Stacks,
+    /// `tests/fixtures/selfcheck.c RESULT_FILE`: checks its own allocations
+    /// through every probed function and writes a checksum; frees everything.
+    SelfCheck,
     /// The `leaky-rust` binary of this package: ground truth [`LEAKY_RUST`].
     LeakyRust,
     /// `tests/fixtures/demo.c`: the demo service of `cargo xtask demo`
@@ -224,6 +227,7 @@ impl Kind {
             Kind::Leaky => c_fixture("leaky"),
             Kind::Phases => c_fixture("phases"),
             Kind::Stacks => c_fixture("stacks"),
+            Kind::SelfCheck => c_fixture("selfcheck"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
             Kind::LeakyRust => rust_fixture_path(),
@@ -935,6 +939,67 @@ pub fn check_no_loss(stats: &Stats) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The JSON ground-truth test of a leaking fixture with churn (`leaky.c`,
+/// `leaky-rust`): profiles `kind` with `--format json --top 1000` and asserts
+/// that the report has this schema version and the fixture's pid, and that
+/// it matches `expected` and `clean` ([`check_leaks`] with `max_depth`), lost
+/// nothing ([`check_no_loss`]), counted the fixture's failed allocation, and
+/// saw the churn: at least `min_churn` allocations besides the leaks, and as
+/// many frees. Every problem is listed, with the whole report.
+pub fn assert_ground_truth(
+    kind: Kind,
+    expected: &[Leak],
+    clean: &[&str],
+    max_depth: Option<usize>,
+    min_churn: u64,
+) {
+    let (output, pid) = profile_fixture(kind, &["--format", "json", "--top", "1000"]);
+    let report = output.report();
+    let dump = describe_report(&report);
+
+    assert_eq!(report.version, memprof::model::SCHEMA_VERSION);
+    assert_eq!(report.target.pid, pid);
+
+    let mut problems = check_leaks(&report, expected, clean, max_depth);
+    problems.extend(check_no_loss(&report.stats));
+    let stats = &report.stats;
+    if stats.failed_allocs < 1 {
+        problems.push(format!(
+            "stats.failed_allocs = {}, expected >= 1 (fail_alloc's malloc of half the \
+             address space failed)",
+            stats.failed_allocs
+        ));
+    }
+    // The churn must have been seen, or "no churn_worker stack" proves nothing.
+    if stats.allocs < min_churn + total(expected).count {
+        problems.push(format!(
+            "stats.allocs = {}, expected >= {} (the churn threads' allocations)",
+            stats.allocs,
+            min_churn + total(expected).count
+        ));
+    }
+    if stats.frees < min_churn {
+        problems.push(format!(
+            "stats.frees = {}, expected >= {min_churn}",
+            stats.frees
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "the report does not match the {kind:?} fixture's ground truth:\n- {}\n\nreport:\n{dump}",
+        problems.join("\n- ")
+    );
+}
+
+/// The functions of `leaks` that `text` does not name as a word ([`find_word`]).
+pub fn unnamed_leaks(text: &str, leaks: &[Leak]) -> Vec<&'static str> {
+    leaks
+        .iter()
+        .map(|l| l.function)
+        .filter(|f| find_word(text, f).is_none())
+        .collect()
 }
 
 /// Byte offset of the first occurrence of `word` in `text` that is not part

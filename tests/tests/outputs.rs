@@ -5,6 +5,10 @@
 //! it wrote. The run is shared by the tests of this file (the first one to
 //! need it makes it). Needs root (run through `cargo xtask test`).
 
+// The messages of pprof's profile.proto, shared with memprof's own pprof test.
+#[path = "../../memprof/tests/common/pprof_proto.rs"]
+mod pprof_proto;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read as _;
@@ -12,72 +16,13 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use pprof_proto::{Location, Profile};
 use tests::{
     check_leaks, check_no_loss, describe_report, find_word, frame_index, profile_fixture,
-    root_or_skip, run_memprof, total, Frame, Kind, Report, LEAKY_C, LEAKY_C_CLEAN,
+    root_or_skip, run_memprof, total, unnamed_leaks, Frame, Kind, Report, LEAKY_C, LEAKY_C_CLEAN,
 };
 
 const OFFLINE_TIMEOUT: Duration = Duration::from_secs(60);
-
-// perftools.profiles, from https://github.com/google/pprof/blob/main/proto/profile.proto
-// (only the fields these tests read).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Profile {
-    #[prost(message, repeated, tag = "1")]
-    sample_type: Vec<ValueType>,
-    #[prost(message, repeated, tag = "2")]
-    sample: Vec<Sample>,
-    #[prost(message, repeated, tag = "4")]
-    location: Vec<Location>,
-    #[prost(message, repeated, tag = "5")]
-    function: Vec<Function>,
-    #[prost(string, repeated, tag = "6")]
-    string_table: Vec<String>,
-    #[prost(int64, tag = "14")]
-    default_sample_type: i64,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ValueType {
-    #[prost(int64, tag = "1")]
-    r#type: i64,
-    #[prost(int64, tag = "2")]
-    unit: i64,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Sample {
-    #[prost(uint64, repeated, tag = "1")]
-    location_id: Vec<u64>,
-    #[prost(int64, repeated, tag = "2")]
-    value: Vec<i64>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Location {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(uint64, tag = "3")]
-    address: u64,
-    #[prost(message, repeated, tag = "4")]
-    line: Vec<Line>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Line {
-    #[prost(uint64, tag = "1")]
-    function_id: u64,
-    #[prost(int64, tag = "2")]
-    line: i64,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Function {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(int64, tag = "2")]
-    name: i64,
-}
 
 /// What one profiling run wrote.
 struct Run {
@@ -203,11 +148,7 @@ fn svg_file_draws_every_leak_and_names_the_pid() {
         find_word(&title, &format!("pid {pid}")).is_some(),
         "the flame graph's title does not name pid {pid}: {title:?}"
     );
-    let missing: Vec<&str> = LEAKY_C
-        .iter()
-        .map(|l| l.function)
-        .filter(|f| find_word(svg, f).is_none())
-        .collect();
+    let missing = unnamed_leaks(svg, LEAKY_C);
     assert!(
         missing.is_empty(),
         "leak.svg does not name {missing:?}; report:\n{dump}"

@@ -3,8 +3,8 @@
  *
  *   usage: churn PAIRS
  *
- * Protocol (all lines written with write(2), so nothing waits in a stdio
- * buffer):
+ * Protocol (the ready/go/done one of bench.h, all lines written with
+ * write(2), so nothing waits in a stdio buffer):
  *   1. prints "ready <pid>" and waits for a line on stdin ("go");
  *   2. two threads each make PAIRS malloc/free pairs of 16 B..4 KiB (the size
  *      varies deterministically with the pair's index), with no work between
@@ -23,11 +23,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#define NOINLINE __attribute__((noinline, noclone))
+#include "bench.h"
 
 #define THREADS 2
 #define LEAK_COUNT 100
@@ -38,45 +35,6 @@
 /* Volatile, so gcc can drop neither a pair nor the leak. */
 static void *volatile sink;
 static void *volatile leaked[LEAK_COUNT];
-
-static void say(const char *line)
-{
-	size_t len = strlen(line);
-	while (len > 0) {
-		ssize_t n = write(STDOUT_FILENO, line, len);
-		if (n <= 0)
-			exit(3);
-		line += n;
-		len -= (size_t)n;
-	}
-}
-
-/* Reads stdin up to the end of a line; returns 0 on EOF before it. */
-static int read_line(void)
-{
-	char c;
-	for (;;) {
-		ssize_t n = read(STDIN_FILENO, &c, 1);
-		if (n <= 0)
-			return 0;
-		if (c == '\n')
-			return 1;
-	}
-}
-
-static void wait_for_eof(void)
-{
-	char buf[64];
-	while (read(STDIN_FILENO, buf, sizeof buf) > 0)
-		;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static unsigned long pairs;
 
@@ -108,10 +66,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s PAIRS\n", argv[0]);
 		return 2;
 	}
-	char line[64];
-	snprintf(line, sizeof line, "ready %d\n", (int)getpid());
-	say(line);
-	if (!read_line())
+	if (!bench_ready())
 		return 0;
 
 	pthread_t threads[THREADS];
@@ -128,9 +83,6 @@ int main(int argc, char **argv)
 
 	bench_leak();
 
-	snprintf(line, sizeof line, "done %.2f\n",
-		 (double)elapsed / (double)(THREADS * pairs));
-	say(line);
-	wait_for_eof();
+	bench_done((double)elapsed / (double)(THREADS * pairs));
 	return 0;
 }

@@ -4,7 +4,7 @@
  *
  *   usage: stacks [LEAVES]    (default 10000, at most 16384)
  *
- * Same protocol as churn.c: prints "ready <pid>" (write(2)), waits for a
+ * The protocol of bench.h: prints "ready <pid>" (write(2)), waits for a
  * line on stdin, leaks, prints "done <ns>" (nanoseconds per leaf) and waits
  * for EOF on stdin before exiting.
  *
@@ -20,11 +20,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#define NOINLINE __attribute__((noinline, noclone))
+#include "bench.h"
 
 #define DEPTH 14
 #define DEFAULT_LEAVES 10000UL
@@ -33,44 +30,6 @@
 
 static void *volatile leaves[1UL << DEPTH];
 static volatile unsigned long calls;
-
-static void say(const char *line)
-{
-	size_t len = strlen(line);
-	while (len > 0) {
-		ssize_t n = write(STDOUT_FILENO, line, len);
-		if (n <= 0)
-			exit(3);
-		line += n;
-		len -= (size_t)n;
-	}
-}
-
-static int read_line(void)
-{
-	char c;
-	for (;;) {
-		ssize_t n = read(STDIN_FILENO, &c, 1);
-		if (n <= 0)
-			return 0;
-		if (c == '\n')
-			return 1;
-	}
-}
-
-static void wait_for_eof(void)
-{
-	char buf[64];
-	while (read(STDIN_FILENO, buf, sizeof buf) > 0)
-		;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 NOINLINE void left(unsigned long i, int depth);
 NOINLINE void right(unsigned long i, int depth);
@@ -109,10 +68,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s [LEAVES], 1..%lu\n", argv[0], 1UL << DEPTH);
 		return 2;
 	}
-	char line[64];
-	snprintf(line, sizeof line, "ready %d\n", (int)getpid());
-	say(line);
-	if (!read_line())
+	if (!bench_ready())
 		return 0;
 
 	uint64_t start = now_ns();
@@ -120,8 +76,6 @@ int main(int argc, char **argv)
 		descend(i, DEPTH);
 	uint64_t elapsed = now_ns() - start;
 
-	snprintf(line, sizeof line, "done %.2f\n", (double)elapsed / (double)count);
-	say(line);
-	wait_for_eof();
+	bench_done((double)elapsed / (double)count);
 	return 0;
 }

@@ -411,7 +411,8 @@ fn explain(name: &str) -> Option<&'static str> {
     Some(match name {
         "failed_allocs" => "allocator calls returned NULL (nothing recorded)",
         "frees_unknown" => {
-            "frees of memory allocated before memprof attached (expected, not an error)"
+            "frees of blocks memprof did not see allocated: made before it attached, or glibc's \
+             per-thread cache handed back at thread exit (expected, not an error)"
         }
         "nested_calls" => {
             "allocator calls made from inside another one, counted once at the outer call"
