@@ -39,6 +39,7 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         floor: args.floor,
         at_entry: args.probe_at_entry,
     };
+    log::info!("attaching to pid {} ({}) ...", target.pid, target.comm);
     let mut probes = Probes::attach(&target, config)?;
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -79,7 +80,10 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
             )
         }
     }
-    log::debug!("detaching {} probes", probes.attached);
+    log::info!(
+        "detaching {} probes and reading the maps ...",
+        probes.attached
+    );
     let maps = probes.detach()?;
     log::debug!("detached; reading maps");
     let snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
