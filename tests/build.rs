@@ -49,14 +49,21 @@ const CFLAGS: &[&str] = &[
     "-Wextra",
 ];
 
-/// The C fixtures and their extra flags.
-const C_FIXTURES: &[(&str, &[&str])] = &[
-    ("leaky", &[]),
-    ("phases", &[]),
-    ("stacks", &[]),
-    ("selfcheck", &[]),
-    ("demo", &[]),
-    ("static", &["-static"]),
+/// The C fixtures: binary name, source (`fixtures/<source>.c`), extra flags
+/// (after [`CFLAGS`], so they win).
+const C_FIXTURES: &[(&str, &str, &[&str])] = &[
+    ("leaky", "leaky", &[]),
+    // The same program as a distribution would build it: no frame pointers.
+    (
+        "leaky-nofp",
+        "leaky",
+        &["-O2", "-fomit-frame-pointer", "-momit-leaf-frame-pointer"],
+    ),
+    ("phases", "phases", &[]),
+    ("stacks", "stacks", &[]),
+    ("selfcheck", "selfcheck", &[]),
+    ("demo", "demo", &[]),
+    ("static", "static", &["-static"]),
 ];
 
 fn main() {
@@ -68,8 +75,8 @@ fn main() {
     if let Err(e) = fs::create_dir_all(&out_dir) {
         println!("cargo:warning=cannot create {}: {e}", out_dir.display());
     }
-    for (name, extra) in C_FIXTURES {
-        let src = Path::new("fixtures").join(format!("{name}.c"));
+    for (name, source, extra) in C_FIXTURES {
+        let src = Path::new("fixtures").join(format!("{source}.c"));
         println!("cargo:rerun-if-changed={}", src.display());
         let error_file = out_dir.join(format!("{name}.error"));
         match compile(&src, extra, &out_dir.join(name)) {

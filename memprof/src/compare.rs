@@ -41,6 +41,7 @@ pub fn merge(reports: &[Report]) -> Report {
                     key,
                     stack: Stack {
                         frames: stack.frames.clone(),
+                        truncated: stack.truncated,
                         growth: None,
                         ..Stack::default()
                     },
@@ -452,6 +453,7 @@ mod tests {
             oldest_age_secs: median * 2.0,
             median_age_secs: median,
             frames: names.iter().map(|n| frame(n, addr)).collect(),
+            truncated: false,
             growth: None,
         }
     }

@@ -119,13 +119,17 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
     let mut frames = symbolizer.symbolize_stacks(&traces);
     let mut stacks: Vec<Stack> = shown
         .into_iter()
-        .map(|s| Stack {
-            bytes: s.bytes,
-            count: s.count,
-            oldest_age_secs: s.oldest_age_ns as f64 / 1e9,
-            median_age_secs: s.median_age_ns as f64 / 1e9,
-            frames: frames.remove(&s.stack_id).unwrap_or_default(),
-            growth: growth.as_ref().and_then(|g| g.get(&s.stack_id).cloned()),
+        .map(|s| {
+            let frames = frames.remove(&s.stack_id).unwrap_or_default();
+            Stack {
+                truncated: !frames.is_empty() && !symbolize::reaches_start(&frames),
+                frames,
+                bytes: s.bytes,
+                count: s.count,
+                oldest_age_secs: s.oldest_age_ns as f64 / 1e9,
+                median_age_secs: s.median_age_ns as f64 / 1e9,
+                growth: growth.as_ref().and_then(|g| g.get(&s.stack_id).cloned()),
+            }
         })
         .collect();
     if growth.is_some() {

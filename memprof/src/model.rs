@@ -73,6 +73,12 @@ pub struct Stack {
     /// Frames, innermost first: `frames[0]` is the code that called the allocator.
     /// Empty when the kernel could not walk the stack.
     pub frames: Vec<Frame>,
+    /// True when the walk ended before reaching the start of the program or
+    /// of a thread (`__libc_start_call_main`, `start_thread`, ...): the stack
+    /// was probably cut short by code built without frame pointers, so its
+    /// outer frames are missing (or, past the first frame, wrong).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     /// With `--interval`: how this stack's outstanding bytes evolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub growth: Option<Growth>,

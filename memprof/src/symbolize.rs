@@ -149,6 +149,29 @@ impl Symbolizer {
     }
 }
 
+/// Functions where a complete user stack ends: the program's start, or a
+/// thread's (glibc has no frame pointers, so walks stop there).
+const ROOTS: &[&str] = &[
+    "__libc_start_call_main",
+    "__libc_start_main",
+    "__libc_start_main_impl",
+    "_start",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+];
+
+/// True when a symbolized stack (innermost first) reaches the start of the
+/// program or of a thread; false for stacks cut short (no frame pointers).
+pub fn reaches_start(frames: &[Frame]) -> bool {
+    frames
+        .last()
+        .and_then(|f| f.function.as_deref())
+        .is_some_and(|name| ROOTS.contains(&name))
+}
+
 /// `(start, end, file offset, path)` of the executable file mappings in a `/proc/PID/maps` listing.
 fn executable_mappings(maps: &str) -> impl Iterator<Item = (u64, u64, u64, &str)> {
     maps.lines().filter_map(|line| {
@@ -248,6 +271,24 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn tells_complete_stacks_from_cut_ones() {
+        let frame = |name: &str| Frame {
+            function: Some(name.to_string()),
+            ..Frame::default()
+        };
+        let complete = [
+            frame("leak"),
+            frame("main"),
+            frame("__libc_start_call_main"),
+        ];
+        assert!(reaches_start(&complete));
+        assert!(reaches_start(&[frame("worker"), frame("start_thread")]));
+        assert!(!reaches_start(&[frame("leak"), frame("main")]));
+        assert!(!reaches_start(&[frame("leak"), Frame::default()]));
+        assert!(!reaches_start(&[]));
     }
 
     #[test]

@@ -197,6 +197,9 @@ fn c_fixture(name: &str) -> Result<PathBuf, String> {
 pub enum Kind {
     /// `tests/fixtures/leaky.c`: ground truth [`LEAKY_C`].
     Leaky,
+    /// `tests/fixtures/leaky.c` built with `-O2 -fomit-frame-pointer`: the
+    /// same ground truth [`LEAKY_C`], stacks cut short.
+    LeakyNoFramePointers,
     /// `tests/fixtures/phases.c`: allocations that change over time (a
     /// steadily growing stack, a large flat one, blocks freed halfway, churn;
     /// with `--young`, young blocks right before `done`). Ground truth
@@ -225,6 +228,7 @@ impl Kind {
     pub fn path(self) -> Result<PathBuf, String> {
         match self {
             Kind::Leaky => c_fixture("leaky"),
+            Kind::LeakyNoFramePointers => c_fixture("leaky-nofp"),
             Kind::Phases => c_fixture("phases"),
             Kind::Stacks => c_fixture("stacks"),
             Kind::SelfCheck => c_fixture("selfcheck"),

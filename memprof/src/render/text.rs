@@ -88,6 +88,9 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     if report.stats.lost_data() {
         writeln!(out, "{}", lost_data_warning(&report.stats))?;
     }
+    if let Some(warning) = truncated_warning(report) {
+        writeln!(out, "{warning}")?;
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -354,6 +357,12 @@ fn stack_block(rank: usize, stack: &Stack, sum: u64, out: &mut dyn Write) -> any
     for frame in &stack.frames {
         writeln!(out, "{FRAME_INDENT}{}", frame_line(frame))?;
     }
+    if stack.truncated {
+        writeln!(
+            out,
+            "{FRAME_INDENT}[the walk ended here, before main or a thread's start: no frame pointers?]"
+        )?;
+    }
     Ok(())
 }
 
@@ -436,6 +445,24 @@ fn explain(name: &str) -> Option<&'static str> {
 }
 
 /// The warning printed when some allocations were not counted at all.
+/// The warning printed when stacks look cut short, or None.
+fn truncated_warning(report: &Report) -> Option<String> {
+    let cut: Vec<&Stack> = report.stacks.iter().filter(|s| s.truncated).collect();
+    if cut.is_empty() {
+        return None;
+    }
+    let bytes: u64 = cut.iter().map(|s| s.bytes).sum();
+    Some(format!(
+        "WARNING: {} of {} stacks ({} bytes) end before main or a thread's start: they were \
+         probably cut short by code built without frame pointers (C, C++: \
+         -fno-omit-frame-pointer; Rust: -C force-frame-pointers=yes). Their first frame is \
+         right; the callers after it may be missing or wrong.",
+        cut.len(),
+        report.stacks.len(),
+        bytes
+    ))
+}
+
 fn lost_data_warning(stats: &Stats) -> String {
     let mut raise = Vec::new();
     if stats.live_map_full > 0 {

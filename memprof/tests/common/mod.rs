@@ -51,6 +51,8 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
         count,
         oldest_age_secs: oldest,
         median_age_secs: median,
+        // As memprof sets it.
+        truncated: !frames.is_empty() && !memprof::symbolize::reaches_start(&frames),
         frames,
         growth: None,
     }

@@ -1,0 +1,48 @@
+//! Stacks of code built without frame pointers: memprof cannot walk past
+//! the first frame reliably, so it must say so instead of presenting short
+//! or wrong stacks as complete. The same leaky.c, built with and without
+//! frame pointers. Needs root (run through `cargo xtask test`).
+
+use tests::{describe_report, profile_fixture, root_or_skip, total, Kind, LEAKY_C};
+
+#[test]
+fn stacks_cut_short_by_missing_frame_pointers_are_flagged() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(Kind::LeakyNoFramePointers, &["--format", "json"]);
+    let report = output.report();
+    let dump = describe_report(&report);
+    // Attribution suffers; the counting does not.
+    assert_eq!(report.totals, total(LEAKY_C), "{dump}");
+    let cut = report.stacks.iter().filter(|s| s.truncated).count();
+    assert!(
+        cut * 2 >= report.stacks.len() && cut > 0,
+        "only {cut} of {} stacks flagged as cut short\n{dump}",
+        report.stacks.len()
+    );
+
+    let (output, _) = profile_fixture(Kind::LeakyNoFramePointers, &["--format", "text"]);
+    let text = output.stdout_text();
+    assert!(
+        text.contains("built without frame pointers") && text.contains("the walk ended here"),
+        "the text report does not warn about cut stacks:\n{text}"
+    );
+}
+
+#[test]
+fn complete_stacks_are_not_flagged() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(Kind::Leaky, &["--format", "text", "--top", "0"]);
+    let text = output.stdout_text();
+    assert!(!text.contains("frame pointers"), "{text}");
+    let (output, _) = profile_fixture(Kind::Leaky, &["--format", "json"]);
+    let report = output.report();
+    assert!(
+        report.stacks.iter().all(|s| !s.truncated),
+        "{}",
+        describe_report(&report)
+    );
+}
