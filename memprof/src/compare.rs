@@ -348,8 +348,8 @@ pub fn stack_deltas(before: &Report, after: &Report) -> Vec<StackDelta> {
             } else {
                 &mut entry.before
             };
-            side.bytes += stack.bytes;
-            side.count += stack.count;
+            side.bytes = side.bytes.saturating_add(stack.bytes);
+            side.count = side.count.saturating_add(stack.count);
         }
     }
     let mut deltas: Vec<StackDelta> = by_key.into_values().collect();
