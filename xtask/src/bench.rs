@@ -272,18 +272,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
 
     setup::run()?;
-    cmd::step(
-        "build memprof",
-        cmd::cargo().args(["build", "--release", "-p", "memprof"]),
-    )?;
+    let built = cmd::build_release_memprof()?;
     let target = cmd::target_dir();
-    let built = target.join("release/memprof");
-    if !built.is_file() {
-        bail!(
-            "{} is missing after `cargo build --release -p memprof`",
-            built.display()
-        );
-    }
     let dir = target.join("bench");
     fs::create_dir_all(dir.join("reports"))
         .with_context(|| format!("cannot create {}", dir.join("reports").display()))?;

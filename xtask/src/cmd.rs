@@ -106,6 +106,22 @@ pub fn step(name: &str, cmd: &mut Command) -> Result<()> {
     run(cmd).with_context(|| format!("step `{name}` failed"))
 }
 
+/// Builds memprof in release and returns the path of the binary.
+pub fn build_release_memprof() -> Result<PathBuf> {
+    step(
+        "build memprof",
+        cargo().args(["build", "--release", "-p", "memprof"]),
+    )?;
+    let memprof = target_dir().join("release/memprof");
+    if !memprof.is_file() {
+        anyhow::bail!(
+            "{} is missing after `cargo build --release -p memprof`",
+            memprof.display()
+        );
+    }
+    Ok(memprof)
+}
+
 /// Runs `cmd` and returns its stdout; fails with its stderr unless it exits 0.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = display(cmd);

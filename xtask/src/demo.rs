@@ -57,10 +57,7 @@ const CFLAGS: &[&str] = &[
 pub fn run(args: &DemoArgs) -> Result<()> {
     interrupt::catch().context("cannot install the Ctrl-C handler")?;
     setup::run()?;
-    cmd::step(
-        "build memprof",
-        cmd::cargo().args(["build", "--release", "-p", "memprof"]),
-    )?;
+    let memprof = cmd::build_release_memprof()?;
 
     let target = cmd::target_dir();
     let demo_dir = target.join("demo");
@@ -91,13 +88,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .arg(&source),
     )?;
 
-    let memprof = target.join("release/memprof");
-    if !memprof.is_file() {
-        bail!(
-            "{} is missing after `cargo build --release -p memprof`",
-            memprof.display()
-        );
-    }
     let svg = out_dir.join("leak.svg");
     let json = out_dir.join("leak.json");
     // So that files left by an earlier run are never shown as this run's.
