@@ -29,6 +29,9 @@ use crate::target::Target;
 
 /// Profiles the target named on the command line and returns what it still holds.
 pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Report> {
+    // First: without the capabilities nothing else can work, and reading the
+    // target's memory map would fail with a less helpful message.
+    probes::check_permissions()?;
     let target = Target::open(pid)?;
     let mut session = Session::new()?;
     let mut symbolizer = Symbolizer::new(target.pid);

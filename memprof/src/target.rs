@@ -112,8 +112,15 @@ impl Target {
                     .join(" ")
             })
             .unwrap_or_default();
-        let maps = fs::read_to_string(proc_dir.join("maps"))
-            .with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let maps = fs::read_to_string(proc_dir.join("maps")).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                ": memprof needs root, or CAP_SYS_PTRACE over the target (a process in \
+                 another user namespace cannot be read even by root)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("reading /proc/{pid}/maps: {e}{hint}")
+        })?;
         let libc = find_libc(&maps).ok_or_else(|| Error::NoLibc {
             pid,
             comm: comm.clone(),
