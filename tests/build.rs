@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,selfcheck,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,stacks,transient,execer,selfcheck,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -61,6 +61,8 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ),
     ("phases", "phases", &[]),
     ("stacks", "stacks", &[]),
+    ("transient", "transient", &[]),
+    ("execer", "execer", &[]),
     ("selfcheck", "selfcheck", &[]),
     ("demo", "demo", &[]),
     ("static", "static", &["-static"]),

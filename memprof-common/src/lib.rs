@@ -24,8 +24,11 @@ const _: () = assert!(core::mem::size_of::<AllocInfo>() == 24);
 pub struct StackAgg {
     pub bytes: u64,
     pub count: u64,
+    /// `bpf_ktime_get_ns()` of the latest allocation from this stack. User
+    /// space frees a stack only when it has had nothing outstanding for a while.
+    pub last_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<StackAgg>() == 16);
+const _: () = assert!(core::mem::size_of::<StackAgg>() == 24);
 
 /// An allocator call between its entry and its return, keyed by thread in `PENDING`.
 #[repr(C)]
@@ -69,6 +72,19 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     /// `Array<u32>` of one entry: nonzero while the probes record.
     pub const CONTROL: &str = "CONTROL";
+    /// `Array<u64>` of what happened to the target process (see [`super::event`]).
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Indices in the `EVENTS` array.
+pub mod event {
+    /// How many times the target called exec during the run.
+    pub const EXECS: u32 = 0;
+    /// `bpf_ktime_get_ns()` of its latest exec: older allocations belonged to
+    /// the program it replaced.
+    pub const LAST_EXEC_NS: u32 = 1;
+    /// Number of entries.
+    pub const COUNT: u32 = 2;
 }
 
 /// Names of the load-time globals.

@@ -6,6 +6,13 @@
 //! time, stack) and add it to the per-stack aggregate `AGG`; `free` removes
 //! the block and subtracts it. Every path that gives up bumps a counter in
 //! `STATS`, which user space shows in every report.
+//!
+//! User space frees the stacks that nothing outstanding refers to any more
+//! while the probes run. That is safe because an allocation adds to its
+//! stack's `AGG` entry *before* it makes sure the frames are in `STACKS`: a
+//! stack whose count user space reads as zero after deleting it either has no
+//! live allocation, or has one whose program is about to store it again (and
+//! user space puts back what it deleted when the count turned nonzero).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -15,7 +22,7 @@ use core::ffi::c_void;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray},
@@ -23,7 +30,7 @@ use aya_ebpf::{
     EbpfContext, Global,
 };
 use memprof_common::{
-    defaults, stat, AllocInfo, PendingCall, StackAgg, StackTrace, MAX_FRAMES, STACK_LOST,
+    defaults, event, stat, AllocInfo, PendingCall, StackAgg, StackTrace, MAX_FRAMES, STACK_LOST,
 };
 
 const EEXIST: i32 = 17;
@@ -35,8 +42,11 @@ static TARGET_TGID: Global<u32> = Global::new(0);
 #[map]
 static LIVE: HashMap<u64, AllocInfo> = HashMap::with_max_entries(defaults::MAX_LIVE, 0);
 
+/// Not preallocated: user space deletes entries while programs run, and a
+/// preallocated map would hand a deleted element to the next insert at once.
 #[map]
-static AGG: HashMap<i64, StackAgg> = HashMap::with_max_entries(defaults::MAX_STACKS + 1, 0);
+static AGG: HashMap<i64, StackAgg> =
+    HashMap::with_max_entries(defaults::MAX_STACKS + 1, BPF_F_NO_PREALLOC);
 
 /// Stacks by a hash of their frames. The kernel's stack-trace map keeps one
 /// stack per bucket of a hash of its own and fails (or relabels) on a bucket
@@ -61,6 +71,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 /// at a time takes a while, and the target keeps running meanwhile).
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// What happened to the target process; indices in [`event`].
+#[map]
+static EVENTS: Array<u64> = Array::with_max_entries(event::COUNT, 0);
 
 #[inline(always)]
 fn add(counter: *mut u64, n: u64) {
@@ -155,19 +169,28 @@ fn inside_allocator(tid: u64) -> bool {
     PENDING.get_ptr(tid).is_some()
 }
 
+/// Adds one allocation to an existing aggregate.
 #[inline(always)]
-fn agg_add(stack_id: i64, size: u64) -> bool {
+fn agg_add_to(agg: *mut StackAgg, size: u64, now: u64) {
+    // SAFETY: points into the map value; the counts are updated atomically,
+    // and a racing store of the time is as good as ours.
+    unsafe {
+        add(&raw mut (*agg).bytes, size);
+        add(&raw mut (*agg).count, 1);
+        (*agg).last_ns = now;
+    }
+}
+
+#[inline(always)]
+fn agg_add(stack_id: i64, size: u64, now: u64) -> bool {
     if let Some(agg) = AGG.get_ptr_mut(stack_id) {
-        // SAFETY: points into the map value; fields are updated atomically.
-        unsafe {
-            add(&raw mut (*agg).bytes, size);
-            add(&raw mut (*agg).count, 1);
-        }
+        agg_add_to(agg, size, now);
         return true;
     }
     let first = StackAgg {
         bytes: size,
         count: 1,
+        last_ns: now,
     };
     match AGG.insert(stack_id, first, BPF_NOEXIST as u64) {
         Ok(()) => true,
@@ -175,11 +198,7 @@ fn agg_add(stack_id: i64, size: u64) -> bool {
             // Another CPU created it between our lookup and insert.
             match AGG.get_ptr_mut(stack_id) {
                 Some(agg) => {
-                    // SAFETY: as above.
-                    unsafe {
-                        add(&raw mut (*agg).bytes, size);
-                        add(&raw mut (*agg).count, 1);
-                    }
+                    agg_add_to(agg, size, now);
                     true
                 }
                 None => false,
@@ -219,12 +238,11 @@ fn release(addr: u64) {
     }
 }
 
-/// Captures the user stack and stores it under a hash of its frames;
-/// returns the hash, or [`STACK_LOST`].
+/// Captures the user stack into this CPU's scratch buffer and returns a hash
+/// of its frames (never negative), or [`STACK_LOST`].
 #[inline(always)]
 fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
-        bump(stat::STACK_LOST);
         return STACK_LOST;
     };
     // SAFETY: this CPU's scratch value; programs do not migrate while running.
@@ -239,7 +257,6 @@ fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
         )
     };
     if written <= 0 {
-        bump(stat::STACK_LOST);
         return STACK_LOST;
     }
     let len = (written as u64) / 8;
@@ -253,26 +270,34 @@ fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
             buf.ips[i] = 0;
         }
     }
-    // Never negative, so never STACK_LOST.
-    let id = (hash >> 1) as i64;
+    (hash >> 1) as i64
+}
+
+/// Makes sure the stack just captured by [`capture_stack`] is in `STACKS`
+/// under `id`. A stack that cannot be stored is counted as lost; user space
+/// shows allocations whose stack is missing as `[stack lost]`.
+#[inline(always)]
+fn store_stack(id: i64) {
+    let Some(buf) = SCRATCH.get_ptr(0) else {
+        bump(stat::STACK_LOST);
+        return;
+    };
+    // SAFETY: this CPU's scratch value, filled by capture_stack in this run.
+    let buf = unsafe { &*buf };
     // SAFETY: the value is only read.
     match unsafe { STACKS.get(id) } {
         Some(stored) => {
             if stored.len != buf.len || stored.ips[0] != buf.ips[0] {
                 bump(stat::STACK_COLLISIONS);
             }
-            id
         }
         // Passed by reference: a copy of the 1 KiB value would overflow
         // the 512-byte BPF stack.
         #[allow(clippy::needless_borrows_for_generic_args)]
-        None => match STACKS.insert(id, &*buf, BPF_NOEXIST as u64) {
-            Ok(()) => id,
-            Err(e) if e == -EEXIST => id,
-            Err(_) => {
-                bump(stat::STACK_LOST);
-                STACK_LOST
-            }
+        None => match STACKS.insert(id, buf, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => {}
+            Err(_) => bump(stat::STACK_LOST),
         },
     }
 }
@@ -281,9 +306,10 @@ fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
 #[inline(always)]
 fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
     let stack_id = capture_stack(ctx);
+    let now = unsafe { bpf_ktime_get_ns() };
     let info = AllocInfo {
         size,
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns: now,
         stack_id,
     };
     let mut inserted = LIVE.insert(addr, info, BPF_NOEXIST as u64);
@@ -299,10 +325,16 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
         bump_by(stat::LIVE_MAP_FULL_BYTES, size);
         return;
     }
-    if !agg_add(stack_id, size) {
+    if !agg_add(stack_id, size, now) {
         let _ = LIVE.remove(addr);
         bump(stat::STACK_MAP_FULL);
         return;
+    }
+    // After the aggregate: see the module comment.
+    if stack_id == STACK_LOST {
+        bump(stat::STACK_LOST);
+    } else {
+        store_stack(stack_id);
     }
     bump(stat::ALLOCS);
 }
@@ -445,6 +477,22 @@ pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
 pub fn thread_exit(_ctx: RawTracePointContext) -> u32 {
     if let Some(tid) = target_thread() {
         let _ = PENDING.remove(tid);
+    }
+    0
+}
+
+/// A process calls exec: the allocations of the program it replaces are gone.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
+    if target_thread().is_none() {
+        return 0;
+    }
+    if let Some(n) = EVENTS.get_ptr_mut(event::EXECS) {
+        add(n, 1);
+    }
+    if let Some(at) = EVENTS.get_ptr_mut(event::LAST_EXEC_NS) {
+        // SAFETY: points into the map value; only exec of the target writes it.
+        unsafe { *at = bpf_ktime_get_ns() };
     }
     0
 }

@@ -96,6 +96,12 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub min_age: Option<f64>,
 
+    /// When the target exits during the run, report what it still held at its exit (as
+    /// valgrind's leak check does). By default that memory is left out: the kernel took it
+    /// back with the process, so it is not a leak any more.
+    #[arg(long)]
+    pub at_exit: bool,
+
     /// Leave out stacks that hold fewer than this many outstanding bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub min_size: u64,

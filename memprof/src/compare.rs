@@ -11,7 +11,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 
-use crate::model::{Frame, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
+use crate::model::{Frame, Released, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
 use crate::render::folded::fold;
 use crate::render::svg::{flamegraph, message_svg};
 use crate::render::{human_bytes, RenderOptions};
@@ -64,10 +64,9 @@ pub fn merge(reports: &[Report]) -> Report {
             .then_with(|| a.key.cmp(&b.key))
     });
 
-    let totals = reports.iter().fold(Totals::default(), |t, r| Totals {
-        bytes: t.bytes.saturating_add(r.totals.bytes),
-        count: t.count.saturating_add(r.totals.count),
-    });
+    let totals = reports
+        .iter()
+        .fold(Totals::default(), |t, r| add_totals(t, r.totals));
     let stats = reports
         .iter()
         .fold(Stats::default(), |s, r| add_stats(&s, &r.stats));
@@ -85,15 +84,20 @@ pub fn merge(reports: &[Report]) -> Report {
             .first()
             .and_then(|r| r.min_age_secs)
             .filter(|age| reports.iter().all(|r| r.min_age_secs == Some(*age))),
-        younger: reports
-            .iter()
-            .filter_map(|r| r.younger)
-            .reduce(|a, b| Totals {
-                bytes: a.bytes.saturating_add(b.bytes),
-                count: a.count.saturating_add(b.count),
-            }),
+        younger: reports.iter().filter_map(|r| r.younger).reduce(add_totals),
         // Snapshots of different runs do not line up in time.
         interval_secs: None,
+        released: reports.iter().fold(Released::default(), |a, r| Released {
+            at_exec: add_totals(a.at_exec, r.released.at_exec),
+            at_exit: add_totals(a.at_exit, r.released.at_exit),
+        }),
+    }
+}
+
+fn add_totals(a: Totals, b: Totals) -> Totals {
+    Totals {
+        bytes: a.bytes.saturating_add(b.bytes),
+        count: a.count.saturating_add(b.count),
     }
 }
 
@@ -157,6 +161,7 @@ fn add_stats(a: &Stats, b: &Stats) -> Stats {
         pending_map_full: a.pending_map_full.saturating_add(b.pending_map_full),
         pending_stale: a.pending_stale.saturating_add(b.pending_stale),
         stack_collisions: a.stack_collisions.saturating_add(b.stack_collisions),
+        stacks_freed: a.stacks_freed.saturating_add(b.stacks_freed),
     }
 }
 
@@ -227,6 +232,7 @@ fn merged_target(reports: &[Report], start_unix_secs: f64) -> Target {
         cmdline,
         allocator: distinct(reports, |r| &r.target.allocator).join(", "),
         exited_after_secs,
+        ..Target::default()
     }
 }
 
@@ -470,7 +476,7 @@ mod tests {
                 comm: format!("app{pid}"),
                 cmdline: format!("app{pid} --run"),
                 allocator: "/lib/libc.so.6".to_string(),
-                exited_after_secs: None,
+                ..Target::default()
             },
             start_unix_secs: start,
             duration_secs: 10.0,
@@ -481,9 +487,7 @@ mod tests {
                 live_map_full: 1,
                 ..Stats::default()
             },
-            min_age_secs: None,
-            younger: None,
-            interval_secs: None,
+            ..Report::default()
         }
     }
 

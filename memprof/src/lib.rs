@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::ProfileArgs;
-use crate::model::{Report, Stack, SCHEMA_VERSION};
+use crate::model::{Released, Report, Stack, Totals, SCHEMA_VERSION};
 use crate::probes::{ProbeConfig, Probes};
-use crate::session::{End, Plan, Sample, Session};
+use crate::session::{End, Plan, Sample, Session, Waited};
 use crate::symbolize::Symbolizer;
 use crate::target::Target;
 
@@ -49,6 +49,7 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let started = Instant::now();
+    let started_ns = snapshot::monotonic_ns();
     log::info!(
         "attached {} probes to pid {} ({}) in {}; {}",
         probes.attached,
@@ -66,9 +67,14 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         interval: args.interval,
         quiet,
     };
-    let (end, samples) = session.wait(&probes, &target, plan)?;
+    let Waited {
+        end,
+        samples,
+        stacks_freed,
+    } = session.wait(&mut probes, &target, &mut symbolizer, plan)?;
     // Freeze the maps at the end of the run; detaching takes longer.
     probes.set_recording(false)?;
+    let (execs, last_exec_ns) = probes.execs()?;
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
@@ -76,12 +82,15 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
     match end {
         End::Duration => log::debug!("duration reached"),
         End::Signal(name) => log::info!("{name} received: detaching and reporting"),
-        End::TargetExited(after) => {
-            log::warn!(
-                "pid {} exited after {after:.1} s: reporting what it held then",
-                target.pid
-            )
-        }
+        End::TargetExited(after) if args.at_exit => log::warn!(
+            "pid {} exited after {after:.1} s: reporting what it held then (--at-exit)",
+            target.pid
+        ),
+        End::TargetExited(after) => log::warn!(
+            "pid {} exited after {after:.1} s: what it held went with it and is left out \
+             (--at-exit reports it)",
+            target.pid
+        ),
     }
     log::info!(
         "detaching {} probes and reading the maps ...",
@@ -89,12 +98,26 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
     );
     let maps = probes.detach()?;
     log::debug!("detached; reading maps");
-    let snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
+    let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
+    snap.stats.stacks_freed = stacks_freed;
     for (id, ips) in &snap.traces {
         log::trace!("stack {id}: {ips:x?}");
     }
     let all = aggregate::by_stack(&snap.live, end_ns);
     check_consistency(&snap, &aggregate::totals(&all));
+    let mut released = Released::default();
+    if execs > 0 {
+        // Made by a program that exec replaced: its address space is gone.
+        released.at_exec = take_older(&mut snap.live, last_exec_ns);
+    }
+    if matches!(end, End::TargetExited(_)) && !args.at_exit {
+        released.at_exit = take_older(&mut snap.live, u64::MAX);
+    }
+    let all = if released.is_empty() {
+        all
+    } else {
+        aggregate::by_stack(&snap.live, end_ns)
+    };
 
     let (stacks, younger) = match args.min_age {
         Some(secs) => {
@@ -150,6 +173,10 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
                 End::TargetExited(after) => Some(after),
                 _ => None,
             },
+            started_unix_secs: target.started_unix_secs,
+            execs,
+            exec_after_secs: (execs > 0)
+                .then(|| last_exec_ns.saturating_sub(started_ns) as f64 / 1e9),
         },
         start_unix_secs,
         duration_secs,
@@ -159,7 +186,22 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         min_age_secs: args.min_age,
         younger,
         interval_secs: args.interval,
+        released,
     })
+}
+
+/// Removes the allocations made before `ns` (`CLOCK_MONOTONIC`) and returns their totals.
+fn take_older(live: &mut Vec<(u64, memprof_common::AllocInfo)>, ns: u64) -> Totals {
+    let mut taken = Totals::default();
+    live.retain(|(_, info)| {
+        let older = info.timestamp_ns < ns;
+        if older {
+            taken.bytes = taken.bytes.saturating_add(info.size);
+            taken.count += 1;
+        }
+        !older
+    });
+    taken
 }
 
 /// Each stack's bytes at every sample, then at the end of the run.

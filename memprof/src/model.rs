@@ -35,6 +35,29 @@ pub struct Report {
     /// `--interval`: seconds between the snapshots in [`Stack::growth`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_secs: Option<f64>,
+    /// Outstanding allocations left out because their memory went away with
+    /// the program that held them: at an exec, or at the process's exit.
+    #[serde(default, skip_serializing_if = "Released::is_empty")]
+    pub released: Released,
+}
+
+/// Allocations that were outstanding when the program holding them ended.
+/// They are not leaks: the kernel took the whole address space back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// Made by the program(s) that the target replaced by calling exec.
+    #[serde(default)]
+    pub at_exec: Totals,
+    /// Held by the target when it exited (left out unless `--at-exit`).
+    #[serde(default)]
+    pub at_exit: Totals,
+}
+
+impl Released {
+    /// True when nothing was left out.
+    pub fn is_empty(&self) -> bool {
+        *self == Released::default()
+    }
 }
 
 /// The process a report is about.
@@ -50,6 +73,20 @@ pub struct Target {
     /// Set when the process exited before the end of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited_after_secs: Option<f64>,
+    /// When the process started, in seconds since the Unix epoch. With the
+    /// pid, it names the process even after the pid is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix_secs: Option<f64>,
+    /// How many times the process called exec during the run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub execs: u64,
+    /// Seconds into the run of its latest exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_after_secs: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Outstanding bytes and allocation count.
@@ -176,6 +213,10 @@ pub struct Stats {
     /// counted under that one). Expected to stay 0: the hash has 63 bits.
     #[serde(default)]
     pub stack_collisions: u64,
+    /// Stacks freed during the run because nothing outstanding used them any
+    /// more, which keeps the stack maps from filling up on long runs.
+    #[serde(default)]
+    pub stacks_freed: u64,
 }
 
 impl Stats {
@@ -185,7 +226,7 @@ impl Stats {
     }
 
     /// Every counter with its name, in a fixed order, for renderers.
-    pub fn named(&self) -> [(&'static str, u64); 13] {
+    pub fn named(&self) -> [(&'static str, u64); 14] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -200,6 +241,7 @@ impl Stats {
             ("pending_map_full", self.pending_map_full),
             ("pending_stale", self.pending_stale),
             ("stack_collisions", self.stack_collisions),
+            ("stacks_freed", self.stacks_freed),
         ]
     }
 }

@@ -10,11 +10,13 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use anyhow::Context as _;
-use aya::maps::{Array, Map, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use memprof_common::{globals, maps};
+use memprof_common::{globals, maps, StackAgg, StackTrace};
+
+const BPF_NOEXIST: u32 = 1;
 
 use crate::error::Error;
 use crate::target::{probe_sites, ProbeSite, Target};
@@ -40,6 +42,7 @@ pub struct Maps {
     pub agg: Map,
     pub stacks: Map,
     pub stats: Map,
+    pub events: Map,
 }
 
 /// Loaded and attached programs.
@@ -123,13 +126,19 @@ impl Probes {
                 .load()
                 .with_context(|| format!("loading BPF program {name}"))?;
         }
-        let exit: &mut RawTracePoint = ebpf
-            .program_mut("thread_exit")
-            .context("BPF program thread_exit missing from the object")?
-            .try_into()?;
-        exit.load().context("loading BPF program thread_exit")?;
-        exit.attach("sched_process_exit")
-            .context("attaching to the sched_process_exit raw tracepoint")?;
+        for (program, tracepoint) in [
+            ("thread_exit", "sched_process_exit"),
+            ("process_exec", "sched_process_exec"),
+        ] {
+            let tp: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("BPF program {program} missing from the object"))?
+                .try_into()?;
+            tp.load()
+                .with_context(|| format!("loading BPF program {program}"))?;
+            tp.attach(tracepoint)
+                .with_context(|| format!("attaching to the {tracepoint} raw tracepoint"))?;
+        }
 
         let pid = NonZeroU32::new(target.pid).ok_or(Error::NoSuchProcess(0))?;
         let mut attached = 0;
@@ -185,6 +194,7 @@ impl Probes {
             agg: take(maps::AGG)?,
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
+            events: take(maps::EVENTS)?,
         };
         drop(self.ebpf);
         Ok(maps)
@@ -193,6 +203,69 @@ impl Probes {
     /// The maps while the probes stay attached (for snapshots during the run).
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
+    }
+
+    /// Frees the stacks that have had nothing outstanding for at least
+    /// `idle_ns`, so that a long run meets new stacks without filling the maps.
+    /// Returns how many were freed.
+    ///
+    /// Runs while the probes record. An allocation adds to its stack's count
+    /// before it stores the frames (see the BPF programs), so a stack whose
+    /// count is still zero after its frames were deleted has no live
+    /// allocation yet, and the next one stores the frames again; when the
+    /// count turned nonzero meanwhile, the frames are put back here. The idle
+    /// time keeps a stack in use from being deleted between an allocation's
+    /// lookup of its count and its update.
+    pub fn free_idle_stacks(&mut self, idle_ns: u64) -> anyhow::Result<u64> {
+        let now = crate::snapshot::monotonic_ns();
+        let (mut agg, mut stacks) = (None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                maps::AGG => agg = Some(map),
+                maps::STACKS => stacks = Some(map),
+                _ => {}
+            }
+        }
+        let (Some(agg), Some(stacks)) = (agg, stacks) else {
+            anyhow::bail!("BPF maps AGG and STACKS missing from the object");
+        };
+        let mut agg = BpfHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
+        let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
+        let idle: Vec<i64> = agg
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, a)| {
+                a.count == 0 && a.bytes == 0 && now.saturating_sub(a.last_ns) >= idle_ns
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let mut freed = 0;
+        for id in idle {
+            let trace = stacks.get(&id, 0).ok();
+            let _ = agg.remove(&id);
+            if trace.is_some() {
+                let _ = stacks.remove(&id);
+            }
+            let in_use = agg.get(&id, 0).is_ok_and(|a| a.count != 0);
+            match trace {
+                Some(trace) if in_use => {
+                    // EEXIST: the allocation's program stored it again first.
+                    let _ = stacks.insert(id, trace, u64::from(BPF_NOEXIST));
+                }
+                _ => freed += 1,
+            }
+        }
+        Ok(freed)
+    }
+
+    /// How many times the target called exec, and when it last did
+    /// (`CLOCK_MONOTONIC` ns).
+    pub fn execs(&self) -> anyhow::Result<(u64, u64)> {
+        let map = self
+            .ebpf
+            .map(maps::EVENTS)
+            .context("BPF map EVENTS missing from the object")?;
+        crate::snapshot::read_events(map)
     }
 }
 

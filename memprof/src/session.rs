@@ -5,11 +5,23 @@ use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::probes::Probes;
 use crate::snapshot;
+use crate::symbolize::Symbolizer;
 use crate::target::Target;
+
+/// How often stacks that nothing outstanding uses are looked for and freed.
+const FREE_STACKS_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a stack must have had nothing outstanding before it is freed.
+const STACK_IDLE_NS: u64 = 1_000_000_000;
+
+/// How often the target's mappings are read again (new libraries, exec).
+const REFRESH_MAPPINGS_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the run ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,6 +40,16 @@ pub struct Sample {
     /// Seconds since the probes were attached.
     pub at_secs: f64,
     pub bytes: HashMap<i64, u64>,
+}
+
+/// What happened while waiting.
+#[derive(Clone, Debug)]
+pub struct Waited {
+    pub end: End,
+    /// With [`Plan::interval`]: the snapshots, oldest first.
+    pub samples: Vec<Sample>,
+    /// Stacks freed during the run.
+    pub stacks_freed: u64,
 }
 
 /// What to wait for.
@@ -69,29 +91,45 @@ impl Session {
         })
     }
 
-    /// Waits until the run should end, sampling the per-stack aggregate on the way.
+    /// Waits until the run should end, sampling the per-stack aggregate,
+    /// freeing unused stacks and following the target's mappings on the way.
     pub fn wait(
         &mut self,
-        probes: &Probes,
+        probes: &mut Probes,
         target: &Target,
+        symbolizer: &mut Symbolizer,
         plan: Plan,
-    ) -> anyhow::Result<(End, Vec<Sample>)> {
+    ) -> anyhow::Result<Waited> {
         let Session {
             runtime,
             sigint,
             sigterm,
         } = self;
-        runtime.block_on(wait_async(probes, target, plan, sigint, sigterm))
+        runtime.block_on(wait_async(
+            probes, target, symbolizer, plan, sigint, sigterm,
+        ))
+    }
+}
+
+/// Resolves when the target exits (never, without a pidfd: then the
+/// periodic check of [`Target::is_alive`] notices).
+async fn target_exit(pidfd: Option<&AsyncFd<std::os::fd::OwnedFd>>) {
+    match pidfd {
+        Some(fd) => {
+            let _ = fd.readable().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
 async fn wait_async(
-    probes: &Probes,
+    probes: &mut Probes,
     target: &Target,
+    symbolizer: &mut Symbolizer,
     plan: Plan,
     sigint: &mut Signal,
     sigterm: &mut Signal,
-) -> anyhow::Result<(End, Vec<Sample>)> {
+) -> anyhow::Result<Waited> {
     let Plan {
         duration,
         interval,
@@ -112,11 +150,48 @@ async fn wait_async(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let status_line = !quiet && std::io::stderr().is_terminal();
     let mut last_status = Instant::now() - Duration::from_secs(1);
+    let pidfd = target
+        .pidfd()
+        .and_then(|fd| fd.try_clone().ok())
+        // SAFETY: an OwnedFd is open and names one file until it is dropped,
+        // and the AsyncFd owns it.
+        .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok());
+    let mut housekeeping = tokio::time::interval_at(
+        tokio::time::Instant::now() + FREE_STACKS_EVERY,
+        FREE_STACKS_EVERY,
+    );
+    let mut stacks_freed = 0;
+    let mut execs_seen = 0;
+    let mut last_refresh = Instant::now();
     let end = loop {
         tokio::select! {
             _ = &mut sleep_until_deadline => break End::Duration,
             _ = sigint.recv() => break End::Signal("SIGINT"),
             _ = sigterm.recv() => break End::Signal("SIGTERM"),
+            _ = target_exit(pidfd.as_ref()) => {
+                break End::TargetExited(started.elapsed().as_secs_f64());
+            }
+            _ = housekeeping.tick() => {
+                match probes.free_idle_stacks(STACK_IDLE_NS) {
+                    Ok(n) => stacks_freed += n,
+                    Err(e) => log::warn!("freeing unused stacks failed: {e:#}"),
+                }
+                let execs = probes.execs().map(|(n, _)| n).unwrap_or(execs_seen);
+                if execs != execs_seen || last_refresh.elapsed() >= REFRESH_MAPPINGS_EVERY {
+                    if execs != execs_seen {
+                        let comm = std::fs::read_to_string(format!("/proc/{}/comm", target.pid))
+                            .unwrap_or_default();
+                        log::info!(
+                            "pid {} called exec (now {}): what the program before held is left out",
+                            target.pid,
+                            comm.trim_end()
+                        );
+                    }
+                    execs_seen = execs;
+                    last_refresh = Instant::now();
+                    symbolizer.refresh();
+                }
+            }
             _ = sampler.tick(), if interval.is_some() => {
                 match sample(probes, started.elapsed().as_secs_f64()) {
                     Ok(s) => samples.push(s),
@@ -137,7 +212,11 @@ async fn wait_async(
     if status_line {
         eprint!("\r\x1b[2K");
     }
-    Ok((end, samples))
+    Ok(Waited {
+        end,
+        samples,
+        stacks_freed,
+    })
 }
 
 fn sample(probes: &Probes, at_secs: f64) -> anyhow::Result<Sample> {

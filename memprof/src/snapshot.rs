@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use memprof_common::{stat, AllocInfo, StackAgg, StackTrace};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use memprof_common::{event, stat, AllocInfo, StackAgg, StackTrace, STACK_LOST};
 
 use crate::model::Stats;
 
@@ -41,6 +41,7 @@ pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
         pending_map_full: counter(stat::PENDING_MAP_FULL)?,
         pending_stale: counter(stat::PENDING_STALE)?,
         stack_collisions: counter(stat::STACK_COLLISIONS)?,
+        stacks_freed: 0,
     })
 }
 
@@ -53,6 +54,18 @@ pub fn read_agg(map: &Map) -> anyhow::Result<HashMap<i64, StackAgg>> {
         out.insert(id, value);
     }
     Ok(out)
+}
+
+/// How many times the target called exec, and the time of the latest one
+/// (`CLOCK_MONOTONIC` ns, 0 if none).
+pub fn read_events(map: &Map) -> anyhow::Result<(u64, u64)> {
+    let events = Array::<&MapData, u64>::try_from(map).context("EVENTS map")?;
+    Ok((
+        events.get(&event::EXECS, 0).context("reading EVENTS")?,
+        events
+            .get(&event::LAST_EXEC_NS, 0)
+            .context("reading EVENTS")?,
+    ))
 }
 
 /// Reads every map.
@@ -71,8 +84,9 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
     let stack_map =
         BpfHashMap::<&MapData, i64, StackTrace>::try_from(stacks).context("STACKS map")?;
     let mut traces = HashMap::new();
+    let mut tried = std::collections::HashSet::new();
     for (_, info) in &entries {
-        if info.stack_id < 0 || traces.contains_key(&info.stack_id) {
+        if info.stack_id < 0 || !tried.insert(info.stack_id) {
             continue;
         }
         match stack_map.get(&info.stack_id, 0) {
@@ -80,10 +94,18 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
                 let len = usize::try_from(trace.len).unwrap_or(0).min(trace.ips.len());
                 traces.insert(info.stack_id, trace.ips[..len].to_vec());
             }
+            Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => log::warn!(
                 "stack {} could not be read ({e}): its allocations are shown as [stack lost]",
                 info.stack_id
             ),
+        }
+    }
+    // The stacks the kernel could not store (the map was full): counted as
+    // stack_lost by the programs, shown as such here.
+    for (_, info) in &mut entries {
+        if info.stack_id >= 0 && !traces.contains_key(&info.stack_id) {
+            info.stack_id = STACK_LOST;
         }
     }
     Ok(Snapshot {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
@@ -91,6 +93,11 @@ pub struct Target {
     pub libc: String,
     /// libc reached through `/proc/PID/root`, valid from memprof's namespace.
     pub libc_host_path: PathBuf,
+    /// When the process started, in seconds since the Unix epoch.
+    pub started_unix_secs: Option<f64>,
+    /// A pidfd of the process: it names this process, not whichever one gets
+    /// its pid next, and becomes readable when the process exits.
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 impl Target {
@@ -126,17 +133,42 @@ impl Target {
             comm: comm.clone(),
         })?;
         let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
+        let started = start_ticks(pid);
+        let pidfd = pidfd_open(pid);
+        // The pid was read first, the pidfd taken after: the same process
+        // only if it started at the same time.
+        if pidfd.is_some() && start_ticks(pid) != started {
+            return Err(Error::NoSuchProcess(pid).into());
+        }
         Ok(Target {
             pid,
             comm,
             cmdline,
             libc,
             libc_host_path,
+            started_unix_secs: started.and_then(started_unix_secs),
+            pidfd: pidfd.map(Arc::new),
         })
+    }
+
+    /// The pidfd of the process, when the kernel gave one.
+    pub fn pidfd(&self) -> Option<&OwnedFd> {
+        self.pidfd.as_deref()
     }
 
     /// True while the process is still running.
     pub fn is_alive(&self) -> bool {
+        if let Some(fd) = &self.pidfd {
+            // Readable once the process has exited (zombie or reaped).
+            let mut poll = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no waiting.
+            let n = unsafe { libc::poll(&mut poll, 1, 0) };
+            return n == 0;
+        }
         // A zombie still has /proc/PID but no memory map.
         fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .map(|stat| {
@@ -147,6 +179,36 @@ impl Target {
             })
             .unwrap_or(false)
     }
+}
+
+/// A pidfd for `pid`, or None on kernels without pidfd_open (before 5.3).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a nonnegative return is a new fd that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Start time in clock ticks after boot -> seconds since the Unix epoch.
+fn started_unix_secs(ticks: u64) -> Option<f64> {
+    let boot: f64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| boot + ticks as f64 / hz as f64)
 }
 
 /// The path of the glibc mapped in a `/proc/PID/maps` listing.
@@ -257,6 +319,20 @@ mod tests {
         let mut offsets: Vec<_> = sites.iter().map(|s| s.file_offset).collect();
         offsets.dedup();
         assert_eq!(offsets.len(), sites.len(), "one site per address");
+    }
+
+    #[test]
+    fn this_process_started_before_now() {
+        let pid = std::process::id();
+        let started = start_ticks(pid).and_then(started_unix_secs).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            started <= now + 1.0 && started > now - 86_400.0 * 365.0,
+            "{started} vs {now}"
+        );
     }
 
     #[test]

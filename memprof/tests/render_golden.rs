@@ -278,7 +278,7 @@ fn svg_subtitle_mentions_min_age_and_snapshots() {
         svg.contains(
             "1.3 MiB in 93 allocations outstanding after 30.0 s; \
              only allocations older than 2.0 s; 2 stacks growing (snapshots every 2.5 s); \
-             process exited at 27.2 s; LOWER BOUNDS"
+             exec at 2.5 s; process exited at 27.2 s; LOWER BOUNDS"
         ),
         "{svg}"
     );

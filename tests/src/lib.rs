@@ -208,6 +208,13 @@ pub enum Kind {
     /// `tests/fixtures/stacks.c`: one 100-byte block leaked from each of 4096
     /// distinct call stacks (all ending in `leaf_alloc`).
     Stacks,
+    /// `tests/fixtures/transient.c`: thousands of distinct stacks that each
+    /// allocate and free one block, round after round, and 50 leaked 100-byte
+    /// blocks from 50 distinct stacks (all ending in `leak_alloc`).
+    Transient,
+    /// `tests/fixtures/execer.c`: leaks 5 x 1000 bytes, execs itself, leaks
+    /// 3 x 2000 bytes in `after_exec_leak` from the new program, then `done`.
+    Execer,
     /// `tests/fixtures/selfcheck.c RESULT_FILE`: checks its own allocations
     /// through every probed function and writes a checksum; frees everything.
     SelfCheck,
@@ -231,6 +238,8 @@ impl Kind {
             Kind::LeakyNoFramePointers => c_fixture("leaky-nofp"),
             Kind::Phases => c_fixture("phases"),
             Kind::Stacks => c_fixture("stacks"),
+            Kind::Transient => c_fixture("transient"),
+            Kind::Execer => c_fixture("execer"),
             Kind::SelfCheck => c_fixture("selfcheck"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),

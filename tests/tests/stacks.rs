@@ -2,11 +2,21 @@
 //! stacks; memprof must report 4096 stacks of exactly one block each, none
 //! lost and none merged. (The kernel's stack-trace map, keyed by bucket,
 //! loses about 470 of them to bucket collisions at its default size.)
+//!
+//! Stacks that nothing outstanding uses are freed during the run, so a
+//! process that meets far more distinct stacks than the maps hold is still
+//! profiled exactly; and when the maps do fill, the report counts every
+//! allocation left out and says its totals are lower bounds.
 //! Needs root (run through `cargo xtask test`).
 
 use std::collections::HashSet;
 
 use tests::{check_no_loss, describe_report, profile_fixture, root_or_skip, Kind};
+
+/// `transient.c`: rounds, distinct transient stacks per round, and leaks.
+const TRANSIENT_ROUNDS: u64 = 5;
+const TRANSIENT_PER_ROUND: u64 = 1500;
+const TRANSIENT_LEAKS: u64 = 50;
 
 const LEAVES: usize = 4096;
 const LEAF_BYTES: u64 = 100;
@@ -50,4 +60,89 @@ fn thousands_of_distinct_stacks_are_each_reported_once() {
         paths.insert(path);
     }
     assert_eq!(paths.len(), LEAVES, "two stacks share a path");
+}
+
+#[test]
+fn stacks_nothing_uses_are_freed_so_new_ones_fit() {
+    if !root_or_skip() {
+        return;
+    }
+    // Room for 2048 stacks; the fixture meets 7,550 distinct ones, at most
+    // 1,550 of them within one round.
+    let (output, _) = profile_fixture(
+        Kind::Transient,
+        &["--format", "json", "--top", "0", "--max-stacks", "2048"],
+    );
+    let report = output.report();
+    let dump = describe_report(&report);
+    let problems = check_no_loss(&report.stats);
+    assert!(problems.is_empty(), "{problems:?}\n{dump}");
+    assert_eq!(report.stats.stack_collisions, 0, "{dump}");
+    assert_eq!(report.totals.count, TRANSIENT_LEAKS, "{dump}");
+    assert_eq!(report.totals.bytes, TRANSIENT_LEAKS * LEAF_BYTES, "{dump}");
+    assert_eq!(report.stacks.len() as u64, TRANSIENT_LEAKS, "{dump}");
+    for stack in &report.stacks {
+        assert_eq!((stack.count, stack.bytes), (1, LEAF_BYTES), "{stack:?}");
+        assert_eq!(
+            stack.frames.first().and_then(|f| f.function.as_deref()),
+            Some("leak_alloc"),
+            "{stack:?}"
+        );
+    }
+    // Every round but the last was idle long enough to be freed.
+    assert!(
+        report.stats.stacks_freed >= (TRANSIENT_ROUNDS - 1) * TRANSIENT_PER_ROUND,
+        "only {} stacks freed\n{dump}",
+        report.stats.stacks_freed
+    );
+}
+
+#[test]
+fn a_full_live_map_is_counted_and_the_totals_called_lower_bounds() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(Kind::Stacks, &["--format", "json", "--max-live", "1000"]);
+    let report = output.report();
+    let dump = describe_report(&report);
+    let stats = report.stats;
+    assert!(stats.live_map_full > 0, "{dump}");
+    // Every leaked block is either tracked or counted as not tracked.
+    assert_eq!(
+        report.totals.count + stats.live_map_full,
+        LEAVES as u64,
+        "{dump}"
+    );
+    assert_eq!(
+        stats.live_map_full_bytes,
+        stats.live_map_full * LEAF_BYTES,
+        "{dump}"
+    );
+    assert!(report.totals.count <= 1000, "{dump}");
+
+    let (output, _) = profile_fixture(Kind::Stacks, &["--max-live", "1000"]);
+    let text = output.stdout_text();
+    assert!(text.contains("WARNING: totals are lower bounds"), "{text}");
+    assert!(text.contains("--max-live"), "{text}");
+}
+
+#[test]
+fn a_full_stack_map_is_counted_and_the_totals_called_lower_bounds() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(Kind::Stacks, &["--format", "json", "--max-stacks", "1000"]);
+    let report = output.report();
+    let dump = describe_report(&report);
+    let stats = report.stats;
+    assert!(stats.stack_map_full > 0, "{dump}");
+    // A block whose stack found no room is counted, never misattributed.
+    assert_eq!(
+        report.totals.count + stats.stack_map_full,
+        LEAVES as u64,
+        "{dump}"
+    );
+    for stack in &report.stacks {
+        assert_eq!((stack.count, stack.bytes), (1, LEAF_BYTES), "{stack:?}");
+    }
 }

@@ -325,9 +325,19 @@ fn encode(report: &Report) -> Vec<u8> {
     if !target.allocator.is_empty() {
         comments.push(format!("allocator: {}", target.allocator));
     }
+    let released = report.released;
+    if target.execs > 0 {
+        comments.push(format!(
+            "the process called exec {} times; {} allocations ({} bytes) of the programs it \
+             replaced are left out",
+            target.execs, released.at_exec.count, released.at_exec.bytes
+        ));
+    }
     if let Some(exited) = target.exited_after_secs {
         comments.push(format!(
-            "the process exited {exited:.3} s after memprof attached"
+            "the process exited {exited:.3} s after memprof attached; {} allocations ({} bytes) \
+             it held then are left out",
+            released.at_exit.count, released.at_exit.bytes
         ));
     }
     comments.push("only allocations made while memprof was attached are seen".to_string());

@@ -45,7 +45,12 @@ pub(crate) fn render(
         .map(|(stack, bytes)| format!("{stack} {bytes}"))
         .collect();
     if lines.is_empty() {
-        let message = if report.stacks.is_empty() && report.totals.count == 0 {
+        let message = if report.stacks.is_empty()
+            && report.totals.count == 0
+            && report.released.at_exit.count > 0
+        {
+            "nothing is outstanding: the process exited and its memory went with it (--at-exit)"
+        } else if report.stacks.is_empty() && report.totals.count == 0 {
             NO_ALLOCATIONS
         } else if report.totals.bytes == 0 {
             "the outstanding allocations add up to 0 bytes"
@@ -136,6 +141,9 @@ fn subtitle_notes(report: &Report) -> String {
             "; {stacks} growing (snapshots every {})",
             human_secs(interval)
         ));
+    }
+    if let Some(exec) = report.target.exec_after_secs {
+        s.push_str(&format!("; exec at {}", human_secs(exec)));
     }
     if let Some(exited) = report.target.exited_after_secs {
         s.push_str(&format!("; process exited at {}", human_secs(exited)));

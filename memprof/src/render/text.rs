@@ -49,10 +49,37 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
         writeln!(out, "started:      {start}")?;
     }
     writeln!(out, "duration:     {}", human_secs(report.duration_secs))?;
-    if let Some(exited) = t.exited_after_secs {
+    if t.execs > 0 {
+        let at_exec = report.released.at_exec;
         writeln!(
             out,
-            "process:      exited {} after memprof attached",
+            "exec:         the process called exec {} {}{}; the {} {} ({}) of the program it \
+             replaced went with it and are not shown",
+            t.execs,
+            plural(t.execs, "time", "times"),
+            t.exec_after_secs
+                .map(|s| format!(" (last {} into the run)", human_secs(s)))
+                .unwrap_or_default(),
+            at_exec.count,
+            plural(at_exec.count, "allocation", "allocations"),
+            human_bytes(at_exec.bytes),
+        )?;
+    }
+    if let Some(exited) = t.exited_after_secs {
+        let at_exit = report.released.at_exit;
+        let what = if at_exit.count > 0 {
+            format!(
+                "; the {} {} ({}) it still held went with it and are not shown (--at-exit shows them)",
+                at_exit.count,
+                plural(at_exit.count, "allocation", "allocations"),
+                human_bytes(at_exit.bytes),
+            )
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "process:      exited {} after memprof attached{what}",
             human_secs(exited)
         )?;
     }
@@ -253,6 +280,11 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
                     "no outstanding allocation is at least {} old",
                     human_secs(min_age)
                 )?,
+                None if report.released.at_exit.count > 0 => writeln!(
+                    out,
+                    "nothing is outstanding: the process exited and its memory went with it \
+                     (--at-exit lists what it held at exit)"
+                )?,
                 None => writeln!(out, "no outstanding allocations were found")?,
             }
         } else {
@@ -440,6 +472,7 @@ fn explain(name: &str) -> Option<&'static str> {
         }
         "pending_stale" => "allocator calls whose return never came (thread exited or longjmp)",
         "stack_collisions" => "allocations counted under another stack with the same hash",
+        "stacks_freed" => "stacks freed during the run once nothing outstanding used them",
         _ => return None,
     })
 }

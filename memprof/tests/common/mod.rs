@@ -4,7 +4,9 @@
 //! Variants of it as `--interval` and `--min-age` would have produced it.
 #![allow(dead_code)] // each test crate uses part of this
 
-use memprof::model::{Frame, Growth, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
+use memprof::model::{
+    Frame, Growth, Released, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION,
+};
 
 const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
 const APP: &str = "/opt/leaky/bin/leaky";
@@ -130,6 +132,9 @@ pub fn sample_report() -> Report {
             cmdline: "/opt/leaky/bin/leaky --rounds 3 --size 4096".to_string(),
             allocator: LIBC.to_string(),
             exited_after_secs: Some(27.25),
+            started_unix_secs: Some(1_714_500_000.5),
+            execs: 1,
+            exec_after_secs: Some(2.5),
         },
         start_unix_secs: 1_714_564_800.25,
         duration_secs: 30.0,
@@ -149,10 +154,18 @@ pub fn sample_report() -> Report {
             pending_map_full: 0,
             pending_stale: 0,
             stack_collisions: 0,
+            stacks_freed: 12,
         },
         min_age_secs: None,
         younger: None,
         interval_secs: None,
+        released: Released {
+            at_exec: Totals {
+                bytes: 65_536,
+                count: 3,
+            },
+            at_exit: Totals::default(),
+        },
     }
 }
 
@@ -246,7 +259,7 @@ pub fn empty_report() -> Report {
             comm: "quiet".to_string(),
             cmdline: "quiet".to_string(),
             allocator: LIBC.to_string(),
-            exited_after_secs: None,
+            ..Target::default()
         },
         start_unix_secs: 1_714_564_800.0,
         duration_secs: 5.0,
