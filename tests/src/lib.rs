@@ -215,6 +215,9 @@ pub enum Kind {
     /// `tests/fixtures/execer.c`: leaks 5 x 1000 bytes, execs itself, leaks
     /// 3 x 2000 bytes in `after_exec_leak` from the new program, then `done`.
     Execer,
+    /// `tests/fixtures/soak.c SECS`: churns, meets new stacks and leaks one
+    /// 1000-byte block in `soak_leak` every 50 ms, for SECS seconds.
+    Soak,
     /// `tests/fixtures/selfcheck.c RESULT_FILE`: checks its own allocations
     /// through every probed function and writes a checksum; frees everything.
     SelfCheck,
@@ -240,6 +243,7 @@ impl Kind {
             Kind::Stacks => c_fixture("stacks"),
             Kind::Transient => c_fixture("transient"),
             Kind::Execer => c_fixture("execer"),
+            Kind::Soak => c_fixture("soak"),
             Kind::SelfCheck => c_fixture("selfcheck"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),

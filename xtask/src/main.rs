@@ -41,6 +41,17 @@ enum Command {
     /// program, side by side with its probes' floor, probes at function entry and bpftrace;
     /// then memprof's own memory and report time. Prints medians and ratios, asserts nothing.
     Bench(bench::BenchArgs),
+    /// Run setup, build memprof in release, and profile a process that churns, meets new stacks
+    /// and leaks for ten minutes (the long-run test, which CI runs for 30 s): memprof's memory
+    /// over the run, its CPU time, and an exact report.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Length of the run in seconds.
+    #[arg(long, default_value_t = 600)]
+    secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +69,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Soak(args) => test::soak(args.secs),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

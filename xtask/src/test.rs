@@ -95,6 +95,34 @@ fn integration_tests() -> Result<Command> {
     let mut cmd = cargo(&["test", "-p", "tests", "--", "--test-threads=1"]);
     // The binary the `build` step just made, rather than whichever of debug and release is newer.
     cmd.env("MEMPROF_BIN", cmd::target_dir().join("debug/memprof"));
+    as_root(cmd)
+}
+
+/// `cargo xtask soak`: the long-run integration test (tests/tests/long_run.rs) for `secs`
+/// seconds against a release build, printing memprof's memory over the run.
+pub fn soak(secs: u64) -> Result<()> {
+    setup::run()?;
+    let bin = cmd::build_release_memprof()?;
+    let mut cmd = cargo(&[
+        "test",
+        "-p",
+        "tests",
+        "--test",
+        "long_run",
+        "--",
+        "--test-threads=1",
+        "--nocapture",
+    ]);
+    cmd.env("MEMPROF_BIN", bin)
+        .env("MEMPROF_SOAK_SECS", secs.to_string());
+    let mut cmd = as_root(cmd)?;
+    println!("==> soak: {secs} s: {}", cmd::display(&cmd));
+    cmd::run(&mut cmd)
+}
+
+/// `cmd` (a `cargo test`) with its test binaries run as root: directly when xtask is root,
+/// else through `sudo -E` as cargo's runner.
+fn as_root(mut cmd: Command) -> Result<Command> {
     if is_root() {
         return Ok(cmd);
     }
