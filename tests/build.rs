@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,transient,execer,soak,selfcheck,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,selfcheck,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -64,6 +64,7 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("transient", "transient", &[]),
     ("execer", "execer", &[]),
     ("soak", "soak", &[]),
+    ("oneshot", "oneshot", &[]),
     ("selfcheck", "selfcheck", &[]),
     ("demo", "demo", &[]),
     ("static", "static", &["-static"]),

@@ -28,6 +28,7 @@ use crate::render::{ColorScheme, Format, RenderOptions};
     sudo memprof -p 4242 --min-age 30                  only allocations older than 30 s count as leak suspects\n  \
     sudo memprof -p 4242 -o leak.svg -o leak.json      stop with Ctrl-C; several outputs, format by extension\n  \
     sudo memprof -p 4242 --format json | jq .totals    machine-readable report on stdout\n  \
+    sudo memprof -o leak.svg -- ./myprog --its-args    run a program under memprof; report what it holds at exit\n  \
     memprof diff before.json after.json -o diff.svg    what changed between two runs\n  \
     memprof merge host*.json -o fleet.svg              one report from many processes or hosts\n\n\
     Profiling needs root (or CAP_BPF and CAP_PERFMON) and a kernel with uprobes."
@@ -79,8 +80,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
     /// Process id of the target. It must be running and map a dynamically linked glibc.
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
+
+    /// Launch mode: run COMMAND under memprof from its first allocation, and report what it
+    /// still holds when it exits (as with --at-exit) or at --duration (it then runs on).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 
     /// How long to record, in seconds. Without it, memprof records until Ctrl-C or SIGTERM.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]

@@ -15,6 +15,12 @@ pub enum Error {
     NoLibc { pid: u32, comm: String },
 
     #[error(
+        "{command} is statically linked: it maps no libc.so.6 whose allocator memprof could \
+         probe; build it dynamically linked to glibc"
+    )]
+    StaticCommand { command: String },
+
+    #[error(
         "memprof needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load BPF programs and attach \
          uprobes; missing: {missing}. Run it with sudo"
     )]

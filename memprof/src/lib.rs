@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod compare;
 pub mod error;
+pub mod launch;
 pub mod model;
 pub mod placement;
 pub mod probes;
@@ -27,12 +28,34 @@ use crate::session::{End, Plan, Sample, Session, Waited};
 use crate::symbolize::Symbolizer;
 use crate::target::Target;
 
-/// Profiles the target named on the command line and returns what it still holds.
+/// Profiles the running process `pid` and returns what it still holds.
 pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Report> {
     // First: without the capabilities nothing else can work, and reading the
     // target's memory map would fail with a less helpful message.
     probes::check_permissions()?;
     let target = Target::open(pid)?;
+    run(args, target, None, quiet)
+}
+
+/// Runs `args.command` under memprof from its first allocation and returns
+/// what it still held at its exit (or at `--duration`).
+pub fn launch(args: &ProfileArgs, quiet: bool) -> anyhow::Result<Report> {
+    probes::check_permissions()?;
+    let launched = launch::spawn(&args.command)?;
+    // Held before exec, the child is a copy of memprof: it maps the libc
+    // that the command will load, and its pid is the command's.
+    let mut target = Target::open(launched.pid)?;
+    target.comm = launched.comm.clone();
+    target.cmdline = launched.cmdline.clone();
+    run(args, target, Some(launched), quiet)
+}
+
+fn run(
+    args: &ProfileArgs,
+    target: Target,
+    mut launched: Option<launch::Launched>,
+    quiet: bool,
+) -> anyhow::Result<Report> {
     let mut session = Session::new()?;
     let mut symbolizer = Symbolizer::new(target.pid);
     let config = ProbeConfig {
@@ -56,11 +79,15 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         target.pid,
         target.comm,
         target.libc,
-        match args.duration {
-            Some(d) => format!("recording for {d} s (Ctrl-C to stop early)"),
-            None => "recording until Ctrl-C".to_string(),
+        match (args.duration, &launched) {
+            (Some(d), _) => format!("recording for {d} s (Ctrl-C to stop early)"),
+            (None, Some(_)) => "running the command until it exits".to_string(),
+            (None, None) => "recording until Ctrl-C".to_string(),
         }
     );
+    if let Some(launched) = &mut launched {
+        launched.release()?;
+    }
 
     let plan = Plan {
         duration: args.duration,
@@ -71,10 +98,22 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         end,
         samples,
         stacks_freed,
-    } = session.wait(&mut probes, &target, &mut symbolizer, plan)?;
+    } = session.wait(
+        &mut probes,
+        &target,
+        &mut symbolizer,
+        launched.as_mut().map(|l| &mut l.events),
+        plan,
+    )?;
+    // In launch mode, what the command holds at its exit is the report.
+    let at_exit = args.at_exit || launched.is_some();
     // Freeze the maps at the end of the run; detaching takes longer.
     probes.set_recording(false)?;
-    let (execs, last_exec_ns) = probes.execs()?;
+    let (mut execs, last_exec_ns) = probes.execs()?;
+    if launched.is_some() {
+        // Not the exec that started the command.
+        execs = execs.saturating_sub(1);
+    }
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
@@ -82,8 +121,8 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
     match end {
         End::Duration => log::debug!("duration reached"),
         End::Signal(name) => log::info!("{name} received: detaching and reporting"),
-        End::TargetExited(after) if args.at_exit => log::warn!(
-            "pid {} exited after {after:.1} s: reporting what it held then (--at-exit)",
+        End::TargetExited(after) if at_exit => log::info!(
+            "pid {} exited after {after:.1} s: reporting what it held then",
             target.pid
         ),
         End::TargetExited(after) => log::warn!(
@@ -110,7 +149,7 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
         // Made by a program that exec replaced: its address space is gone.
         released.at_exec = take_older(&mut snap.live, last_exec_ns);
     }
-    if matches!(end, End::TargetExited(_)) && !args.at_exit {
+    if matches!(end, End::TargetExited(_)) && !at_exit {
         released.at_exit = take_older(&mut snap.live, u64::MAX);
     }
     let all = if released.is_empty() {

@@ -24,11 +24,19 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         None => {
-            let Some(pid) = cli.profile.pid else {
-                anyhow::bail!("which process? give its pid with -p PID (see memprof --help)");
-            };
+            let launch = !cli.profile.command.is_empty();
+            if cli.profile.pid.is_none() && !launch {
+                anyhow::bail!(
+                    "which process? give its pid with -p PID, or run a command under memprof \
+                     with -- COMMAND (see memprof --help)"
+                );
+            }
             let outputs = Outputs::open(&cli.output)?;
-            let report = match memprof::profile(&cli.profile, pid, cli.quiet) {
+            let result = match cli.profile.pid {
+                Some(pid) => memprof::profile(&cli.profile, pid, cli.quiet),
+                None => memprof::launch(&cli.profile, cli.quiet),
+            };
+            let report = match result {
                 Ok(report) => report,
                 Err(e) => {
                     outputs.abandon();

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::launch::ChildEvent;
 use crate::probes::Probes;
 use crate::snapshot;
 use crate::symbolize::Symbolizer;
@@ -98,6 +100,7 @@ impl Session {
         probes: &mut Probes,
         target: &Target,
         symbolizer: &mut Symbolizer,
+        child: Option<&mut UnboundedReceiver<ChildEvent>>,
         plan: Plan,
     ) -> anyhow::Result<Waited> {
         let Session {
@@ -105,9 +108,31 @@ impl Session {
             sigint,
             sigterm,
         } = self;
-        runtime.block_on(wait_async(
-            probes, target, symbolizer, plan, sigint, sigterm,
-        ))
+        let watch = Watch {
+            probes,
+            target,
+            symbolizer,
+            child,
+        };
+        runtime.block_on(wait_async(watch, plan, sigint, sigterm))
+    }
+}
+
+/// What the wait looks after besides the clock and the signals.
+struct Watch<'a> {
+    probes: &'a mut Probes,
+    target: &'a Target,
+    symbolizer: &'a mut Symbolizer,
+    /// A launched command's tracer: it stops the command at its exit so that
+    /// its mappings can be read one last time.
+    child: Option<&'a mut UnboundedReceiver<ChildEvent>>,
+}
+
+/// The next event of a launched command (never, for a process memprof did not start).
+async fn child_event(child: &mut Option<&mut UnboundedReceiver<ChildEvent>>) -> Option<ChildEvent> {
+    match child {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -123,13 +148,19 @@ async fn target_exit(pidfd: Option<&AsyncFd<std::os::fd::OwnedFd>>) {
 }
 
 async fn wait_async(
-    probes: &mut Probes,
-    target: &Target,
-    symbolizer: &mut Symbolizer,
+    watch: Watch<'_>,
     plan: Plan,
     sigint: &mut Signal,
     sigterm: &mut Signal,
 ) -> anyhow::Result<Waited> {
+    let Watch {
+        probes,
+        target,
+        symbolizer,
+        mut child,
+    } = watch;
+    // A launched command's own exec is expected, not news.
+    let mut execs_seen = u64::from(child.is_some());
     let Plan {
         duration,
         interval,
@@ -161,7 +192,7 @@ async fn wait_async(
         FREE_STACKS_EVERY,
     );
     let mut stacks_freed = 0;
-    let mut execs_seen = 0;
+    let mut exec_pending = child.is_some();
     let mut last_refresh = Instant::now();
     let end = loop {
         tokio::select! {
@@ -171,14 +202,27 @@ async fn wait_async(
             _ = target_exit(pidfd.as_ref()) => {
                 break End::TargetExited(started.elapsed().as_secs_f64());
             }
+            event = child_event(&mut child) => match event {
+                Some(ChildEvent::Exiting(resume)) => {
+                    if exec_pending {
+                        exec_pending = false;
+                        symbolizer.reset();
+                    } else {
+                        symbolizer.refresh();
+                    }
+                    let _ = resume.send(());
+                }
+                Some(ChildEvent::Exited(status)) => log::info!("{}", describe_exit(status)),
+                None => child = None,
+            },
             _ = housekeeping.tick() => {
                 match probes.free_idle_stacks(STACK_IDLE_NS) {
                     Ok(n) => stacks_freed += n,
                     Err(e) => log::warn!("freeing unused stacks failed: {e:#}"),
                 }
                 let execs = probes.execs().map(|(n, _)| n).unwrap_or(execs_seen);
-                if execs != execs_seen || last_refresh.elapsed() >= REFRESH_MAPPINGS_EVERY {
-                    if execs != execs_seen {
+                if execs > execs_seen || (exec_pending && execs > 0) {
+                    if execs > execs_seen {
                         let comm = std::fs::read_to_string(format!("/proc/{}/comm", target.pid))
                             .unwrap_or_default();
                         log::info!(
@@ -187,9 +231,15 @@ async fn wait_async(
                             comm.trim_end()
                         );
                     }
+                    // The old program's mappings are gone (for a launched
+                    // command: those of memprof's copy that became it).
+                    exec_pending = false;
                     execs_seen = execs;
+                    symbolizer.reset();
                     last_refresh = Instant::now();
+                } else if last_refresh.elapsed() >= REFRESH_MAPPINGS_EVERY {
                     symbolizer.refresh();
+                    last_refresh = Instant::now();
                 }
             }
             _ = sampler.tick(), if interval.is_some() => {
@@ -212,11 +262,35 @@ async fn wait_async(
     if status_line {
         eprint!("\r\x1b[2K");
     }
+    if let (End::TargetExited(_), Some(rx)) = (end, child) {
+        // The tracer reaps the command right after the exit that ended the run.
+        if let Ok(Some(ChildEvent::Exited(status))) =
+            tokio::time::timeout(Duration::from_secs(1), rx.recv()).await
+        {
+            log::info!("{}", describe_exit(status));
+        }
+    }
     Ok(Waited {
         end,
         samples,
         stacks_freed,
     })
+}
+
+fn describe_exit(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!(
+            "the command exited with status {}",
+            libc::WEXITSTATUS(status)
+        )
+    } else if libc::WIFSIGNALED(status) {
+        format!(
+            "the command was killed by signal {}",
+            libc::WTERMSIG(status)
+        )
+    } else {
+        format!("the command ended (wait status {status:#x})")
+    }
 }
 
 fn sample(probes: &Probes, at_secs: f64) -> anyhow::Result<Sample> {

@@ -52,6 +52,13 @@ impl Symbolizer {
         sym
     }
 
+    /// Forgets every mapping and reads them again: after an exec, the old
+    /// program's mappings are gone.
+    pub fn reset(&mut self) {
+        self.mappings.clear();
+        self.refresh();
+    }
+
     /// Records mappings that appeared since the last call (e.g. `dlopen`).
     pub fn refresh(&mut self) {
         let Ok(maps) = fs::read_to_string(format!("/proc/{}/maps", self.pid)) else {

@@ -218,6 +218,9 @@ pub enum Kind {
     /// `tests/fixtures/soak.c SECS`: churns, meets new stacks and leaks one
     /// 1000-byte block in `soak_leak` every 50 ms, for SECS seconds.
     Soak,
+    /// `tests/fixtures/oneshot.c`: runs to its end by itself (no protocol),
+    /// leaving [`ONESHOT`] outstanding at its exit; exits with status 3.
+    OneShot,
     /// `tests/fixtures/selfcheck.c RESULT_FILE`: checks its own allocations
     /// through every probed function and writes a checksum; frees everything.
     SelfCheck,
@@ -244,6 +247,7 @@ impl Kind {
             Kind::Transient => c_fixture("transient"),
             Kind::Execer => c_fixture("execer"),
             Kind::Soak => c_fixture("soak"),
+            Kind::OneShot => c_fixture("oneshot"),
             Kind::SelfCheck => c_fixture("selfcheck"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
@@ -695,6 +699,13 @@ pub fn profile_fixture_with(
 
 // ---------------------------------------------------------------------------
 // Ground truth
+
+/// What `oneshot.c` holds at its exit.
+pub const ONESHOT: &[Leak] = &[
+    leak("oneshot_malloc", 7, 2100),
+    leak("oneshot_calloc", 1, 1000),
+    leak("oneshot_realloc", 1, 5000),
+];
 
 /// Outstanding memory one leaking function leaves behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

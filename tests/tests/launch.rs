@@ -1,0 +1,89 @@
+//! Launch mode, `memprof -- COMMAND ARGS...`: the command runs under memprof
+//! from its first allocation, and the report is what it still held when it
+//! exited, exactly, with symbols (the command is gone by then). Commands
+//! that cannot be profiled fail clearly. Needs root (run through `cargo xtask
+//! test`).
+
+use std::time::Duration;
+
+use memprof::model::Report;
+use tests::{check_leaks, describe_report, root_or_skip, run_memprof, target_dir, Kind, ONESHOT};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[test]
+fn a_launched_command_is_reported_as_it_was_at_its_exit() {
+    if !root_or_skip() {
+        return;
+    }
+    let bin = Kind::OneShot.path().expect("the oneshot fixture");
+    let json = target_dir().join(format!("launch-{}.json", std::process::id()));
+    let json_arg = json.display().to_string();
+    let bin_arg = bin.display().to_string();
+    let output = run_memprof(&[], &["-o", &json_arg, "--", &bin_arg], TIMEOUT);
+    output.assert_success();
+    // The command's own output passes through, and its exit status is told.
+    assert!(
+        output.stdout_text().contains("oneshot done"),
+        "{}",
+        output.stdout_text()
+    );
+    assert!(
+        output.stderr.contains("exited with status 3"),
+        "{}",
+        output.stderr
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    let report: Report = serde_json::from_str(&text).expect("a JSON report");
+    let dump = describe_report(&report);
+    assert_eq!(report.target.comm, "oneshot", "{dump}");
+    assert!(report.target.cmdline.ends_with("oneshot"), "{dump}");
+    assert!(report.target.exited_after_secs.is_some(), "{dump}");
+    // Its own exec is not one it made.
+    assert_eq!(report.target.execs, 0, "{dump}");
+    let problems = check_leaks(&report, ONESHOT, &["oneshot_churn"], Some(1));
+    assert!(problems.is_empty(), "{problems:#?}\n{dump}");
+    assert!(report.stats.frees >= 1000, "{dump}");
+}
+
+#[test]
+fn a_static_command_is_refused_before_it_runs() {
+    if !root_or_skip() {
+        return;
+    }
+    let bin = match Kind::Static.path() {
+        Ok(bin) => bin,
+        Err(e) => panic!("the static fixture is not built: {e}"),
+    };
+    let output = run_memprof(&[], &["--", &bin.display().to_string()], TIMEOUT);
+    assert!(!output.status.success(), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("statically linked"),
+        "{}",
+        output.stderr
+    );
+}
+
+#[test]
+fn a_missing_command_is_named() {
+    if !root_or_skip() {
+        return;
+    }
+    let output = run_memprof(&[], &["--", "/nonexistent/memprof-test-command"], TIMEOUT);
+    assert!(!output.status.success());
+    assert!(
+        output
+            .stderr
+            .contains("cannot run /nonexistent/memprof-test-command"),
+        "{}",
+        output.stderr
+    );
+    let output = run_memprof(&[], &["--", "memprof-no-such-command-anywhere"], TIMEOUT);
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains("not found in PATH"),
+        "{}",
+        output.stderr
+    );
+}
