@@ -68,6 +68,7 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("selfcheck", "selfcheck", &[]),
     ("demo", "demo", &[]),
     ("static", "static", &["-static"]),
+    ("sampled", "sampled", &[]),
 ];
 
 fn main() {

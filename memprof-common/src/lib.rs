@@ -43,8 +43,14 @@ pub struct PendingCall {
     /// Allocator calls entered from inside this one (or tail-called by it) and
     /// not yet returned: their returns are not this call's.
     pub depth: u64,
+    /// Nonzero when the return records the block. Always set when every call
+    /// is tracked; with sampling, 0 marks an unsampled call that is only
+    /// pending so that the probed calls glibc makes from inside it (realloc(NULL,
+    /// n) calls malloc, reallocarray calls realloc, ...) do not get a second
+    /// chance to be sampled.
+    pub record: u64,
 }
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
 
 /// `AllocInfo::stack_id` of allocations whose user stack could not be captured.
 pub const STACK_LOST: i64 = -1;
@@ -91,6 +97,21 @@ pub mod event {
 pub mod globals {
     /// `u32`: the process (tgid) whose calls are recorded.
     pub const TARGET_TGID: &str = "TARGET_TGID";
+    /// `u32`: with sampling, each allocation call is recorded with probability
+    /// 1/SAMPLE_RATE (only read by the sampled-mode programs; 0 and 1 record all).
+    pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
+}
+
+/// The sampled-mode programs: one uprobe *session* program per kind of
+/// allocation function, run at its entry and (when the entry asks for it) at
+/// its return. `free` keeps its plain uprobe (`free_enter`).
+pub mod sampled {
+    pub const MALLOC: &str = "malloc_sampled";
+    pub const CALLOC: &str = "calloc_sampled";
+    pub const REALLOC: &str = "realloc_sampled";
+    pub const REALLOCARRAY: &str = "reallocarray_sampled";
+    pub const POSIX_MEMALIGN: &str = "posix_memalign_sampled";
+    pub const MEMALIGN: &str = "memalign_sampled";
 }
 
 /// Default sizes of the maps; each has a command-line flag.

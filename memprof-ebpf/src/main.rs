@@ -13,6 +13,30 @@
 //! stack whose count user space reads as zero after deleting it either has no
 //! live allocation, or has one whose program is about to store it again (and
 //! user space puts back what it deleted when the count turned nonzero).
+//!
+//! # Sampling (`--sample-rate N`)
+//!
+//! The `*_sampled` programs are uprobe *session* programs: the kernel runs one
+//! at the entry of an allocation function and, only when that entry run
+//! returned 0, again at the function's return. The entry run draws a random
+//! number and records the call with probability 1/N; an unsampled call
+//! returns [`SKIP_RETURN`], so it pays for neither the return probe nor the
+//! stack walk. `free` keeps its plain uprobe and runs on every call (a `LIVE`
+//! lookup that mostly misses).
+//!
+//! Two rules keep the sample unbiased:
+//! - an unsampled `realloc(p, n)` forgets `p` at once: glibc moves or frees it
+//!   without calling the probed `free`, and a sampled block realloc'ed by an
+//!   unsampled call would otherwise stay "outstanding" forever;
+//! - a call from which glibc calls another probed allocation function
+//!   (`realloc(NULL, n)` calls `malloc`, `reallocarray` calls `realloc`, the
+//!   memalign family may call `malloc`) stays pending even when it is not
+//!   sampled (`PendingCall::record == 0`), so the inner call sees it, is skipped
+//!   as nested, and does not get a second chance to be sampled.
+//!
+//! An unsampled call with nothing to forget returns before any map lookup, so
+//! `nested_calls` only counts the nested calls that a recorded or pending
+//! call's entry met.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -23,7 +47,10 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
@@ -38,6 +65,15 @@ const EEXIST: i32 = 17;
 /// The process (tgid) whose calls are recorded; set by the loader.
 #[unsafe(no_mangle)]
 static TARGET_TGID: Global<u32> = Global::new(0);
+
+/// Sampled mode: each allocation call is recorded with probability 1/SAMPLE_RATE.
+#[unsafe(no_mangle)]
+static SAMPLE_RATE: Global<u32> = Global::new(1);
+
+/// What a session program's entry run returns to skip the return run.
+const SKIP_RETURN: u32 = 1;
+/// What a session program's entry run returns to get the return run.
+const RUN_RETURN: u32 = 0;
 
 #[map]
 static LIVE: HashMap<u64, AllocInfo> = HashMap::with_max_entries(defaults::MAX_LIVE, 0);
@@ -138,6 +174,7 @@ fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
         sp,
         ptr,
         depth: 0,
+        record: 1,
     };
     if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
         bump(stat::PENDING_MAP_FULL);
@@ -339,15 +376,48 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
     bump(stat::ALLOCS);
 }
 
-/// Ends a call that returns the new block (malloc, calloc, memalign, ...).
+/// Ends a call that returned `addr`, the new block (malloc, calloc, memalign, ...).
 #[inline(always)]
-fn finish_alloc(ctx: &RetProbeContext) {
-    let Some(call) = leave() else { return };
-    let addr: u64 = ctx.ret();
+fn finish_alloc<C: EbpfContext>(ctx: &C, call: PendingCall, addr: u64) {
     if addr == 0 {
         bump(stat::FAILED_ALLOCS);
     } else {
         record(ctx, addr, call.size);
+    }
+}
+
+/// Ends a realloc or reallocarray call that returned `new`.
+#[inline(always)]
+fn finish_realloc<C: EbpfContext>(ctx: &C, call: PendingCall, new: u64) {
+    let old = call.ptr;
+    if new == 0 {
+        if call.size == 0 && old != 0 {
+            // realloc(p, 0) freed p.
+            release(old);
+        } else {
+            // Failed: the old block (if any) stays live.
+            bump(stat::FAILED_ALLOCS);
+        }
+        return;
+    }
+    if old != 0 {
+        release(old);
+    }
+    record(ctx, new, call.size);
+}
+
+/// Ends a posix_memalign call that returned `rc` (0 on success, the block
+/// stored through `memptr`).
+#[inline(always)]
+fn finish_posix_memalign<C: EbpfContext>(ctx: &C, call: PendingCall, rc: u64) {
+    if rc as i32 != 0 {
+        bump(stat::FAILED_ALLOCS);
+        return;
+    }
+    // SAFETY: reading user memory through the helper, which handles faults.
+    match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
+        Ok(addr) if addr != 0 => record(ctx, addr, call.size),
+        _ => bump(stat::FAILED_ALLOCS),
     }
 }
 
@@ -428,48 +498,231 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 /// Return of malloc, calloc, aligned_alloc, memalign, valloc, pvalloc.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
-    finish_alloc(&ctx);
+    if let Some(call) = leave() {
+        finish_alloc(&ctx, call, ctx.ret());
+    }
     0
 }
 
 /// Return of realloc and reallocarray.
 #[uretprobe]
 pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
-    let Some(call) = leave() else { return 0 };
-    let new: u64 = ctx.ret();
-    let old = call.ptr;
-    if new == 0 {
-        if call.size == 0 && old != 0 {
-            // realloc(p, 0) freed p.
-            release(old);
-        } else {
-            // Failed: the old block (if any) stays live.
-            bump(stat::FAILED_ALLOCS);
-        }
-        return 0;
+    if let Some(call) = leave() {
+        finish_realloc(&ctx, call, ctx.ret());
     }
-    if old != 0 {
-        release(old);
-    }
-    record(&ctx, new, call.size);
     0
 }
 
 /// Return of posix_memalign: 0 on success, the block stored through `memptr`.
 #[uretprobe]
 pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
-    let Some(call) = leave() else { return 0 };
-    let rc: i32 = ctx.ret();
-    if rc != 0 {
-        bump(stat::FAILED_ALLOCS);
-        return 0;
-    }
-    // SAFETY: reading user memory through the helper, which handles faults.
-    match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
-        Ok(addr) if addr != 0 => record(&ctx, addr, call.size),
-        _ => bump(stat::FAILED_ALLOCS),
+    if let Some(call) = leave() {
+        finish_posix_memalign(&ctx, call, ctx.ret());
     }
     0
+}
+
+// ---- sampled mode: uprobe session programs ---------------------------------
+//
+// Not written with `#[uprobe]`: that macro's wrapper discards the function's
+// value and always returns 0, and a session entry run must be able to return
+// SKIP_RETURN. The section name is the one `#[uprobe]` uses, so aya parses
+// them as UProbe programs (which it never loads: user space loads them itself
+// for a uprobe session link, see memprof/src/session_link.rs).
+
+/// How a session run is told apart: at the entry the registers' ip is the
+/// probed address, which `bpf_get_func_ip` also returns for uprobe
+/// session links; at the return it is the caller's return address.
+#[inline(always)]
+fn is_return(ctx: &ProbeContext) -> bool {
+    // SAFETY: `regs` is the program's context, which the verifier lets us read.
+    let ip = unsafe { (*ctx.regs).rip };
+    // SAFETY: the helper only reads the run's context.
+    let func = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    ip != func
+}
+
+/// The return value of the probed function, at the return run.
+#[inline(always)]
+fn return_value(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in `is_return`.
+    unsafe { (*ctx.regs).rax }
+}
+
+/// How an unsampled call is handled at its entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unsampled {
+    /// Nothing to do: skip the return.
+    Skip,
+    /// glibc may call another probed allocation function from inside this
+    /// one: stay pending (without recording), so that the inner call is
+    /// skipped as nested instead of being sampled on its own.
+    StayPending,
+}
+
+/// The entry run of a sampled-mode allocation call. `frees` is the block the
+/// call releases whatever it returns (realloc's old pointer, else 0).
+#[inline(always)]
+fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: Unsampled) -> u32 {
+    let Some(tid) = target_thread() else {
+        return SKIP_RETURN;
+    };
+    let rate = SAMPLE_RATE.load();
+    // SAFETY: the helper has no preconditions.
+    let sampled = rate <= 1 || unsafe { bpf_get_prandom_u32() } % rate == 0;
+    if !sampled && unsampled == Unsampled::Skip && frees == 0 {
+        // Nothing to record or forget, nested or not: the cheap common case,
+        // without a map lookup.
+        return SKIP_RETURN;
+    }
+    let sp = stack_pointer(ctx.regs);
+    if let Some(outer) = PENDING.get_ptr(tid) {
+        // SAFETY: the value belongs to this thread's key; only this thread touches it.
+        if sp <= unsafe { (*outer).sp } {
+            // Called (or tail-called) from inside a pending call, which
+            // accounts for this one (and its block): no return run needed.
+            bump(stat::NESTED_CALLS);
+            return SKIP_RETURN;
+        }
+        // A deeper-or-equal stack than a call still pending: that call never
+        // returned. Dropped, or later calls would be taken for nested ones.
+        bump(stat::PENDING_STALE);
+        let _ = PENDING.remove(tid);
+    }
+    if !sampled {
+        if frees != 0 {
+            // glibc moves or frees the old block of a realloc without calling
+            // the probed free: forget it now (see the module comment).
+            release(frees);
+        }
+        if unsampled == Unsampled::Skip {
+            return SKIP_RETURN;
+        }
+    }
+    let call = PendingCall {
+        size,
+        sp,
+        ptr,
+        depth: 0,
+        record: u64::from(sampled),
+    };
+    if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
+        bump(stat::PENDING_MAP_FULL);
+        return SKIP_RETURN;
+    }
+    RUN_RETURN
+}
+
+/// The pending call at a sampled-mode return run, when it is to be recorded.
+#[inline(always)]
+fn sample_leave() -> Option<PendingCall> {
+    leave().filter(|call| call.record != 0)
+}
+
+/// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn malloc_sampled(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    if is_return(&ctx) {
+        if let Some(call) = sample_leave() {
+            finish_alloc(&ctx, call, return_value(&ctx));
+        }
+        return 0;
+    }
+    let size: u64 = ctx.arg(0).unwrap_or(0);
+    sample_enter(&ctx, size, 0, 0, Unsampled::Skip)
+}
+
+/// `calloc(nmemb, size)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn calloc_sampled(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    if is_return(&ctx) {
+        if let Some(call) = sample_leave() {
+            finish_alloc(&ctx, call, return_value(&ctx));
+        }
+        return 0;
+    }
+    let nmemb: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    sample_enter(&ctx, nmemb.wrapping_mul(size), 0, 0, Unsampled::Skip)
+}
+
+/// `realloc(ptr, size)`: `realloc(NULL, n)` calls malloc.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn realloc_sampled(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    if is_return(&ctx) {
+        if let Some(call) = sample_leave() {
+            finish_realloc(&ctx, call, return_value(&ctx));
+        }
+        return 0;
+    }
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    let unsampled = if ptr == 0 {
+        Unsampled::StayPending
+    } else {
+        Unsampled::Skip
+    };
+    sample_enter(&ctx, size, ptr, ptr, unsampled)
+}
+
+/// `reallocarray(ptr, nmemb, size)`: calls realloc.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn reallocarray_sampled(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    if is_return(&ctx) {
+        if let Some(call) = sample_leave() {
+            finish_realloc(&ctx, call, return_value(&ctx));
+        }
+        return 0;
+    }
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let nmemb: u64 = ctx.arg(1).unwrap_or(0);
+    let size: u64 = ctx.arg(2).unwrap_or(0);
+    sample_enter(
+        &ctx,
+        nmemb.wrapping_mul(size),
+        ptr,
+        ptr,
+        Unsampled::StayPending,
+    )
+}
+
+/// `posix_memalign(memptr, alignment, size)`: may call malloc.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn posix_memalign_sampled(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    if is_return(&ctx) {
+        if let Some(call) = sample_leave() {
+            finish_posix_memalign(&ctx, call, return_value(&ctx));
+        }
+        return 0;
+    }
+    let memptr: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(2).unwrap_or(0);
+    sample_enter(&ctx, size, memptr, 0, Unsampled::StayPending)
+}
+
+/// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`: may call malloc.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn memalign_sampled(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    if is_return(&ctx) {
+        if let Some(call) = sample_leave() {
+            finish_alloc(&ctx, call, return_value(&ctx));
+        }
+        return 0;
+    }
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    sample_enter(&ctx, size, 0, 0, Unsampled::StayPending)
 }
 
 /// A thread exits: drop its pending call, if it died inside the allocator.

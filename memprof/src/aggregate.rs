@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use memprof_common::AllocInfo;
 
-use crate::model::{Growth, Totals};
+use crate::model::{Growth, Released, Sampling, Totals};
 
 /// Outstanding memory of one stack id, before symbolization.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,20 +14,24 @@ pub struct StackTotals {
     pub count: u64,
     pub oldest_age_ns: u64,
     pub median_age_ns: u64,
+    /// Sum of the squared sizes: the variance of a sampled estimate needs it.
+    pub size_squares: u128,
 }
 
 /// Groups live allocations by stack id, largest `bytes` first (ties: larger
 /// count, then stack id, so the order is deterministic).
 pub fn by_stack(live: &[(u64, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
-    let mut ages: HashMap<i64, (u64, Vec<u64>)> = HashMap::new();
+    let mut ages: HashMap<i64, (u64, u128, Vec<u64>)> = HashMap::new();
     for (_, info) in live {
         let entry = ages.entry(info.stack_id).or_default();
         entry.0 += info.size;
-        entry.1.push(now_ns.saturating_sub(info.timestamp_ns));
+        let size = u128::from(info.size);
+        entry.1 = entry.1.saturating_add(size * size);
+        entry.2.push(now_ns.saturating_sub(info.timestamp_ns));
     }
     let mut stacks: Vec<StackTotals> = ages
         .into_iter()
-        .map(|(stack_id, (bytes, mut ages))| {
+        .map(|(stack_id, (bytes, size_squares, mut ages))| {
             ages.sort_unstable();
             StackTotals {
                 stack_id,
@@ -35,6 +39,7 @@ pub fn by_stack(live: &[(u64, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
                 count: ages.len() as u64,
                 oldest_age_ns: ages.last().copied().unwrap_or(0),
                 median_age_ns: ages.get(ages.len() / 2).copied().unwrap_or(0),
+                size_squares,
             }
         })
         .collect();
@@ -50,8 +55,59 @@ pub fn by_stack(live: &[(u64, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
 /// Sum over stacks.
 pub fn totals(stacks: &[StackTotals]) -> Totals {
     stacks.iter().fold(Totals::default(), |t, s| Totals {
-        bytes: t.bytes + s.bytes,
-        count: t.count + s.count,
+        bytes: t.bytes.saturating_add(s.bytes),
+        count: t.count.saturating_add(s.count),
+    })
+}
+
+/// Turns what 1-in-`rate` sampling recorded into estimates (see
+/// [`Sampling`]): multiplies the bytes and counts of `stacks`, `younger`,
+/// `released` and the `growth` series by `rate`, and returns how they were
+/// estimated, with the standard errors of the totals of `stacks`. Nothing is
+/// changed, and `None` returned, when `rate` is 0 or 1 (every call recorded).
+pub fn scale_sampled(
+    rate: u32,
+    stacks: &mut [StackTotals],
+    younger: &mut Option<Totals>,
+    released: &mut Released,
+    growth: Option<&mut HashMap<i64, Growth>>,
+) -> Option<Sampling> {
+    if rate <= 1 {
+        return None;
+    }
+    let n = u64::from(rate);
+    let recorded = totals(stacks);
+    let squares = stacks
+        .iter()
+        .fold(0u128, |sum, s| sum.saturating_add(s.size_squares));
+    for stack in stacks.iter_mut() {
+        stack.bytes = stack.bytes.saturating_mul(n);
+        stack.count = stack.count.saturating_mul(n);
+    }
+    let scale = |t: &mut Totals| {
+        t.bytes = t.bytes.saturating_mul(n);
+        t.count = t.count.saturating_mul(n);
+    };
+    if let Some(younger) = younger {
+        scale(younger);
+    }
+    scale(&mut released.at_exec);
+    scale(&mut released.at_exit);
+    for g in growth.into_iter().flat_map(|g| g.values_mut()) {
+        for bytes in &mut g.samples {
+            *bytes = bytes.saturating_mul(n);
+        }
+        g.bytes_per_sec *= n as f64;
+    }
+    // Horvitz-Thompson: Var(N * sum over recorded x_i) is estimated by
+    // N (N - 1) * sum over recorded x_i^2 (x_i = size for bytes, 1 for count).
+    let nf = n as f64;
+    let factor = nf * (nf - 1.0);
+    Some(Sampling {
+        rate: n,
+        sampled_count: recorded.count,
+        bytes_stderr: (factor * squares as f64).sqrt(),
+        count_stderr: (factor * recorded.count as f64).sqrt(),
     })
 }
 
@@ -154,7 +210,8 @@ mod tests {
                 bytes: 1000,
                 count: 1,
                 oldest_age_ns: 50,
-                median_age_ns: 50
+                median_age_ns: 50,
+                size_squares: 1_000_000,
             }
         );
         assert_eq!(
@@ -164,7 +221,8 @@ mod tests {
                 bytes: 300,
                 count: 3,
                 oldest_age_ns: 90,
-                median_age_ns: 80
+                median_age_ns: 80,
+                size_squares: 30_000,
             }
         );
         assert_eq!(stacks[2].stack_id, -1);
@@ -211,6 +269,89 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    #[test]
+    fn sampling_scales_every_figure_and_states_the_error() {
+        // Recorded at 1 in 64: stack 1 has 100 blocks of 1000 B, stack 2 one of 10 B.
+        let mut live: Vec<(u64, AllocInfo)> =
+            (0..100).map(|i| (0x1000 + i, alloc(1000, 0, 1))).collect();
+        live.push((0x9000, alloc(10, 0, 2)));
+        let mut stacks = by_stack(&live, 0);
+        let mut younger = Some(Totals { bytes: 7, count: 1 });
+        let mut released = Released {
+            at_exec: Totals { bytes: 3, count: 1 },
+            at_exit: Totals::default(),
+        };
+        let mut growth = HashMap::from([(
+            1,
+            Growth {
+                samples: vec![0, 50_000, 100_000],
+                bytes_per_sec: 10.0,
+                growing: true,
+            },
+        )]);
+        let sampling = scale_sampled(
+            64,
+            &mut stacks,
+            &mut younger,
+            &mut released,
+            Some(&mut growth),
+        )
+        .unwrap();
+        assert_eq!((stacks[0].bytes, stacks[0].count), (6_400_000, 6_400));
+        assert_eq!((stacks[1].bytes, stacks[1].count), (640, 64));
+        assert_eq!(
+            totals(&stacks),
+            Totals {
+                bytes: 6_400_640,
+                count: 6_464
+            }
+        );
+        assert_eq!(
+            younger,
+            Some(Totals {
+                bytes: 448,
+                count: 64
+            })
+        );
+        assert_eq!(
+            released.at_exec,
+            Totals {
+                bytes: 192,
+                count: 64
+            }
+        );
+        assert_eq!(growth[&1].samples, vec![0, 3_200_000, 6_400_000]);
+        assert_eq!(growth[&1].bytes_per_sec, 640.0);
+        assert_eq!(sampling.rate, 64);
+        assert_eq!(sampling.sampled_count, 101);
+        // sqrt(64 * 63 * 101) and sqrt(64 * 63 * (100 * 1000^2 + 10^2))
+        assert!(
+            (sampling.count_stderr - 638.147).abs() < 0.001,
+            "{sampling:?}"
+        );
+        assert!(
+            (sampling.bytes_stderr - 634_980.632).abs() < 0.001,
+            "{sampling:?}"
+        );
+        // 100 recorded blocks: about 1/sqrt(100).
+        let rse = sampling.relative_error(stacks[0].count).unwrap();
+        assert!((rse - (63.0f64 / 64.0 / 100.0).sqrt()).abs() < 1e-12);
+        assert_eq!(sampling.relative_error(0), None);
+    }
+
+    #[test]
+    fn full_tracking_is_not_scaled() {
+        let live = vec![(1, alloc(10, 0, 1))];
+        let mut stacks = by_stack(&live, 0);
+        let before = stacks.clone();
+        for rate in [0, 1] {
+            let sampling =
+                scale_sampled(rate, &mut stacks, &mut None, &mut Released::default(), None);
+            assert_eq!(sampling, None);
+            assert_eq!(stacks, before);
+        }
     }
 
     #[test]

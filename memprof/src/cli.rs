@@ -124,6 +124,12 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_THREADS)]
     pub max_threads: u32,
 
+    /// Record each allocation call with probability 1/N (N >= 2) instead of every call:
+    /// much cheaper for the target, and the report gives estimates (bytes and counts
+    /// times N) with their statistical error. Needs Linux 6.13 or later (uprobe sessions).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    pub sample_rate: Option<u32>,
+
     /// Benchmarking: attach every probe but record nothing (the programs return at
     /// once), to measure the cost of the traps alone.
     #[arg(long, hide = true)]
@@ -218,6 +224,20 @@ mod tests {
             );
         }
         assert!(Cli::try_parse_from(["memprof", "-p", "x"]).is_err());
+    }
+
+    #[test]
+    fn parses_the_sample_rate() {
+        let cli = Cli::try_parse_from(["memprof", "-p", "1"]).unwrap();
+        assert_eq!(cli.profile.sample_rate, None);
+        let cli = Cli::try_parse_from(["memprof", "-p", "1", "--sample-rate", "64"]).unwrap();
+        assert_eq!(cli.profile.sample_rate, Some(64));
+        for bad in ["0", "1", "-2", "x"] {
+            assert!(
+                Cli::try_parse_from(["memprof", "-p", "1", "--sample-rate", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn merge(reports: &[Report]) -> Report {
             at_exec: add_totals(a.at_exec, r.released.at_exec),
             at_exit: add_totals(a.at_exit, r.released.at_exit),
         }),
+        sampling: crate::model::Sampling::merged(reports.iter().map(|r| r.sampling)),
     }
 }
 

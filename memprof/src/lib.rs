@@ -14,6 +14,7 @@ pub mod placement;
 pub mod probes;
 pub mod render;
 pub mod session;
+pub mod session_link;
 pub mod snapshot;
 pub mod symbolize;
 pub mod target;
@@ -64,6 +65,7 @@ fn run(
         max_threads: args.max_threads,
         floor: args.floor,
         at_entry: args.probe_at_entry,
+        sample_rate: args.sample_rate.unwrap_or(0),
     };
     log::info!("attaching to pid {} ({}) ...", target.pid, target.comm);
     let mut probes = Probes::attach(&target, config)?;
@@ -158,17 +160,25 @@ fn run(
         aggregate::by_stack(&snap.live, end_ns)
     };
 
-    let (stacks, younger) = match args.min_age {
+    let (mut stacks, mut younger) = match args.min_age {
         Some(secs) => {
             let (old, younger) = aggregate::older_than(&snap.live, end_ns, (secs * 1e9) as u64);
             (aggregate::by_stack(&old, end_ns), Some(younger))
         }
         None => (all.clone(), None),
     };
-    let totals = aggregate::totals(&stacks);
-    let growth = args
+    let mut growth = args
         .interval
         .map(|_| growth_by_stack(&samples, &all, duration_secs));
+    // With --sample-rate: estimates from what was recorded (no-op otherwise).
+    let sampling = aggregate::scale_sampled(
+        config.sample_rate,
+        &mut stacks,
+        &mut younger,
+        &mut released,
+        growth.as_mut(),
+    );
+    let totals = aggregate::totals(&stacks);
     let shown: Vec<_> = stacks
         .into_iter()
         .filter(|s| s.bytes >= args.min_size)
@@ -226,6 +236,7 @@ fn run(
         younger,
         interval_secs: args.interval,
         released,
+        sampling,
     })
 }
 

@@ -3,10 +3,18 @@
 //! [`Probes`] owns the loaded object; dropping it (or calling
 //! [`Probes::detach`]) detaches every probe, so no exit path leaves a uprobe
 //! behind.
+//!
+//! Full tracking attaches a perf-event uprobe and uretprobe per allocator
+//! function through aya. With sampling (`--sample-rate N`) the allocation
+//! functions get uprobe session links instead (one per program, with all its
+//! sites; see [`crate::session_link`]), which let an unsampled call skip its
+//! return probe; `free` keeps its plain uprobe.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::num::NonZeroU32;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -14,12 +22,13 @@ use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use memprof_common::{globals, maps, StackAgg, StackTrace};
+use memprof_common::{globals, maps, sampled, StackAgg, StackTrace};
 
 const BPF_NOEXIST: u32 = 1;
 
 use crate::error::Error;
-use crate::target::{probe_sites, ProbeSite, Target};
+use crate::session_link::{self, SessionPrograms};
+use crate::target::{probe_sites, Kind, ProbeSite, Target};
 
 /// The BPF object, built by build.rs from the memprof-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memprof"));
@@ -34,6 +43,16 @@ pub struct ProbeConfig {
     pub floor: bool,
     /// Probe each function's first instruction instead of the cheapest equivalent one.
     pub at_entry: bool,
+    /// Record each allocation call with probability 1/`sample_rate` (through
+    /// uprobe session links); 0 or 1 records every call.
+    pub sample_rate: u32,
+}
+
+impl ProbeConfig {
+    /// True when allocation calls are sampled.
+    pub fn sampled(&self) -> bool {
+        self.sample_rate > 1
+    }
 }
 
 /// The maps that outlive the probes, read after detaching.
@@ -47,10 +66,13 @@ pub struct Maps {
 
 /// Loaded and attached programs.
 pub struct Probes {
+    /// Uprobe session links and their programs (sampled mode): closing them
+    /// detaches the probes. Declared before `ebpf` so that they are dropped first.
+    session: Vec<OwnedFd>,
     ebpf: Ebpf,
     /// Probe sites attached, for the log.
     pub sites: Vec<ProbeSite>,
-    /// Number of uprobes and uretprobes attached.
+    /// Number of uprobes and uretprobes attached (a session counts as both).
     pub attached: usize,
 }
 
@@ -103,6 +125,7 @@ impl Probes {
 
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::TARGET_TGID, &recorded_tgid, true)
+            .override_global(globals::SAMPLE_RATE, &config.sample_rate.max(1), true)
             .map_max_entries(maps::LIVE, config.max_live)
             .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
             .map_max_entries(maps::STACKS, config.max_stacks)
@@ -110,18 +133,23 @@ impl Probes {
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
 
-        for name in [
-            "malloc_enter",
-            "calloc_enter",
-            "realloc_enter",
-            "reallocarray_enter",
-            "posix_memalign_enter",
-            "memalign_enter",
-            "free_enter",
-            "alloc_exit",
-            "realloc_exit",
-            "posix_memalign_exit",
-        ] {
+        let aya_programs: &[&str] = if config.sampled() {
+            &["free_enter"]
+        } else {
+            &[
+                "malloc_enter",
+                "calloc_enter",
+                "realloc_enter",
+                "reallocarray_enter",
+                "posix_memalign_enter",
+                "memalign_enter",
+                "free_enter",
+                "alloc_exit",
+                "realloc_exit",
+                "posix_memalign_exit",
+            ]
+        };
+        for &name in aya_programs {
             uprobe(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading BPF program {name}"))?;
@@ -142,9 +170,16 @@ impl Probes {
 
         let pid = NonZeroU32::new(target.pid).ok_or(Error::NoSuchProcess(0))?;
         let mut attached = 0;
+        let mut session = Vec::new();
+        if config.sampled() {
+            attached += attach_sessions(&ebpf, &sites, target, &mut session)?;
+        }
         // Return probes first: an entry without its return would leave a
         // pending call behind, a return without its entry is only counted.
         for site in &sites {
+            if config.sampled() && site.kind != Kind::Free {
+                continue;
+            }
             let (enter, exit) = site.kind.programs();
             for program in exit.into_iter().chain([enter]) {
                 uprobe(&mut ebpf, program)?
@@ -159,6 +194,7 @@ impl Probes {
         }
         log::debug!("attached {attached} probes at {sites:?}");
         let mut probes = Probes {
+            session,
             ebpf,
             sites,
             attached,
@@ -196,6 +232,7 @@ impl Probes {
             stats: take(maps::STATS)?,
             events: take(maps::EVENTS)?,
         };
+        drop(std::mem::take(&mut self.session));
         drop(self.ebpf);
         Ok(maps)
     }
@@ -267,6 +304,57 @@ impl Probes {
             .context("BPF map EVENTS missing from the object")?;
         crate::snapshot::read_events(map)
     }
+}
+
+/// The sampled-mode session program of an allocation function, or `None` for `free`.
+fn session_program(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Malloc => Some(sampled::MALLOC),
+        Kind::Calloc => Some(sampled::CALLOC),
+        Kind::Realloc => Some(sampled::REALLOC),
+        Kind::ReallocArray => Some(sampled::REALLOCARRAY),
+        Kind::PosixMemalign => Some(sampled::POSIX_MEMALIGN),
+        Kind::Memalign => Some(sampled::MEMALIGN),
+        Kind::Free => None,
+    }
+}
+
+/// Loads the session programs and links each to all of its sites; the
+/// program and link descriptors go to `keep`. Returns the number of sites.
+fn attach_sessions(
+    ebpf: &Ebpf,
+    sites: &[ProbeSite],
+    target: &Target,
+    keep: &mut Vec<OwnedFd>,
+) -> anyhow::Result<usize> {
+    let mut by_program: BTreeMap<&'static str, Vec<&ProbeSite>> = BTreeMap::new();
+    for site in sites {
+        if let Some(program) = session_program(site.kind) {
+            by_program.entry(program).or_default().push(site);
+        }
+    }
+    if by_program.is_empty() {
+        return Ok(0);
+    }
+    let programs = SessionPrograms::parse(ebpf, BPF_OBJECT)?;
+    let mut attached = 0;
+    for (name, sites) in by_program {
+        let program = programs.load(name)?;
+        let offsets: Vec<u64> = sites.iter().map(|s| s.file_offset).collect();
+        log::debug!(
+            "uprobe session {name} on {} at {offsets:#x?}",
+            target.libc_host_path.display()
+        );
+        let names: Vec<&str> = sites.iter().flat_map(|s| s.names.iter().copied()).collect();
+        let link = session_link::attach(&program, &target.libc_host_path, &offsets, target.pid)
+            .map_err(|e| {
+                session_link::attach_error(e, &format!("{} in {}", names.join("/"), target.libc))
+            })?;
+        keep.push(link);
+        keep.push(program);
+        attached += sites.len();
+    }
+    Ok(attached)
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {

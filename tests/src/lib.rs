@@ -233,6 +233,10 @@ pub enum Kind {
     /// `tests/fixtures/static.c` linked with `-static`: a process without a
     /// libc shared object. Same protocol as [`Kind::Leaky`], does nothing.
     Static,
+    /// `tests/fixtures/sampled.c`: 25,000 equal-size leaks from three
+    /// functions and a lot of churn, for `--sample-rate` (ground truth in
+    /// `tests/tests/sampling.rs`).
+    Sampled,
 }
 
 impl Kind {
@@ -251,6 +255,7 @@ impl Kind {
             Kind::SelfCheck => c_fixture("selfcheck"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
+            Kind::Sampled => c_fixture("sampled"),
             Kind::LeakyRust => rust_fixture_path(),
         }
     }

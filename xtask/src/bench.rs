@@ -62,6 +62,12 @@ const WORKLOADS: &[&str] = &["churn", "live", "stacks"];
 const LEAK_FUNCTION: &str = "bench_leak";
 const LEAK_COUNT: u64 = 100;
 const LEAK_SIZE: u64 = 1000;
+/// The sampled mode records 1 allocation call in this many.
+const SAMPLE_RATE: u64 = 64;
+const SAMPLE_RATE_ARG: &str = "64";
+/// How many standard deviations a sampled estimate of the leak may be off: a
+/// 1-in-N estimate of n blocks has a standard deviation of sqrt(n (N - 1)).
+const SAMPLE_SIGMAS: f64 = 5.0;
 /// What live.c holds: this many blocks of 16 bytes, from `hold_live`.
 const LIVE_ALLOCS: u64 = 1_000_000;
 const LIVE_SIZE: u64 = 16;
@@ -96,17 +102,20 @@ enum Mode {
     FullEntry,
     /// `memprof`.
     Full,
+    /// `memprof --sample-rate 64`.
+    Sampled,
     /// A memleak-style bpftrace script.
     Bpftrace,
 }
 
 /// The order of the modes within a round.
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 7] = [
     Mode::None,
     Mode::FloorEntry,
     Mode::Floor,
     Mode::FullEntry,
     Mode::Full,
+    Mode::Sampled,
     Mode::Bpftrace,
 ];
 
@@ -118,6 +127,7 @@ impl Mode {
             Mode::Floor => "floor",
             Mode::FullEntry => "full-entry",
             Mode::Full => "full",
+            Mode::Sampled => "sampled",
             Mode::Bpftrace => "bpftrace",
         }
     }
@@ -130,6 +140,7 @@ impl Mode {
             Mode::Floor => "(b)",
             Mode::FullEntry => "(c')",
             Mode::Full => "(c)",
+            Mode::Sampled => "(d)",
             Mode::Bpftrace => "(e)",
         }
     }
@@ -143,6 +154,7 @@ impl Mode {
             Mode::Floor => "`memprof --floor`: the traps alone, memprof's probe placement",
             Mode::FullEntry => "`memprof --probe-at-entry`",
             Mode::Full => "`memprof`",
+            Mode::Sampled => "`memprof --sample-rate 64`: 1 allocation call in 64 recorded",
             Mode::Bpftrace => "bpftrace, memleak-style script",
         }
     }
@@ -155,6 +167,7 @@ impl Mode {
             Mode::Floor => Some(&["--floor"]),
             Mode::FullEntry => Some(&["--probe-at-entry"]),
             Mode::Full => Some(&[]),
+            Mode::Sampled => Some(&["--sample-rate", SAMPLE_RATE_ARG]),
         }
     }
 
@@ -163,13 +176,16 @@ impl Mode {
         match self {
             Mode::None => base * NONE_SCALE,
             Mode::FloorEntry | Mode::FullEntry => (base / ENTRY_DIVISOR).max(1),
-            Mode::Floor | Mode::Full | Mode::Bpftrace => base,
+            Mode::Floor | Mode::Full | Mode::Sampled | Mode::Bpftrace => base,
         }
     }
 
     /// Whether this mode records allocations, so its report must hold the known leak.
     fn checks_leak(self) -> bool {
-        matches!(self, Mode::FullEntry | Mode::Full | Mode::Bpftrace)
+        matches!(
+            self,
+            Mode::FullEntry | Mode::Full | Mode::Sampled | Mode::Bpftrace
+        )
     }
 }
 
@@ -177,6 +193,10 @@ impl Mode {
 #[derive(Clone, Debug, PartialEq)]
 enum LeakCheck {
     Exact,
+    /// A sampled report's estimate, within [`SAMPLE_SIGMAS`] standard deviations.
+    Estimated {
+        count: u64,
+    },
     Wrong {
         count: u64,
         bytes: u64,
@@ -197,9 +217,24 @@ impl LeakCheck {
         }
     }
 
+    /// A sampled report's check: `count` blocks of `LEAK_SIZE` bytes each, within
+    /// [`SAMPLE_SIGMAS`] standard deviations of the truth.
+    fn sampled(count: u64, bytes: u64, stacks: usize) -> Self {
+        if bytes == count * LEAK_SIZE && count.abs_diff(LEAK_COUNT) as f64 <= sampled_bound() {
+            LeakCheck::Estimated { count }
+        } else {
+            LeakCheck::Wrong {
+                count,
+                bytes,
+                stacks,
+            }
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             LeakCheck::Exact => format!("{LEAK_COUNT} x {LEAK_SIZE} B"),
+            LeakCheck::Estimated { count } => format!("~{count} x {LEAK_SIZE} B"),
             LeakCheck::Wrong {
                 count,
                 bytes,
@@ -222,10 +257,25 @@ impl ModeResults {
         median(&self.ns_per_pair)
     }
 
-    /// The table's ✓/✗ cell: ✓ only if every round's report was exact.
+    /// The table's ✓/✗ cell: ✓ only if every round's report was exact (sampled:
+    /// within the stated error).
     fn leak_cell(&self) -> String {
         if !self.mode.checks_leak() {
             return "-".into();
+        }
+        if self.mode == Mode::Sampled && !self.leak.is_empty() {
+            let estimates: Vec<String> = self.leak.iter().map(LeakCheck::describe).collect();
+            let ok = self
+                .leak
+                .iter()
+                .all(|check| matches!(check, LeakCheck::Estimated { .. }));
+            return format!(
+                "{} estimates {} (1 in {SAMPLE_RATE}: within {SAMPLE_SIGMAS} sd = ±{:.0} blocks \
+                 of {LEAK_COUNT} expected)",
+                mark(ok),
+                estimates.join(", "),
+                sampled_bound()
+            );
         }
         let wrong: Vec<String> = self
             .leak
@@ -413,7 +463,10 @@ impl Bench {
             Some(Tracer::Memprof(memprof)) => {
                 let stopped = memprof.stop()?;
                 mode.checks_leak()
-                    .then(|| leak_in_report(&stopped.report))
+                    .then(|| match mode {
+                        Mode::Sampled => sampled_leak_in_report(&stopped.report),
+                        _ => leak_in_report(&stopped.report),
+                    })
                     .transpose()
                     .with_context(|| format!("reading {}", json.display()))?
             }
@@ -424,9 +477,14 @@ impl Bench {
         if let Some(LeakCheck::Wrong { .. }) = &leak {
             println!(
                 "    note: round {round}, {}: the known leak is reported as {} \
-                 (expected {LEAK_COUNT} x {LEAK_SIZE} B)",
+                 (expected {LEAK_COUNT} x {LEAK_SIZE} B{})",
                 mode.name(),
-                leak.as_ref().map(LeakCheck::describe).unwrap_or_default()
+                leak.as_ref().map(LeakCheck::describe).unwrap_or_default(),
+                if mode == Mode::Sampled {
+                    format!(" within ±{:.0} blocks", sampled_bound())
+                } else {
+                    String::new()
+                }
             );
         }
         Ok((ns, leak))
@@ -515,6 +573,18 @@ fn print_churn(results: &[ModeResults], rounds: u32, pairs: u64) {
         (
             "(c)/(a)  full / none: memprof's slowdown of this workload",
             ratio(full, none),
+        ),
+        (
+            "(d)/(a)  sampled / none: memprof's slowdown with --sample-rate 64",
+            ratio(median(Mode::Sampled), none),
+        ),
+        (
+            "(c)/(d)  full / sampled: how much cheaper sampling is",
+            ratio(full, median(Mode::Sampled)),
+        ),
+        (
+            "(d)/(b)  sampled / floor: sampling against the traps of full tracking",
+            ratio(median(Mode::Sampled), median(Mode::Floor)),
         ),
         (
             "(c')/(c) full-entry / full: placement gain",
@@ -661,6 +731,23 @@ fn held_by(report: &Value, names: &[&str]) -> Result<(u64, u64, usize)> {
 fn leak_in_report(report: &Value) -> Result<LeakCheck> {
     let (count, bytes, stacks) = held_by(report, &[LEAK_FUNCTION])?;
     Ok(LeakCheck::new(count, bytes, stacks))
+}
+
+/// [`SAMPLE_SIGMAS`] standard deviations of a 1-in-[`SAMPLE_RATE`] estimate of
+/// [`LEAK_COUNT`] blocks: sqrt(n (N - 1)) each. At 1 in 64 a 100-block leak has
+/// about 1.6 blocks recorded, so the bound is wide (and includes 0).
+fn sampled_bound() -> f64 {
+    SAMPLE_SIGMAS * ((LEAK_COUNT * (SAMPLE_RATE - 1)) as f64).sqrt()
+}
+
+/// The leak in a sampled report, which must say it is sampled at [`SAMPLE_RATE`].
+fn sampled_leak_in_report(report: &Value) -> Result<LeakCheck> {
+    let rate = report["sampling"]["rate"].as_u64();
+    if rate != Some(SAMPLE_RATE) {
+        bail!("the report of a sampled run does not say 1-in-{SAMPLE_RATE} sampling: {rate:?}");
+    }
+    let (count, bytes, stacks) = held_by(report, &[LEAK_FUNCTION])?;
+    Ok(LeakCheck::sampled(count, bytes, stacks))
 }
 
 fn stat(report: &Value, name: &str) -> u64 {
@@ -1390,6 +1477,31 @@ mod tests {
             }
         );
         assert!(leak_in_report(&serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn checks_a_sampled_estimate_of_the_leak() {
+        let report = |count: u64| {
+            serde_json::json!({
+                "sampling": {"rate": SAMPLE_RATE},
+                "stacks": [{"bytes": count * LEAK_SIZE, "count": count,
+                            "frames": [{"function": "bench_leak"}]}]
+            })
+        };
+        assert_eq!(
+            sampled_leak_in_report(&report(128)).unwrap(),
+            LeakCheck::Estimated { count: 128 }
+        );
+        assert_eq!(
+            sampled_leak_in_report(&report(0)).unwrap(),
+            LeakCheck::Estimated { count: 0 }
+        );
+        // 5 x sqrt(100 x 63) = 396.9: 8 x 64 = 512 blocks is too far off, 7 x 64 is not.
+        assert!(matches!(
+            sampled_leak_in_report(&report(512)).unwrap(),
+            LeakCheck::Wrong { .. }
+        ));
+        assert!(sampled_leak_in_report(&serde_json::json!({"stacks": []})).is_err());
     }
 
     #[test]

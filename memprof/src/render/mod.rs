@@ -157,6 +157,40 @@ fn default_title(report: &Report) -> String {
     }
 }
 
+/// `±9.9%`: a standard error relative to `value`, or `±?` when `value` is 0.
+fn relative(stderr: f64, value: u64) -> String {
+    if value == 0 {
+        return "±?".to_string();
+    }
+    format!("±{:.1}%", 100.0 * stderr / value as f64)
+}
+
+/// What a sampled report's figures are, in one sentence (text header, pprof
+/// comment); `None` when every allocation was tracked.
+fn sampling_statement(report: &Report) -> Option<String> {
+    let s = report.sampling?;
+    let totals = report.totals;
+    Some(format!(
+        "ESTIMATES from 1-in-{rate} sampling: each allocation call was recorded with \
+         probability 1/{rate} and every byte and allocation figure is the recorded one times \
+         {rate} ({recorded} outstanding {blocks} recorded). Standard error of the totals: {} \
+         ({}) in bytes, {:.0} ({}) in allocations; a stack with k recorded blocks is off by \
+         about 1/sqrt(k) (one standard error, more if its sizes vary), and stacks holding far \
+         fewer than {rate} blocks may be missing. The stats below are not scaled.",
+        human_bytes(s.bytes_stderr.round() as u64),
+        relative(s.bytes_stderr, totals.bytes),
+        s.count_stderr,
+        relative(s.count_stderr, totals.count),
+        rate = s.rate,
+        recorded = s.sampled_count,
+        blocks = if s.sampled_count == 1 {
+            "block"
+        } else {
+            "blocks"
+        },
+    ))
+}
+
 /// The stacks of `report` by outstanding bytes, largest first; ties keep report order.
 fn stacks_by_bytes(report: &Report) -> Vec<&crate::model::Stack> {
     let mut stacks: Vec<_> = report.stacks.iter().collect();
@@ -199,6 +233,36 @@ mod tests {
         assert_eq!(human_secs(245.0), "4m05s");
         assert_eq!(human_secs(7380.0), "2h03m");
         assert_eq!(human_secs(f64::NAN), "?");
+    }
+
+    #[test]
+    fn sampled_reports_say_so() {
+        use crate::model::{Sampling, Totals};
+        let mut report = Report {
+            totals: Totals {
+                bytes: 6_400_000,
+                count: 6_400,
+            },
+            ..Report::default()
+        };
+        assert_eq!(sampling_statement(&report), None);
+        report.sampling = Some(Sampling {
+            rate: 64,
+            sampled_count: 100,
+            bytes_stderr: 634_980.0,
+            count_stderr: 634.98,
+        });
+        let text = sampling_statement(&report).unwrap();
+        assert!(
+            text.starts_with("ESTIMATES from 1-in-64 sampling"),
+            "{text}"
+        );
+        assert!(text.contains("(100 outstanding blocks recorded)"), "{text}");
+        assert!(
+            text.contains("620.1 KiB (±9.9%) in bytes, 635 (±9.9%)"),
+            "{text}"
+        );
+        assert!(text.contains("1/sqrt(k)"), "{text}");
     }
 
     #[test]

@@ -341,6 +341,9 @@ fn encode(report: &Report) -> Vec<u8> {
         ));
     }
     comments.push("only allocations made while memprof was attached are seen".to_string());
+    if let Some(statement) = super::sampling_statement(report) {
+        comments.push(statement);
+    }
     if report.stats.lost_data() {
         comments.push(
             "WARNING: totals are lower bounds: memprof's maps were full and some allocations \

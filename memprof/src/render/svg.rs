@@ -148,6 +148,13 @@ fn subtitle_notes(report: &Report) -> String {
     if let Some(exited) = report.target.exited_after_secs {
         s.push_str(&format!("; process exited at {}", human_secs(exited)));
     }
+    if let Some(sampling) = report.sampling {
+        s.push_str(&format!(
+            "; ESTIMATES from 1-in-{} sampling ({} in bytes)",
+            sampling.rate,
+            super::relative(sampling.bytes_stderr, report.totals.bytes)
+        ));
+    }
     if report.stats.lost_data() {
         s.push_str("; LOWER BOUNDS: memprof's maps were full");
     }
@@ -302,6 +309,18 @@ mod tests {
             subtitle(&report),
             "2.0 KiB (2048 bytes) in 2 allocations outstanding after 1m00s; \
              no stack growing (snapshots every 5.0 s)"
+        );
+        report.interval_secs = None;
+        report.sampling = Some(crate::model::Sampling {
+            rate: 64,
+            sampled_count: 1,
+            bytes_stderr: 1024.0,
+            count_stderr: 63.5,
+        });
+        assert_eq!(
+            subtitle(&report),
+            "2.0 KiB (2048 bytes) in 2 allocations outstanding after 1m00s; \
+             ESTIMATES from 1-in-64 sampling (±50.0% in bytes)"
         );
     }
 

@@ -8,7 +8,10 @@
 
 use std::io::Write;
 
-use super::{default_title, human_bytes, human_secs, stacks_by_bytes, RenderOptions};
+use super::{
+    default_title, human_bytes, human_secs, relative, sampling_statement, stacks_by_bytes,
+    RenderOptions,
+};
 use crate::model::{Frame, Growth, Report, Stack, Stats, Totals};
 
 /// Indentation of the frames under a stack's heading.
@@ -93,6 +96,9 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
         report.stacks.len(),
         plural(report.stacks.len() as u64, "stack", "stacks"),
     )?;
+    if let Some(statement) = sampling_statement(report) {
+        writeln!(out, "sampling:     {statement}")?;
+    }
     if let Some(min_age) = report.min_age_secs {
         writeln!(
             out,
@@ -325,7 +331,7 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     let sum = listed.max(report.totals.bytes);
     for (rank, stack) in sorted.iter().take(shown).enumerate() {
         writeln!(out)?;
-        stack_block(rank + 1, stack, sum, out)?;
+        stack_block(rank + 1, stack, sum, report, out)?;
     }
     let rest = &sorted[shown..];
     if !rest.is_empty() {
@@ -361,15 +367,33 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     Ok(())
 }
 
-fn stack_block(rank: usize, stack: &Stack, sum: u64, out: &mut dyn Write) -> anyhow::Result<()> {
+fn stack_block(
+    rank: usize,
+    stack: &Stack,
+    sum: u64,
+    report: &Report,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let pct = if sum == 0 {
         0.0
     } else {
         100.0 * stack.bytes as f64 / sum as f64
     };
+    // Sampled: the estimate's relative standard error, from its recorded blocks.
+    let error = report
+        .sampling
+        .and_then(|s| {
+            let rse = s.relative_error(stack.count)?;
+            let recorded = stack.count / s.rate.max(1);
+            Some(format!(
+                "; estimate {} ({recorded} recorded)",
+                relative(rse * stack.count as f64, stack.count)
+            ))
+        })
+        .unwrap_or_default();
     writeln!(
         out,
-        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}; oldest {}, median age {}",
+        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}; oldest {}, median age {}{error}",
         human_bytes(stack.bytes),
         stack.bytes,
         stack.count,
@@ -604,6 +628,40 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("WARNING"), "{text}");
+    }
+
+    #[test]
+    fn sampled_report_says_it_estimates() {
+        use crate::model::{Sampling, Totals};
+        let report = Report {
+            stacks: vec![Stack {
+                bytes: 6_400_000,
+                count: 6_400,
+                ..Stack::default()
+            }],
+            totals: Totals {
+                bytes: 6_400_000,
+                count: 6_400,
+            },
+            sampling: Some(Sampling {
+                rate: 64,
+                sampled_count: 100,
+                bytes_stderr: 634_980.0,
+                count_stderr: 634.98,
+            }),
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\nsampling:     ESTIMATES from 1-in-64 sampling"),
+            "{text}"
+        );
+        assert!(
+            text.contains("in 6400 allocations; oldest 0.00 s, median age 0.00 s; estimate ±9.9% (100 recorded)\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub fn sample_report() -> Report {
             },
             at_exit: Totals::default(),
         },
+        sampling: None,
     }
 }
 

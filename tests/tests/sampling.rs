@@ -1,0 +1,340 @@
+//! `memprof --sample-rate N` against the `sampled` fixture
+//! (`tests/fixtures/sampled.c`): the scaled estimates are within a stated
+//! statistical bound of the ground truth, nothing of the churn shows up
+//! (unsampled reallocs move sampled blocks), frames are symbolized, every
+//! output says that it is sampled, and no exit path leaves the session
+//! programs loaded. Needs root and Linux 6.13+ (uprobe session links).
+//!
+//! # The bound
+//! Each allocation call is recorded with probability 1/N, independently, so a
+//! function that leaves n blocks outstanding has k ~ Binomial(n, 1/N) of them
+//! recorded and is reported as N·k blocks, with a standard deviation of
+//! sqrt(n·(N-1)). The tests accept N·k within [`SIGMAS`] standard deviations
+//! of n: a correct memprof fails that about once in 1.7 million runs per
+//! figure, while a bias as small as the one a double sampling chance or a
+//! forgotten realloc would bring is far outside it.
+
+use std::io::Read as _;
+use std::time::{Duration, Instant};
+
+use tests::{
+    frame_index, profile_fixture, root_or_skip, send_signal, skip, Fixture, Kind, Memprof, Report,
+    ATTACH_TIMEOUT, FINISH_TIMEOUT,
+};
+
+/// 1 in N.
+const RATE: u64 = 16;
+/// How many standard deviations an estimate may be off.
+const SIGMAS: f64 = 5.0;
+
+/// A function of `sampled.c` that leaves `count` blocks of `size` bytes outstanding.
+struct Truth {
+    function: &'static str,
+    count: u64,
+    size: u64,
+}
+
+/// The table at the top of `tests/fixtures/sampled.c`.
+const SAMPLED: &[Truth] = &[
+    // 20000 x malloc(256)
+    Truth {
+        function: "leak_many",
+        count: 20_000,
+        size: 256,
+    },
+    // 3000 x calloc(1, 1024)
+    Truth {
+        function: "leak_some",
+        count: 3_000,
+        size: 1024,
+    },
+    // 2000 x malloc(64) -> realloc(p, 512)
+    Truth {
+        function: "leak_grown",
+        count: 2_000,
+        size: 512,
+    },
+];
+
+/// Allocates and frees everything (its reallocs move sampled blocks).
+const CLEAN: &str = "churn_worker";
+
+/// Allocation calls `sampled.c` makes after go: 2 churn threads x (200000
+/// mallocs + 25000 reallocs + 12500 callocs), and 20000 + 3000 + 2000 + 2000
+/// in the leaking functions. Each is recorded with probability 1/N.
+const ALLOCATION_CALLS: u64 = 2 * (200_000 + 25_000 + 12_500) + 27_000;
+
+/// The widest deviation of a 1-in-`rate` estimate of `n` accepted: [`SIGMAS`]
+/// standard deviations, sqrt(n (N - 1)) each.
+fn bound(n: u64, rate: u64) -> f64 {
+    SIGMAS * (n as f64 * (rate - 1) as f64).sqrt()
+}
+
+/// True when the running kernel has uprobe session links (Linux 6.13).
+fn kernel_has_uprobe_sessions() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version >= memprof::session_link::MIN_KERNEL
+}
+
+/// Root and a kernel with uprobe sessions, or a printed reason to skip.
+fn can_run() -> bool {
+    if !root_or_skip() {
+        return false;
+    }
+    if !kernel_has_uprobe_sessions() {
+        skip("--sample-rate needs uprobe session links (Linux 6.13 or later)");
+        return false;
+    }
+    true
+}
+
+/// Every problem of a sampled report of `sampled.c`, empty when it is right.
+fn check_estimates(report: &Report) -> Vec<String> {
+    let mut problems = Vec::new();
+    match report.sampling {
+        Some(s) if s.rate == RATE => {
+            if s.sampled_count * RATE != report.totals.count {
+                problems.push(format!(
+                    "sampling.sampled_count {} x {RATE} != totals.count {}",
+                    s.sampled_count, report.totals.count
+                ));
+            }
+        }
+        other => problems.push(format!("sampling is {other:?}, expected rate {RATE}")),
+    }
+    let mut found = vec![(0u64, 0u64); SAMPLED.len()];
+    for stack in &report.stacks {
+        if frame_index(stack, CLEAN).is_some() {
+            problems.push(format!(
+                "a stack of {CLEAN}, which frees everything: {}",
+                tests::describe_stack(stack)
+            ));
+        }
+        let hits: Vec<(usize, usize)> = SAMPLED
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| frame_index(stack, t.function).map(|depth| (i, depth)))
+            .collect();
+        match hits.as_slice() {
+            [(i, depth)] => {
+                found[*i].0 += stack.count;
+                found[*i].1 += stack.bytes;
+                // Stacks are taken where the allocator returns, so the
+                // leaking function is the first, symbolized frame.
+                if *depth != 0 {
+                    problems.push(format!(
+                        "{} is frame {depth}, expected 0: {}",
+                        SAMPLED[*i].function,
+                        tests::describe_stack(stack)
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "a stack belongs to no single leaking function: {}",
+                tests::describe_stack(stack)
+            )),
+        }
+        if stack.count % RATE != 0 || stack.bytes % RATE != 0 {
+            problems.push(format!(
+                "a stack's figures are not multiples of {RATE}: {}",
+                tests::describe_stack(stack)
+            ));
+        }
+    }
+    for (truth, (count, bytes)) in SAMPLED.iter().zip(found) {
+        let off = count as f64 - truth.count as f64;
+        let max = bound(truth.count, RATE);
+        if off.abs() > max {
+            problems.push(format!(
+                "{}: estimated {count} blocks, true {}: off by {off:.0}, more than \
+                 {SIGMAS} sigma ({max:.0})",
+                truth.function, truth.count
+            ));
+        }
+        if bytes != count * truth.size {
+            problems.push(format!(
+                "{}: estimated {bytes} B for {count} blocks of {} B",
+                truth.function, truth.size
+            ));
+        }
+    }
+    // The probes recorded about 1 in N allocation calls (not more: no call
+    // gets two chances; not fewer).
+    let recorded = report.stats.allocs as f64;
+    let expected = ALLOCATION_CALLS as f64 / RATE as f64;
+    let sd = (ALLOCATION_CALLS as f64 * (1.0 / RATE as f64) * (1.0 - 1.0 / RATE as f64)).sqrt();
+    if (recorded - expected).abs() > SIGMAS * sd + 50.0 {
+        problems.push(format!(
+            "stats.allocs = {recorded}, expected about {expected:.0} (1 in {RATE} of \
+             {ALLOCATION_CALLS} calls, sd {sd:.0})"
+        ));
+    }
+    problems.extend(tests::check_no_loss(&report.stats));
+    problems
+}
+
+#[test]
+fn estimates_are_within_five_sigma_and_every_output_says_so() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (json, text, svg, pprof) = (
+        path("r.json"),
+        path("r.txt"),
+        path("r.svg"),
+        path("r.pb.gz"),
+    );
+    let rate = RATE.to_string();
+    let (output, pid) = profile_fixture(
+        Kind::Sampled,
+        &[
+            "--sample-rate",
+            &rate,
+            "--top",
+            "1000",
+            "-o",
+            &json,
+            "-o",
+            &text,
+            "-o",
+            &svg,
+            "-o",
+            &pprof,
+        ],
+    );
+    let report: Report = serde_json::from_slice(&std::fs::read(&json).unwrap())
+        .unwrap_or_else(|e| panic!("{json} is not a report: {e}\n{}", output.stderr));
+    assert_eq!(report.target.pid, pid);
+    let problems = check_estimates(&report);
+    assert!(
+        problems.is_empty(),
+        "the sampled report does not match sampled.c's ground truth:\n- {}\n\nreport:\n{}",
+        problems.join("\n- "),
+        tests::describe_report(&report)
+    );
+
+    let statement = format!("ESTIMATES from 1-in-{RATE} sampling");
+    let text = std::fs::read_to_string(&text).unwrap();
+    assert!(
+        text.contains(&format!("\nsampling:     {statement}")),
+        "{text}"
+    );
+    assert!(text.contains("1/sqrt(k)"), "{text}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains(&statement),
+        "the SVG does not say it is sampled"
+    );
+    let mut profile = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&pprof).unwrap())
+        .read_to_end(&mut profile)
+        .unwrap();
+    let needle = statement.as_bytes();
+    assert!(
+        profile.windows(needle.len()).any(|w| w == needle),
+        "the pprof profile has no comment saying it is sampled"
+    );
+}
+
+#[test]
+fn full_tracking_reports_are_not_marked_sampled() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(Kind::Leaky, &["--format", "json"]);
+    let report = output.report();
+    assert_eq!(report.sampling, None);
+    assert!(!output.stdout_text().contains("\"sampling\""));
+}
+
+/// How many of memprof's sampled-mode programs the kernel holds (one per run).
+fn loaded_sampled_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(MALLOC_PROGRAM))
+        .count()
+}
+
+/// The kernel's name of the malloc session program (`memprof_common::sampled::MALLOC`).
+const MALLOC_PROGRAM: &str = "malloc_sampled";
+
+/// Waits until the kernel has freed the programs of exited runs.
+fn assert_back_to(baseline: usize, how: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = loaded_sampled_programs();
+        if now == baseline {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after a sampled memprof ended by {how}, {now} of its programs are still loaded \
+             (baseline {baseline})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn every_exit_path_of_a_sampled_run_unloads_the_probes() {
+    if !can_run() {
+        return;
+    }
+    let fixture = Fixture::spawn(Kind::Leaky);
+    let pid = fixture.pid().to_string();
+    let rate = RATE.to_string();
+    let baseline = loaded_sampled_programs();
+
+    type Ender = fn(&Memprof);
+    let paths: [(&str, &[&str], Ender, bool); 4] = [
+        ("--duration", &["--duration", "1"], |_| {}, true),
+        ("SIGINT", &[], |m| send_signal(m.pid(), libc::SIGINT), true),
+        (
+            "an error after attaching (-o /dev/full)",
+            &["--duration", "1", "-o", "/dev/full"],
+            |_| {},
+            false,
+        ),
+        (
+            "SIGKILL",
+            &[],
+            |m| send_signal(m.pid(), libc::SIGKILL),
+            false,
+        ),
+    ];
+    for (how, extra, end, succeeds) in paths {
+        let mut args = vec![
+            "-p",
+            pid.as_str(),
+            "--sample-rate",
+            &rate,
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let mut memprof = Memprof::spawn(&args);
+        memprof.wait_attached(ATTACH_TIMEOUT);
+        assert_eq!(
+            loaded_sampled_programs(),
+            baseline + 1,
+            "a sampled memprof attached but its session programs are not loaded ({how})"
+        );
+        end(&memprof);
+        let output = memprof.finish(FINISH_TIMEOUT);
+        assert_eq!(
+            output.status.success(),
+            succeeds,
+            "exit status after {how}: {:?}\n{}",
+            output.status,
+            output.stderr
+        );
+        assert_back_to(baseline, how);
+    }
+}
