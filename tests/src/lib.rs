@@ -159,6 +159,31 @@ pub fn root_or_skip() -> bool {
     false
 }
 
+/// True when the running kernel has uprobe session links (Linux 6.13),
+/// which `--sample-rate` needs.
+pub fn kernel_has_uprobe_sessions() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version >= memprof::session_link::MIN_KERNEL
+}
+
+/// Root and a kernel with uprobe sessions, or a printed reason to skip
+/// (a failure in CI, like every skip).
+pub fn sampling_or_skip() -> bool {
+    if !root_or_skip() {
+        return false;
+    }
+    if !kernel_has_uprobe_sessions() {
+        skip("--sample-rate needs uprobe session links (Linux 6.13 or later)");
+        return false;
+    }
+    true
+}
+
 /// The path of `program` on `PATH`, if it is there.
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -1,26 +1,30 @@
 //! No exit path leaves memprof's BPF programs (and so its uprobes) in the
 //! kernel: a run that ends by --duration, SIGINT, SIGTERM, an error after the
-//! probes were attached, or SIGKILL. Checked in the kernel's list of loaded
-//! programs. Needs root (run through `cargo xtask test`).
+//! probes were attached, or SIGKILL; with full tracking (perf-event uprobes)
+//! and with `--sample-rate` (uprobe session links). Checked in the kernel's
+//! list of loaded programs. Needs root (run through `cargo xtask test`).
 
 use std::time::{Duration, Instant};
 
-use tests::{root_or_skip, send_signal, Fixture, Kind, Memprof, ATTACH_TIMEOUT, FINISH_TIMEOUT};
+use tests::{
+    root_or_skip, sampling_or_skip, send_signal, Fixture, Kind, Memprof, ATTACH_TIMEOUT,
+    FINISH_TIMEOUT,
+};
 
-/// How many of memprof's entry programs the kernel holds (one per run).
-fn loaded_memprof_programs() -> usize {
+/// How many programs named `program` the kernel holds (memprof loads one per run).
+fn loaded_programs(program: &str) -> usize {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("malloc_enter"))
+        .filter(|p| p.name_as_str() == Some(program))
         .count()
 }
 
 /// Waits until the kernel has freed the programs of exited runs (freeing a
 /// program whose last file descriptor was closed is deferred a little).
-fn assert_back_to(baseline: usize, how: &str) {
+fn assert_back_to(program: &str, baseline: usize, how: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = loaded_memprof_programs();
+        let now = loaded_programs(program);
         if now == baseline {
             return;
         }
@@ -34,12 +38,24 @@ fn assert_back_to(baseline: usize, how: &str) {
 
 #[test]
 fn every_exit_path_unloads_the_probes() {
-    if !root_or_skip() {
-        return;
+    if root_or_skip() {
+        check_every_exit_path(&[], "malloc_enter");
     }
+}
+
+#[test]
+fn every_exit_path_of_a_sampled_run_unloads_the_probes() {
+    if sampling_or_skip() {
+        check_every_exit_path(&["--sample-rate", "16"], "malloc_sampled");
+    }
+}
+
+/// Ends memprof, run with `mode` and recognised by its `program`, by each exit
+/// path in turn, and checks the kernel's list of programs after each.
+fn check_every_exit_path(mode: &[&str], program: &str) {
     let fixture = Fixture::spawn(Kind::Leaky);
     let pid = fixture.pid().to_string();
-    let baseline = loaded_memprof_programs();
+    let baseline = loaded_programs(program);
 
     type Ender = fn(&Memprof);
     let paths: [(&str, &[&str], Ender, bool); 5] = [
@@ -67,11 +83,12 @@ fn every_exit_path_unloads_the_probes() {
     ];
     for (how, extra, end, succeeds) in paths {
         let mut args = vec!["-p", pid.as_str(), "--format", "json"];
+        args.extend_from_slice(mode);
         args.extend_from_slice(extra);
         let mut memprof = Memprof::spawn(&args);
         memprof.wait_attached(ATTACH_TIMEOUT);
         assert_eq!(
-            loaded_memprof_programs(),
+            loaded_programs(program),
             baseline + 1,
             "memprof attached but its programs are not loaded ({how})"
         );
@@ -84,6 +101,6 @@ fn every_exit_path_unloads_the_probes() {
             output.status,
             output.stderr
         );
-        assert_back_to(baseline, how);
+        assert_back_to(program, baseline, how);
     }
 }

@@ -2,8 +2,9 @@
 //! (`tests/fixtures/sampled.c`): the scaled estimates are within a stated
 //! statistical bound of the ground truth, nothing of the churn shows up
 //! (unsampled reallocs move sampled blocks), frames are symbolized, every
-//! output says that it is sampled, and no exit path leaves the session
-//! programs loaded. Needs root and Linux 6.13+ (uprobe session links).
+//! output says that it is sampled (tests/tests/detach.rs checks that no
+//! exit path leaves the session programs loaded). Needs root and Linux 6.13+
+//! (uprobe session links).
 //!
 //! # The bound
 //! Each allocation call is recorded with probability 1/N, independently, so a
@@ -15,12 +16,7 @@
 //! forgotten realloc would bring is far outside it.
 
 use std::io::Read as _;
-use std::time::{Duration, Instant};
-
-use tests::{
-    frame_index, profile_fixture, root_or_skip, send_signal, skip, Fixture, Kind, Memprof, Report,
-    ATTACH_TIMEOUT, FINISH_TIMEOUT,
-};
+use tests::{frame_index, profile_fixture, root_or_skip, sampling_or_skip, Kind, Report};
 
 /// 1 in N.
 const RATE: u64 = 16;
@@ -68,29 +64,6 @@ const ALLOCATION_CALLS: u64 = 2 * (200_000 + 25_000 + 12_500) + 27_000;
 /// standard deviations, sqrt(n (N - 1)) each.
 fn bound(n: u64, rate: u64) -> f64 {
     SIGMAS * (n as f64 * (rate - 1) as f64).sqrt()
-}
-
-/// True when the running kernel has uprobe session links (Linux 6.13).
-fn kernel_has_uprobe_sessions() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    version >= memprof::session_link::MIN_KERNEL
-}
-
-/// Root and a kernel with uprobe sessions, or a printed reason to skip.
-fn can_run() -> bool {
-    if !root_or_skip() {
-        return false;
-    }
-    if !kernel_has_uprobe_sessions() {
-        skip("--sample-rate needs uprobe session links (Linux 6.13 or later)");
-        return false;
-    }
-    true
 }
 
 /// Every problem of a sampled report of `sampled.c`, empty when it is right.
@@ -180,7 +153,7 @@ fn check_estimates(report: &Report) -> Vec<String> {
 
 #[test]
 fn estimates_are_within_five_sigma_and_every_output_says_so() {
-    if !can_run() {
+    if !sampling_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -252,89 +225,4 @@ fn full_tracking_reports_are_not_marked_sampled() {
     let report = output.report();
     assert_eq!(report.sampling, None);
     assert!(!output.stdout_text().contains("\"sampling\""));
-}
-
-/// How many of memprof's sampled-mode programs the kernel holds (one per run).
-fn loaded_sampled_programs() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some(MALLOC_PROGRAM))
-        .count()
-}
-
-/// The kernel's name of the malloc session program (`memprof_common::sampled::MALLOC`).
-const MALLOC_PROGRAM: &str = "malloc_sampled";
-
-/// Waits until the kernel has freed the programs of exited runs.
-fn assert_back_to(baseline: usize, how: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = loaded_sampled_programs();
-        if now == baseline {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after a sampled memprof ended by {how}, {now} of its programs are still loaded \
-             (baseline {baseline})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-#[test]
-fn every_exit_path_of_a_sampled_run_unloads_the_probes() {
-    if !can_run() {
-        return;
-    }
-    let fixture = Fixture::spawn(Kind::Leaky);
-    let pid = fixture.pid().to_string();
-    let rate = RATE.to_string();
-    let baseline = loaded_sampled_programs();
-
-    type Ender = fn(&Memprof);
-    let paths: [(&str, &[&str], Ender, bool); 4] = [
-        ("--duration", &["--duration", "1"], |_| {}, true),
-        ("SIGINT", &[], |m| send_signal(m.pid(), libc::SIGINT), true),
-        (
-            "an error after attaching (-o /dev/full)",
-            &["--duration", "1", "-o", "/dev/full"],
-            |_| {},
-            false,
-        ),
-        (
-            "SIGKILL",
-            &[],
-            |m| send_signal(m.pid(), libc::SIGKILL),
-            false,
-        ),
-    ];
-    for (how, extra, end, succeeds) in paths {
-        let mut args = vec![
-            "-p",
-            pid.as_str(),
-            "--sample-rate",
-            &rate,
-            "--format",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let mut memprof = Memprof::spawn(&args);
-        memprof.wait_attached(ATTACH_TIMEOUT);
-        assert_eq!(
-            loaded_sampled_programs(),
-            baseline + 1,
-            "a sampled memprof attached but its session programs are not loaded ({how})"
-        );
-        end(&memprof);
-        let output = memprof.finish(FINISH_TIMEOUT);
-        assert_eq!(
-            output.status.success(),
-            succeeds,
-            "exit status after {how}: {:?}\n{}",
-            output.status,
-            output.stderr
-        );
-        assert_back_to(baseline, how);
-    }
 }
