@@ -16,6 +16,9 @@ use crate::render::{ColorScheme, Format, RenderOptions};
 /// the run ends (after --duration, or on Ctrl-C / SIGTERM) memprof detaches and
 /// reports the memory still outstanding, grouped by call stack and ranked by
 /// bytes. Allocations made before memprof attached are not seen.
+///
+/// With `-- PROGRAM ARGS...` instead of -p, memprof starts the program itself, with the probes in
+/// place before its first allocation, and reports what it still holds when it exits.
 #[derive(Debug, Parser)]
 #[command(
     name = "memprof",
