@@ -49,8 +49,8 @@ const CFLAGS: &[&str] = &[
     "-Wextra",
 ];
 
-/// The C fixtures: binary name, source (`fixtures/<source>.c`), extra flags
-/// (after [`CFLAGS`], so they win).
+/// The C and C++ fixtures: binary name, source (`fixtures/<source>.c`, or
+/// the file named, `.cpp` for C++), extra flags (after [`CFLAGS`], so they win).
 const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("leaky", "leaky", &[]),
     // The same program as a distribution would build it: no frame pointers.
@@ -65,11 +65,25 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("execer", "execer", &[]),
     ("soak", "soak", &[]),
     ("oneshot", "oneshot", &[]),
+    // The same leaks through other allocators, which replace glibc's malloc.
+    ("leaky-jemalloc", "leaky", ALLOC_JEMALLOC),
+    ("leaky-tcmalloc", "leaky", ALLOC_TCMALLOC),
+    // C++: operator new from libstdc++, then from allocators that define it.
+    // (leaky.c itself needs glibc's realloc(p, 0), which mimalloc does not mimic.)
+    ("leaky-cxx", "leaky_cxx.cpp", &[]),
+    ("leaky-cxx-tcmalloc", "leaky_cxx.cpp", ALLOC_TCMALLOC),
+    ("leaky-cxx-mimalloc", "leaky_cxx.cpp", ALLOC_MIMALLOC),
     ("selfcheck", "selfcheck", &[]),
     ("demo", "demo", &[]),
     ("static", "static", &["-static"]),
     ("sampled", "sampled", &[]),
 ];
+
+/// Link flags of the fixtures that use another allocator: kept as a
+/// dependency even where the linker drops unused libraries by default.
+const ALLOC_JEMALLOC: &[&str] = &["-Wl,--no-as-needed", "-ljemalloc"];
+const ALLOC_TCMALLOC: &[&str] = &["-Wl,--no-as-needed", "-ltcmalloc"];
+const ALLOC_MIMALLOC: &[&str] = &["-Wl,--no-as-needed", "-lmimalloc"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -81,7 +95,11 @@ fn main() {
         println!("cargo:warning=cannot create {}: {e}", out_dir.display());
     }
     for (name, source, extra) in C_FIXTURES {
-        let src = Path::new("fixtures").join(format!("{source}.c"));
+        // A bare name is a C file; C++ sources give their extension.
+        let src = match source.contains('.') {
+            true => Path::new("fixtures").join(source),
+            false => Path::new("fixtures").join(format!("{source}.c")),
+        };
         println!("cargo:rerun-if-changed={}", src.display());
         let error_file = out_dir.join(format!("{name}.error"));
         match compile(&src, extra, &out_dir.join(name)) {
@@ -119,7 +137,12 @@ fn main() {
 /// `gcc CFLAGS extra src -o out`. Ok holds gcc's warnings; the error is the
 /// command and gcc's output.
 fn compile(src: &Path, extra: &[&str], out: &Path) -> Result<String, String> {
-    let mut cmd = Command::new("gcc");
+    // g++ for C++ sources: it links libstdc++.
+    let compiler = match src.extension().and_then(|e| e.to_str()) {
+        Some("cpp") => "g++",
+        _ => "gcc",
+    };
+    let mut cmd = Command::new(compiler);
     cmd.args(CFLAGS)
         .args(extra)
         .arg(src)
@@ -129,12 +152,12 @@ fn compile(src: &Path, extra: &[&str], out: &Path) -> Result<String, String> {
     let shown = format!("{cmd:?}");
     let output = cmd
         .output()
-        .map_err(|e| format!("cannot run gcc (is it installed?): {e}\ncommand: {shown}"))?;
+        .map_err(|e| format!("cannot run {compiler} (is it installed?): {e}\ncommand: {shown}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stderr).into_owned())
     } else {
         Err(format!(
-            "gcc failed ({})\ncommand: {shown}\n{}",
+            "{compiler} failed ({})\ncommand: {shown}\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ))

@@ -91,6 +91,10 @@ static AGG: HashMap<i64, StackAgg> =
 #[map]
 static STACKS: HashMap<i64, StackTrace> = HashMap::with_max_entries(defaults::MAX_STACKS, 0);
 
+/// The thread and address of this CPU's last release (see [`release`]).
+#[map]
+static LAST_RELEASE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU room to capture a stack before it is stored.
 #[map]
 static SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
@@ -266,13 +270,30 @@ fn forget(addr: u64) -> bool {
 }
 
 /// Counts a block that the target released.
+///
+/// One release can reach two probes: a sized `operator delete` that jumps to
+/// `free` (mimalloc's), or another wrapper. The second sees a block already
+/// forgotten; it is told apart from a free of an unknown block by this CPU's
+/// last release (same thread, same address), and counted as nested.
 #[inline(always)]
 fn release(addr: u64) {
+    let tid = bpf_get_current_pid_tgid();
+    let last = LAST_RELEASE.get_ptr_mut(0);
     if forget(addr) {
         bump(stat::FREES);
-    } else {
-        bump(stat::FREES_UNKNOWN);
+        if let Some(last) = last {
+            // SAFETY: this CPU's value; programs do not migrate while running.
+            unsafe { *last = [tid, addr] };
+        }
+        return;
     }
+    // SAFETY: as above.
+    let again = last.is_some_and(|last| unsafe { *last } == [tid, addr]);
+    bump(if again {
+        stat::NESTED_CALLS
+    } else {
+        stat::FREES_UNKNOWN
+    });
 }
 
 /// Captures the user stack into this CPU's scratch buffer and returns a hash

@@ -10,8 +10,9 @@ use crate::render::{ColorScheme, Format, RenderOptions};
 /// memprof: find the call stacks that hold a running process's memory.
 ///
 /// memprof attaches uprobes to the allocator functions (malloc, calloc, realloc,
-/// reallocarray, free, posix_memalign, aligned_alloc, memalign, valloc, pvalloc)
-/// of the libc that the target process maps, without restarting or pausing it.
+/// reallocarray, free, posix_memalign, aligned_alloc, memalign, valloc, pvalloc,
+/// C++ new and delete) of the allocator that the target process uses (glibc's,
+/// or jemalloc, tcmalloc, mimalloc...), without restarting or pausing it.
 /// Every allocation made while attached is recorded with its call stack; when
 /// the run ends (after --duration, or on Ctrl-C / SIGTERM) memprof detaches and
 /// reports the memory still outstanding, grouped by call stack and ranked by

@@ -80,7 +80,7 @@ fn run(
         probes.attached,
         target.pid,
         target.comm,
-        target.libc,
+        target.allocator_description(),
         match (args.duration, &launched) {
             (Some(d), _) => format!("recording for {d} s (Ctrl-C to stop early)"),
             (None, Some(_)) => "running the command until it exits".to_string(),
@@ -217,7 +217,7 @@ fn run(
             pid: target.pid,
             comm: target.comm.clone(),
             cmdline: target.cmdline.clone(),
-            allocator: target.libc.clone(),
+            allocator: target.allocator_description(),
             exited_after_secs: match end {
                 End::TargetExited(after) => Some(after),
                 _ => None,

@@ -28,7 +28,7 @@ const BPF_NOEXIST: u32 = 1;
 
 use crate::error::Error;
 use crate::session_link::{self, SessionPrograms};
-use crate::target::{probe_sites, Kind, ProbeSite, Target};
+use crate::target::{Kind, ProbeSite, Target};
 
 /// The BPF object, built by build.rs from the memprof-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memprof"));
@@ -119,7 +119,7 @@ impl Probes {
     pub fn attach(target: &Target, config: ProbeConfig) -> anyhow::Result<Probes> {
         check_permissions()?;
         check_kernel()?;
-        let sites = probe_sites(&target.libc_host_path, !config.at_entry)?;
+        let sites = target.probe_sites(!config.at_entry)?;
         // A tgid that no process has makes every program return at once.
         let recorded_tgid = if config.floor { u32::MAX } else { target.pid };
 
@@ -185,7 +185,7 @@ impl Probes {
                 uprobe(&mut ebpf, program)?
                     .attach(
                         site.file_offset,
-                        &target.libc_host_path,
+                        &site.library.host_path,
                         UProbeScope::OneProcess(pid),
                     )
                     .map_err(|e| attach_error(e, site, target))?;
@@ -327,10 +327,15 @@ fn attach_sessions(
     target: &Target,
     keep: &mut Vec<OwnedFd>,
 ) -> anyhow::Result<usize> {
-    let mut by_program: BTreeMap<&'static str, Vec<&ProbeSite>> = BTreeMap::new();
+    // One link per program and file.
+    let mut by_program: BTreeMap<(&'static str, &std::path::Path), Vec<&ProbeSite>> =
+        BTreeMap::new();
     for site in sites {
         if let Some(program) = session_program(site.kind) {
-            by_program.entry(program).or_default().push(site);
+            by_program
+                .entry((program, site.library.host_path.as_path()))
+                .or_default()
+                .push(site);
         }
     }
     if by_program.is_empty() {
@@ -338,18 +343,18 @@ fn attach_sessions(
     }
     let programs = SessionPrograms::parse(ebpf, BPF_OBJECT)?;
     let mut attached = 0;
-    for (name, sites) in by_program {
+    for ((name, path), sites) in by_program {
         let program = programs.load(name)?;
         let offsets: Vec<u64> = sites.iter().map(|s| s.file_offset).collect();
         log::debug!(
             "uprobe session {name} on {} at {offsets:#x?}",
-            target.libc_host_path.display()
+            path.display()
         );
         let names: Vec<&str> = sites.iter().flat_map(|s| s.names.iter().copied()).collect();
-        let link = session_link::attach(&program, &target.libc_host_path, &offsets, target.pid)
-            .map_err(|e| {
-                session_link::attach_error(e, &format!("{} in {}", names.join("/"), target.libc))
-            })?;
+        let library = sites.first().map(|s| s.library.path.as_str()).unwrap_or("");
+        let link = session_link::attach(&program, path, &offsets, target.pid).map_err(|e| {
+            session_link::attach_error(e, &format!("{} in {library}", names.join("/")))
+        })?;
         keep.push(link);
         keep.push(program);
         attached += sites.len();
@@ -372,7 +377,7 @@ fn attach_error(err: ProgramError, site: &ProbeSite, target: &Target) -> anyhow:
     if einval {
         return Error::ProbeConflict {
             function: site.names.join("/"),
-            library: target.libc.clone(),
+            library: site.library.path.clone(),
         }
         .into();
     }
@@ -382,7 +387,7 @@ fn attach_error(err: ProgramError, site: &ProbeSite, target: &Target) -> anyhow:
     let what = format!(
         "attaching a uprobe to {} in {}",
         site.names.join("/"),
-        target.libc
+        site.library.path
     );
     if gone {
         err.context(format!("{what}: did pid {} exit?", target.pid))

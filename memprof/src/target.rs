@@ -1,7 +1,7 @@
 //! The target process: does it exist, which libc does it map, and where in that
 //! libc are the allocator functions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -57,19 +57,93 @@ impl Kind {
     }
 }
 
+/// Which libraries a function is looked for in, after the target's own
+/// allocator (see [`Target::probe_sites`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// The C allocator API: else in libc.
+    C,
+    /// An extension of one allocator (sized frees and the like): only there.
+    Extension,
+    /// C++ `operator new`: else in libstdc++ (whose `new` calls `malloc`,
+    /// counted once, at `new`, so stacks start at the caller of `new`).
+    CxxNew,
+    /// C++ `operator delete`: only in an allocator that defines it. libstdc++'s
+    /// calls `free`, which is probed.
+    CxxDelete,
+}
+
 /// The allocator functions memprof probes, in the order it attaches them.
-pub const FUNCTIONS: &[(&str, Kind)] = &[
-    ("malloc", Kind::Malloc),
-    ("calloc", Kind::Calloc),
-    ("realloc", Kind::Realloc),
-    ("reallocarray", Kind::ReallocArray),
-    ("posix_memalign", Kind::PosixMemalign),
-    ("aligned_alloc", Kind::Memalign),
-    ("memalign", Kind::Memalign),
-    ("valloc", Kind::Malloc),
-    ("pvalloc", Kind::Malloc),
-    ("free", Kind::Free),
+pub const FUNCTIONS: &[(&str, Kind, Family)] = &[
+    ("malloc", Kind::Malloc, Family::C),
+    ("calloc", Kind::Calloc, Family::C),
+    ("realloc", Kind::Realloc, Family::C),
+    ("reallocarray", Kind::ReallocArray, Family::C),
+    ("posix_memalign", Kind::PosixMemalign, Family::C),
+    ("aligned_alloc", Kind::Memalign, Family::C),
+    ("memalign", Kind::Memalign, Family::C),
+    ("valloc", Kind::Malloc, Family::C),
+    ("pvalloc", Kind::Malloc, Family::C),
+    ("free", Kind::Free, Family::C),
+    // C23 / glibc 2.39 sized frees.
+    ("free_sized", Kind::Free, Family::C),
+    ("free_aligned_sized", Kind::Free, Family::C),
+    // jemalloc's non-standard API: mallocx(size, flags), rallocx(ptr, size,
+    // flags), dallocx(ptr, flags), sdallocx(ptr, size, flags).
+    ("mallocx", Kind::Malloc, Family::Extension),
+    ("rallocx", Kind::Realloc, Family::Extension),
+    ("dallocx", Kind::Free, Family::Extension),
+    ("sdallocx", Kind::Free, Family::Extension),
+    // gperftools' and mimalloc's sized frees.
+    ("tc_free_sized", Kind::Free, Family::Extension),
+    ("mi_free_size", Kind::Free, Family::Extension),
+    // operator new, new[], their nothrow and aligned variants (size first).
+    ("_Znwm", Kind::Malloc, Family::CxxNew),
+    ("_Znam", Kind::Malloc, Family::CxxNew),
+    ("_ZnwmRKSt9nothrow_t", Kind::Malloc, Family::CxxNew),
+    ("_ZnamRKSt9nothrow_t", Kind::Malloc, Family::CxxNew),
+    ("_ZnwmSt11align_val_t", Kind::Malloc, Family::CxxNew),
+    ("_ZnamSt11align_val_t", Kind::Malloc, Family::CxxNew),
+    (
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        Kind::Malloc,
+        Family::CxxNew,
+    ),
+    (
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+        Kind::Malloc,
+        Family::CxxNew,
+    ),
+    // operator delete, delete[], sized, aligned and nothrow (pointer first).
+    ("_ZdlPv", Kind::Free, Family::CxxDelete),
+    ("_ZdaPv", Kind::Free, Family::CxxDelete),
+    ("_ZdlPvm", Kind::Free, Family::CxxDelete),
+    ("_ZdaPvm", Kind::Free, Family::CxxDelete),
+    ("_ZdlPvSt11align_val_t", Kind::Free, Family::CxxDelete),
+    ("_ZdaPvSt11align_val_t", Kind::Free, Family::CxxDelete),
+    ("_ZdlPvmSt11align_val_t", Kind::Free, Family::CxxDelete),
+    ("_ZdaPvmSt11align_val_t", Kind::Free, Family::CxxDelete),
+    ("_ZdlPvRKSt9nothrow_t", Kind::Free, Family::CxxDelete),
+    ("_ZdaPvRKSt9nothrow_t", Kind::Free, Family::CxxDelete),
 ];
+
+/// A shared object (or executable) mapped by the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Library {
+    /// Its path as the target sees it (its mount namespace).
+    pub path: String,
+    /// The same file reached through `/proc/PID/root`, valid from memprof's namespace.
+    pub host_path: PathBuf,
+}
+
+/// The allocator a target uses: glibc's, or one that replaces its `malloc`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocator {
+    /// `glibc`, `jemalloc`, `tcmalloc`, `mimalloc`, or `malloc in <file>`.
+    pub name: String,
+    /// The object that defines the `malloc` the target calls; None for glibc's.
+    pub library: Option<Library>,
+}
 
 /// One probe site: a file offset in the library and every exported name at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +155,8 @@ pub struct ProbeSite {
     pub names: Vec<&'static str>,
     /// How far into the function the probes sit (see [`crate::placement`]).
     pub offset_in_function: u64,
+    /// The file the offset is in.
+    pub library: Arc<Library>,
 }
 
 /// A running process chosen as target.
@@ -93,6 +169,10 @@ pub struct Target {
     pub libc: String,
     /// libc reached through `/proc/PID/root`, valid from memprof's namespace.
     pub libc_host_path: PathBuf,
+    /// The allocator the process calls.
+    pub allocator: Allocator,
+    /// libstdc++, when the process maps it.
+    pub cxx: Option<Library>,
     /// When the process started, in seconds since the Unix epoch.
     pub started_unix_secs: Option<f64>,
     /// A pidfd of the process: it names this process, not whichever one gets
@@ -133,6 +213,21 @@ impl Target {
             comm: comm.clone(),
         })?;
         let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
+        let objects: Vec<Library> = mapped_objects(&maps)
+            .into_iter()
+            .map(|path| Library {
+                host_path: proc_dir.join("root").join(path.trim_start_matches('/')),
+                path,
+            })
+            .collect();
+        let exe = fs::read_link(proc_dir.join("exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let allocator = find_allocator(&objects, &exe, &libc);
+        let cxx = objects
+            .iter()
+            .find(|o| base_name(&o.path).starts_with("libstdc++.so"))
+            .cloned();
         let started = start_ticks(pid);
         let pidfd = pidfd_open(pid);
         // The pid was read first, the pidfd taken after: the same process
@@ -146,9 +241,66 @@ impl Target {
             cmdline,
             libc,
             libc_host_path,
+            allocator,
+            cxx,
             started_unix_secs: started.and_then(started_unix_secs),
             pidfd: pidfd.map(Arc::new),
         })
+    }
+
+    /// The probe sites for this target's allocator, each function looked up
+    /// where the process's calls to it resolve: in the library that replaces
+    /// glibc's malloc if any, then in libc (C functions) or libstdc++
+    /// (operator new). With `placed`, each probe goes on its function's
+    /// cheapest equivalent instruction.
+    pub fn probe_sites(&self, placed: bool) -> anyhow::Result<Vec<ProbeSite>> {
+        let libc = Library {
+            path: self.libc.clone(),
+            host_path: self.libc_host_path.clone(),
+        };
+        let all = [
+            Family::C,
+            Family::Extension,
+            Family::CxxNew,
+            Family::CxxDelete,
+        ];
+        let mut sources: Vec<(Library, &[Family])> = Vec::new();
+        if let Some(own) = &self.allocator.library {
+            sources.push((own.clone(), &all));
+        }
+        sources.push((libc, &[Family::C]));
+        if let Some(cxx) = &self.cxx {
+            sources.push((cxx.clone(), &[Family::CxxNew]));
+        }
+        let mut taken = std::collections::HashSet::new();
+        let mut sites = Vec::new();
+        for (library, families) in sources {
+            let wanted: Vec<(&'static str, Kind)> = FUNCTIONS
+                .iter()
+                .filter(|(name, _, family)| families.contains(family) && !taken.contains(name))
+                .map(|&(name, kind, _)| (name, kind))
+                .collect();
+            let found = sites_in(Arc::new(library), &wanted, placed)?;
+            for site in &found {
+                taken.extend(site.names.iter().copied());
+            }
+            sites.extend(found);
+        }
+        if !sites.iter().any(|s| s.names.contains(&"malloc")) {
+            return Err(Error::NoAllocatorSymbols {
+                library: self.libc.clone(),
+            }
+            .into());
+        }
+        Ok(sites)
+    }
+
+    /// The allocator for reports: libc's path for glibc, else its name and file.
+    pub fn allocator_description(&self) -> String {
+        match &self.allocator.library {
+            Some(own) => format!("{} ({})", self.allocator.name, own.path),
+            None => self.libc.clone(),
+        }
     }
 
     /// The pidfd of the process, when the kernel gave one.
@@ -222,23 +374,48 @@ pub fn find_libc(maps: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Resolves the probe sites of the allocator functions in an ELF file; with
-/// `placed`, each probe goes on its function's cheapest equivalent instruction.
+/// Resolves the probe sites of glibc's allocator functions in one ELF file;
+/// with `placed`, each probe goes on its function's cheapest equivalent instruction.
 pub fn probe_sites(library: &Path, placed: bool) -> anyhow::Result<Vec<ProbeSite>> {
-    let data = fs::read(library).with_context(|| format!("reading {}", library.display()))?;
+    let library = Arc::new(Library {
+        path: library.display().to_string(),
+        host_path: library.to_path_buf(),
+    });
+    let wanted: Vec<(&'static str, Kind)> = FUNCTIONS
+        .iter()
+        .filter(|(_, _, family)| *family == Family::C)
+        .map(|&(name, kind, _)| (name, kind))
+        .collect();
+    let sites = sites_in(library.clone(), &wanted, placed)?;
+    if sites.is_empty() {
+        return Err(Error::NoAllocatorSymbols {
+            library: library.path.clone(),
+        }
+        .into());
+    }
+    Ok(sites)
+}
+
+/// The probe sites of the functions in `wanted` that `library` defines, one
+/// per address.
+fn sites_in(
+    library: Arc<Library>,
+    wanted: &[(&'static str, Kind)],
+    placed: bool,
+) -> anyhow::Result<Vec<ProbeSite>> {
+    let path = &library.host_path;
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = object::File::parse(&*data)
-        .with_context(|| format!("parsing {} as ELF", library.display()))?;
+        .with_context(|| format!("parsing {} as ELF", path.display()))?;
+    let defined: HashMap<&str, u64> = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|s| s.is_definition() && s.address() != 0)
+        .filter_map(|s| Some((s.name().ok()?, s.address())))
+        .collect();
     let mut by_addr: BTreeMap<u64, ProbeSite> = BTreeMap::new();
-    for &(name, kind) in FUNCTIONS {
-        let Some(addr) = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .find(|s| s.is_definition() && s.address() != 0 && s.name() == Ok(name))
-            .map(|s| s.address())
-        else {
-            continue;
-        };
-        let Some(file_offset) = file_offset(&file, addr) else {
+    for &(name, kind) in wanted {
+        let Some(file_offset) = defined.get(name).and_then(|&a| file_offset(&file, a)) else {
             continue;
         };
         by_addr
@@ -249,6 +426,7 @@ pub fn probe_sites(library: &Path, placed: bool) -> anyhow::Result<Vec<ProbeSite
                 kind,
                 names: vec![name],
                 offset_in_function: 0,
+                library: library.clone(),
             });
     }
     for site in by_addr.values_mut().filter(|_| placed) {
@@ -261,13 +439,65 @@ pub fn probe_sites(library: &Path, placed: bool) -> anyhow::Result<Vec<ProbeSite
         site.offset_in_function = delta;
         site.file_offset += delta;
     }
-    if by_addr.is_empty() {
-        return Err(Error::NoAllocatorSymbols {
-            library: library.display().to_string(),
-        }
-        .into());
-    }
     Ok(by_addr.into_values().collect())
+}
+
+/// The file-backed objects with executable mappings, in address order, once each.
+fn mapped_objects(maps: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let perms = fields.nth(1).unwrap_or("");
+        let Some(path) = fields.nth(3) else { continue };
+        if perms.contains('x') && path.starts_with('/') && !seen.iter().any(|p| p == path) {
+            seen.push(path.to_string());
+        }
+    }
+    seen
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The allocator whose `malloc` the target's calls resolve to: the
+/// executable's own, else a library's other than libc (linked or
+/// LD_PRELOADed), else glibc's.
+fn find_allocator(objects: &[Library], exe: &str, libc: &str) -> Allocator {
+    let defines_malloc = |library: &Library| -> bool {
+        let Ok(data) = fs::read(&library.host_path) else {
+            return false;
+        };
+        let Ok(file) = object::File::parse(&*data) else {
+            return false;
+        };
+        // Exported, as symbol interposition needs.
+        file.dynamic_symbols()
+            .any(|s| s.is_definition() && s.address() != 0 && s.name() == Ok("malloc"))
+    };
+    let candidates = objects
+        .iter()
+        .filter(|o| o.path == exe)
+        .chain(objects.iter().filter(|o| o.path != exe))
+        .filter(|o| o.path != libc && !base_name(&o.path).starts_with("ld-linux"));
+    for library in candidates {
+        if defines_malloc(library) {
+            let base = base_name(&library.path);
+            let name = ["jemalloc", "tcmalloc", "mimalloc"]
+                .into_iter()
+                .find(|known| base.contains(known))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("malloc in {base}"));
+            return Allocator {
+                name,
+                library: Some(library.clone()),
+            };
+        }
+    }
+    Allocator {
+        name: "glibc".to_string(),
+        library: None,
+    }
 }
 
 /// Virtual address -> file offset, through the loadable segment that holds it.
@@ -319,6 +549,38 @@ mod tests {
         let mut offsets: Vec<_> = sites.iter().map(|s| s.file_offset).collect();
         offsets.dedup();
         assert_eq!(offsets.len(), sites.len(), "one site per address");
+    }
+
+    #[test]
+    fn lists_each_executable_object_once() {
+        let maps = "\
+55d0c2a00000-55d0c2a01000 r-xp 00001000 fe:01 1234 /usr/bin/leaky
+7f1c29000000-7f1c29001000 r-xp 00001000 fe:01 99 /usr/lib/libjemalloc.so.2
+7f1c29001000-7f1c29002000 r--p 00002000 fe:01 99 /usr/lib/libjemalloc.so.2
+7f1c2a028000-7f1c2a19d000 r-xp 00028000 fe:01 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a19d000-7f1c2a19e000 r-xp 00028000 fe:01 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2b000000-7f1c2b001000 rw-p 00000000 00:00 0
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0 [stack]
+";
+        assert_eq!(
+            mapped_objects(maps),
+            vec![
+                "/usr/bin/leaky",
+                "/usr/lib/libjemalloc.so.2",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6"
+            ]
+        );
+    }
+
+    #[test]
+    fn this_process_uses_glibcs_malloc() {
+        let target = Target::open(std::process::id()).unwrap();
+        assert_eq!(target.allocator.name, "glibc");
+        assert_eq!(target.allocator_description(), target.libc);
+        let sites = target.probe_sites(true).unwrap();
+        assert!(sites
+            .iter()
+            .any(|s| s.names.contains(&"malloc") && s.library.path == target.libc));
     }
 
     #[test]

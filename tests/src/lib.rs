@@ -243,6 +243,17 @@ pub enum Kind {
     /// `tests/fixtures/soak.c SECS`: churns, meets new stacks and leaks one
     /// 1000-byte block in `soak_leak` every 50 ms, for SECS seconds.
     Soak,
+    /// `tests/fixtures/leaky.c` linked with jemalloc or tcmalloc, which
+    /// replace glibc's malloc: the same ground truth [`LEAKY_C`].
+    LeakyJemalloc,
+    LeakyTcmalloc,
+    /// `tests/fixtures/leaky_cxx.cpp`: leaks through operator new (from
+    /// libstdc++), ground truth [`LEAKY_CXX`].
+    LeakyCxx,
+    /// The same, linked with tcmalloc or mimalloc, which define operator new
+    /// and delete themselves.
+    LeakyCxxTcmalloc,
+    LeakyCxxMimalloc,
     /// `tests/fixtures/oneshot.c`: runs to its end by itself (no protocol),
     /// leaving [`ONESHOT`] outstanding at its exit; exits with status 3.
     OneShot,
@@ -277,6 +288,11 @@ impl Kind {
             Kind::Execer => c_fixture("execer"),
             Kind::Soak => c_fixture("soak"),
             Kind::OneShot => c_fixture("oneshot"),
+            Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
+            Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
+            Kind::LeakyCxx => c_fixture("leaky-cxx"),
+            Kind::LeakyCxxTcmalloc => c_fixture("leaky-cxx-tcmalloc"),
+            Kind::LeakyCxxMimalloc => c_fixture("leaky-cxx-mimalloc"),
             Kind::SelfCheck => c_fixture("selfcheck"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
@@ -730,6 +746,16 @@ pub fn profile_fixture_with(
 // ---------------------------------------------------------------------------
 // Ground truth
 
+/// What `leaky_cxx.cpp` leaks.
+pub const LEAKY_CXX: &[Leak] = &[
+    leak("leak_new", 5, 240),
+    leak("leak_new_array", 3, 300),
+    leak("leak_aligned_new", 2, 256),
+];
+
+/// Functions of `leaky_cxx.cpp` that leave nothing outstanding.
+pub const LEAKY_CXX_CLEAN: &[&str] = &["churn_new"];
+
 /// What `oneshot.c` holds at its exit.
 pub const ONESHOT: &[Leak] = &[
     leak("oneshot_malloc", 7, 2100),
@@ -852,6 +878,11 @@ pub fn function_is(frame: &Frame, name: &str) -> bool {
         return false;
     };
     let function = strip_hash(function);
+    // A demangled C++ function carries its parameter list: `leak_new()`.
+    let function = match function.find('(') {
+        Some(at) if at > 0 => &function[..at],
+        _ => function,
+    };
     function == name
         || function
             .strip_suffix(name)

@@ -27,6 +27,13 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "debug info: line numbers for libc frames in stacks",
     ),
     ("util-linux", "setpriv, for tests that drop privileges"),
+    ("g++", "compiles the C++ fixture"),
+    ("libjemalloc-dev", "jemalloc, an allocator fixture links it"),
+    (
+        "libgoogle-perftools-dev",
+        "gperftools' tcmalloc, allocator fixtures link it",
+    ),
+    ("libmimalloc-dev", "mimalloc, an allocator fixture links it"),
 ];
 
 /// Components of the nightly toolchain: rust-src for `-Z build-std=core`, clippy for the eBPF lint step.
