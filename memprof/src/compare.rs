@@ -11,7 +11,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 
-use crate::model::{Frame, Released, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
+use crate::model::{Frame, Host, Released, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION};
 use crate::render::folded::fold;
 use crate::render::svg::{flamegraph, message_svg};
 use crate::render::{human_bytes, RenderOptions};
@@ -74,6 +74,7 @@ pub fn merge(reports: &[Report]) -> Report {
     Report {
         version: SCHEMA_VERSION,
         target: merged_target(reports, start_unix_secs),
+        host: merged_host(reports),
         start_unix_secs,
         duration_secs,
         totals,
@@ -195,6 +196,24 @@ fn distinct<'a>(reports: &'a [Report], f: impl Fn(&'a Report) -> &'a str) -> Vec
         }
     }
     seen
+}
+
+/// The host of the reports when they share one, else the distinct host names
+/// (boot id and kernel only when they agree).
+fn merged_host(reports: &[Report]) -> Host {
+    let agree = |f: fn(&Host) -> &String| {
+        let values = distinct(reports, |r| f(&r.host).as_str());
+        if values.len() == 1 {
+            values[0].to_string()
+        } else {
+            String::new()
+        }
+    };
+    Host {
+        hostname: distinct(reports, |r| &r.host.hostname).join(","),
+        boot_id: agree(|h| &h.boot_id),
+        kernel: agree(|h| &h.kernel),
+    }
 }
 
 fn merged_target(reports: &[Report], start_unix_secs: f64) -> Target {
@@ -490,6 +509,24 @@ mod tests {
             },
             ..Report::default()
         }
+    }
+
+    #[test]
+    fn merge_names_every_host_and_keeps_what_they_share() {
+        let host = |name: &str, boot: &str| Host {
+            hostname: name.to_string(),
+            boot_id: boot.to_string(),
+            kernel: "6.18.0".to_string(),
+        };
+        let mut a = report(1, 100.0, vec![]);
+        let mut b = report(2, 100.0, vec![]);
+        let mut c = report(3, 100.0, vec![]);
+        a.host = host("web-1", "b1");
+        b.host = host("web-2", "b2");
+        c.host = host("web-1", "b1");
+        let m = merge(&[a.clone(), b, c.clone()]);
+        assert_eq!(m.host, host("web-1,web-2", ""));
+        assert_eq!(merge(&[a.clone(), c]).host, a.host);
     }
 
     #[test]

@@ -213,6 +213,7 @@ fn run(
 
     Ok(Report {
         version: SCHEMA_VERSION,
+        host: model::Host::this(),
         target: model::Target {
             pid: target.pid,
             comm: target.comm.clone(),

@@ -16,6 +16,9 @@ pub struct Report {
     pub version: u32,
     /// The profiled process.
     pub target: Target,
+    /// The machine it ran on.
+    #[serde(default, skip_serializing_if = "Host::is_empty")]
+    pub host: Host,
     /// When probing started, in seconds since the Unix epoch.
     pub start_unix_secs: f64,
     /// How long the probes were attached, in seconds.
@@ -131,6 +134,42 @@ impl Released {
     /// True when nothing was left out.
     pub fn is_empty(&self) -> bool {
         *self == Released::default()
+    }
+}
+
+/// The machine a report was taken on: with the pid and the process start
+/// time, it tells reports of many hosts apart (`memprof merge`, profile stores).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// `uname -n`.
+    #[serde(default)]
+    pub hostname: String,
+    /// `/proc/sys/kernel/random/boot_id`: changes at every boot.
+    #[serde(default)]
+    pub boot_id: String,
+    /// `uname -r`.
+    #[serde(default)]
+    pub kernel: String,
+}
+
+impl Host {
+    /// The machine memprof runs on.
+    pub fn this() -> Host {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        Host {
+            hostname: read("/proc/sys/kernel/hostname"),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            kernel: read("/proc/sys/kernel/osrelease"),
+        }
+    }
+
+    /// True when nothing is known.
+    pub fn is_empty(&self) -> bool {
+        *self == Host::default()
     }
 }
 

@@ -42,6 +42,12 @@ fn a_launched_command_is_reported_as_it_was_at_its_exit() {
     assert!(report.target.exited_after_secs.is_some(), "{dump}");
     // Its own exec is not one it made.
     assert_eq!(report.target.execs, 0, "{dump}");
+    // Where and what it ran, for reports gathered from many hosts.
+    let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_string();
+    assert_eq!(report.host.hostname, read("/proc/sys/kernel/hostname"));
+    assert_eq!(report.host.boot_id, read("/proc/sys/kernel/random/boot_id"));
+    assert_eq!(report.host.kernel, read("/proc/sys/kernel/osrelease"));
+    assert!(report.target.started_unix_secs.is_some(), "{dump}");
     let problems = check_leaks(&report, ONESHOT, &["oneshot_churn"], Some(1));
     assert!(problems.is_empty(), "{problems:#?}\n{dump}");
     assert!(report.stats.frees >= 1000, "{dump}");

@@ -325,6 +325,19 @@ fn encode(report: &Report) -> Vec<u8> {
     if !target.allocator.is_empty() {
         comments.push(format!("allocator: {}", target.allocator));
     }
+    let host = &report.host;
+    if !host.is_empty() {
+        comments.push(format!(
+            "host: {} (boot id {}, Linux {})",
+            host.hostname, host.boot_id, host.kernel
+        ));
+    }
+    if let Some(started) = target.started_unix_secs {
+        comments.push(format!(
+            "process: pid {} started at {started:.3} s after the Unix epoch",
+            target.pid
+        ));
+    }
     let released = report.released;
     if target.execs > 0 {
         comments.push(format!(

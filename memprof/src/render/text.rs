@@ -48,6 +48,14 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     if !t.allocator.is_empty() {
         writeln!(out, "allocator:    {}", t.allocator)?;
     }
+    let host = &report.host;
+    if !host.hostname.is_empty() {
+        let kernel = match host.kernel.as_str() {
+            "" => String::new(),
+            k => format!(", Linux {k}"),
+        };
+        writeln!(out, "host:         {}{kernel}", host.hostname)?;
+    }
     if let Some(start) = utc_timestamp(report.start_unix_secs) {
         writeln!(out, "started:      {start}")?;
     }

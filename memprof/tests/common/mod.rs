@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test crate uses part of this
 
 use memprof::model::{
-    Frame, Growth, Released, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION,
+    Frame, Growth, Host, Released, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION,
 };
 
 const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
@@ -126,6 +126,11 @@ pub fn sample_report() -> Report {
     let totals = totals_of(&stacks);
     Report {
         version: SCHEMA_VERSION,
+        host: Host {
+            hostname: "web-7".to_string(),
+            boot_id: "6f1d3c52-93c8-4b4e-9d0e-1f0a3e5b7c21".to_string(),
+            kernel: "6.18.0".to_string(),
+        },
         target: Target {
             pid: 4242,
             comm: "leaky".to_string(),
