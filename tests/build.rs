@@ -68,6 +68,20 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     // The same leaks through other allocators, which replace glibc's malloc.
     ("leaky-jemalloc", "leaky", ALLOC_JEMALLOC),
     ("leaky-tcmalloc", "leaky", ALLOC_TCMALLOC),
+    // jemalloc linked into the executable itself.
+    (
+        "leaky-jemalloc-static",
+        "leaky",
+        &[
+            "-Wl,--no-as-needed",
+            "-Wl,--whole-archive",
+            "-l:libjemalloc.a",
+            "-Wl,--no-whole-archive",
+            "-lm",
+            "-lstdc++",
+            "-ldl",
+        ],
+    ),
     // C++: operator new from libstdc++, then from allocators that define it.
     // (leaky.c itself needs glibc's realloc(p, 0), which mimalloc does not mimic.)
     ("leaky-cxx", "leaky_cxx.cpp", &[]),

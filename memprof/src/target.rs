@@ -464,35 +464,45 @@ fn base_name(path: &str) -> &str {
 /// executable's own, else a library's other than libc (linked or
 /// LD_PRELOADed), else glibc's.
 fn find_allocator(objects: &[Library], exe: &str, libc: &str) -> Allocator {
-    let defines_malloc = |library: &Library| -> bool {
-        let Ok(data) = fs::read(&library.host_path) else {
-            return false;
-        };
-        let Ok(file) = object::File::parse(&*data) else {
-            return false;
-        };
-        // Exported, as symbol interposition needs.
-        file.dynamic_symbols()
-            .any(|s| s.is_definition() && s.address() != 0 && s.name() == Ok("malloc"))
-    };
     let candidates = objects
         .iter()
         .filter(|o| o.path == exe)
         .chain(objects.iter().filter(|o| o.path != exe))
         .filter(|o| o.path != libc && !base_name(&o.path).starts_with("ld-linux"));
     for library in candidates {
-        if defines_malloc(library) {
-            let base = base_name(&library.path);
-            let name = ["jemalloc", "tcmalloc", "mimalloc"]
-                .into_iter()
-                .find(|known| base.contains(known))
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("malloc in {base}"));
-            return Allocator {
-                name,
-                library: Some(library.clone()),
-            };
+        let Ok(data) = fs::read(&library.host_path) else {
+            continue;
+        };
+        let Ok(file) = object::File::parse(&*data) else {
+            continue;
+        };
+        // Exported, as symbol interposition needs.
+        let exports_malloc = file
+            .dynamic_symbols()
+            .any(|s| s.is_definition() && s.address() != 0 && s.name() == Ok("malloc"));
+        if !exports_malloc {
+            continue;
         }
+        // Named by a function only that allocator has (in the symbol table
+        // too: an executable exports only what its libraries use).
+        let defines = |name: &str| {
+            file.dynamic_symbols()
+                .chain(file.symbols())
+                .any(|s| s.is_definition() && s.name() == Ok(name))
+        };
+        let name = [
+            ("mallocx", "jemalloc"),
+            ("tc_malloc", "tcmalloc"),
+            ("mi_malloc", "mimalloc"),
+        ]
+        .into_iter()
+        .find(|(symbol, _)| defines(symbol))
+        .map(|(_, name)| name.to_string())
+        .unwrap_or_else(|| format!("malloc in {}", base_name(&library.path)));
+        return Allocator {
+            name,
+            library: Some(library.clone()),
+        };
     }
     Allocator {
         name: "glibc".to_string(),

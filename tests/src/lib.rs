@@ -247,6 +247,8 @@ pub enum Kind {
     /// replace glibc's malloc: the same ground truth [`LEAKY_C`].
     LeakyJemalloc,
     LeakyTcmalloc,
+    /// `tests/fixtures/leaky.c` with jemalloc linked into the executable.
+    LeakyJemallocStatic,
     /// `tests/fixtures/leaky_cxx.cpp`: leaks through operator new (from
     /// libstdc++), ground truth [`LEAKY_CXX`].
     LeakyCxx,
@@ -290,6 +292,7 @@ impl Kind {
             Kind::OneShot => c_fixture("oneshot"),
             Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
             Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
+            Kind::LeakyJemallocStatic => c_fixture("leaky-jemalloc-static"),
             Kind::LeakyCxx => c_fixture("leaky-cxx"),
             Kind::LeakyCxxTcmalloc => c_fixture("leaky-cxx-tcmalloc"),
             Kind::LeakyCxxMimalloc => c_fixture("leaky-cxx-mimalloc"),

@@ -1,5 +1,6 @@
 //! Allocators beyond glibc's: the same leaky program linked with jemalloc
-//! and tcmalloc (each replaces glibc's malloc), and a C++ program whose
+//! and tcmalloc (each replaces glibc's malloc), and with jemalloc linked
+//! into the executable itself, and a C++ program whose
 //! operator new comes from libstdc++, tcmalloc or mimalloc. memprof must
 //! probe the allocator the process really calls, name it, and report the
 //! exact ground truth with stacks that start at the caller of malloc or
@@ -29,6 +30,11 @@ fn leaky_c_through(kind: Kind, allocator: &str) {
 #[test]
 fn jemalloc() {
     leaky_c_through(Kind::LeakyJemalloc, "jemalloc (");
+}
+
+#[test]
+fn jemalloc_inside_the_executable() {
+    leaky_c_through(Kind::LeakyJemallocStatic, "jemalloc (");
 }
 
 #[test]
