@@ -115,23 +115,11 @@ fn main() {
             false => Path::new("fixtures").join(format!("{source}.c")),
         };
         println!("cargo:rerun-if-changed={}", src.display());
-        let error_file = out_dir.join(format!("{name}.error"));
-        match compile(&src, extra, &out_dir.join(name)) {
-            Ok(warnings) => {
-                let _ = fs::remove_file(&error_file);
-                for line in warnings.lines() {
-                    println!("cargo:warning=fixture {name}: {line}");
-                }
-            }
-            Err(e) => {
-                println!(
-                    "cargo:warning=fixture {name} not built: {}",
-                    e.lines().next().unwrap_or_default()
-                );
-                let _ = fs::write(&error_file, e);
-            }
-        }
+        record(&out_dir, name, compile(&src, extra, &out_dir.join(name)));
     }
+    let go = Path::new("fixtures/gosleeper.go");
+    println!("cargo:rerun-if-changed={}", go.display());
+    record(&out_dir, "go-sleeper", compile_go(go, &out_dir));
 
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     let on = frame_pointers(flags.split('\x1f').filter(|f| !f.is_empty()));
@@ -172,6 +160,51 @@ fn compile(src: &Path, extra: &[&str], out: &Path) -> Result<String, String> {
     } else {
         Err(format!(
             "{compiler} failed ({})\ncommand: {shown}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Leaves the outcome of building fixture `name` where the harness looks:
+/// warnings as cargo warnings, an error in `<name>.error`.
+fn record(out_dir: &Path, name: &str, built: Result<String, String>) {
+    let error_file = out_dir.join(format!("{name}.error"));
+    match built {
+        Ok(warnings) => {
+            let _ = fs::remove_file(&error_file);
+            for line in warnings.lines() {
+                println!("cargo:warning=fixture {name}: {line}");
+            }
+        }
+        Err(e) => {
+            println!(
+                "cargo:warning=fixture {name} not built: {}",
+                e.lines().next().unwrap_or_default()
+            );
+            let _ = fs::write(&error_file, e);
+        }
+    }
+}
+
+/// Builds the Go fixture with the Go toolchain, its caches inside `out_dir`.
+fn compile_go(src: &Path, out_dir: &Path) -> Result<String, String> {
+    let mut cmd = Command::new("go");
+    cmd.args(["build", "-o"])
+        .arg(out_dir.join("go-sleeper"))
+        .arg(src)
+        .env("GOCACHE", out_dir.join("go-cache"))
+        .env("GOPATH", out_dir.join("go-path"))
+        .stdin(Stdio::null());
+    let shown = format!("{cmd:?}");
+    let output = cmd.output().map_err(|e| {
+        format!("cannot run go (is golang-go installed? cargo xtask setup installs it): {e}")
+    })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    } else {
+        Err(format!(
+            "go build failed ({})\ncommand: {shown}\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ))

@@ -15,6 +15,14 @@ pub enum Error {
     NoLibc { pid: u32, comm: String },
 
     #[error(
+        "{what} is a Go program: memprof does not attach to it. The Go runtime allocates its \
+         memory itself, not through malloc, and the return probes memprof would plant crash Go \
+         programs (the runtime moves goroutine stacks). Use Go's own heap profile instead \
+         (runtime/pprof, net/http/pprof: go tool pprof -sample_index=inuse_space)"
+    )]
+    GoProgram { what: String },
+
+    #[error(
         "{command} is statically linked: it maps no libc.so.6 whose allocator memprof could \
          probe; build it dynamically linked to glibc"
     )]

@@ -56,6 +56,12 @@ pub fn spawn(command: &[OsString]) -> anyhow::Result<Launched> {
         bail!("no command after --");
     };
     let path = find_program(Path::new(program))?;
+    if crate::target::is_go_program(&path) {
+        return Err(crate::error::Error::GoProgram {
+            what: path.display().to_string(),
+        }
+        .into());
+    }
     check_dynamic(&path)?;
     let c_path = CString::new(path.as_os_str().as_bytes())
         .with_context(|| format!("{} has a NUL byte", path.display()))?;

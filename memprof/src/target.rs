@@ -208,6 +208,12 @@ impl Target {
             };
             anyhow::anyhow!("reading /proc/{pid}/maps: {e}{hint}")
         })?;
+        if is_go_program(&proc_dir.join("exe")) {
+            return Err(Error::GoProgram {
+                what: format!("pid {pid} ({comm})"),
+            }
+            .into());
+        }
         let libc = find_libc(&maps).ok_or_else(|| Error::NoLibc {
             pid,
             comm: comm.clone(),
@@ -361,6 +367,18 @@ fn started_unix_secs(ticks: u64) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| boot + ticks as f64 / hz as f64)
+}
+
+/// True for an executable built by the Go toolchain (it has a
+/// `.go.buildinfo` section, stripped or not).
+pub fn is_go_program(exe: &Path) -> bool {
+    use object::Object as _;
+    let Ok(data) = fs::read(exe) else {
+        return false;
+    };
+    object::File::parse(&*data)
+        .map(|file| file.section_by_name(".go.buildinfo").is_some())
+        .unwrap_or(false)
 }
 
 /// The path of the glibc mapped in a `/proc/PID/maps` listing.

@@ -256,6 +256,9 @@ pub enum Kind {
     /// and delete themselves.
     LeakyCxxTcmalloc,
     LeakyCxxMimalloc,
+    /// `tests/fixtures/gosleeper.go`, built with the Go toolchain: prints
+    /// `ready <pid>` and waits for EOF on stdin.
+    GoSleeper,
     /// `tests/fixtures/oneshot.c`: runs to its end by itself (no protocol),
     /// leaving [`ONESHOT`] outstanding at its exit; exits with status 3.
     OneShot,
@@ -290,6 +293,7 @@ impl Kind {
             Kind::Execer => c_fixture("execer"),
             Kind::Soak => c_fixture("soak"),
             Kind::OneShot => c_fixture("oneshot"),
+            Kind::GoSleeper => c_fixture("go-sleeper"),
             Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
             Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
             Kind::LeakyJemallocStatic => c_fixture("leaky-jemalloc-static"),

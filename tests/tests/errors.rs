@@ -116,6 +116,29 @@ fn statically_linked_target_has_no_libc() {
 }
 
 #[test]
+fn a_go_program_is_refused_before_attaching() {
+    if !root_or_skip() {
+        return;
+    }
+    let bin = match Kind::GoSleeper.path() {
+        Ok(bin) => bin,
+        Err(e) => {
+            skip(&format!("cannot build the Go fixture: {e}"));
+            return;
+        }
+    };
+    let fixture = Fixture::spawn(Kind::GoSleeper);
+    let pid = fixture.pid().to_string();
+    let output = run_memprof(&[], &["-p", &pid], ERROR_TIMEOUT);
+    assert_fails_with(&output, &["Go program", "does not attach"]);
+    assert!(!output.stderr.contains("attached"), "{}", output.stderr);
+    // Launch mode refuses it before running it.
+    let output = run_memprof(&[], &["--", &bin.display().to_string()], ERROR_TIMEOUT);
+    assert_fails_with(&output, &["Go program"]);
+    assert!(!output.stdout_text().contains("ready"), "it ran");
+}
+
+#[test]
 fn unprivileged_user_is_told_what_is_missing() {
     // As root, drop to nobody without capabilities; otherwise we already are
     // an unprivileged user.

@@ -34,6 +34,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "gperftools' tcmalloc, allocator fixtures link it",
     ),
     ("libmimalloc-dev", "mimalloc, an allocator fixture links it"),
+    ("golang-go", "builds the Go program memprof must refuse"),
 ];
 
 /// Components of the nightly toolchain: rust-src for `-Z build-std=core`, clippy for the eBPF lint step.
