@@ -46,10 +46,10 @@ use core::ffi::c_void;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray},
@@ -298,6 +298,15 @@ fn release(addr: u64) {
 
 /// Captures the user stack into this CPU's scratch buffer and returns a hash
 /// of its frames (never negative), or [`STACK_LOST`].
+///
+/// The stack is walked here, by frame pointer, as the kernel's
+/// `bpf_get_stack(BPF_F_USER_STACK)` does: the instruction pointer (at an
+/// allocator's return, the caller's return address), then the return address
+/// above each saved frame pointer. Doing it here costs a third of the helper,
+/// which takes most of an allocation's BPF time (perf callchain set-up): about
+/// 800 ns of 1,200 per allocation on the churn bench. The walk stops at a null
+/// or unreadable frame, a null return address, or a frame pointer that does not
+/// move up the stack (a loop, or garbage from code without frame pointers).
 #[inline(always)]
 fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
@@ -305,29 +314,42 @@ fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
     };
     // SAFETY: this CPU's scratch value; programs do not migrate while running.
     let buf = unsafe { &mut *buf };
-    // SAFETY: the helper writes at most the size given into the buffer.
-    let written = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            buf.ips.as_mut_ptr().cast::<c_void>(),
-            (MAX_FRAMES * 8) as u32,
-            u64::from(BPF_F_USER_STACK),
-        )
-    };
-    if written <= 0 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: the context of a uprobe program is the task's registers.
+    let (ip, mut fp) = unsafe { ((*regs).rip, (*regs).rbp) };
+    if ip == 0 {
         return STACK_LOST;
     }
-    let len = (written as u64) / 8;
-    buf.len = len;
-    let mut hash: u64 = 0x9e37_79b9_7f4a_7c15 ^ len;
-    for i in 0..MAX_FRAMES {
-        if (i as u64) < len {
-            hash = (hash ^ buf.ips[i]).wrapping_mul(0xff51_afd7_ed55_8ccd);
-            hash ^= hash >> 32;
-        } else {
-            buf.ips[i] = 0;
+    buf.ips[0] = ip;
+    let mut hash: u64 = 0x9e37_79b9_7f4a_7c15;
+    hash = (hash ^ ip).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 32;
+    let mut len: u64 = 1;
+    for i in 1..MAX_FRAMES {
+        if fp == 0 {
+            break;
         }
+        // SAFETY: reading user memory through the helper, which handles faults.
+        let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        let (next, ret) = (frame[0], frame[1]);
+        if ret == 0 {
+            break;
+        }
+        buf.ips[i] = ret;
+        len += 1;
+        hash = (hash ^ ret).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 32;
+        if next <= fp {
+            break;
+        }
+        fp = next;
     }
+    buf.len = len;
+    // The length is part of the identity, as the frames are.
+    hash = (hash ^ len).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 32;
     (hash >> 1) as i64
 }
 
@@ -336,27 +358,32 @@ fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
 /// shows allocations whose stack is missing as `[stack lost]`.
 #[inline(always)]
 fn store_stack(id: i64) {
-    let Some(buf) = SCRATCH.get_ptr(0) else {
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         bump(stat::STACK_LOST);
         return;
     };
     // SAFETY: this CPU's scratch value, filled by capture_stack in this run.
-    let buf = unsafe { &*buf };
+    let buf = unsafe { &mut *buf };
     // SAFETY: the value is only read.
-    match unsafe { STACKS.get(id) } {
-        Some(stored) => {
-            if stored.len != buf.len || stored.ips[0] != buf.ips[0] {
-                bump(stat::STACK_COLLISIONS);
-            }
+    if let Some(stored) = unsafe { STACKS.get(id) } {
+        if stored.len != buf.len || stored.ips[0] != buf.ips[0] {
+            bump(stat::STACK_COLLISIONS);
         }
-        // Passed by reference: a copy of the 1 KiB value would overflow
-        // the 512-byte BPF stack.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        None => match STACKS.insert(id, buf, BPF_NOEXIST as u64) {
-            Ok(()) => {}
-            Err(e) if e == -EEXIST => {}
-            Err(_) => bump(stat::STACK_LOST),
-        },
+        return;
+    }
+    // A new stack: no frames of an older capture past its own.
+    for i in 0..MAX_FRAMES {
+        if i as u64 >= buf.len {
+            buf.ips[i] = 0;
+        }
+    }
+    // Passed by reference: a copy of the 1 KiB value would overflow the
+    // 512-byte BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    match STACKS.insert(id, &*buf, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {}
+        Err(_) => bump(stat::STACK_LOST),
     }
 }
 
