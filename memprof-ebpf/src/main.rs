@@ -532,6 +532,13 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if ptr == 0 {
         return 0;
     }
+    // SAFETY: only tested for presence.
+    if unsafe { LIVE.get(ptr) }.is_none() && SAMPLE_RATE.load() > 1 {
+        // Sampled mode: most blocks were not sampled, and their frees are
+        // expected; this is the cheap common case, without further lookups
+        // or counting.
+        return 0;
+    }
     if inside_allocator(tid) {
         // e.g. realloc(p, 0) freeing p: accounted at realloc's return.
         bump(stat::NESTED_CALLS);

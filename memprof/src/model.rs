@@ -57,8 +57,8 @@ pub struct Report {
 /// [`Report::totals`], [`Report::younger`], [`Report::released`] and the
 /// [`Growth`] series are the recorded figures times N, which are unbiased
 /// (Horvitz-Thompson) estimates of the true figures. [`Report::stats`] are not
-/// scaled: they count what the probes saw (most frees are then `frees_unknown`:
-/// frees of blocks that were not sampled).
+/// scaled: they count what the probes saw; the frees of blocks that were not
+/// sampled are not counted at all (not even as `frees_unknown`).
 ///
 /// # Error
 /// A stack that holds n outstanding blocks of sizes s_1..s_n has k of them
