@@ -151,10 +151,18 @@ fn compile(src: &Path, extra: &[&str], out: &Path) -> Result<String, String> {
         .arg("-o")
         .arg(out)
         .stdin(Stdio::null());
+    build(&mut cmd, compiler)
+}
+
+/// Runs a compiler: its warnings (stderr), or why it failed.
+fn build(cmd: &mut Command, compiler: &str) -> Result<String, String> {
     let shown = format!("{cmd:?}");
-    let output = cmd
-        .output()
-        .map_err(|e| format!("cannot run {compiler} (is it installed?): {e}\ncommand: {shown}"))?;
+    let output = cmd.output().map_err(|e| {
+        format!(
+            "cannot run {compiler} (is it installed? cargo xtask setup installs it): {e}\n\
+             command: {shown}"
+        )
+    })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stderr).into_owned())
     } else {
@@ -196,19 +204,7 @@ fn compile_go(src: &Path, out_dir: &Path) -> Result<String, String> {
         .env("GOCACHE", out_dir.join("go-cache"))
         .env("GOPATH", out_dir.join("go-path"))
         .stdin(Stdio::null());
-    let shown = format!("{cmd:?}");
-    let output = cmd.output().map_err(|e| {
-        format!("cannot run go (is golang-go installed? cargo xtask setup installs it): {e}")
-    })?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
-    } else {
-        Err(format!(
-            "go build failed ({})\ncommand: {shown}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    build(&mut cmd, "go")
 }
 
 /// The value of the last `force-frame-pointers` codegen option, as rustc reads it.
