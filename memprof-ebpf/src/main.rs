@@ -532,8 +532,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if ptr == 0 {
         return 0;
     }
-    // SAFETY: only tested for presence.
-    if unsafe { LIVE.get(ptr) }.is_none() && SAMPLE_RATE.load() > 1 {
+    // SAFETY: only tested for presence. Full tracking skips this lookup:
+    // `release` looks the block up anyway.
+    if SAMPLE_RATE.load() > 1 && unsafe { LIVE.get(ptr) }.is_none() {
         // Sampled mode: most blocks were not sampled, and their frees are
         // expected; this is the cheap common case, without further lookups
         // or counting.

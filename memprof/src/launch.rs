@@ -41,7 +41,8 @@ pub struct Launched {
     pub cmdline: String,
     /// The command's name as the kernel will show it (`comm`).
     pub comm: String,
-    /// Write end of the pipe the child waits on.
+    /// Write end of the pipe the child waits on. Dropped without being
+    /// released (an error while attaching), it gives the child EOF: it exits 127.
     go: Option<File>,
     /// Read end of a close-on-exec pipe: EOF once exec succeeded, else the errno.
     exec_error: Option<File>,
@@ -159,15 +160,6 @@ impl Launched {
                 bail!("cannot run {}: {e}", self.cmdline)
             }
             _ => Ok(()),
-        }
-    }
-}
-
-impl Drop for Launched {
-    fn drop(&mut self) {
-        if self.go.is_some() {
-            // Never released (an error while attaching): the child sees EOF and exits 127.
-            self.go = None;
         }
     }
 }

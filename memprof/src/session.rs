@@ -249,7 +249,8 @@ async fn wait_async(
                 }
             }
             _ = tick.tick() => {
-                if !target.is_alive() {
+                // With a pidfd, its branch above sees the exit at once.
+                if pidfd.is_none() && !target.is_alive() {
                     break End::TargetExited(started.elapsed().as_secs_f64());
                 }
                 if status_line && last_status.elapsed() >= Duration::from_secs(1) {
