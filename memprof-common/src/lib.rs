@@ -4,7 +4,30 @@
 //! padding (asserted at compile time), so both sides agree on the layout.
 #![no_std]
 
-/// A live allocation, keyed by its address in the `LIVE` map.
+/// Key of the `LIVE` map: a block is named by its process and its address
+/// (one run may record many processes, whose address spaces overlap).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LiveKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
+
+/// What happened to a recorded process during the run, in `PROCS` by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvents {
+    /// How many times it called exec.
+    pub execs: u64,
+    /// `bpf_ktime_get_ns()` of its latest exec: older allocations belonged to
+    /// the program it replaced.
+    pub last_exec_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ProcEvents>() == 16);
+
+/// A live allocation, keyed by its process and address in the `LIVE` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocInfo {
@@ -78,25 +101,46 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     /// `Array<u32>` of one entry: nonzero while the probes record.
     pub const CONTROL: &str = "CONTROL";
-    /// `Array<u64>` of what happened to the target process (see [`super::event`]).
-    pub const EVENTS: &str = "EVENTS";
+    /// `LruHashMap<u32, ProcEvents>`: what happened to each recorded process.
+    pub const PROCS: &str = "PROCS";
+    /// `HashMap<u32, u32>`: the processes (tgids) recorded with [`super::filter::SET`].
+    pub const TARGETS: &str = "TARGETS";
+    /// `LruHashMap<u32, u64>`: processes that called exec (tgid -> time), any
+    /// process, while [`super::globals::WATCH_EXECS`] is set: user space checks
+    /// their new command name (`--comm`).
+    pub const EXECS: &str = "EXECS";
 }
 
-/// Indices in the `EVENTS` array.
-pub mod event {
-    /// How many times the target called exec during the run.
-    pub const EXECS: u32 = 0;
-    /// `bpf_ktime_get_ns()` of its latest exec: older allocations belonged to
-    /// the program it replaced.
-    pub const LAST_EXEC_NS: u32 = 1;
-    /// Number of entries.
-    pub const COUNT: u32 = 2;
+/// Values of [`globals::FILTER`]: which processes the probes record.
+pub mod filter {
+    /// The one process [`super::globals::TARGET_TGID`].
+    pub const ONE: u32 = 0;
+    /// The processes in the `TARGETS` map.
+    pub const SET: u32 = 1;
+    /// Every process but memprof itself ([`super::globals::SELF_TGID`]).
+    pub const ALL: u32 = 2;
 }
 
 /// Names of the load-time globals.
 pub mod globals {
-    /// `u32`: the process (tgid) whose calls are recorded.
+    /// `u32`: which processes are recorded, one of [`super::filter`].
+    pub const FILTER: &str = "FILTER";
+    /// `u32`: with [`super::filter::ONE`], the process (tgid) whose calls are recorded.
     pub const TARGET_TGID: &str = "TARGET_TGID";
+    /// `u32`: memprof's own tgid, never recorded.
+    pub const SELF_TGID: &str = "SELF_TGID";
+    /// `u64`: when nonzero, only tasks in this cgroup (v2 id) or below it are
+    /// recorded; [`CGROUP_LEVEL`] is its depth under the root.
+    pub const CGROUP_ID: &str = "CGROUP_ID";
+    /// `u32`: depth of [`CGROUP_ID`] (the root is 0).
+    pub const CGROUP_LEVEL: &str = "CGROUP_LEVEL";
+    /// `u32`: nonzero to add the children that recorded processes fork to `TARGETS`.
+    pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
+    /// `u32`: nonzero to note every exec in `EXECS`.
+    pub const WATCH_EXECS: &str = "WATCH_EXECS";
+    /// `u32`: offset of `child_pid` in the `sched_process_fork` tracepoint's
+    /// record (from its format file: it moved between kernel versions).
+    pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
     /// `u32`: with sampling, each allocation call is recorded with probability
     /// 1/SAMPLE_RATE (only read by the sampled-mode programs; 0 and 1 record all).
     pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
@@ -119,6 +163,8 @@ pub mod defaults {
     pub const MAX_LIVE: u32 = 1 << 20;
     pub const MAX_STACKS: u32 = 1 << 14;
     pub const MAX_THREADS: u32 = 1 << 14;
+    /// Processes (and, briefly, threads) in `TARGETS`, and processes in `PROCS`.
+    pub const MAX_PROCESSES: u32 = 1 << 16;
 }
 
 /// Indices of the counters in the per-CPU `STATS` array.
@@ -136,12 +182,17 @@ pub mod stat {
     pub const PENDING_MAP_FULL: u32 = 10;
     pub const PENDING_STALE: u32 = 11;
     pub const STACK_COLLISIONS: u32 = 12;
+    pub const FORKS_NOT_FOLLOWED: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::LiveKey {}
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::ProcEvents {}
     // SAFETY: repr(C), integers only, no padding (asserted above).
     unsafe impl aya::Pod for super::AllocInfo {}
     // SAFETY: repr(C), integers only, no padding (asserted above).

@@ -48,23 +48,54 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_user,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_func_ip,
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
     EbpfContext, Global,
 };
 use memprof_common::{
-    defaults, event, stat, AllocInfo, PendingCall, StackAgg, StackTrace, MAX_FRAMES, STACK_LOST,
+    defaults, filter, stat, AllocInfo, LiveKey, PendingCall, ProcEvents, StackAgg, StackTrace,
+    MAX_FRAMES, STACK_LOST,
 };
 
 const EEXIST: i32 = 17;
 
-/// The process (tgid) whose calls are recorded; set by the loader.
+/// Which processes are recorded: one of [`filter`]; set by the loader, as
+/// are the other globals. They are read-only for the programs, so the
+/// verifier knows their values and drops the branches of the other modes.
+#[unsafe(no_mangle)]
+static FILTER: Global<u32> = Global::new(filter::ONE);
+
+/// With [`filter::ONE`]: the process (tgid) whose calls are recorded.
 #[unsafe(no_mangle)]
 static TARGET_TGID: Global<u32> = Global::new(0);
+
+/// memprof itself, never recorded.
+#[unsafe(no_mangle)]
+static SELF_TGID: Global<u32> = Global::new(0);
+
+/// When nonzero: only tasks in this cgroup (v2 id), or below it, are recorded.
+#[unsafe(no_mangle)]
+static CGROUP_ID: Global<u64> = Global::new(0);
+
+/// The depth of [`CGROUP_ID`] under the root cgroup.
+#[unsafe(no_mangle)]
+static CGROUP_LEVEL: Global<u32> = Global::new(0);
+
+/// Nonzero: children forked by recorded processes are recorded too.
+#[unsafe(no_mangle)]
+static FOLLOW_FORKS: Global<u32> = Global::new(0);
+
+/// Nonzero: every exec is noted in `EXECS`, for user space to check (`--comm`).
+#[unsafe(no_mangle)]
+static WATCH_EXECS: Global<u32> = Global::new(0);
+
+/// Offset of `child_pid` in the `sched_process_fork` record.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(20);
 
 /// Sampled mode: each allocation call is recorded with probability 1/SAMPLE_RATE.
 #[unsafe(no_mangle)]
@@ -76,7 +107,22 @@ const SKIP_RETURN: u32 = 1;
 const RUN_RETURN: u32 = 0;
 
 #[map]
-static LIVE: HashMap<u64, AllocInfo> = HashMap::with_max_entries(defaults::MAX_LIVE, 0);
+static LIVE: HashMap<LiveKey, AllocInfo> = HashMap::with_max_entries(defaults::MAX_LIVE, 0);
+
+/// With [`filter::SET`]: the recorded processes (user space puts them in,
+/// [`process_fork`] adds their children, [`thread_exit`] takes them out).
+/// Thread ids pass through briefly when a recorded process starts threads.
+#[map]
+static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(defaults::MAX_PROCESSES, 0);
+
+/// What happened to each recorded process (exec), by tgid.
+#[map]
+static PROCS: LruHashMap<u32, ProcEvents> =
+    LruHashMap::with_max_entries(defaults::MAX_PROCESSES, 0);
+
+/// With [`WATCH_EXECS`]: processes that called exec, and when.
+#[map]
+static EXECS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(defaults::MAX_PROCESSES, 0);
 
 /// Not preallocated: user space deletes entries while programs run, and a
 /// preallocated map would hand a deleted element to the next insert at once.
@@ -112,10 +158,6 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 
-/// What happened to the target process; indices in [`event`].
-#[map]
-static EVENTS: Array<u64> = Array::with_max_entries(event::COUNT, 0);
-
 #[inline(always)]
 fn add(counter: *mut u64, n: u64) {
     // SAFETY: `counter` points into a map value that lives as long as the map;
@@ -135,12 +177,30 @@ fn bump(index: u32) {
     bump_by(index, 1);
 }
 
-/// The thread id of the caller when it belongs to the target process and
-/// memprof is recording.
+/// True when the process `tgid` is one of those recorded (see [`FILTER`]).
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    let chosen = match FILTER.load() {
+        filter::ONE => tgid == TARGET_TGID.load(),
+        // SAFETY: only tested for presence.
+        filter::SET => unsafe { TARGETS.get(tgid) }.is_some(),
+        _ => tgid != SELF_TGID.load(),
+    };
+    if !chosen {
+        return false;
+    }
+    let cgroup = CGROUP_ID.load();
+    // SAFETY: the helper only reads the current task.
+    cgroup == 0
+        || unsafe { bpf_get_current_ancestor_cgroup_id(CGROUP_LEVEL.load() as i32) } == cgroup
+}
+
+/// The pid and tgid (`bpf_get_current_pid_tgid`) of the caller when it
+/// belongs to a recorded process and memprof is recording.
 #[inline(always)]
 fn target_thread() -> Option<u64> {
     let id = bpf_get_current_pid_tgid();
-    if (id >> 32) as u32 != TARGET_TGID.load() {
+    if !is_target((id >> 32) as u32) {
         return None;
     }
     match CONTROL.get(0) {
@@ -251,12 +311,12 @@ fn agg_add(stack_id: i64, size: u64, now: u64) -> bool {
 
 /// Forgets a live block; returns false when it was not tracked.
 #[inline(always)]
-fn forget(addr: u64) -> bool {
+fn forget(key: &LiveKey) -> bool {
     // SAFETY: the value is copied out at once.
-    let Some(info) = (unsafe { LIVE.get(addr) }).copied() else {
+    let Some(info) = (unsafe { LIVE.get(key) }).copied() else {
         return false;
     };
-    if LIVE.remove(addr).is_err() {
+    if LIVE.remove(key).is_err() {
         return false;
     }
     if let Some(agg) = AGG.get_ptr_mut(info.stack_id) {
@@ -279,7 +339,7 @@ fn forget(addr: u64) -> bool {
 fn release(addr: u64) {
     let tid = bpf_get_current_pid_tgid();
     let last = LAST_RELEASE.get_ptr_mut(0);
-    if forget(addr) {
+    if forget(&live_key(tid, addr)) {
         bump(stat::FREES);
         if let Some(last) = last {
             // SAFETY: this CPU's value; programs do not migrate while running.
@@ -296,8 +356,20 @@ fn release(addr: u64) {
     });
 }
 
+/// The `LIVE` key of `addr` in the process of the thread `pid_tgid`.
+#[inline(always)]
+fn live_key(pid_tgid: u64, addr: u64) -> LiveKey {
+    LiveKey {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        addr,
+    }
+}
+
 /// Captures the user stack into this CPU's scratch buffer and returns a hash
-/// of its frames (never negative), or [`STACK_LOST`].
+/// of its frames and of the process `tgid` (never negative), or
+/// [`STACK_LOST`]. The same addresses mean different code in two processes,
+/// so their stacks never share an id.
 ///
 /// The stack is walked here, by frame pointer, as the kernel's
 /// `bpf_get_stack(BPF_F_USER_STACK)` does: the instruction pointer (at an
@@ -308,7 +380,7 @@ fn release(addr: u64) {
 /// or unreadable frame, a null return address, or a frame pointer that does not
 /// move up the stack (a loop, or garbage from code without frame pointers).
 #[inline(always)]
-fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
+fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32) -> i64 {
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return STACK_LOST;
     };
@@ -321,7 +393,7 @@ fn capture_stack<C: EbpfContext>(ctx: &C) -> i64 {
         return STACK_LOST;
     }
     buf.ips[0] = ip;
-    let mut hash: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut hash: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(tgid);
     hash = (hash ^ ip).wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 32;
     let mut len: u64 = 1;
@@ -390,19 +462,20 @@ fn store_stack(id: i64) {
 /// Records a block returned to the target.
 #[inline(always)]
 fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
-    let stack_id = capture_stack(ctx);
+    let key = live_key(bpf_get_current_pid_tgid(), addr);
+    let stack_id = capture_stack(ctx, key.tgid);
     let now = unsafe { bpf_ktime_get_ns() };
     let info = AllocInfo {
         size,
         timestamp_ns: now,
         stack_id,
     };
-    let mut inserted = LIVE.insert(addr, info, BPF_NOEXIST as u64);
+    let mut inserted = LIVE.insert(&key, &info, BPF_NOEXIST as u64);
     if let Err(e) = inserted {
         if e == -EEXIST {
             // Its free was never seen: drop the stale record, then take the new one.
-            forget(addr);
-            inserted = LIVE.insert(addr, info, BPF_NOEXIST as u64);
+            forget(&key);
+            inserted = LIVE.insert(&key, &info, BPF_NOEXIST as u64);
         }
     }
     if inserted.is_err() {
@@ -411,7 +484,7 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
         return;
     }
     if !agg_add(stack_id, size, now) {
-        let _ = LIVE.remove(addr);
+        let _ = LIVE.remove(&key);
         bump(stat::STACK_MAP_FULL);
         return;
     }
@@ -534,7 +607,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: only tested for presence. Full tracking skips this lookup:
     // `release` looks the block up anyway.
-    if SAMPLE_RATE.load() > 1 && unsafe { LIVE.get(ptr) }.is_none() {
+    if SAMPLE_RATE.load() > 1 && unsafe { LIVE.get(live_key(tid, ptr)) }.is_none() {
         // Sampled mode: most blocks were not sampled, and their frees are
         // expected; this is the cheap common case, without further lookups
         // or counting.
@@ -782,10 +855,16 @@ pub fn memalign_sampled(ctx: *mut c_void) -> u32 {
 }
 
 /// A thread exits: drop its pending call, if it died inside the allocator.
+/// With [`filter::SET`], its id leaves `TARGETS`: a thread id a fork put
+/// there, or the process itself when its main thread exits, so that a later
+/// process given the same pid is not recorded.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn thread_exit(_ctx: RawTracePointContext) -> u32 {
     if let Some(tid) = target_thread() {
         let _ = PENDING.remove(tid);
+    }
+    if FILTER.load() == filter::SET {
+        let _ = TARGETS.remove(bpf_get_current_pid_tgid() as u32);
     }
     0
 }
@@ -793,15 +872,51 @@ pub fn thread_exit(_ctx: RawTracePointContext) -> u32 {
 /// A process calls exec: the allocations of the program it replaces are gone.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if WATCH_EXECS.load() != 0 {
+        let _ = EXECS.insert(tgid, now, BPF_ANY as u64);
+    }
     if target_thread().is_none() {
         return 0;
     }
-    if let Some(n) = EVENTS.get_ptr_mut(event::EXECS) {
-        add(n, 1);
+    if let Some(events) = PROCS.get_ptr_mut(tgid) {
+        // SAFETY: points into the map value; only this process's exec writes it.
+        unsafe {
+            (*events).execs += 1;
+            (*events).last_exec_ns = now;
+        }
+    } else {
+        let first = ProcEvents {
+            execs: 1,
+            last_exec_ns: now,
+        };
+        let _ = PROCS.insert(tgid, first, BPF_ANY as u64);
     }
-    if let Some(at) = EVENTS.get_ptr_mut(event::LAST_EXEC_NS) {
-        // SAFETY: points into the map value; only exec of the target writes it.
-        unsafe { *at = bpf_ktime_get_ns() };
+    0
+}
+
+/// A task forks or starts a thread: with [`FOLLOW_FORKS`], the child of a
+/// recorded process is recorded too (a thread's id is put in `TARGETS` as
+/// well, harmlessly: ids are looked up by tgid, and it leaves at its exit).
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    if FOLLOW_FORKS.load() == 0 || FILTER.load() != filter::SET {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: only tested for presence.
+    if unsafe { TARGETS.get(parent) }.is_none() {
+        return 0;
+    }
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(FORK_CHILD_PID_OFFSET.load() as usize) }) else {
+        bump(stat::FORKS_NOT_FOLLOWED);
+        return 0;
+    };
+    if TARGETS.insert(child as u32, 1, BPF_ANY as u64).is_err() {
+        bump(stat::FORKS_NOT_FOLLOWED);
     }
     0
 }

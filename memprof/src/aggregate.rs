@@ -20,7 +20,7 @@ pub struct StackTotals {
 
 /// Groups live allocations by stack id, largest `bytes` first (ties: larger
 /// count, then stack id, so the order is deterministic).
-pub fn by_stack(live: &[(u64, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
+pub fn by_stack<K>(live: &[(K, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
     let mut ages: HashMap<i64, (u64, u128, Vec<u64>)> = HashMap::new();
     for (_, info) in live {
         let entry = ages.entry(info.stack_id).or_default();
@@ -113,11 +113,11 @@ pub fn scale_sampled(
 
 /// Keeps the allocations at least `min_age_ns` old at `now_ns`; returns the
 /// kept ones and the totals of those left out.
-pub fn older_than(
-    live: &[(u64, AllocInfo)],
+pub fn older_than<K: Copy>(
+    live: &[(K, AllocInfo)],
     now_ns: u64,
     min_age_ns: u64,
-) -> (Vec<(u64, AllocInfo)>, Totals) {
+) -> (Vec<(K, AllocInfo)>, Totals) {
     let mut younger = Totals::default();
     let kept = live
         .iter()

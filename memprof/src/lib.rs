@@ -111,7 +111,7 @@ fn run(
     let at_exit = args.at_exit || launched.is_some();
     // Freeze the maps at the end of the run; detaching takes longer.
     probes.set_recording(false)?;
-    let (mut execs, last_exec_ns) = probes.execs()?;
+    let (mut execs, last_exec_ns) = probes.execs(target.pid)?;
     if launched.is_some() {
         // Not the exec that started the command.
         execs = execs.saturating_sub(1);
@@ -242,7 +242,7 @@ fn run(
 }
 
 /// Removes the allocations made before `ns` (`CLOCK_MONOTONIC`) and returns their totals.
-fn take_older(live: &mut Vec<(u64, memprof_common::AllocInfo)>, ns: u64) -> Totals {
+fn take_older<K>(live: &mut Vec<(K, memprof_common::AllocInfo)>, ns: u64) -> Totals {
     let mut taken = Totals::default();
     live.retain(|(_, info)| {
         let older = info.timestamp_ns < ns;

@@ -330,16 +330,23 @@ pub struct Stats {
     /// more, which keeps the stack maps from filling up on long runs.
     #[serde(default)]
     pub stacks_freed: u64,
+    /// `--follow-forks`: children of recorded processes that could not be
+    /// added to the recorded set (it was full): their allocations are missing.
+    #[serde(default)]
+    pub forks_not_followed: u64,
 }
 
 impl Stats {
     /// True when some allocation was not counted in the totals, so they are lower bounds.
     pub fn lost_data(&self) -> bool {
-        self.live_map_full > 0 || self.stack_map_full > 0 || self.pending_map_full > 0
+        self.live_map_full > 0
+            || self.stack_map_full > 0
+            || self.pending_map_full > 0
+            || self.forks_not_followed > 0
     }
 
     /// Every counter with its name, in a fixed order, for renderers.
-    pub fn named(&self) -> [(&'static str, u64); 14] {
+    pub fn named(&self) -> [(&'static str, u64); 15] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -355,6 +362,7 @@ impl Stats {
             ("pending_stale", self.pending_stale),
             ("stack_collisions", self.stack_collisions),
             ("stacks_freed", self.stacks_freed),
+            ("forks_not_followed", self.forks_not_followed),
         ]
     }
 }

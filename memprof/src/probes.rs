@@ -10,19 +10,20 @@
 //! sites; see [`crate::session_link`]), which let an unsampled call skip its
 //! return probe; `free` keeps its plain uprobe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use aya::programs::uprobe::UProbeScope;
-use aya::programs::{ProgramError, RawTracePoint, UProbe};
+use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use memprof_common::{globals, maps, sampled, StackAgg, StackTrace};
+use memprof_common::{filter, globals, maps, sampled, ProcEvents, StackAgg, StackTrace};
 
 const BPF_NOEXIST: u32 = 1;
 
@@ -55,13 +56,50 @@ impl ProbeConfig {
     }
 }
 
+/// Which processes the probes record (see [`memprof_common::filter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// One of [`memprof_common::filter`].
+    pub mode: u32,
+    /// With [`filter::ONE`]: the process.
+    pub tgid: u32,
+    /// Only tasks in this cgroup (v2 id) or below it, at this depth.
+    pub cgroup: Option<(u64, u32)>,
+    /// Children forked by recorded processes are recorded too (with [`filter::SET`]).
+    pub follow_forks: bool,
+    /// Note every exec in the `EXECS` map (`--comm`).
+    pub watch_execs: bool,
+}
+
+impl Filter {
+    /// Only the process `tgid`.
+    pub fn one(tgid: u32) -> Filter {
+        Filter {
+            mode: filter::ONE,
+            tgid,
+            cgroup: None,
+            follow_forks: false,
+            watch_execs: false,
+        }
+    }
+}
+
+/// Which processes a probe fires for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Only this process: others that map the library never trap.
+    Process(u32),
+    /// Every process that maps the library (the programs filter).
+    All,
+}
+
 /// The maps that outlive the probes, read after detaching.
 pub struct Maps {
     pub live: Map,
     pub agg: Map,
     pub stacks: Map,
     pub stats: Map,
-    pub events: Map,
+    pub procs: Map,
 }
 
 /// Loaded and attached programs.
@@ -70,6 +108,9 @@ pub struct Probes {
     /// detaches the probes. Declared before `ebpf` so that they are dropped first.
     session: Vec<OwnedFd>,
     ebpf: Ebpf,
+    config: ProbeConfig,
+    /// What is attached already: (device, inode, file offset, scope).
+    done: HashSet<(u64, u64, u64, Scope)>,
     /// Probe sites attached, for the log.
     pub sites: Vec<ProbeSite>,
     /// Number of uprobes and uretprobes attached (a session counts as both).
@@ -117,14 +158,48 @@ pub fn check_kernel() -> Result<(), Error> {
 impl Probes {
     /// Loads the BPF object for `target` and attaches every allocator probe.
     pub fn attach(target: &Target, config: ProbeConfig) -> anyhow::Result<Probes> {
+        let sites = target.probe_sites(!config.at_entry)?;
+        let mut probes = Probes::load(config, &Filter::one(target.pid))?;
+        probes
+            .attach_sites(&sites, Scope::Process(target.pid))
+            .map_err(|e| match e.downcast::<SiteError>() {
+                Ok(site) => site.explain(Some(target.pid)),
+                Err(e) => e,
+            })?;
+        probes.set_recording(true)?;
+        Ok(probes)
+    }
+
+    /// Loads the BPF object and attaches its tracepoints; no allocator probe
+    /// yet ([`Probes::attach_sites`]), and not recording.
+    pub fn load(config: ProbeConfig, filter: &Filter) -> anyhow::Result<Probes> {
         check_permissions()?;
         check_kernel()?;
-        let sites = target.probe_sites(!config.at_entry)?;
         // A tgid that no process has makes every program return at once.
-        let recorded_tgid = if config.floor { u32::MAX } else { target.pid };
-
+        let (mode, tgid) = if config.floor {
+            (filter::ONE, u32::MAX)
+        } else {
+            (filter.mode, filter.tgid)
+        };
+        let (cgroup_id, cgroup_level) = filter.cgroup.unwrap_or((0, 0));
+        let fork_offset = fork_child_pid_offset();
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::TARGET_TGID, &recorded_tgid, true)
+            .override_global(globals::FILTER, &mode, true)
+            .override_global(globals::TARGET_TGID, &tgid, true)
+            .override_global(globals::SELF_TGID, &std::process::id(), true)
+            .override_global(globals::CGROUP_ID, &cgroup_id, true)
+            .override_global(globals::CGROUP_LEVEL, &cgroup_level, true)
+            .override_global(
+                globals::FOLLOW_FORKS,
+                &u32::from(filter.follow_forks && fork_offset.is_some()),
+                true,
+            )
+            .override_global(globals::WATCH_EXECS, &u32::from(filter.watch_execs), true)
+            .override_global(
+                globals::FORK_CHILD_PID_OFFSET,
+                &fork_offset.unwrap_or(0),
+                true,
+            )
             .override_global(globals::SAMPLE_RATE, &config.sample_rate.max(1), true)
             .map_max_entries(maps::LIVE, config.max_live)
             .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
@@ -167,40 +242,126 @@ impl Probes {
             tp.attach(tracepoint)
                 .with_context(|| format!("attaching to the {tracepoint} raw tracepoint"))?;
         }
-
-        let pid = NonZeroU32::new(target.pid).ok_or(Error::NoSuchProcess(0))?;
-        let mut attached = 0;
-        let mut session = Vec::new();
-        if config.sampled() {
-            attached += attach_sessions(&ebpf, &sites, target, &mut session)?;
+        if filter.follow_forks {
+            if fork_offset.is_none() {
+                anyhow::bail!(
+                    "--follow-forks: the format of the sched/sched_process_fork tracepoint \
+                     has no child_pid field (is tracefs mounted?)"
+                );
+            }
+            let tp: &mut TracePoint = ebpf
+                .program_mut("process_fork")
+                .context("BPF program process_fork missing from the object")?
+                .try_into()?;
+            tp.load().context("loading BPF program process_fork")?;
+            tp.attach("sched", "sched_process_fork")
+                .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
+        Ok(Probes {
+            session: Vec::new(),
+            ebpf,
+            config,
+            done: HashSet::new(),
+            sites: Vec::new(),
+            attached: 0,
+        })
+    }
+
+    /// Attaches the probes of `sites` for `scope`, skipping those attached
+    /// already (the same file, by device and inode, and offset). Returns how
+    /// many probes were attached. A site that fails comes back as a
+    /// [`SiteError`] inside the error.
+    pub fn attach_sites(&mut self, sites: &[ProbeSite], scope: Scope) -> anyhow::Result<usize> {
+        let sites: Vec<ProbeSite> = sites
+            .iter()
+            .filter(|site| match file_id(&site.library.host_path) {
+                Some((dev, ino)) => self.done.insert((dev, ino, site.file_offset, scope)),
+                // Unreadable: let the attach say why.
+                None => true,
+            })
+            .cloned()
+            .collect();
+        let sampled = self.config.sampled();
+        let mut attached = 0;
+        if sampled {
+            let pid = match scope {
+                Scope::Process(pid) => pid,
+                Scope::All => 0,
+            };
+            attached += attach_sessions(&self.ebpf, &sites, pid, &mut self.session)?;
+        }
+        let aya_scope = match scope {
+            Scope::Process(pid) => {
+                UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(0))?)
+            }
+            Scope::All => UProbeScope::AllProcesses,
+        };
         // Return probes first: an entry without its return would leave a
         // pending call behind, a return without its entry is only counted.
         for site in &sites {
-            if config.sampled() && site.kind != Kind::Free {
+            if sampled && site.kind != Kind::Free {
                 continue;
             }
             let (enter, exit) = site.kind.programs();
             for program in exit.into_iter().chain([enter]) {
-                uprobe(&mut ebpf, program)?
-                    .attach(
-                        site.file_offset,
-                        &site.library.host_path,
-                        UProbeScope::OneProcess(pid),
-                    )
-                    .map_err(|e| attach_error(e, site, target))?;
+                uprobe(&mut self.ebpf, program)?
+                    .attach(site.file_offset, &site.library.host_path, aya_scope)
+                    .map_err(|error| SiteError {
+                        error,
+                        site: site.clone(),
+                    })?;
                 attached += 1;
             }
         }
-        log::debug!("attached {attached} probes at {sites:?}");
-        let mut probes = Probes {
-            session,
-            ebpf,
-            sites,
-            attached,
-        };
-        probes.set_recording(true)?;
-        Ok(probes)
+        log::debug!("attached {attached} probes for {scope:?} at {sites:?}");
+        self.attached += attached;
+        self.sites.extend(sites);
+        Ok(attached)
+    }
+
+    /// Adds processes to the recorded set ([`filter::SET`]).
+    pub fn add_targets(&mut self, tgids: &[u32]) -> anyhow::Result<()> {
+        let mut targets = self.targets_map()?;
+        for &tgid in tgids {
+            targets
+                .insert(tgid, 1, 0)
+                .with_context(|| format!("adding pid {tgid} to the recorded processes"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes a process out of the recorded set.
+    pub fn remove_target(&mut self, tgid: u32) -> anyhow::Result<()> {
+        let _ = self.targets_map()?.remove(&tgid);
+        Ok(())
+    }
+
+    /// The recorded set: processes, and threads of theirs started lately.
+    pub fn targets(&mut self) -> anyhow::Result<Vec<u32>> {
+        Ok(self.targets_map()?.keys().filter_map(Result::ok).collect())
+    }
+
+    fn targets_map(&mut self) -> anyhow::Result<BpfHashMap<&mut MapData, u32, u32>> {
+        let map = self
+            .ebpf
+            .map_mut(maps::TARGETS)
+            .context("BPF map TARGETS missing from the object")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    /// The processes that called exec since the last call, noted with
+    /// [`Filter::watch_execs`]; they are taken out of the map.
+    pub fn take_execs(&mut self) -> anyhow::Result<Vec<u32>> {
+        let map = self
+            .ebpf
+            .map_mut(maps::EXECS)
+            .context("BPF map EXECS missing from the object")?;
+        let mut execs = BpfHashMap::<&mut MapData, u32, u64>::try_from(map)?;
+        let tgids: Vec<u32> = execs.keys().filter_map(Result::ok).collect();
+        for tgid in &tgids {
+            let _ = execs.remove(tgid);
+        }
+        Ok(tgids)
     }
 
     /// Turns recording on or off for every probe at once.
@@ -230,7 +391,7 @@ impl Probes {
             agg: take(maps::AGG)?,
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
-            events: take(maps::EVENTS)?,
+            procs: take(maps::PROCS)?,
         };
         drop(std::mem::take(&mut self.session));
         drop(self.ebpf);
@@ -295,14 +456,19 @@ impl Probes {
         Ok(freed)
     }
 
-    /// How many times the target called exec, and when it last did
-    /// (`CLOCK_MONOTONIC` ns).
-    pub fn execs(&self) -> anyhow::Result<(u64, u64)> {
+    /// The execs of the recorded processes, by tgid.
+    pub fn procs(&self) -> anyhow::Result<HashMap<u32, ProcEvents>> {
         let map = self
             .ebpf
-            .map(maps::EVENTS)
-            .context("BPF map EVENTS missing from the object")?;
-        crate::snapshot::read_events(map)
+            .map(maps::PROCS)
+            .context("BPF map PROCS missing from the object")?;
+        crate::snapshot::read_procs(map)
+    }
+
+    /// How many times `tgid` called exec, and when it last did (`CLOCK_MONOTONIC` ns).
+    pub fn execs(&self, tgid: u32) -> anyhow::Result<(u64, u64)> {
+        let events = self.procs()?.remove(&tgid).unwrap_or_default();
+        Ok((events.execs, events.last_exec_ns))
     }
 }
 
@@ -324,7 +490,7 @@ fn session_program(kind: Kind) -> Option<&'static str> {
 fn attach_sessions(
     ebpf: &Ebpf,
     sites: &[ProbeSite],
-    target: &Target,
+    pid: u32,
     keep: &mut Vec<OwnedFd>,
 ) -> anyhow::Result<usize> {
     // One link per program and file.
@@ -352,7 +518,7 @@ fn attach_sessions(
         );
         let names: Vec<&str> = sites.iter().flat_map(|s| s.names.iter().copied()).collect();
         let library = sites.first().map(|s| s.library.path.as_str()).unwrap_or("");
-        let link = session_link::attach(&program, path, &offsets, target.pid).map_err(|e| {
+        let link = session_link::attach(&program, path, &offsets, pid).map_err(|e| {
             session_link::attach_error(e, &format!("{} in {library}", names.join("/")))
         })?;
         keep.push(link);
@@ -369,29 +535,109 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> 
     Ok(program.try_into()?)
 }
 
-fn attach_error(err: ProgramError, site: &ProbeSite, target: &Target) -> anyhow::Error {
-    let einval = match &err {
-        ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::EINVAL),
-        _ => false,
-    };
-    if einval {
-        return Error::ProbeConflict {
-            function: site.names.join("/"),
-            library: site.library.path.clone(),
+/// The device and inode of a file: the same library reached through two
+/// processes' `/proc/PID/root` is probed once.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Offset of `child_pid` in the `sched_process_fork` record, from the
+/// tracepoint's format file (it moved when the comm fields became dynamic).
+fn fork_child_pid_offset() -> Option<u32> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| {
+            fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok()
+        })
+        .and_then(|format| parse_field_offset(&format, "child_pid"))
+}
+
+/// The offset of the field `name` in a tracepoint format file.
+fn parse_field_offset(format: &str, name: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let field = parts.next()?.strip_prefix("field:")?;
+        if field.rsplit(' ').next()? != name {
+            return None;
         }
-        .into();
+        parts.next()?.strip_prefix("offset:")?.parse().ok()
+    })
+}
+
+/// A probe site that could not be attached.
+#[derive(Debug)]
+pub struct SiteError {
+    pub error: ProgramError,
+    pub site: ProbeSite,
+}
+
+impl std::fmt::Display for SiteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "attaching a uprobe to {} in {}: {}",
+            self.site.names.join("/"),
+            self.site.library.path,
+            self.error
+        )
     }
-    let gone = matches!(&err, ProgramError::SyscallError(e)
-        if e.io_error.kind() == io::ErrorKind::NotFound || e.io_error.raw_os_error() == Some(libc::ESRCH));
-    let err = anyhow::Error::new(err);
-    let what = format!(
-        "attaching a uprobe to {} in {}",
-        site.names.join("/"),
-        site.library.path
-    );
-    if gone {
-        err.context(format!("{what}: did pid {} exit?", target.pid))
-    } else {
-        err.context(what)
+}
+
+impl std::error::Error for SiteError {}
+
+impl SiteError {
+    /// The error for the user: a conflict with another tracer, or the target gone.
+    pub fn explain(self, pid: Option<u32>) -> anyhow::Error {
+        let SiteError { error, site } = self;
+        let einval = match &error {
+            ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::EINVAL),
+            _ => false,
+        };
+        if einval {
+            return Error::ProbeConflict {
+                function: site.names.join("/"),
+                library: site.library.path.clone(),
+            }
+            .into();
+        }
+        let gone = matches!(&error, ProgramError::SyscallError(e)
+            if e.io_error.kind() == io::ErrorKind::NotFound || e.io_error.raw_os_error() == Some(libc::ESRCH));
+        let err = anyhow::Error::new(error);
+        let what = format!(
+            "attaching a uprobe to {} in {}",
+            site.names.join("/"),
+            site.library.path
+        );
+        match pid {
+            Some(pid) if gone => err.context(format!("{what}: did pid {pid} exit?")),
+            _ => err.context(what),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_field_offsets_of_tracepoint_formats() {
+        let format = "name: sched_process_fork
+ID: 366
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
+\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;
+";
+        assert_eq!(parse_field_offset(format, "child_pid"), Some(20));
+        assert_eq!(parse_field_offset(format, "parent_pid"), Some(12));
+        assert_eq!(parse_field_offset(format, "pid"), None);
+        assert!(
+            fork_child_pid_offset().is_some(),
+            "this kernel has the tracepoint"
+        );
     }
 }

@@ -220,7 +220,7 @@ async fn wait_async(
                     Ok(n) => stacks_freed += n,
                     Err(e) => log::warn!("freeing unused stacks failed: {e:#}"),
                 }
-                let execs = probes.execs().map(|(n, _)| n).unwrap_or(execs_seen);
+                let execs = probes.execs(target.pid).map(|(n, _)| n).unwrap_or(execs_seen);
                 if execs > execs_seen || (exec_pending && execs > 0) {
                     if execs > execs_seen {
                         let comm = std::fs::read_to_string(format!("/proc/{}/comm", target.pid))

@@ -3,16 +3,16 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use memprof_common::{event, stat, AllocInfo, StackAgg, StackTrace, STACK_LOST};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use memprof_common::{stat, AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, STACK_LOST};
 
 use crate::model::Stats;
 
 /// Everything the maps held at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Live allocations: address -> info.
-    pub live: Vec<(u64, AllocInfo)>,
+    /// Live allocations: (process, address) -> info.
+    pub live: Vec<(LiveKey, AllocInfo)>,
     /// Per-stack aggregates kept in the kernel.
     pub agg: HashMap<i64, StackAgg>,
     /// Instruction pointers of each stack id referenced by `live`, innermost first.
@@ -41,6 +41,7 @@ pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
         pending_map_full: counter(stat::PENDING_MAP_FULL)?,
         pending_stale: counter(stat::PENDING_STALE)?,
         stack_collisions: counter(stat::STACK_COLLISIONS)?,
+        forks_not_followed: counter(stat::FORKS_NOT_FOLLOWED)?,
         stacks_freed: 0,
     })
 }
@@ -56,21 +57,26 @@ pub fn read_agg(map: &Map) -> anyhow::Result<HashMap<i64, StackAgg>> {
     Ok(out)
 }
 
-/// How many times the target called exec, and the time of the latest one
-/// (`CLOCK_MONOTONIC` ns, 0 if none).
-pub fn read_events(map: &Map) -> anyhow::Result<(u64, u64)> {
-    let events = Array::<&MapData, u64>::try_from(map).context("EVENTS map")?;
-    Ok((
-        events.get(&event::EXECS, 0).context("reading EVENTS")?,
-        events
-            .get(&event::LAST_EXEC_NS, 0)
-            .context("reading EVENTS")?,
-    ))
+/// The execs of every recorded process that called exec, by tgid.
+pub fn read_procs(map: &Map) -> anyhow::Result<HashMap<u32, ProcEvents>> {
+    let procs = BpfHashMap::<&MapData, u32, ProcEvents>::try_from(map).context("PROCS map")?;
+    let mut out = HashMap::new();
+    for entry in procs.iter() {
+        match entry {
+            Ok((tgid, events)) => {
+                out.insert(tgid, events);
+            }
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).context("reading PROCS"),
+        }
+    }
+    Ok(out)
 }
 
 /// Reads every map.
 pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Result<Snapshot> {
-    let live_map = BpfHashMap::<&MapData, u64, AllocInfo>::try_from(live).context("LIVE map")?;
+    let live_map =
+        BpfHashMap::<&MapData, LiveKey, AllocInfo>::try_from(live).context("LIVE map")?;
     let mut entries = Vec::new();
     for entry in live_map.iter() {
         match entry {

@@ -505,6 +505,9 @@ fn explain(name: &str) -> Option<&'static str> {
         "pending_stale" => "allocator calls whose return never came (thread exited or longjmp)",
         "stack_collisions" => "allocations counted under another stack with the same hash",
         "stacks_freed" => "stacks freed during the run once nothing outstanding used them",
+        "forks_not_followed" => {
+            "children NOT recorded: the set of recorded processes was full (--follow-forks)"
+        }
         _ => return None,
     })
 }
