@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn empty_input_gives_nothing() {
-        assert!(by_stack(&[], 5).is_empty());
+        assert!(by_stack::<u64>(&[], 5).is_empty());
         assert_eq!(totals(&[]), Totals::default());
     }
 

@@ -160,6 +160,7 @@ pub fn sample_report() -> Report {
             pending_stale: 0,
             stack_collisions: 0,
             stacks_freed: 12,
+            forks_not_followed: 0,
         },
         min_age_secs: None,
         younger: None,
