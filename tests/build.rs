@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,selfcheck,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,clean,selfcheck,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -65,6 +65,8 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("execer", "execer", &[]),
     ("soak", "soak", &[]),
     ("oneshot", "oneshot", &[]),
+    ("forker", "forker", &[]),
+    ("clean", "clean", &[]),
     // The same leaks through other allocators, which replace glibc's malloc.
     ("leaky-jemalloc", "leaky", ALLOC_JEMALLOC),
     ("leaky-tcmalloc", "leaky", ALLOC_TCMALLOC),

@@ -20,6 +20,10 @@ use crate::render::{ColorScheme, Format, RenderOptions};
 ///
 /// With `-- PROGRAM ARGS...` instead of -p, memprof starts the program itself, with the probes in
 /// place before its first allocation, and reports what it still holds when it exits.
+///
+/// Many processes at once: -p repeated, --comm, --cgroup, --follow-forks, or no -p at all
+/// (every process on the machine). The report then ranks the processes by outstanding bytes
+/// and lists each one's stacks.
 #[derive(Debug, Parser)]
 #[command(
     name = "memprof",
@@ -33,6 +37,10 @@ use crate::render::{ColorScheme, Format, RenderOptions};
     sudo memprof -p 4242 -o leak.svg -o leak.json      stop with Ctrl-C; several outputs, format by extension\n  \
     sudo memprof -p 4242 --format json | jq .totals    machine-readable report on stdout\n  \
     sudo memprof -o leak.svg -- ./myprog --its-args    run a program under memprof; report what it holds at exit\n  \
+    sudo memprof --duration 60                         which process on this machine is leaking, and where\n  \
+    sudo memprof --comm '^nginx' --duration 60         every nginx process, including new ones\n  \
+    sudo memprof --cgroup system.slice/app.service -d 60   the processes of a systemd unit or container\n  \
+    sudo memprof -p 4242 --follow-forks -d 60          pid 4242 and the children it forks\n  \
     memprof diff before.json after.json -o diff.svg    what changed between two runs\n  \
     memprof merge host*.json -o fleet.svg              one report from many processes or hosts\n\n\
     Profiling needs root (or CAP_BPF and CAP_PERFMON) and a kernel with uprobes."
@@ -83,9 +91,31 @@ pub enum Command {
 /// What to profile and how.
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
-    /// Process id of the target. It must be running and map a dynamically linked glibc.
+    /// Process id of the target. It must be running; memprof probes the allocator it uses
+    /// (glibc's, or jemalloc, tcmalloc, mimalloc...). Repeat it to record several processes in
+    /// one run. Without -p, --comm, --cgroup or a COMMAND, every process on the machine is
+    /// recorded (system-wide).
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
+
+    /// Record the processes whose command name (/proc/PID/comm, at most 15 characters) matches
+    /// REGEX, those running now and those that start (or exec) during the run; new ones are
+    /// recorded from the moment memprof sees them, within a second, and their children
+    /// (which share the name) from their first allocation.
+    #[arg(long, value_name = "REGEX", conflicts_with = "command")]
+    pub comm: Option<String>,
+
+    /// Record only the processes of this cgroup (v2) and the cgroups below it: a container
+    /// or a systemd unit. Its directory in the cgroup v2 hierarchy, or its path as
+    /// /proc/PID/cgroup shows it (system.slice/nginx.service). The filter runs in the probes.
+    /// With -p or --comm, both must match.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Also record the children the recorded processes fork during the run (and theirs), from
+    /// their first allocation. Without it, children are ignored.
+    #[arg(long, conflicts_with = "command")]
+    pub follow_forks: bool,
 
     /// Launch mode: run COMMAND under memprof from its first allocation, and report what it
     /// still holds when it exits (as with --at-exit) or at --duration (it then runs on).
@@ -207,7 +237,7 @@ mod tests {
             Cli::try_parse_from(["memprof", "-p", "42", "--duration", "60", "-o", "leak.svg"])
                 .unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(cli.profile.pid, Some(42));
+        assert_eq!(cli.profile.pid, vec![42]);
         assert_eq!(cli.profile.duration, Some(60.0));
         assert_eq!(cli.output.output, vec![PathBuf::from("leak.svg")]);
         assert_eq!(cli.output.format, Format::Text);
@@ -242,6 +272,17 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn selects_many_processes() {
+        let cli = Cli::try_parse_from(["memprof", "-p", "1", "-p", "2", "--follow-forks"]).unwrap();
+        assert_eq!(cli.profile.pid, vec![1, 2]);
+        assert!(cli.profile.follow_forks);
+        let cli = Cli::try_parse_from(["memprof", "--comm", "^nginx$", "--cgroup", "a/b"]).unwrap();
+        assert_eq!(cli.profile.comm.as_deref(), Some("^nginx$"));
+        assert_eq!(cli.profile.cgroup, Some(PathBuf::from("a/b")));
+        assert!(Cli::try_parse_from(["memprof", "--comm", "x", "--", "ls"]).is_err());
     }
 
     #[test]

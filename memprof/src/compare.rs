@@ -74,6 +74,10 @@ pub fn merge(reports: &[Report]) -> Report {
     Report {
         version: SCHEMA_VERSION,
         target: merged_target(reports, start_unix_secs),
+        // Stacks are matched by their frames whatever process held them: the
+        // merged report is about one program, not a list of processes.
+        selection: None,
+        processes: Vec::new(),
         host: merged_host(reports),
         start_unix_secs,
         duration_secs,
@@ -482,6 +486,7 @@ mod tests {
             frames: names.iter().map(|n| frame(n, addr)).collect(),
             truncated: false,
             growth: None,
+            pid: None,
         }
     }
 

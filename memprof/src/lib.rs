@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod compare;
 pub mod error;
+pub mod group;
 pub mod launch;
 pub mod model;
 pub mod placement;
@@ -23,11 +24,25 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::ProfileArgs;
-use crate::model::{Released, Report, Stack, Totals, SCHEMA_VERSION};
+use memprof_common::{AllocInfo, LiveKey};
+
+use crate::model::{Released, Report, Sampling, Stack, Totals, SCHEMA_VERSION};
 use crate::probes::{ProbeConfig, Probes};
 use crate::session::{End, Plan, Sample, Session, Waited};
 use crate::symbolize::Symbolizer;
 use crate::target::Target;
+
+/// Profiles what `args` select (one process, a command, or many processes)
+/// and returns what they still hold.
+pub fn profile_selected(args: &ProfileArgs, quiet: bool) -> anyhow::Result<Report> {
+    if let Some(selection) = group::Selection::from_args(args)? {
+        return group::profile(args, &selection, quiet);
+    }
+    match args.pid.first() {
+        Some(&pid) => profile(args, pid, quiet),
+        None => launch(args, quiet),
+    }
+}
 
 /// Profiles the running process `pid` and returns what it still holds.
 pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Report> {
@@ -160,56 +175,27 @@ fn run(
         aggregate::by_stack(&snap.live, end_ns)
     };
 
-    let (mut stacks, mut younger) = match args.min_age {
-        Some(secs) => {
-            let (old, younger) = aggregate::older_than(&snap.live, end_ns, (secs * 1e9) as u64);
-            (aggregate::by_stack(&old, end_ns), Some(younger))
-        }
-        None => (all.clone(), None),
-    };
-    let mut growth = args
-        .interval
-        .map(|_| growth_by_stack(&samples, &all, duration_secs));
-    // With --sample-rate: estimates from what was recorded (no-op otherwise).
-    let sampling = aggregate::scale_sampled(
-        config.sample_rate,
-        &mut stacks,
-        &mut younger,
+    let Outstanding {
+        stacks,
+        totals,
+        younger,
+        sampling,
+    } = outstanding(
+        args,
+        &Recorded {
+            live: &snap.live,
+            all: &all,
+            traces: &snap.traces,
+            samples: &samples,
+        },
+        &Clock {
+            end_ns,
+            duration_secs,
+        },
         &mut released,
-        growth.as_mut(),
+        &symbolizer,
+        None,
     );
-    let totals = aggregate::totals(&stacks);
-    let shown: Vec<_> = stacks
-        .into_iter()
-        .filter(|s| s.bytes >= args.min_size)
-        .collect();
-    let traces: HashMap<i64, Vec<u64>> = shown
-        .iter()
-        .filter_map(|s| {
-            snap.traces
-                .get(&s.stack_id)
-                .map(|t| (s.stack_id, t.clone()))
-        })
-        .collect();
-    let mut frames = symbolizer.symbolize_stacks(&traces);
-    let mut stacks: Vec<Stack> = shown
-        .into_iter()
-        .map(|s| {
-            let frames = frames.remove(&s.stack_id).unwrap_or_default();
-            Stack {
-                truncated: !frames.is_empty() && !symbolize::reaches_start(&frames),
-                frames,
-                bytes: s.bytes,
-                count: s.count,
-                oldest_age_secs: s.oldest_age_ns as f64 / 1e9,
-                median_age_secs: s.median_age_ns as f64 / 1e9,
-                growth: growth.as_ref().and_then(|g| g.get(&s.stack_id).cloned()),
-            }
-        })
-        .collect();
-    if growth.is_some() {
-        rank_growing_first(&mut stacks);
-    }
 
     Ok(Report {
         version: SCHEMA_VERSION,
@@ -238,11 +224,117 @@ fn run(
         interval_secs: args.interval,
         released,
         sampling,
+        selection: None,
+        processes: Vec::new(),
     })
 }
 
+/// What the maps held at the end of a run, for one process.
+pub(crate) struct Recorded<'a> {
+    /// Its live allocations.
+    live: &'a [(LiveKey, AllocInfo)],
+    /// The same, grouped by stack.
+    all: &'a [aggregate::StackTotals],
+    /// Every stack's frames (of this process or not).
+    traces: &'a HashMap<i64, Vec<u64>>,
+    /// The `--interval` snapshots.
+    samples: &'a [Sample],
+}
+
+/// When a run ended.
+pub(crate) struct Clock {
+    /// `CLOCK_MONOTONIC` ns at the end.
+    end_ns: u64,
+    /// Seconds the probes recorded.
+    duration_secs: f64,
+}
+
+/// The outstanding memory of one process, as the report shows it.
+pub(crate) struct Outstanding {
+    /// Symbolized, at least `--min-size` each, ranked.
+    stacks: Vec<Stack>,
+    /// Over every stack, listed or not.
+    totals: Totals,
+    /// With `--min-age`: what was younger.
+    younger: Option<Totals>,
+    /// With `--sample-rate`: how the figures were estimated.
+    sampling: Option<Sampling>,
+}
+
+/// Applies `--min-age`, `--interval`, `--sample-rate` (which scales
+/// `released` too) and `--min-size` to what one process held, and symbolizes
+/// the stacks shown; each carries `pid` when given.
+pub(crate) fn outstanding(
+    args: &ProfileArgs,
+    recorded: &Recorded<'_>,
+    clock: &Clock,
+    released: &mut Released,
+    symbolizer: &Symbolizer,
+    pid: Option<u32>,
+) -> Outstanding {
+    let end_ns = clock.end_ns;
+    let (mut stacks, mut younger) = match args.min_age {
+        Some(secs) => {
+            let (old, younger) = aggregate::older_than(recorded.live, end_ns, (secs * 1e9) as u64);
+            (aggregate::by_stack(&old, end_ns), Some(younger))
+        }
+        None => (recorded.all.to_vec(), None),
+    };
+    let mut growth = args
+        .interval
+        .map(|_| growth_by_stack(recorded.samples, recorded.all, clock.duration_secs));
+    // With --sample-rate: estimates from what was recorded (no-op otherwise).
+    let sampling = aggregate::scale_sampled(
+        args.sample_rate.unwrap_or(0),
+        &mut stacks,
+        &mut younger,
+        released,
+        growth.as_mut(),
+    );
+    let totals = aggregate::totals(&stacks);
+    let shown: Vec<_> = stacks
+        .into_iter()
+        .filter(|s| s.bytes >= args.min_size)
+        .collect();
+    let traces: HashMap<i64, Vec<u64>> = shown
+        .iter()
+        .filter_map(|s| {
+            recorded
+                .traces
+                .get(&s.stack_id)
+                .map(|t| (s.stack_id, t.clone()))
+        })
+        .collect();
+    let mut frames = symbolizer.symbolize_stacks(&traces);
+    let mut stacks: Vec<Stack> = shown
+        .into_iter()
+        .map(|s| {
+            let frames = frames.remove(&s.stack_id).unwrap_or_default();
+            Stack {
+                truncated: !frames.is_empty() && !symbolize::reaches_start(&frames),
+                frames,
+                bytes: s.bytes,
+                count: s.count,
+                oldest_age_secs: s.oldest_age_ns as f64 / 1e9,
+                median_age_secs: s.median_age_ns as f64 / 1e9,
+                growth: growth.as_ref().and_then(|g| g.get(&s.stack_id).cloned()),
+                pid,
+            }
+        })
+        .collect();
+    if growth.is_some() {
+        rank_growing_first(&mut stacks);
+    }
+    Outstanding {
+        stacks,
+        totals,
+        younger,
+        sampling,
+    }
+}
+
 /// Removes the allocations made before `ns` (`CLOCK_MONOTONIC`) and returns their totals.
-fn take_older<K>(live: &mut Vec<(K, memprof_common::AllocInfo)>, ns: u64) -> Totals {
+pub(crate) fn take_older<K>(live: &mut Vec<(K, memprof_common::AllocInfo)>, ns: u64) -> Totals {
     let mut taken = Totals::default();
     live.retain(|(_, info)| {
         let older = info.timestamp_ns < ns;
@@ -293,7 +385,7 @@ fn rank_growing_first(stacks: &mut [Stack]) {
 
 /// The in-kernel per-stack aggregate and the live-allocation map must agree
 /// once the probes are detached; a mismatch is a memprof bug worth reporting.
-fn check_consistency(snap: &snapshot::Snapshot, totals: &model::Totals) {
+pub(crate) fn check_consistency(snap: &snapshot::Snapshot, totals: &model::Totals) {
     let (bytes, count) = snap.agg.values().fold((0u64, 0u64), |(b, c), a| {
         (b.wrapping_add(a.bytes), c.wrapping_add(a.count))
     });

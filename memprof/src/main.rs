@@ -24,18 +24,8 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         None => {
-            let launch = !cli.profile.command.is_empty();
-            if cli.profile.pid.is_none() && !launch {
-                anyhow::bail!(
-                    "which process? give its pid with -p PID, or run a command under memprof \
-                     with -- COMMAND (see memprof --help)"
-                );
-            }
             let outputs = Outputs::open(&cli.output)?;
-            let result = match cli.profile.pid {
-                Some(pid) => memprof::profile(&cli.profile, pid, cli.quiet),
-                None => memprof::launch(&cli.profile, cli.quiet),
-            };
+            let result = memprof::profile_selected(&cli.profile, cli.quiet);
             let report = match result {
                 Ok(report) => report,
                 Err(e) => {

@@ -7,15 +7,32 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the JSON schema written by `--format json`.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 2: [`Report::processes`], [`Report::selection`] and [`Stack::pid`] for
+///   runs over many processes; [`Report::sampling`] (a reader of version 1
+///   would take sampled estimates for exact figures).
+/// - 1: the first version.
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Everything one run of memprof found about one target.
+/// Everything one run of memprof found about one target, or about the
+/// processes of a run over many ([`Report::processes`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Always [`SCHEMA_VERSION`] when written by this build.
     pub version: u32,
-    /// The profiled process.
+    /// The profiled process. In a run over many processes, `pid` is 0, `comm`
+    /// says how many processes held memory and `allocator` lists the
+    /// allocators probed; each process is in [`Report::processes`].
     pub target: Target,
+    /// In a run over many processes: which ones were recorded, as given on
+    /// the command line (`system-wide`, `pids 12, 34`, `comm ~ ^nginx`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
+    /// In a run over many processes: every process that held outstanding
+    /// memory at the end, most bytes first. Its stacks carry its pid
+    /// ([`Stack::pid`]) and come in the same order, largest first within each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<Process>,
     /// The machine it ran on.
     #[serde(default, skip_serializing_if = "Host::is_empty")]
     pub host: Host,
@@ -46,6 +63,21 @@ pub struct Report {
     /// [`Sampling`]). Absent when every allocation was tracked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Sampling>,
+}
+
+impl Report {
+    /// The label of the process of `stack` in a run over many processes
+    /// (`comm (pid)`), for the root frame of flame graphs; None otherwise.
+    pub fn process_label(&self, stack: &Stack) -> Option<String> {
+        let pid = stack.pid?;
+        Some(
+            self.processes
+                .iter()
+                .find(|p| p.pid == pid)
+                .map(Process::label)
+                .unwrap_or_else(|| format!("pid {pid}")),
+        )
+    }
 }
 
 /// How the figures of a sampled run (`--sample-rate N`) were estimated.
@@ -198,6 +230,41 @@ pub struct Target {
     pub exec_after_secs: Option<f64>,
 }
 
+/// One process of a run over many, with what it held at the end.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// Short command name (`/proc/PID/comm`), at the end of the run or when
+    /// memprof last saw the process.
+    pub comm: String,
+    /// Full command line, arguments joined by spaces.
+    #[serde(default)]
+    pub cmdline: String,
+    /// The allocator probed for it (see [`Target::allocator`]); empty when
+    /// unknown (a process that exited before memprof read its mappings).
+    #[serde(default)]
+    pub allocator: String,
+    /// When the process started, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix_secs: Option<f64>,
+    /// True when the process exited during the run (its memory is listed
+    /// only with `--at-exit`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
+    /// How many times the process called exec during the run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub execs: u64,
+    /// Outstanding bytes and allocations of its listed and unlisted stacks.
+    pub totals: Totals,
+}
+
+impl Process {
+    /// `comm (pid)`: how flame graphs and headings name the process.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.comm, self.pid)
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -232,6 +299,9 @@ pub struct Stack {
     /// With `--interval`: how this stack's outstanding bytes evolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub growth: Option<Growth>,
+    /// In a run over many processes: the process (in [`Report::processes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// Outstanding bytes of one stack over the run, from periodic snapshots.

@@ -32,9 +32,14 @@ pub enum End {
     Duration,
     /// SIGINT or SIGTERM.
     Signal(&'static str),
-    /// The target exited, this many seconds into the run.
+    /// The target exited, this many seconds into the run (in a run over
+    /// many processes: the last of them).
     TargetExited(f64),
 }
+
+/// Called every second in a run over many processes: finds new processes
+/// and probes them; returns true when none is left to record.
+pub type Housekeeping<'a> = &'a mut dyn FnMut(&mut Probes) -> anyhow::Result<bool>;
 
 /// Outstanding bytes per stack id at one moment of the run.
 #[derive(Clone, Debug, Default)]
@@ -110,9 +115,33 @@ impl Session {
         } = self;
         let watch = Watch {
             probes,
-            target,
-            symbolizer,
+            target: Some(target),
+            symbolizer: Some(symbolizer),
             child,
+            many: None,
+        };
+        runtime.block_on(wait_async(watch, plan, sigint, sigterm))
+    }
+
+    /// [`Session::wait`] for a run over many processes: `housekeeping`
+    /// follows them.
+    pub fn wait_many(
+        &mut self,
+        probes: &mut Probes,
+        housekeeping: Housekeeping<'_>,
+        plan: Plan,
+    ) -> anyhow::Result<Waited> {
+        let Session {
+            runtime,
+            sigint,
+            sigterm,
+        } = self;
+        let watch = Watch {
+            probes,
+            target: None,
+            symbolizer: None,
+            child: None,
+            many: Some(housekeeping),
         };
         runtime.block_on(wait_async(watch, plan, sigint, sigterm))
     }
@@ -121,11 +150,14 @@ impl Session {
 /// What the wait looks after besides the clock and the signals.
 struct Watch<'a> {
     probes: &'a mut Probes,
-    target: &'a Target,
-    symbolizer: &'a mut Symbolizer,
+    /// The one target process and its symbolizer (not in a run over many).
+    target: Option<&'a Target>,
+    symbolizer: Option<&'a mut Symbolizer>,
     /// A launched command's tracer: it stops the command at its exit so that
     /// its mappings can be read one last time.
     child: Option<&'a mut UnboundedReceiver<ChildEvent>>,
+    /// In a run over many processes: what follows them.
+    many: Option<Housekeeping<'a>>,
 }
 
 /// The next event of a launched command (never, for a process memprof did not start).
@@ -156,8 +188,9 @@ async fn wait_async(
     let Watch {
         probes,
         target,
-        symbolizer,
+        mut symbolizer,
         mut child,
+        mut many,
     } = watch;
     // A launched command's own exec is expected, not news.
     let mut execs_seen = u64::from(child.is_some());
@@ -182,7 +215,7 @@ async fn wait_async(
     let status_line = !quiet && std::io::stderr().is_terminal();
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let pidfd = target
-        .pidfd()
+        .and_then(Target::pidfd)
         .and_then(|fd| fd.try_clone().ok())
         // SAFETY: an OwnedFd is open and names one file until it is dropped,
         // and the AsyncFd owns it.
@@ -204,11 +237,13 @@ async fn wait_async(
             }
             event = child_event(&mut child) => match event {
                 Some(ChildEvent::Exiting(resume)) => {
-                    if exec_pending {
-                        exec_pending = false;
-                        symbolizer.reset();
-                    } else {
-                        symbolizer.refresh();
+                    if let Some(symbolizer) = symbolizer.as_deref_mut() {
+                        if exec_pending {
+                            exec_pending = false;
+                            symbolizer.reset();
+                        } else {
+                            symbolizer.refresh();
+                        }
                     }
                     let _ = resume.send(());
                 }
@@ -220,6 +255,16 @@ async fn wait_async(
                     Ok(n) => stacks_freed += n,
                     Err(e) => log::warn!("freeing unused stacks failed: {e:#}"),
                 }
+                if let Some(housekeeping) = many.as_mut() {
+                    match housekeeping(probes) {
+                        Ok(true) => break End::TargetExited(started.elapsed().as_secs_f64()),
+                        Ok(false) => {}
+                        Err(e) => log::warn!("following the processes failed: {e:#}"),
+                    }
+                }
+                let (Some(target), Some(symbolizer)) = (target, symbolizer.as_deref_mut()) else {
+                    continue;
+                };
                 let execs = probes.execs(target.pid).map(|(n, _)| n).unwrap_or(execs_seen);
                 if execs > execs_seen || (exec_pending && execs > 0) {
                     if execs > execs_seen {
@@ -250,7 +295,7 @@ async fn wait_async(
             }
             _ = tick.tick() => {
                 // With a pidfd, its branch above sees the exit at once.
-                if pidfd.is_none() && !target.is_alive() {
+                if pidfd.is_none() && target.is_some_and(|t| !t.is_alive()) {
                     break End::TargetExited(started.elapsed().as_secs_f64());
                 }
                 if status_line && last_status.elapsed() >= Duration::from_secs(1) {

@@ -348,7 +348,7 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
-fn start_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may hold spaces and parentheses.
     let (_, rest) = stat.rsplit_once(") ")?;
@@ -356,7 +356,7 @@ fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Start time in clock ticks after boot -> seconds since the Unix epoch.
-fn started_unix_secs(ticks: u64) -> Option<f64> {
+pub(crate) fn started_unix_secs(ticks: u64) -> Option<f64> {
     let boot: f64 = fs::read_to_string("/proc/stat")
         .ok()?
         .lines()

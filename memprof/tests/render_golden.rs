@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{empty_report, growth_report, min_age_report, sample_report};
+use common::{empty_report, growth_report, many_report, min_age_report, sample_report};
 use memprof::model::{Report, Totals};
 use memprof::render::{render, ColorScheme, Format, RenderOptions};
 
@@ -150,6 +150,19 @@ fn folded_golden() {
         assert!(!stack.contains('\n'), "{line}");
     }
     check_golden("sample.folded", &folded);
+}
+
+#[test]
+fn many_processes_golden() {
+    let report = many_report();
+    let opts = RenderOptions::default();
+    check_golden("many.txt", &rendered(&report, Format::Text, &opts));
+    let folded = rendered(&report, Format::Folded, &opts);
+    assert!(folded.lines().all(|l| l.starts_with("web (4242);") || l.starts_with("cron job (977);")));
+    check_golden("many.folded", &folded);
+    let json = rendered(&report, Format::Json, &opts);
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, report);
 }
 
 #[test]

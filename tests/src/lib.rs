@@ -262,6 +262,12 @@ pub enum Kind {
     /// `tests/fixtures/oneshot.c`: runs to its end by itself (no protocol),
     /// leaving [`ONESHOT`] outstanding at its exit; exits with status 3.
     OneShot,
+    /// `tests/fixtures/forker.c`: after go, forks two children that leak
+    /// [`FORKER_CHILD`] each, leaks [`FORKER_PARENT`], prints
+    /// `children <pid> <pid>`, then `done`.
+    Forker,
+    /// `tests/fixtures/clean.c`: after go, 20,000 malloc/free pairs, nothing kept.
+    Clean,
     /// `tests/fixtures/selfcheck.c RESULT_FILE`: checks its own allocations
     /// through every probed function and writes a checksum; frees everything.
     SelfCheck,
@@ -293,6 +299,8 @@ impl Kind {
             Kind::Execer => c_fixture("execer"),
             Kind::Soak => c_fixture("soak"),
             Kind::OneShot => c_fixture("oneshot"),
+            Kind::Forker => c_fixture("forker"),
+            Kind::Clean => c_fixture("clean"),
             Kind::GoSleeper => c_fixture("go-sleeper"),
             Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
             Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
@@ -437,8 +445,9 @@ impl Fixture {
         );
     }
 
-    /// Waits for the next stdout line; panics on timeout or exit.
-    fn expect_line(&mut self, what: &str, timeout: Duration) -> String {
+    /// Waits for the next stdout line, described as `what` in the panic on
+    /// timeout or exit.
+    pub fn expect_line(&mut self, what: &str, timeout: Duration) -> String {
         match self.lines.recv_timeout(timeout) {
             Ok(line) => line,
             Err(RecvTimeoutError::Timeout) => panic!(
@@ -648,20 +657,26 @@ impl Memprof {
     /// Waits for the stderr line that contains `attached`. Panics, with
     /// everything memprof printed, if it exits or times out first.
     pub fn wait_attached(&mut self, timeout: Duration) {
+        self.wait_line("attached", timeout);
+    }
+
+    /// Waits for a stderr line that contains `needle`. Panics, with
+    /// everything memprof printed, if it exits or times out first.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains("attached") => return,
+                Ok(line) if line.contains(needle) => return,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => panic!(
-                    "memprof did not attach within {timeout:?}; stderr so far:\n{}",
+                    "memprof printed no line with {needle:?} within {timeout:?}; stderr so far:\n{}",
                     self.stderr_so_far()
                 ),
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = wait_timeout(&mut self.child, Duration::from_secs(10));
                     panic!(
-                        "memprof exited before attaching ({status:?}); stderr:\n{}",
+                        "memprof exited before printing {needle:?} ({status:?}); stderr:\n{}",
                         self.stderr_so_far()
                     )
                 }
@@ -762,6 +777,12 @@ pub const LEAKY_CXX: &[Leak] = &[
 
 /// Functions of `leaky_cxx.cpp` that leave nothing outstanding.
 pub const LEAKY_CXX_CLEAN: &[&str] = &["churn_new"];
+
+/// What `forker.c`'s parent holds after `done`.
+pub const FORKER_PARENT: &[Leak] = &[leak("parent_leak", 2, 1000)];
+
+/// What each child of `forker.c` holds after `done`.
+pub const FORKER_CHILD: &[Leak] = &[leak("child_leak", 3, 3000)];
 
 /// What `oneshot.c` holds at its exit.
 pub const ONESHOT: &[Leak] = &[

@@ -11,7 +11,8 @@
 //!   take for the sample count) has that space replaced by `_`;
 //! - an empty name becomes `[unknown]`.
 //!
-//! A stack the kernel could not walk is the single frame `[stack lost]`.
+//! A stack the kernel could not walk is the single frame `[stack lost]`. In a
+//! run over many processes, every line starts with its process, `comm (pid)`.
 //! Stacks whose names fold to the same line are summed, and lines are sorted
 //! bytewise, so the output is deterministic.
 
@@ -35,7 +36,7 @@ pub(crate) fn render(report: &Report, out: &mut dyn Write) -> anyhow::Result<()>
 pub(crate) fn fold(report: &Report, label: impl Fn(&Frame) -> String) -> BTreeMap<String, u64> {
     let mut lines = BTreeMap::new();
     for stack in &report.stacks {
-        let line = if stack.frames.is_empty() {
+        let mut line = if stack.frames.is_empty() {
             STACK_LOST.to_string()
         } else {
             stack
@@ -46,6 +47,9 @@ pub(crate) fn fold(report: &Report, label: impl Fn(&Frame) -> String) -> BTreeMa
                 .collect::<Vec<_>>()
                 .join(";")
         };
+        if let Some(process) = report.process_label(stack) {
+            line = format!("{};{line}", sanitize_frame_name(&process));
+        }
         let sum: &mut u64 = lines.entry(line).or_default();
         *sum = sum.saturating_add(stack.bytes);
     }

@@ -150,7 +150,11 @@ pub fn human_secs(secs: f64) -> String {
 /// The default title of a report about `report.target`.
 fn default_title(report: &Report) -> String {
     let t = &report.target;
-    if t.comm.is_empty() {
+    if let Some(selection) = &report.selection {
+        let n = report.processes.len();
+        let processes = if n == 1 { "process" } else { "processes" };
+        format!("memprof: outstanding memory of {n} {processes} ({selection})")
+    } else if t.comm.is_empty() {
         format!("memprof: outstanding memory of pid {}", t.pid)
     } else {
         format!("memprof: outstanding memory of pid {} ({})", t.pid, t.comm)

@@ -291,6 +291,15 @@ fn encode(report: &Report) -> Vec<u8> {
     let mut samples: Vec<(Vec<u64>, [i64; 2])> = Vec::with_capacity(report.stacks.len());
     for stack in &report.stacks {
         let mut location_ids = Vec::new();
+        // Leaf first: the process, in a run over many, is the root.
+        let process = report.process_label(stack).map(|label| {
+            let function_id = t.function(&label, None);
+            t.location(Location {
+                mapping_id: 0,
+                address: 0,
+                lines: vec![(function_id, 0)],
+            })
+        });
         if stack.frames.is_empty() {
             let function_id = t.function(STACK_LOST, None);
             location_ids.push(t.location(Location {
@@ -311,6 +320,7 @@ fn encode(report: &Report) -> Vec<u8> {
             // Inlined frames with nothing after them: keep them anyway.
             location_ids.push(t.frames_location(&group));
         }
+        location_ids.extend(process);
         samples.push((
             location_ids,
             [saturating_i64(stack.bytes), saturating_i64(stack.count)],

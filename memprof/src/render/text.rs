@@ -42,7 +42,7 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     let title = opts.title.clone().unwrap_or_else(|| default_title(report));
     writeln!(out, "{title}")?;
     writeln!(out, "{}", "=".repeat(title.chars().count()))?;
-    if !t.cmdline.is_empty() {
+    if !t.cmdline.is_empty() && report.selection.is_none() {
         writeln!(out, "command:      {}", t.cmdline)?;
     }
     if !t.allocator.is_empty() {
@@ -163,9 +163,10 @@ fn min_age_note(min_age: f64, younger: Option<Totals>) -> String {
 }
 
 /// The stacks in the order they are listed: as given when the report has
-/// snapshots (memprof ranks growing stacks first), else largest first.
+/// snapshots (memprof ranks growing stacks first) or many processes (grouped
+/// by process, the largest first), else largest first.
 fn listing_order(report: &Report) -> Vec<&Stack> {
-    if report.interval_secs.is_some() {
+    if report.interval_secs.is_some() || !report.processes.is_empty() {
         report.stacks.iter().collect()
     } else {
         stacks_by_bytes(report)
@@ -312,13 +313,16 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
         writeln!(out)?;
         return Ok(());
     }
+    processes(report, out)?;
     let sorted = listing_order(report);
     let shown = if opts.top == 0 {
         sorted.len()
     } else {
         opts.top.min(sorted.len())
     };
-    let order = if report.interval_secs.is_some() {
+    let order = if !report.processes.is_empty() {
+        " by process, then by outstanding bytes"
+    } else if report.interval_secs.is_some() {
         ", growing ones first, then by outstanding bytes"
     } else {
         " by outstanding bytes"
@@ -337,8 +341,14 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     // larger (an inconsistent report), so they never exceed 100%.
     let listed: u64 = sorted.iter().map(|s| s.bytes).fold(0, u64::saturating_add);
     let sum = listed.max(report.totals.bytes);
+    let mut process = None;
     for (rank, stack) in sorted.iter().take(shown).enumerate() {
         writeln!(out)?;
+        if stack.pid.is_some() && stack.pid != process {
+            process = stack.pid;
+            let label = report.process_label(stack).unwrap_or_default();
+            writeln!(out, "--- {label} ---")?;
+        }
         stack_block(rank + 1, stack, sum, report, out)?;
     }
     let rest = &sorted[shown..];
@@ -370,6 +380,52 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
             count,
             plural(count, "allocation", "allocations"),
         )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// In a run over many processes: those that held memory, most first.
+fn processes(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
+    if report.processes.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} {} by outstanding bytes:",
+        report.processes.len(),
+        plural(report.processes.len() as u64, "process", "processes")
+    )?;
+    let width = report
+        .processes
+        .iter()
+        .map(|p| p.label().chars().count())
+        .max()
+        .unwrap_or(0);
+    for (rank, p) in report.processes.iter().enumerate() {
+        let mut line = format!(
+            "  #{:<3} {:<width$}  {:>10} ({} bytes) in {} {}",
+            rank + 1,
+            p.label(),
+            human_bytes(p.totals.bytes),
+            p.totals.bytes,
+            p.totals.count,
+            plural(p.totals.count, "allocation", "allocations"),
+        );
+        if !p.allocator.is_empty() {
+            line.push_str(&format!("; {}", p.allocator));
+        }
+        if p.exited {
+            line.push_str("; exited");
+        }
+        if p.execs > 0 {
+            line.push_str(&format!(
+                "; called exec {} {}",
+                p.execs,
+                plural(p.execs, "time", "times")
+            ));
+        }
+        writeln!(out, "{line}")?;
     }
     writeln!(out)?;
     Ok(())

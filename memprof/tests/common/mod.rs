@@ -57,6 +57,7 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
         truncated: !frames.is_empty() && !memprof::symbolize::reaches_start(&frames),
         frames,
         growth: None,
+        pid: None,
     }
 }
 
@@ -126,6 +127,8 @@ pub fn sample_report() -> Report {
     let totals = totals_of(&stacks);
     Report {
         version: SCHEMA_VERSION,
+        selection: None,
+        processes: Vec::new(),
         host: Host {
             hostname: "web-7".to_string(),
             boot_id: "6f1d3c52-93c8-4b4e-9d0e-1f0a3e5b7c21".to_string(),
@@ -277,4 +280,56 @@ pub fn empty_report() -> Report {
         },
         ..Report::default()
     }
+}
+
+/// A run over many processes: the sample report's stacks split between two
+/// processes, the larger first, as the pipeline ranks them.
+pub fn many_report() -> Report {
+    let mut report = sample_report();
+    let (web, cron) = (4242, 977);
+    for (i, stack) in report.stacks.iter_mut().enumerate() {
+        stack.pid = Some(if i < 2 { web } else { cron });
+    }
+    let totals = |pid| {
+        report
+            .stacks
+            .iter()
+            .filter(|s| s.pid == Some(pid))
+            .fold(Totals::default(), |t, s| Totals {
+                bytes: t.bytes + s.bytes,
+                count: t.count + s.count,
+            })
+    };
+    report.processes = vec![
+        memprof::model::Process {
+            pid: web,
+            comm: "web".to_string(),
+            cmdline: "/usr/bin/web --port 80".to_string(),
+            allocator: "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+            started_unix_secs: Some(1_714_500_000.5),
+            exited: false,
+            execs: 0,
+            totals: totals(web),
+        },
+        memprof::model::Process {
+            pid: cron,
+            comm: "cron job".to_string(),
+            cmdline: "/usr/bin/cron-job".to_string(),
+            allocator: "jemalloc (/usr/lib/x86_64-linux-gnu/libjemalloc.so.2)".to_string(),
+            started_unix_secs: None,
+            exited: true,
+            execs: 1,
+            totals: totals(cron),
+        },
+    ];
+    report.selection = Some("system-wide".to_string());
+    report.target = Target {
+        pid: 0,
+        comm: "2 processes".to_string(),
+        cmdline: "system-wide".to_string(),
+        allocator: "/usr/lib/x86_64-linux-gnu/libc.so.6, jemalloc (/usr/lib/x86_64-linux-gnu/libjemalloc.so.2)"
+            .to_string(),
+        ..Target::default()
+    };
+    report
 }

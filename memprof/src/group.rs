@@ -1,0 +1,776 @@
+//! Runs over many processes: `-p` repeated, `--comm`, `--cgroup`,
+//! `--follow-forks`, or every process on the machine.
+//!
+//! The probes go on each allocator library once (the same file, by device and
+//! inode, whatever process or mount namespace maps it), and the BPF programs
+//! choose what to record (see [`memprof_common::filter`]):
+//! - `-p` without `--follow-forks`: each process's probes are bound to it, so
+//!   the rest of the machine never traps;
+//! - `--comm`, `--follow-forks`: the probes fire in every process that maps
+//!   the library and the programs look the process up in the `TARGETS` set,
+//!   which user space fills (processes matching `--comm`, found at the start
+//!   and at every exec) and the fork tracepoint extends (children);
+//! - system-wide and `--cgroup` alone: every process but memprof, and with
+//!   `--cgroup` only tasks of that cgroup or below it, checked in the programs.
+//!
+//! Every second, processes that appeared (or called exec) are read, and the
+//! allocator libraries not probed yet are probed. At the end, live blocks are
+//! grouped by process: what a process that exited held is left out (and
+//! counted as released) unless `--at-exit`, as for one process.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use memprof_common::{filter, AllocInfo, LiveKey};
+use regex::Regex;
+
+use crate::cli::ProfileArgs;
+use crate::error::Error;
+use crate::model::{self, Released, Report, Sampling, Totals, SCHEMA_VERSION};
+use crate::probes::{self, Filter, ProbeConfig, Probes, Scope};
+use crate::session::{End, Plan, Session, Waited};
+use crate::symbolize::Symbolizer;
+use crate::target::{self, ProbeSite, Target};
+use crate::{aggregate, snapshot, take_older, Clock, Outstanding, Recorded};
+
+/// Which processes a run over many records.
+#[derive(Debug)]
+pub struct Selection {
+    /// `-p`, each required to exist at the start.
+    pub pids: Vec<u32>,
+    /// `--comm`.
+    pub comm: Option<Regex>,
+    /// `--cgroup`.
+    pub cgroup: Option<Cgroup>,
+    /// `--follow-forks`.
+    pub follow_forks: bool,
+}
+
+impl Selection {
+    /// The selection of `args`, or None when they name one process (or a command).
+    pub fn from_args(args: &ProfileArgs) -> anyhow::Result<Option<Selection>> {
+        if !args.command.is_empty() {
+            return Ok(None);
+        }
+        if args.pid.len() == 1 && args.comm.is_none() && args.cgroup.is_none() && !args.follow_forks
+        {
+            return Ok(None);
+        }
+        let comm = args
+            .comm
+            .as_deref()
+            .map(|re| Regex::new(re).with_context(|| format!("--comm {re:?} is not a regex")))
+            .transpose()?;
+        let cgroup = args.cgroup.as_deref().map(Cgroup::resolve).transpose()?;
+        let mut pids = args.pid.clone();
+        pids.sort_unstable();
+        pids.dedup();
+        if args.follow_forks && pids.is_empty() && comm.is_none() {
+            bail!(
+                "--follow-forks follows the children of the processes given with -p or --comm \
+                 (without them, every process is recorded anyway)"
+            );
+        }
+        Ok(Some(Selection {
+            pids,
+            comm,
+            cgroup,
+            follow_forks: args.follow_forks,
+        }))
+    }
+
+    /// The programs' filter.
+    fn filter(&self) -> Filter {
+        Filter {
+            mode: if self.pids.is_empty() && self.comm.is_none() {
+                filter::ALL
+            } else {
+                filter::SET
+            },
+            tgid: 0,
+            cgroup: self.cgroup.as_ref().map(|c| (c.id, c.level)),
+            // Children share their parent's command name.
+            follow_forks: self.follow_forks || self.comm.is_some(),
+            watch_execs: self.comm.is_some(),
+        }
+    }
+
+    /// True when only the processes given with `-p` are recorded: their
+    /// probes can be bound to them.
+    fn fixed(&self) -> bool {
+        self.comm.is_none() && !self.follow_forks && !self.pids.is_empty()
+    }
+
+    /// How the probes of `pid` fire.
+    fn scope(&self, pid: u32) -> Scope {
+        if self.fixed() {
+            Scope::Process(pid)
+        } else {
+            Scope::All
+        }
+    }
+
+    /// What was selected, for reports: `pids 12, 34 and their children`, ...
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.pids.is_empty() {
+            let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
+            let word = if pids.len() == 1 { "pid" } else { "pids" };
+            parts.push(format!("{word} {}", pids.join(", ")));
+        }
+        if let Some(comm) = &self.comm {
+            parts.push(format!("comm ~ {}", comm.as_str()));
+        }
+        let mut text = match parts.len() {
+            0 => "system-wide".to_string(),
+            _ => parts.join(" and "),
+        };
+        if self.follow_forks {
+            text.push_str(" with their children");
+        }
+        if let Some(cgroup) = &self.cgroup {
+            text.push_str(&format!(", in cgroup {}", cgroup.path));
+        }
+        text
+    }
+
+    /// True when `pid`'s command name matches `--comm`.
+    fn comm_matches(&self, pid: u32) -> bool {
+        self.comm.as_ref().is_some_and(|re| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| re.is_match(comm.trim_end()))
+        })
+    }
+}
+
+/// A cgroup (v2) given with `--cgroup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Its path under the cgroup root, from `/` (as `/proc/PID/cgroup` says it).
+    pub path: String,
+    /// Its id: the inode of its directory.
+    pub id: u64,
+    /// Its depth: 0 for the root.
+    pub level: u32,
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` beside cgroup v1.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+impl Cgroup {
+    /// The cgroup at `given`: its directory in the cgroup v2 hierarchy, or
+    /// its path from the hierarchy's root (as `/proc/PID/cgroup` shows it,
+    /// with or without the leading `/`).
+    pub fn resolve(given: &Path) -> anyhow::Result<Cgroup> {
+        let Some(root) = cgroup2_root() else {
+            bail!("--cgroup: this machine has no cgroup v2 hierarchy mounted");
+        };
+        let full = if given.starts_with(&root) {
+            given.to_path_buf()
+        } else {
+            root.join(given.strip_prefix("/").unwrap_or(given))
+        };
+        let Ok(relative) = full.strip_prefix(&root) else {
+            bail!("--cgroup {}: not under {}", given.display(), root.display());
+        };
+        let meta = fs::metadata(&full)
+            .with_context(|| format!("--cgroup {}: no such cgroup", full.display()))?;
+        if !meta.is_dir() || !full.join("cgroup.procs").exists() {
+            bail!(
+                "--cgroup {}: not a cgroup v2 directory (it has no cgroup.procs)",
+                full.display()
+            );
+        }
+        let level = relative.components().count() as u32;
+        Ok(Cgroup {
+            path: format!("/{}", relative.display()),
+            id: meta.ino(),
+            level,
+        })
+    }
+
+    /// True when `pid` is in this cgroup or below it.
+    fn contains(&self, pid: u32) -> bool {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        text.lines()
+            .filter_map(|line| line.strip_prefix("0::"))
+            .any(|path| self.holds(path))
+    }
+
+    /// True when the cgroup at `path` (from the root) is this one or below it.
+    fn holds(&self, path: &str) -> bool {
+        self.level == 0
+            || path == self.path
+            || path
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
+/// What memprof learnt of a process when it probed it.
+#[derive(Clone, Debug)]
+struct Seen {
+    start_ticks: Option<u64>,
+    comm: String,
+    cmdline: String,
+    allocator: String,
+}
+
+/// The (device, inode) of every file a process maps executable.
+type ObjectSet = BTreeSet<(u64, u64)>;
+
+/// Finds the processes to record and probes their allocators.
+struct Discovery<'a> {
+    selection: &'a Selection,
+    placed: bool,
+    /// Processes probed (by pid and start time, after how many execs).
+    probed: HashMap<u32, (Option<u64>, u64)>,
+    /// The last thing seen of each process probed.
+    seen: HashMap<u32, Seen>,
+    /// Probe sites and allocator of each set of mapped objects already read.
+    by_objects: HashMap<ObjectSet, (String, Vec<ProbeSite>)>,
+    /// Processes that cannot be probed (no libc, Go, kernel threads), by pid and start.
+    skipped: HashSet<(u32, Option<u64>)>,
+}
+
+impl Discovery<'_> {
+    /// Probes `pid` unless it was probed already since its last exec
+    /// (`execs`). A `required` process that cannot be probed is an error;
+    /// others are skipped.
+    fn probe(
+        &mut self,
+        probes: &mut Probes,
+        pid: u32,
+        execs: u64,
+        required: bool,
+    ) -> anyhow::Result<()> {
+        if pid == std::process::id() {
+            return Ok(());
+        }
+        let start = target::start_ticks(pid);
+        if self.probed.get(&pid) == Some(&(start, execs)) || self.skipped.contains(&(pid, start)) {
+            return Ok(());
+        }
+        match self.read(probes, pid) {
+            Ok(seen) => {
+                self.probed.insert(pid, (start, execs));
+                self.seen.insert(pid, seen);
+                Ok(())
+            }
+            Err(e) if required => Err(e),
+            Err(e) => {
+                log::debug!("pid {pid} not probed: {e:#}");
+                self.skipped.insert((pid, start));
+                Ok(())
+            }
+        }
+    }
+
+    fn read(&mut self, probes: &mut Probes, pid: u32) -> anyhow::Result<Seen> {
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map_err(|_| Error::NoSuchProcess(pid))?;
+        let objects = object_ids(&maps);
+        if objects.is_empty() {
+            bail!("pid {pid} maps no file (a kernel thread?)");
+        }
+        let (allocator, sites, comm, cmdline) = match self.by_objects.get(&objects) {
+            Some((allocator, sites)) => {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim_end().to_string())
+                    .unwrap_or_default();
+                (allocator.clone(), sites.clone(), comm, cmdline_of(pid))
+            }
+            None => {
+                let target = Target::open(pid)?;
+                let sites = target.probe_sites(self.placed)?;
+                let allocator = target.allocator_description();
+                self.by_objects
+                    .insert(objects, (allocator.clone(), sites.clone()));
+                (allocator, sites, target.comm, target.cmdline)
+            }
+        };
+        let attached = probes
+            .attach_sites(&sites, self.selection.scope(pid))
+            .map_err(|e| match e.downcast::<probes::SiteError>() {
+                Ok(site) => site.explain(Some(pid)),
+                Err(e) => e,
+            })?;
+        if attached > 0 {
+            log::debug!("pid {pid} ({comm}): {attached} probes attached in {allocator}");
+        }
+        Ok(Seen {
+            start_ticks: target::start_ticks(pid),
+            comm,
+            cmdline,
+            allocator,
+        })
+    }
+}
+
+/// The (device, inode) of every file the process maps executable: two
+/// processes with the same set use the same allocator at the same offsets.
+fn object_ids(maps: &str) -> ObjectSet {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let perms = fields.nth(1)?;
+            let dev = fields.nth(1)?;
+            let inode: u64 = fields.next()?.parse().ok()?;
+            if !perms.contains('x') || inode == 0 {
+                return None;
+            }
+            let (major, minor) = dev.split_once(':')?;
+            let dev = (u64::from_str_radix(major, 16).ok()? << 32)
+                | u64::from_str_radix(minor, 16).ok()?;
+            Some((dev, inode))
+        })
+        .collect()
+}
+
+fn cmdline_of(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// Every process now (numeric entries of /proc), memprof aside.
+fn all_pids() -> Vec<u32> {
+    let me = std::process::id();
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&pid| pid != me)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True when `pid` names a running process (not a zombie, not a thread).
+fn is_running_process(pid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    field("Tgid:") == pid.to_string() && !field("State:").starts_with('Z')
+}
+
+/// Records the processes of `selection` and returns what each still holds.
+pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow::Result<Report> {
+    probes::check_permissions()?;
+    for &pid in &selection.pids {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::NoSuchProcess(pid).into());
+        }
+    }
+    let mut session = Session::new()?;
+    let config = ProbeConfig {
+        max_live: args.max_live,
+        max_stacks: args.max_stacks,
+        max_threads: args.max_threads,
+        floor: args.floor,
+        at_entry: args.probe_at_entry,
+        sample_rate: args.sample_rate.unwrap_or(0),
+    };
+    let filter = selection.filter();
+    let mut probes = Probes::load(config, &filter)?;
+    let mut discovery = Discovery {
+        selection,
+        placed: !args.probe_at_entry,
+        probed: HashMap::new(),
+        seen: HashMap::new(),
+        by_objects: HashMap::new(),
+        skipped: HashSet::new(),
+    };
+    let describe = selection.describe();
+    log::info!("finding the processes to record ({describe}) ...");
+    let mut initial: Vec<u32> = selection.pids.clone();
+    if selection.comm.is_some() {
+        initial.extend(
+            all_pids()
+                .into_iter()
+                .filter(|&p| selection.comm_matches(p)),
+        );
+    }
+    if filter.mode == filter::SET {
+        probes.add_targets(&initial)?;
+        for &pid in &initial {
+            let required = selection.pids.contains(&pid);
+            discovery.probe(&mut probes, pid, 0, required)?;
+        }
+    } else {
+        for pid in all_pids() {
+            if selection.cgroup.as_ref().is_none_or(|c| c.contains(pid)) {
+                discovery.probe(&mut probes, pid, 0, false)?;
+            }
+        }
+    }
+    probes.set_recording(true)?;
+    let start_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let started = Instant::now();
+    log::info!(
+        "attached {} probes for {} processes ({describe}); {}",
+        probes.attached,
+        discovery.probed.len(),
+        match args.duration {
+            Some(d) => format!("recording for {d} s (Ctrl-C to stop early)"),
+            None => "recording until Ctrl-C".to_string(),
+        }
+    );
+
+    let plan = Plan {
+        duration: args.duration,
+        interval: args.interval,
+        quiet,
+    };
+    let mut housekeeping = |probes: &mut Probes| follow(probes, &mut discovery);
+    let Waited {
+        end,
+        samples,
+        stacks_freed,
+    } = session.wait_many(&mut probes, &mut housekeeping, plan)?;
+    probes.set_recording(false)?;
+    let procs = probes.procs()?;
+    let duration_secs = started.elapsed().as_secs_f64();
+    let end_ns = snapshot::monotonic_ns();
+    match end {
+        End::Duration => log::debug!("duration reached"),
+        End::Signal(name) => log::info!("{name} received: detaching and reporting"),
+        End::TargetExited(after) => log::info!(
+            "the last recorded process exited after {after:.1} s: reporting{}",
+            if args.at_exit {
+                " what they held then"
+            } else {
+                " (what they held went with them; --at-exit reports it)"
+            }
+        ),
+    }
+    log::info!(
+        "detaching {} probes and reading the maps ...",
+        probes.attached
+    );
+    let maps = probes.detach()?;
+    let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
+    snap.stats.stacks_freed = stacks_freed;
+    crate::check_consistency(
+        &snap,
+        &aggregate::totals(&aggregate::by_stack(&snap.live, end_ns)),
+    );
+
+    let mut by_process: HashMap<u32, Vec<(LiveKey, AllocInfo)>> = HashMap::new();
+    for entry in std::mem::take(&mut snap.live) {
+        by_process.entry(entry.0.tgid).or_default().push(entry);
+    }
+    let clock = Clock {
+        end_ns,
+        duration_secs,
+    };
+    let mut released = Released::default();
+    let mut processes = Vec::new();
+    let mut younger: Option<Totals> = None;
+    let mut samplings = Vec::new();
+    let mut groups = Vec::new();
+    for (pid, mut live) in by_process {
+        let seen = discovery.seen.get(&pid);
+        let now_start = target::start_ticks(pid);
+        let running = is_running_process(pid);
+        let same = running && seen.is_none_or(|s| s.start_ticks == now_start);
+        let mut mine = Released::default();
+        let events = procs.get(&pid).copied().unwrap_or_default();
+        if events.execs > 0 {
+            mine.at_exec = take_older(&mut live, events.last_exec_ns);
+        }
+        let exited = !same;
+        if exited && !args.at_exit {
+            // With the pid taken by a newer process, its blocks are those made
+            // since it started.
+            let cutoff = match (running, now_start) {
+                (true, Some(ticks)) => ticks_to_monotonic_ns(ticks),
+                _ => u64::MAX,
+            };
+            mine.at_exit = take_older(&mut live, cutoff);
+        }
+        if live.is_empty() {
+            add_released(&mut released, &mine);
+            continue;
+        }
+        let symbolizer = Symbolizer::new(if same { pid } else { 0 });
+        let all = aggregate::by_stack(&live, end_ns);
+        let recorded = Recorded {
+            live: &live,
+            all: &all,
+            traces: &snap.traces,
+            samples: &samples,
+        };
+        let Outstanding {
+            stacks,
+            totals,
+            younger: young,
+            sampling,
+        } = crate::outstanding(args, &recorded, &clock, &mut mine, &symbolizer, Some(pid));
+        add_released(&mut released, &mine);
+        younger = match (younger, young) {
+            (Some(a), Some(b)) => Some(add_totals(a, b)),
+            (a, b) => a.or(b),
+        };
+        samplings.push(sampling);
+        let (comm, cmdline, allocator, start_ticks) = match seen {
+            Some(s) => (
+                s.comm.clone(),
+                s.cmdline.clone(),
+                s.allocator.clone(),
+                s.start_ticks,
+            ),
+            None => (
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim_end().to_string())
+                    .unwrap_or_else(|_| "?".to_string()),
+                cmdline_of(pid),
+                String::new(),
+                now_start,
+            ),
+        };
+        processes.push(model::Process {
+            pid,
+            comm,
+            cmdline,
+            allocator,
+            started_unix_secs: start_ticks.and_then(target::started_unix_secs),
+            exited,
+            execs: events.execs,
+            totals,
+        });
+        groups.push((pid, stacks));
+    }
+    processes.sort_by(|a, b| {
+        b.totals
+            .bytes
+            .cmp(&a.totals.bytes)
+            .then(b.totals.count.cmp(&a.totals.count))
+            .then(a.pid.cmp(&b.pid))
+    });
+    let rank: HashMap<u32, usize> = processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.pid, i))
+        .collect();
+    groups.sort_by_key(|(pid, _)| rank.get(pid).copied().unwrap_or(usize::MAX));
+    let stacks: Vec<model::Stack> = groups.into_iter().flat_map(|(_, s)| s).collect();
+    let totals = processes
+        .iter()
+        .fold(Totals::default(), |t, p| add_totals(t, p.totals));
+    let mut allocators: Vec<String> = processes
+        .iter()
+        .map(|p| p.allocator.clone())
+        .filter(|a| !a.is_empty())
+        .collect();
+    allocators.sort();
+    allocators.dedup();
+    log::info!(
+        "{} {} held memory at the end",
+        processes.len(),
+        if processes.len() == 1 {
+            "process"
+        } else {
+            "processes"
+        }
+    );
+    Ok(Report {
+        version: SCHEMA_VERSION,
+        host: model::Host::this(),
+        target: model::Target {
+            pid: 0,
+            comm: format!("{} processes", processes.len()),
+            cmdline: describe.clone(),
+            allocator: allocators.join(", "),
+            exited_after_secs: match end {
+                End::TargetExited(after) => Some(after),
+                _ => None,
+            },
+            ..model::Target::default()
+        },
+        selection: Some(describe),
+        processes,
+        start_unix_secs,
+        duration_secs,
+        totals,
+        stacks,
+        stats: snap.stats,
+        min_age_secs: args.min_age,
+        younger,
+        interval_secs: args.interval,
+        released,
+        sampling: Sampling::merged(samplings),
+    })
+}
+
+/// Every second of the run: probes the processes that appeared or called
+/// exec. Returns true when every process of a `-p` list is gone.
+fn follow(probes: &mut Probes, discovery: &mut Discovery<'_>) -> anyhow::Result<bool> {
+    let selection = discovery.selection;
+    let execs: HashMap<u32, u64> = probes
+        .procs()?
+        .into_iter()
+        .map(|(pid, e)| (pid, e.execs))
+        .collect();
+    if selection.filter().mode == filter::ALL {
+        for pid in all_pids() {
+            if selection.cgroup.as_ref().is_none_or(|c| c.contains(pid)) {
+                let n = execs.get(&pid).copied().unwrap_or(0);
+                discovery.probe(probes, pid, n, false)?;
+            }
+        }
+        return Ok(false);
+    }
+    if selection.comm.is_some() {
+        let targets: HashSet<u32> = probes.targets()?.into_iter().collect();
+        for pid in probes.take_execs()? {
+            if selection.comm_matches(pid) {
+                if !targets.contains(&pid) {
+                    log::info!("pid {pid} matches --comm: recording it");
+                    probes.add_targets(&[pid])?;
+                }
+            } else if targets.contains(&pid) {
+                log::info!(
+                    "pid {pid} called exec and no longer matches --comm: not recorded any more"
+                );
+                probes.remove_target(pid)?;
+            }
+        }
+    }
+    let mut running = 0;
+    for pid in probes.targets()? {
+        if is_running_process(pid) {
+            running += 1;
+            let n = execs.get(&pid).copied().unwrap_or(0);
+            discovery.probe(probes, pid, n, false)?;
+        }
+    }
+    Ok(running == 0 && selection.comm.is_none())
+}
+
+/// Process start time (clock ticks after boot) -> `CLOCK_MONOTONIC` ns. The
+/// two clocks differ by the time the machine was suspended.
+fn ticks_to_monotonic_ns(ticks: u64) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks.saturating_mul(1_000_000_000 / hz)
+}
+
+fn add_totals(a: Totals, b: Totals) -> Totals {
+    Totals {
+        bytes: a.bytes.saturating_add(b.bytes),
+        count: a.count.saturating_add(b.count),
+    }
+}
+
+fn add_released(sum: &mut Released, one: &Released) {
+    sum.at_exec = add_totals(sum.at_exec, one.at_exec);
+    sum.at_exit = add_totals(sum.at_exit, one.at_exit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_holds_itself_and_what_is_below() {
+        let cgroup = Cgroup {
+            path: "/system.slice/app.service".to_string(),
+            id: 1,
+            level: 2,
+        };
+        assert!(cgroup.holds("/system.slice/app.service"));
+        assert!(cgroup.holds("/system.slice/app.service/worker"));
+        assert!(!cgroup.holds("/system.slice/app.service2"));
+        assert!(!cgroup.holds("/system.slice"));
+        let root = Cgroup {
+            path: "/".to_string(),
+            id: 1,
+            level: 0,
+        };
+        assert!(root.holds("/anything"));
+    }
+
+    #[test]
+    fn resolves_the_cgroup_of_this_process() {
+        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let cgroup = Cgroup::resolve(Path::new(path.trim_start_matches('/'))).unwrap();
+        assert_eq!(cgroup.path, path);
+        assert!(cgroup.contains(std::process::id()));
+        let root = cgroup2_root().unwrap();
+        assert_eq!(Cgroup::resolve(&root).unwrap().level, 0);
+        assert!(Cgroup::resolve(Path::new("/tmp")).is_err());
+        assert!(Cgroup::resolve(Path::new("no/such/cgroup")).is_err());
+    }
+
+    #[test]
+    fn sets_of_mapped_objects_ignore_anonymous_memory() {
+        let maps = "\
+55d0c2a00000-55d0c2a01000 r--p 00000000 fe:01 1234 /usr/bin/leaky
+55d0c2a01000-55d0c2a02000 r-xp 00001000 fe:01 1234 /usr/bin/leaky
+7f1c2a028000-7f1c2a19d000 r-xp 00028000 103:02 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd1c100000-7ffd1c102000 r-xp 00000000 00:00 0 [vdso]
+";
+        let ids: Vec<_> = object_ids(maps).into_iter().collect();
+        assert_eq!(
+            ids,
+            vec![((0xfe << 32) | 1, 1234), ((0x103 << 32) | 2, 5678)]
+        );
+    }
+
+    #[test]
+    fn describes_the_selection() {
+        let none = Selection {
+            pids: vec![],
+            comm: None,
+            cgroup: None,
+            follow_forks: false,
+        };
+        assert_eq!(none.describe(), "system-wide");
+        assert_eq!(none.filter().mode, filter::ALL);
+        let pids = Selection {
+            pids: vec![3, 4],
+            follow_forks: true,
+            ..none
+        };
+        assert_eq!(pids.describe(), "pids 3, 4 with their children");
+        assert_eq!(pids.filter().mode, filter::SET);
+        assert_eq!(pids.scope(3), Scope::All);
+        let fixed = Selection {
+            follow_forks: false,
+            ..pids
+        };
+        assert_eq!(fixed.scope(3), Scope::Process(3));
+    }
+}

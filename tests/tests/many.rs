@@ -1,0 +1,390 @@
+//! Runs over many processes: `-p` repeated, system-wide (no `-p`), `--comm`,
+//! `--follow-forks` and `--cgroup`. Each process's leaks must be reported
+//! exactly, under its pid, the processes ranked by outstanding bytes, and the
+//! processes that are not selected (or leak nothing) left out. Needs root
+//! (run through `cargo xtask test`).
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use memprof::model::{Process, Report};
+use tests::{
+    check_leaks, describe_report, root_or_skip, total, Fixture, Kind, Leak, Memprof, Output,
+    ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT, FORKER_CHILD, FORKER_PARENT, LEAKY_C, LEAKY_CXX,
+    LEAKY_CXX_CLEAN, LEAKY_C_CLEAN,
+};
+
+/// The report of one process of a run over many: its stacks, its totals.
+fn of_process(report: &Report, pid: u32) -> Report {
+    let process = find(report, pid);
+    Report {
+        stacks: report
+            .stacks
+            .iter()
+            .filter(|s| s.pid == Some(pid))
+            .cloned()
+            .collect(),
+        totals: process.totals,
+        ..report.clone()
+    }
+}
+
+fn find(report: &Report, pid: u32) -> &Process {
+    report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} is not in the report\n{}", describe(report)))
+}
+
+fn rank(report: &Report, pid: u32) -> usize {
+    report
+        .processes
+        .iter()
+        .position(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} is not in the report\n{}", describe(report)))
+}
+
+fn describe(report: &Report) -> String {
+    let processes: Vec<String> = report
+        .processes
+        .iter()
+        .map(|p| format!("{} {} B in {}", p.label(), p.totals.bytes, p.totals.count))
+        .collect();
+    format!("processes: {processes:?}\n{}", describe_report(report))
+}
+
+/// Asserts that `pid` holds exactly `expected` (and nothing of `clean`), with symbols.
+fn assert_exact(report: &Report, pid: u32, expected: &[Leak], clean: &[&str]) {
+    let mine = of_process(report, pid);
+    assert_eq!(
+        mine.totals,
+        total(expected),
+        "pid {pid}\n{}",
+        describe(report)
+    );
+    let problems = check_leaks(&mine, expected, clean, Some(2));
+    assert!(
+        problems.is_empty(),
+        "pid {pid}: {problems:#?}\n{}",
+        describe(report)
+    );
+}
+
+/// Runs memprof with `args`, then lets every fixture leak and finish, then
+/// stops memprof and returns its output.
+fn run(args: &[&str], fixtures: &mut [Fixture]) -> Output {
+    let mut memprof = Memprof::spawn(args);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    go_and_finish(memprof, fixtures)
+}
+
+fn go_and_finish(memprof: Memprof, fixtures: &mut [Fixture]) -> Output {
+    for fixture in fixtures.iter_mut() {
+        fixture.go();
+    }
+    for fixture in fixtures.iter_mut() {
+        fixture.wait_done(DONE_TIMEOUT);
+    }
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    output
+}
+
+#[test]
+fn processes_given_with_p_are_ranked_and_each_is_exact() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut fixtures = [
+        Fixture::spawn(Kind::LeakyCxx),
+        Fixture::spawn(Kind::Leaky),
+        Fixture::spawn(Kind::Clean),
+    ];
+    let pids: Vec<String> = fixtures.iter().map(|f| f.pid().to_string()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let svg = dir.path().join("r.svg");
+    let mut args = vec!["--top", "1000", "-o"];
+    args.push(json.to_str().unwrap());
+    args.extend(["-o", svg.to_str().unwrap()]);
+    for pid in &pids {
+        args.extend(["-p", pid.as_str()]);
+    }
+    let output = run(&args, &mut fixtures);
+    let report: Report = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let (cxx, leaky, clean) = (fixtures[0].pid(), fixtures[1].pid(), fixtures[2].pid());
+
+    assert_eq!(report.version, memprof::model::SCHEMA_VERSION);
+    let ranked: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(ranked, vec![leaky, cxx], "{}", describe(&report));
+    assert_exact(&report, leaky, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, cxx, LEAKY_CXX, LEAKY_CXX_CLEAN);
+    assert_eq!(report.totals, {
+        let (a, b) = (total(LEAKY_C), total(LEAKY_CXX));
+        memprof::model::Totals {
+            bytes: a.bytes + b.bytes,
+            count: a.count + b.count,
+        }
+    });
+    assert_eq!(find(&report, leaky).comm, "leaky");
+    assert!(
+        report.stats.allocs >= 20_000,
+        "the clean process's churn was recorded too\n{}",
+        describe(&report)
+    );
+    assert!(!report.processes.iter().any(|p| p.pid == clean));
+    assert_eq!(
+        report.selection.as_deref(),
+        Some(format!("pids {}", {
+            let mut sorted = pids.clone();
+            sorted.sort_by_key(|p| p.parse::<u32>().unwrap());
+            sorted.join(", ")
+        }))
+        .as_deref()
+    );
+
+    // The text report lists the processes, then each one's stacks under its name.
+    let text = output.stdout_text();
+    let heading = |pid: u32, comm: &str| format!("--- {comm} ({pid}) ---");
+    let (first, second) = (
+        text.find(&heading(leaky, "leaky")),
+        text.find(&heading(cxx, "leaky-cxx")),
+    );
+    assert!(
+        matches!((first, second), (Some(a), Some(b)) if a < b),
+        "process headings missing or out of order:\n{text}"
+    );
+    assert!(text.contains("2 processes by outstanding bytes"), "{text}");
+    // The flame graph's roots are the processes.
+    let svg = fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains(&format!("leaky ({leaky})")),
+        "no process frame in the SVG"
+    );
+    assert!(
+        svg.contains(&format!("leaky-cxx ({cxx})")),
+        "no process frame in the SVG"
+    );
+    assert!(
+        !svg.contains(&format!("({clean})")),
+        "the clean process is in the SVG"
+    );
+}
+
+#[test]
+fn system_wide_finds_the_leaking_processes_even_new_ones() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut leaky = Fixture::spawn(Kind::Leaky);
+    let clean = Fixture::spawn(Kind::Clean);
+    let mut memprof = Memprof::spawn(&["--format", "json", "--top", "1000"]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    let memprof_pid = memprof.pid();
+    // Started during the run: it maps libstdc++, which memprof probes once
+    // it has seen the process (within a second).
+    let cxx = Fixture::spawn(Kind::LeakyCxx);
+    std::thread::sleep(Duration::from_secs(3));
+    let (leaky_pid, cxx_pid, clean_pid) = (leaky.pid(), cxx.pid(), clean.pid());
+    let mut fixtures = [cxx, clean];
+    leaky.go();
+    leaky.wait_done(DONE_TIMEOUT);
+    let output = go_and_finish(memprof, &mut fixtures);
+    let report = output.report();
+
+    assert_eq!(report.selection.as_deref(), Some("system-wide"));
+    assert_exact(&report, leaky_pid, LEAKY_C, LEAKY_C_CLEAN);
+    // Started during the run, it holds what it allocated at its start too
+    // (libstdc++'s emergency exception pool, ...): its leaks are exact, and
+    // nothing of its churn is left.
+    let mut cxx = of_process(&report, cxx_pid);
+    let functions: Vec<&str> = LEAKY_CXX
+        .iter()
+        .map(|leak| leak.function)
+        .chain(LEAKY_CXX_CLEAN.iter().copied())
+        .collect();
+    cxx.stacks
+        .retain(|s| functions.iter().any(|f| tests::frame_index(s, f).is_some()));
+    cxx.totals = total(LEAKY_CXX);
+    let problems = check_leaks(&cxx, LEAKY_CXX, LEAKY_CXX_CLEAN, Some(2));
+    assert!(problems.is_empty(), "{problems:#?}\n{}", describe(&report));
+    assert!(rank(&report, leaky_pid) < rank(&report, cxx_pid));
+    assert!(
+        !report.processes.iter().any(|p| p.pid == clean_pid),
+        "{}",
+        describe(&report)
+    );
+    assert!(
+        !report.processes.iter().any(|p| p.pid == memprof_pid),
+        "memprof recorded itself\n{}",
+        describe(&report)
+    );
+}
+
+#[test]
+fn comm_selects_processes_by_name_including_new_ones() {
+    if !root_or_skip() {
+        return;
+    }
+    let first = Fixture::spawn(Kind::Leaky);
+    let other = Fixture::spawn(Kind::LeakyCxx);
+    let mut memprof = Memprof::spawn(&["--comm", "^leaky$", "--format", "json", "--top", "1000"]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    let second = Fixture::spawn(Kind::Leaky);
+    memprof.wait_line(
+        &format!("pid {} matches --comm", second.pid()),
+        ATTACH_TIMEOUT,
+    );
+    let pids = (first.pid(), second.pid(), other.pid());
+    let mut fixtures = [first, second, other];
+    let output = go_and_finish(memprof, &mut fixtures);
+    let report = output.report();
+
+    let mut got: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
+    got.sort_unstable();
+    let mut want = vec![pids.0, pids.1];
+    want.sort_unstable();
+    assert_eq!(got, want, "{}", describe(&report));
+    assert_exact(&report, pids.0, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, pids.1, LEAKY_C, LEAKY_C_CLEAN);
+}
+
+/// The forker's children, from its `children <pid> <pid>` line.
+fn children(fixture: &mut Fixture) -> Vec<u32> {
+    let line = fixture.expect_line("children", DONE_TIMEOUT);
+    line.strip_prefix("children ")
+        .unwrap_or_else(|| panic!("forker printed {line:?}"))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn follow_forks_records_the_children_and_only_with_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut forker = Fixture::spawn(Kind::Forker);
+    let pid = forker.pid().to_string();
+    let mut memprof = Memprof::spawn(&[
+        "-p",
+        &pid,
+        "--follow-forks",
+        "--format",
+        "json",
+        "--top",
+        "1000",
+    ]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    forker.go();
+    let kids = children(&mut forker);
+    forker.wait_done(DONE_TIMEOUT);
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    let report = output.report();
+    assert_eq!(report.processes.len(), 3, "{}", describe(&report));
+    assert_eq!(rank(&report, forker.pid()), 2, "the parent holds least");
+    assert_exact(&report, forker.pid(), FORKER_PARENT, &["child_leak"]);
+    for kid in kids {
+        assert_exact(&report, kid, FORKER_CHILD, &["parent_leak"]);
+        assert_eq!(find(&report, kid).comm, "forker");
+    }
+    drop(forker);
+
+    // Without --follow-forks, only the parent.
+    let mut forker = Fixture::spawn(Kind::Forker);
+    let pid = forker.pid().to_string();
+    let mut memprof = Memprof::spawn(&["-p", &pid, "--format", "json", "--top", "1000"]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    forker.go();
+    children(&mut forker);
+    forker.wait_done(DONE_TIMEOUT);
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    let report = output.report();
+    let problems = check_leaks(&report, FORKER_PARENT, &["child_leak"], Some(2));
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\n{}",
+        describe_report(&report)
+    );
+}
+
+/// A cgroup v2 made for a test, removed (with its processes moved out) when dropped.
+struct TestCgroup {
+    dir: PathBuf,
+    root: PathBuf,
+}
+
+impl TestCgroup {
+    fn new() -> Option<TestCgroup> {
+        let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+        let root = mounts.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })?;
+        let dir = root.join(format!("memprof-test-{}", std::process::id()));
+        fs::create_dir(&dir).ok()?;
+        Some(TestCgroup { dir, root })
+    }
+
+    fn add(&self, pid: u32) {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn cgroup_selects_the_processes_inside_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(cgroup) = TestCgroup::new() else {
+        tests::skip("no writable cgroup v2 hierarchy");
+        return;
+    };
+    let inside = Fixture::spawn(Kind::Leaky);
+    let outside = Fixture::spawn(Kind::Leaky);
+    cgroup.add(inside.pid());
+    let name = cgroup
+        .dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (inside_pid, outside_pid) = (inside.pid(), outside.pid());
+    let mut fixtures = [inside, outside];
+    let output = run(
+        &["--cgroup", &name, "--format", "json", "--top", "1000"],
+        &mut fixtures,
+    );
+    let report = output.report();
+    let pids: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, vec![inside_pid], "{}", describe(&report));
+    assert_exact(&report, inside_pid, LEAKY_C, LEAKY_C_CLEAN);
+    assert!(!pids.contains(&outside_pid));
+    assert!(
+        report
+            .selection
+            .as_deref()
+            .is_some_and(|s| s.contains(&name)),
+        "{:?}",
+        report.selection
+    );
+}
