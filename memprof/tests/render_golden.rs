@@ -158,7 +158,9 @@ fn many_processes_golden() {
     let opts = RenderOptions::default();
     check_golden("many.txt", &rendered(&report, Format::Text, &opts));
     let folded = rendered(&report, Format::Folded, &opts);
-    assert!(folded.lines().all(|l| l.starts_with("web (4242);") || l.starts_with("cron job (977);")));
+    assert!(folded
+        .lines()
+        .all(|l| l.starts_with("web (4242);") || l.starts_with("cron job (977);")));
     check_golden("many.folded", &folded);
     let json = rendered(&report, Format::Json, &opts);
     let back: Report = serde_json::from_str(&json).unwrap();
