@@ -470,12 +470,12 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
         timestamp_ns: now,
         stack_id,
     };
-    let mut inserted = LIVE.insert(&key, &info, BPF_NOEXIST as u64);
+    let mut inserted = LIVE.insert(key, info, BPF_NOEXIST as u64);
     if let Err(e) = inserted {
         if e == -EEXIST {
             // Its free was never seen: drop the stale record, then take the new one.
             forget(&key);
-            inserted = LIVE.insert(&key, &info, BPF_NOEXIST as u64);
+            inserted = LIVE.insert(key, info, BPF_NOEXIST as u64);
         }
     }
     if inserted.is_err() {
@@ -484,7 +484,7 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
         return;
     }
     if !agg_add(stack_id, size, now) {
-        let _ = LIVE.remove(&key);
+        let _ = LIVE.remove(key);
         bump(stat::STACK_MAP_FULL);
         return;
     }

@@ -245,6 +245,9 @@ struct Discovery<'a> {
     by_objects: HashMap<ObjectSet, (String, Vec<ProbeSite>)>,
     /// Processes that cannot be probed (no libc, Go, kernel threads), by pid and start.
     skipped: HashSet<(u32, Option<u64>)>,
+    /// With `--at-exit`: each probed process's symbolizer, which holds its
+    /// files open, so that a process that exits is still symbolized.
+    symbolizers: Option<HashMap<u32, Symbolizer>>,
 }
 
 impl Discovery<'_> {
@@ -269,6 +272,9 @@ impl Discovery<'_> {
             Ok(seen) => {
                 self.probed.insert(pid, (start, execs));
                 self.seen.insert(pid, seen);
+                if let Some(symbolizers) = &mut self.symbolizers {
+                    symbolizers.insert(pid, Symbolizer::new(pid));
+                }
                 Ok(())
             }
             Err(e) if required => Err(e),
@@ -407,6 +413,10 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         seen: HashMap::new(),
         by_objects: HashMap::new(),
         skipped: HashSet::new(),
+        symbolizers: args.at_exit.then(|| {
+            raise_open_files_limit();
+            HashMap::new()
+        }),
     };
     let describe = selection.describe();
     log::info!("finding the processes to record ({describe}) ...");
@@ -523,7 +533,16 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             add_released(&mut released, &mine);
             continue;
         }
-        let symbolizer = Symbolizer::new(if same { pid } else { 0 });
+        let kept = discovery.symbolizers.as_mut().and_then(|s| s.remove(&pid));
+        let symbolizer = match kept {
+            Some(mut symbolizer) if same => {
+                symbolizer.refresh();
+                symbolizer
+            }
+            Some(symbolizer) => symbolizer,
+            // Gone: its files with it.
+            None => Symbolizer::new(if same { pid } else { 0 }),
+        };
         let all = aggregate::by_stack(&live, end_ns);
         let recorded = Recorded {
             live: &live,
@@ -676,6 +695,23 @@ fn follow(probes: &mut Probes, discovery: &mut Discovery<'_>) -> anyhow::Result<
         }
     }
     Ok(running == 0 && selection.comm.is_none())
+}
+
+/// Raises the soft limit of open files to the hard one: with `--at-exit`
+/// memprof keeps the files of every process it probed open.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Process start time (clock ticks after boot) -> `CLOCK_MONOTONIC` ns. The

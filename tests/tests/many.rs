@@ -388,3 +388,51 @@ fn cgroup_selects_the_processes_inside_it() {
         report.selection
     );
 }
+
+/// Runs `-p A -p B` (plus `extra`), lets both leak, ends A, then stops memprof.
+fn one_of_two_exits(extra: &[&str]) -> (Report, u32, u32) {
+    let mut a = Fixture::spawn(Kind::Leaky);
+    let mut b = Fixture::spawn(Kind::Leaky);
+    let (pa, pb) = (a.pid().to_string(), b.pid().to_string());
+    let mut args = vec!["-p", &pa, "-p", &pb, "--format", "json", "--top", "1000"];
+    args.extend_from_slice(extra);
+    let mut memprof = Memprof::spawn(&args);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    for f in [&mut a, &mut b] {
+        f.go();
+        f.wait_done(DONE_TIMEOUT);
+    }
+    let (a_pid, b_pid) = (a.pid(), b.pid());
+    assert!(a.finish(Duration::from_secs(10)).success());
+    // memprof reads the processes every second.
+    std::thread::sleep(Duration::from_millis(1500));
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    drop(b);
+    (output.report(), a_pid, b_pid)
+}
+
+#[test]
+fn a_process_that_exits_is_left_out_unless_at_exit() {
+    if !root_or_skip() {
+        return;
+    }
+    let (report, gone, alive) = one_of_two_exits(&[]);
+    let pids: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, vec![alive], "{}", describe(&report));
+    assert_exact(&report, alive, LEAKY_C, LEAKY_C_CLEAN);
+    assert_eq!(
+        report.released.at_exit,
+        total(LEAKY_C),
+        "pid {gone}'s blocks"
+    );
+
+    // With --at-exit: reported, symbolized from the files memprof kept open.
+    let (report, gone, alive) = one_of_two_exits(&["--at-exit"]);
+    assert_exact(&report, gone, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, alive, LEAKY_C, LEAKY_C_CLEAN);
+    assert!(find(&report, gone).exited);
+    assert!(!find(&report, alive).exited);
+    assert_eq!(report.released.at_exit, memprof::model::Totals::default());
+}
