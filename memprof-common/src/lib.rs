@@ -162,7 +162,6 @@ pub mod sampled {
 pub mod defaults {
     pub const MAX_LIVE: u32 = 1 << 20;
     pub const MAX_STACKS: u32 = 1 << 14;
-    pub const MAX_THREADS: u32 = 1 << 14;
     /// Processes (and, briefly, threads) in `TARGETS`, and processes in `PROCS`.
     pub const MAX_PROCESSES: u32 = 1 << 16;
 }

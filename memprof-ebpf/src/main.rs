@@ -1,7 +1,8 @@
 //! The BPF programs of memprof: uprobes and uretprobes on the allocator
 //! entry points of the target's libc.
 //!
-//! Entry programs remember the arguments of the call per thread (`PENDING`);
+//! Entry programs remember the arguments of the call per thread (`PENDING`,
+//! task-local storage);
 //! return programs record the returned block in `LIVE` (address -> size,
 //! time, stack) and add it to the per-stack aggregate `AGG`; `free` removes
 //! the block and subtracts it. Every path that gives up bumps a counter in
@@ -46,12 +47,13 @@ use core::ffi::c_void;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_func_ip,
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_task_storage_get,
     },
-    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    macros::{btf_map, map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
     EbpfContext, Global,
@@ -145,8 +147,72 @@ static LAST_RELEASE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 static SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
 
-#[map]
-static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(defaults::MAX_THREADS, 0);
+/// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`): one value per
+/// thread, kept in the thread itself and freed with it. The kernel wants it
+/// defined with BTF; aya-ebpf 0.2 has no wrapper, so this is its BTF map
+/// definition (the layout libbpf reads: pointers to arrays whose lengths are
+/// the numbers).
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders that the loader reads from BTF; they are
+// never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+/// `BPF_LOCAL_STORAGE_GET_F_CREATE`.
+const STORAGE_CREATE: u64 = 1;
+
+impl<T> TaskStorage<T> {
+    const fn new() -> Self {
+        TaskStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, flags: u64) -> Option<*mut T> {
+        // SAFETY: the helper takes the map and the current task (a BTF
+        // pointer the verifier tracks) and returns the value or null.
+        let value = unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                bpf_get_current_task_btf(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!value.is_null()).then_some(value.cast())
+    }
+
+    /// The current thread's value, created zeroed on first use; None when
+    /// the kernel could not allocate it.
+    #[inline(always)]
+    fn mine(&self) -> Option<*mut T> {
+        self.get(STORAGE_CREATE)
+    }
+
+    /// The current thread's value if it has one.
+    #[inline(always)]
+    fn mine_if_any(&self) -> Option<*mut T> {
+        self.get(0)
+    }
+}
+
+/// Each thread's allocator call between its entry and its return; `sp == 0`
+/// when there is none. A lookup costs a fraction of a hash map's (the value
+/// hangs off the thread), and nothing has to be removed at the thread's exit.
+#[btf_map]
+static PENDING: TaskStorage<PendingCall> = TaskStorage::new();
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -215,78 +281,94 @@ fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+/// This thread's pending call, if it has one.
+#[inline(always)]
+fn pending_call() -> Option<&'static mut PendingCall> {
+    let slot = PENDING.mine_if_any()?;
+    // SAFETY: the value is this thread's; only this thread touches it.
+    let slot = unsafe { &mut *slot };
+    (slot.sp != 0).then_some(slot)
+}
+
 /// Records an allocator entry for this thread, unless it is nested in another.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
-    let Some(tid) = target_thread() else { return };
+    if target_thread().is_none() {
+        return;
+    }
     let sp = stack_pointer(ctx.regs);
-    if let Some(outer) = PENDING.get_ptr_mut(tid) {
-        // SAFETY: the value belongs to this thread's key; only this thread touches it.
-        let outer = unsafe { &mut *outer };
-        if sp <= outer.sp {
+    let Some(slot) = PENDING.mine() else {
+        bump(stat::PENDING_MAP_FULL);
+        return;
+    };
+    // SAFETY: the value is this thread's; only this thread touches it.
+    let slot = unsafe { &mut *slot };
+    if slot.sp != 0 {
+        if sp <= slot.sp {
             // Called (or tail-called) from inside the outer allocator call:
             // the outer call is the one the user made.
-            outer.depth += 1;
+            slot.depth += 1;
             bump(stat::NESTED_CALLS);
             return;
         }
         // A deeper-or-equal stack than a call still pending: that call never returned.
         bump(stat::PENDING_STALE);
     }
-    let call = PendingCall {
+    *slot = PendingCall {
         size,
         sp,
         ptr,
         depth: 0,
         record: 1,
     };
-    if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
-        bump(stat::PENDING_MAP_FULL);
-    }
 }
 
 /// Takes this thread's pending call at the return of the outermost allocator call.
 #[inline(always)]
 fn leave() -> Option<PendingCall> {
-    let tid = target_thread()?;
-    let Some(pending) = PENDING.get_ptr_mut(tid) else {
+    target_thread()?;
+    let Some(pending) = pending_call() else {
         bump(stat::RETURN_WITHOUT_ENTRY);
         return None;
     };
-    // SAFETY: the value belongs to this thread's key; only this thread touches it.
-    let pending = unsafe { &mut *pending };
     if pending.depth > 0 {
         pending.depth -= 1;
         return None;
     }
     let call = *pending;
-    let _ = PENDING.remove(tid);
+    pending.sp = 0;
     Some(call)
 }
 
 /// True while this thread is inside an allocator call (a free made by the allocator itself).
 #[inline(always)]
-fn inside_allocator(tid: u64) -> bool {
-    PENDING.get_ptr(tid).is_some()
+fn inside_allocator() -> bool {
+    pending_call().is_some()
 }
 
-/// Adds one allocation to an existing aggregate.
+/// Adds one allocation to an existing aggregate; returns the count read
+/// before (not atomically with the add: the BPF CPU version the programs are
+/// built for has no fetch-and-add, and two adds that both read 0 only store
+/// the frames twice).
 #[inline(always)]
-fn agg_add_to(agg: *mut StackAgg, size: u64, now: u64) {
+fn agg_add_to(agg: *mut StackAgg, size: u64, now: u64) -> u64 {
     // SAFETY: points into the map value; the counts are updated atomically,
     // and a racing store of the time is as good as ours.
     unsafe {
+        let before = core::ptr::read_volatile(&raw const (*agg).count);
         add(&raw mut (*agg).bytes, size);
         add(&raw mut (*agg).count, 1);
         (*agg).last_ns = now;
+        before
     }
 }
 
+/// Adds one allocation to its stack's aggregate; returns how many were
+/// outstanding from the stack before, or None when the map is full.
 #[inline(always)]
-fn agg_add(stack_id: i64, size: u64, now: u64) -> bool {
+fn agg_add(stack_id: i64, size: u64, now: u64) -> Option<u64> {
     if let Some(agg) = AGG.get_ptr_mut(stack_id) {
-        agg_add_to(agg, size, now);
-        return true;
+        return Some(agg_add_to(agg, size, now));
     }
     let first = StackAgg {
         bytes: size,
@@ -294,18 +376,12 @@ fn agg_add(stack_id: i64, size: u64, now: u64) -> bool {
         last_ns: now,
     };
     match AGG.insert(stack_id, first, BPF_NOEXIST as u64) {
-        Ok(()) => true,
-        Err(e) if e == -EEXIST => {
-            // Another CPU created it between our lookup and insert.
-            match AGG.get_ptr_mut(stack_id) {
-                Some(agg) => {
-                    agg_add_to(agg, size, now);
-                    true
-                }
-                None => false,
-            }
-        }
-        Err(_) => false,
+        Ok(()) => Some(0),
+        // Another CPU created it between our lookup and insert.
+        Err(e) if e == -EEXIST => AGG
+            .get_ptr_mut(stack_id)
+            .map(|agg| agg_add_to(agg, size, now)),
+        Err(_) => None,
     }
 }
 
@@ -483,15 +559,17 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
         bump_by(stat::LIVE_MAP_FULL_BYTES, size);
         return;
     }
-    if !agg_add(stack_id, size, now) {
+    let Some(before) = agg_add(stack_id, size, now) else {
         let _ = LIVE.remove(key);
         bump(stat::STACK_MAP_FULL);
         return;
-    }
-    // After the aggregate: see the module comment.
+    };
+    // After the aggregate: see the module comment. A stack that had blocks
+    // outstanding already was stored by the first of them (which counted it
+    // as lost if it could not), and user space frees only stacks with none.
     if stack_id == STACK_LOST {
         bump(stat::STACK_LOST);
-    } else {
+    } else if before == 0 {
         store_stack(stack_id);
     }
     bump(stat::ALLOCS);
@@ -613,7 +691,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         // or counting.
         return 0;
     }
-    if inside_allocator(tid) {
+    if inside_allocator() {
         // e.g. realloc(p, 0) freeing p: accounted at realloc's return.
         bump(stat::NESTED_CALLS);
         return 0;
@@ -693,9 +771,9 @@ enum Unsampled {
 /// call releases whatever it returns (realloc's old pointer, else 0).
 #[inline(always)]
 fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: Unsampled) -> u32 {
-    let Some(tid) = target_thread() else {
+    if target_thread().is_none() {
         return SKIP_RETURN;
-    };
+    }
     let rate = SAMPLE_RATE.load();
     // SAFETY: the helper has no preconditions.
     let sampled = rate <= 1 || unsafe { bpf_get_prandom_u32() } % rate == 0;
@@ -705,9 +783,8 @@ fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: 
         return SKIP_RETURN;
     }
     let sp = stack_pointer(ctx.regs);
-    if let Some(outer) = PENDING.get_ptr(tid) {
-        // SAFETY: the value belongs to this thread's key; only this thread touches it.
-        if sp <= unsafe { (*outer).sp } {
+    if let Some(outer) = pending_call() {
+        if sp <= outer.sp {
             // Called (or tail-called) from inside a pending call, which
             // accounts for this one (and its block): no return run needed.
             bump(stat::NESTED_CALLS);
@@ -716,7 +793,7 @@ fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: 
         // A deeper-or-equal stack than a call still pending: that call never
         // returned. Dropped, or later calls would be taken for nested ones.
         bump(stat::PENDING_STALE);
-        let _ = PENDING.remove(tid);
+        outer.sp = 0;
     }
     if !sampled {
         if frees != 0 {
@@ -728,16 +805,19 @@ fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: 
             return SKIP_RETURN;
         }
     }
-    let call = PendingCall {
-        size,
-        sp,
-        ptr,
-        depth: 0,
-        record: u64::from(sampled),
-    };
-    if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
+    let Some(slot) = PENDING.mine() else {
         bump(stat::PENDING_MAP_FULL);
         return SKIP_RETURN;
+    };
+    // SAFETY: the value is this thread's; only this thread touches it.
+    unsafe {
+        *slot = PendingCall {
+            size,
+            sp,
+            ptr,
+            depth: 0,
+            record: u64::from(sampled),
+        };
     }
     RUN_RETURN
 }
@@ -854,15 +934,12 @@ pub fn memalign_sampled(ctx: *mut c_void) -> u32 {
     sample_enter(&ctx, size, 0, 0, Unsampled::StayPending)
 }
 
-/// A thread exits: drop its pending call, if it died inside the allocator.
-/// With [`filter::SET`], its id leaves `TARGETS`: a thread id a fork put
-/// there, or the process itself when its main thread exits, so that a later
-/// process given the same pid is not recorded.
+/// A thread exits: with [`filter::SET`], its id leaves `TARGETS`: a thread
+/// id a fork put there, or the process itself when its main thread exits, so
+/// that a later process given the same pid is not recorded. (Its pending
+/// call, if it died inside the allocator, goes with its task storage.)
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn thread_exit(_ctx: RawTracePointContext) -> u32 {
-    if let Some(tid) = target_thread() {
-        let _ = PENDING.remove(tid);
-    }
     if FILTER.load() == filter::SET {
         let _ = TARGETS.remove(bpf_get_current_pid_tgid() as u32);
     }

@@ -154,10 +154,6 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_STACKS)]
     pub max_stacks: u32,
 
-    /// Most threads that can be inside an allocator call at once.
-    #[arg(long, value_name = "N", default_value_t = defaults::MAX_THREADS)]
-    pub max_threads: u32,
-
     /// Record each allocation call with probability 1/N (N >= 2) instead of every call:
     /// much cheaper for the target, and the report gives estimates (bytes and counts
     /// times N) with their statistical error. Needs Linux 6.13 or later (uprobe sessions).

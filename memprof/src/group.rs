@@ -399,7 +399,6 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     let config = ProbeConfig {
         max_live: args.max_live,
         max_stacks: args.max_stacks,
-        max_threads: args.max_threads,
         floor: args.floor,
         at_entry: args.probe_at_entry,
         sample_rate: args.sample_rate.unwrap_or(0),

@@ -388,7 +388,9 @@ pub struct Stats {
     pub stack_map_full: u64,
     /// Return probes that fired without a matching entry (attached mid-call).
     pub return_without_entry: u64,
-    /// Allocator entries not tracked because the per-thread map was full.
+    /// Allocator entries not tracked because the kernel could not allocate
+    /// the thread's call record (task storage). The name is that of the
+    /// per-thread map of earlier versions.
     pub pending_map_full: u64,
     /// Per-thread entries replaced because their return never came.
     pub pending_stale: u64,

@@ -39,7 +39,6 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub struct ProbeConfig {
     pub max_live: u32,
     pub max_stacks: u32,
-    pub max_threads: u32,
     /// Record nothing: the programs return at once (for measuring the floor).
     pub floor: bool,
     /// Probe each function's first instruction instead of the cheapest equivalent one.
@@ -184,6 +183,8 @@ impl Probes {
         let (cgroup_id, cgroup_level) = filter.cgroup.unwrap_or((0, 0));
         let fork_offset = fork_child_pid_offset();
         let mut ebpf = EbpfLoader::new()
+            // PENDING is task-local storage, which aya 0.14 creates but has no type for.
+            .allow_unsupported_maps()
             .override_global(globals::FILTER, &mode, true)
             .override_global(globals::TARGET_TGID, &tgid, true)
             .override_global(globals::SELF_TGID, &std::process::id(), true)
@@ -204,7 +205,6 @@ impl Probes {
             .map_max_entries(maps::LIVE, config.max_live)
             .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
             .map_max_entries(maps::STACKS, config.max_stacks)
-            .map_max_entries(maps::PENDING, config.max_threads)
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
 

@@ -556,7 +556,7 @@ fn explain(name: &str) -> Option<&'static str> {
             "allocator returns without a matching entry (calls in flight at attach time)"
         }
         "pending_map_full" => {
-            "allocations NOT tracked: the per-thread call map was full (--max-threads)"
+            "allocations NOT tracked: the kernel could not allocate a thread's call record"
         }
         "pending_stale" => "allocator calls whose return never came (thread exited or longjmp)",
         "stack_collisions" => "allocations counted under another stack with the same hash",
@@ -595,19 +595,31 @@ fn lost_data_warning(stats: &Stats) -> String {
     if stats.stack_map_full > 0 {
         raise.push("--max-stacks");
     }
-    if stats.pending_map_full > 0 {
-        raise.push("--max-threads");
-    }
     let lost = stats
         .live_map_full
         .saturating_add(stats.stack_map_full)
         .saturating_add(stats.pending_map_full);
-    format!(
-        "WARNING: totals are lower bounds: {lost} {} were not counted because memprof's \
-         maps were full; raise {} and run again.",
+    let mut warning = format!(
+        "WARNING: totals are lower bounds: {lost} {} were not counted",
         plural(lost, "allocation", "allocations"),
-        raise.join(", ")
-    )
+    );
+    if !raise.is_empty() {
+        warning.push_str(&format!(
+            " because memprof's maps were full; raise {} and run again",
+            raise.join(", ")
+        ));
+    } else if stats.pending_map_full > 0 {
+        warning.push_str(" (the kernel was short of memory for memprof's thread records)");
+    }
+    if stats.forks_not_followed > 0 {
+        warning.push_str(&format!(
+            "; {} {} not followed (the set of recorded processes was full)",
+            stats.forks_not_followed,
+            plural(stats.forks_not_followed, "child was", "children were"),
+        ));
+    }
+    warning.push('.');
+    warning
 }
 
 fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
