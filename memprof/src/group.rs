@@ -243,8 +243,9 @@ struct Discovery<'a> {
     seen: HashMap<u32, Seen>,
     /// Probe sites and allocator of each set of mapped objects already read.
     by_objects: HashMap<ObjectSet, (String, Vec<ProbeSite>)>,
-    /// Processes that cannot be probed (no libc, Go, kernel threads), by pid and start.
-    skipped: HashSet<(u32, Option<u64>)>,
+    /// Processes that cannot be probed (no libc, Go, kernel threads), by pid,
+    /// start and execs (the program an exec brings may be probe-able).
+    skipped: HashSet<(u32, Option<u64>, u64)>,
     /// With `--at-exit`: each probed process's symbolizer, which holds its
     /// files open, so that a process that exits is still symbolized.
     symbolizers: Option<HashMap<u32, Symbolizer>>,
@@ -265,7 +266,9 @@ impl Discovery<'_> {
             return Ok(());
         }
         let start = target::start_ticks(pid);
-        if self.probed.get(&pid) == Some(&(start, execs)) || self.skipped.contains(&(pid, start)) {
+        if self.probed.get(&pid) == Some(&(start, execs))
+            || self.skipped.contains(&(pid, start, execs))
+        {
             return Ok(());
         }
         match self.read(probes, pid) {
@@ -280,7 +283,7 @@ impl Discovery<'_> {
             Err(e) if required => Err(e),
             Err(e) => {
                 log::debug!("pid {pid} not probed: {e:#}");
-                self.skipped.insert((pid, start));
+                self.skipped.insert((pid, start, execs));
                 Ok(())
             }
         }

@@ -165,6 +165,18 @@ fn many_processes_golden() {
     let json = rendered(&report, Format::Json, &opts);
     let back: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, report);
+    // --top applies to each process.
+    let one = RenderOptions {
+        top: 1,
+        ..RenderOptions::default()
+    };
+    let text = rendered(&report, Format::Text, &one);
+    assert!(
+        text.contains("Top 1 of each process, 2 of 5 stacks"),
+        "{text}"
+    );
+    assert!(text.contains("--- web (4242) ---") && text.contains("--- cron job (977) ---"));
+    assert!(text.contains("... and 3 more stacks"), "{text}");
 }
 
 #[test]

@@ -315,10 +315,18 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     }
     processes(report, out)?;
     let sorted = listing_order(report);
-    let shown = if opts.top == 0 {
-        sorted.len()
+    // --top applies to each process of a run over many.
+    let mut per_process: std::collections::HashMap<Option<u32>, usize> = Default::default();
+    let (shown_stacks, rest): (Vec<&Stack>, Vec<&Stack>) = sorted.iter().partition(|s| {
+        let n = per_process.entry(s.pid).or_default();
+        *n += 1;
+        opts.top == 0 || *n <= opts.top
+    });
+    let shown = shown_stacks.len();
+    let top = if report.processes.is_empty() {
+        format!("Top {shown}")
     } else {
-        opts.top.min(sorted.len())
+        format!("Top {} of each process, {shown}", opts.top)
     };
     let order = if !report.processes.is_empty() {
         " by process, then by outstanding bytes"
@@ -335,14 +343,14 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
             plural(sorted.len() as u64, "stack", "stacks")
         )?;
     } else {
-        writeln!(out, "Top {shown} of {} stacks{order}:", sorted.len())?;
+        writeln!(out, "{top} of {} stacks{order}:", sorted.len())?;
     }
     // Percentages are of the totals, or of the sum over the stacks if that is
     // larger (an inconsistent report), so they never exceed 100%.
     let listed: u64 = sorted.iter().map(|s| s.bytes).fold(0, u64::saturating_add);
     let sum = listed.max(report.totals.bytes);
     let mut process = None;
-    for (rank, stack) in sorted.iter().take(shown).enumerate() {
+    for (rank, stack) in shown_stacks.iter().enumerate() {
         writeln!(out)?;
         if stack.pid.is_some() && stack.pid != process {
             process = stack.pid;
@@ -351,7 +359,6 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
         }
         stack_block(rank + 1, stack, sum, report, out)?;
     }
-    let rest = &sorted[shown..];
     if !rest.is_empty() {
         let bytes = rest.iter().map(|s| s.bytes).fold(0, u64::saturating_add);
         let count = rest.iter().map(|s| s.count).fold(0, u64::saturating_add);
