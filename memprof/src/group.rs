@@ -301,7 +301,12 @@ impl Discovery<'_> {
                 let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|c| c.trim_end().to_string())
                     .unwrap_or_default();
-                (allocator.clone(), sites.clone(), comm, cmdline_of(pid))
+                (
+                    allocator.clone(),
+                    sites.clone(),
+                    comm,
+                    target::cmdline_of(pid),
+                )
             }
             None => {
                 let target = Target::open(pid)?;
@@ -348,18 +353,6 @@ fn object_ids(maps: &str) -> ObjectSet {
             Some((dev, inode))
         })
         .collect()
-}
-
-fn cmdline_of(pid: u32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
 }
 
 /// Every process now (numeric entries of /proc), memprof aside.
@@ -575,7 +568,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
                 fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|c| c.trim_end().to_string())
                     .unwrap_or_else(|_| "?".to_string()),
-                cmdline_of(pid),
+                target::cmdline_of(pid),
                 String::new(),
                 now_start,
             ),

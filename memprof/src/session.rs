@@ -108,19 +108,16 @@ impl Session {
         child: Option<&mut UnboundedReceiver<ChildEvent>>,
         plan: Plan,
     ) -> anyhow::Result<Waited> {
-        let Session {
-            runtime,
-            sigint,
-            sigterm,
-        } = self;
-        let watch = Watch {
-            probes,
-            target: Some(target),
-            symbolizer: Some(symbolizer),
-            child,
-            many: None,
-        };
-        runtime.block_on(wait_async(watch, plan, sigint, sigterm))
+        self.run(
+            Watch {
+                probes,
+                target: Some(target),
+                symbolizer: Some(symbolizer),
+                child,
+                many: None,
+            },
+            plan,
+        )
     }
 
     /// [`Session::wait`] for a run over many processes: `housekeeping`
@@ -131,18 +128,24 @@ impl Session {
         housekeeping: Housekeeping<'_>,
         plan: Plan,
     ) -> anyhow::Result<Waited> {
+        self.run(
+            Watch {
+                probes,
+                target: None,
+                symbolizer: None,
+                child: None,
+                many: Some(housekeeping),
+            },
+            plan,
+        )
+    }
+
+    fn run(&mut self, watch: Watch<'_>, plan: Plan) -> anyhow::Result<Waited> {
         let Session {
             runtime,
             sigint,
             sigterm,
         } = self;
-        let watch = Watch {
-            probes,
-            target: None,
-            symbolizer: None,
-            child: None,
-            many: Some(housekeeping),
-        };
         runtime.block_on(wait_async(watch, plan, sigint, sigterm))
     }
 }

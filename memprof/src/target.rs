@@ -190,15 +190,7 @@ impl Target {
         let comm = fs::read_to_string(proc_dir.join("comm"))
             .map(|s| s.trim_end().to_string())
             .map_err(|_| Error::NoSuchProcess(pid))?;
-        let cmdline = fs::read(proc_dir.join("cmdline"))
-            .map(|raw| {
-                raw.split(|&b| b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
+        let cmdline = cmdline_of(pid);
         let maps = fs::read_to_string(proc_dir.join("maps")).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 ": memprof needs root, or CAP_SYS_PTRACE over the target (a process in \
@@ -337,6 +329,19 @@ impl Target {
             })
             .unwrap_or(false)
     }
+}
+
+/// The command line of `pid`, arguments joined by spaces ("" when unreadable).
+pub(crate) fn cmdline_of(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 /// A pidfd for `pid`, or None on kernels without pidfd_open (before 5.3).
