@@ -16,6 +16,7 @@ pub mod render;
 pub mod session;
 pub mod session_link;
 pub mod snapshot;
+pub mod sources;
 pub mod symbolize;
 pub mod target;
 
@@ -66,6 +67,10 @@ fn run(
         floor: args.floor,
         at_entry: args.probe_at_entry,
         sample_rate: args.sample_rate.unwrap_or(0),
+        sources: sources::Sources {
+            mmap: args.mmap,
+            kernel: args.kernel,
+        },
     };
     log::info!("attaching to pid {} ({}) ...", target.pid, target.comm);
     let mut probes = Probes::attach(&target, config)?;
@@ -210,6 +215,22 @@ fn run(
     if growth.is_some() {
         rank_growing_first(&mut stacks);
     }
+    let found = sources::collect(
+        maps.sources,
+        &maps.stacks,
+        &symbolizer,
+        sources::Ending {
+            end_ns,
+            released_before_ns: if matches!(end, End::TargetExited(_)) && !at_exit {
+                u64::MAX
+            } else if execs > 0 {
+                last_exec_ns
+            } else {
+                0
+            },
+            min_size: args.min_size,
+        },
+    )?;
 
     Ok(Report {
         version: SCHEMA_VERSION,
@@ -238,6 +259,8 @@ fn run(
         interval_secs: args.interval,
         released,
         sampling,
+        mmap: found.mmap,
+        kernel: found.kernel,
     })
 }
 

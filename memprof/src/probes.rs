@@ -46,6 +46,8 @@ pub struct ProbeConfig {
     /// Record each allocation call with probability 1/`sample_rate` (through
     /// uprobe session links); 0 or 1 records every call.
     pub sample_rate: u32,
+    /// Optional sources besides the heap (`--mmap`, `--kernel`).
+    pub sources: crate::sources::Sources,
 }
 
 impl ProbeConfig {
@@ -62,6 +64,8 @@ pub struct Maps {
     pub stacks: Map,
     pub stats: Map,
     pub events: Map,
+    /// The optional sources, to be read by [`crate::sources::collect`].
+    pub sources: crate::sources::Attached,
 }
 
 /// Loaded and attached programs.
@@ -74,6 +78,8 @@ pub struct Probes {
     pub sites: Vec<ProbeSite>,
     /// Number of uprobes and uretprobes attached (a session counts as both).
     pub attached: usize,
+    /// The optional sources (`--mmap`, `--kernel`).
+    sources: crate::sources::Attached,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -123,13 +129,22 @@ impl Probes {
         // A tgid that no process has makes every program return at once.
         let recorded_tgid = if config.floor { u32::MAX } else { target.pid };
 
-        let mut ebpf = EbpfLoader::new()
+        let offsets = if config.sources.kernel {
+            crate::sources::KmemOffsets::read()?
+        } else {
+            crate::sources::KmemOffsets::default()
+        };
+        let sample_rate = config.sample_rate.max(1);
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(globals::TARGET_TGID, &recorded_tgid, true)
-            .override_global(globals::SAMPLE_RATE, &config.sample_rate.max(1), true)
+            .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .map_max_entries(maps::LIVE, config.max_live)
             .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
             .map_max_entries(maps::STACKS, config.max_stacks)
-            .map_max_entries(maps::PENDING, config.max_threads)
+            .map_max_entries(maps::PENDING, config.max_threads);
+        crate::sources::configure(&mut loader, config.sources, &offsets, config.max_stacks);
+        let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
 
@@ -193,11 +208,13 @@ impl Probes {
             }
         }
         log::debug!("attached {attached} probes at {sites:?}");
+        let sources = crate::sources::attach(&mut ebpf, config.sources)?;
         let mut probes = Probes {
             session,
             ebpf,
             sites,
             attached,
+            sources,
         };
         probes.set_recording(true)?;
         Ok(probes)
@@ -231,6 +248,7 @@ impl Probes {
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
             events: take(maps::EVENTS)?,
+            sources: std::mem::take(&mut self.sources),
         };
         drop(std::mem::take(&mut self.session));
         drop(self.ebpf);

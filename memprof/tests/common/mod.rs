@@ -172,6 +172,8 @@ pub fn sample_report() -> Report {
             at_exit: Totals::default(),
         },
         sampling: None,
+        mmap: None,
+        kernel: None,
     }
 }
 
