@@ -1081,14 +1081,19 @@ pub fn mmap_sys_enter(ctx: RawTracePointContext) -> u32 {
 /// `--mmap`, at every syscall return: `mmap` and `mremap` (see [`mmap_sys_enter`]).
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn mmap_sys_exit(ctx: RawTracePointContext) -> u32 {
-    let Some(regs) = syscall_regs(&ctx) else {
-        return 0;
-    };
-    let nr = regs.orig_rax;
+    let regs: *const pt_regs = ctx.arg(0);
+    // Only the syscall number first: this runs at every syscall's return.
+    // SAFETY: the kernel's pointer to the task's saved registers, read
+    // through the helper, which handles faults.
+    let nr = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }.unwrap_or(0);
     if nr != SYS_MMAP && nr != SYS_MREMAP {
         return 0;
     }
     let Some(tid) = target_thread() else { return 0 };
+    let Some(regs) = syscall_regs(&ctx) else {
+        bump_source(source_stat::MMAP_EVENTS_LOST);
+        return 0;
+    };
     let ret: i64 = ctx.arg(1);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };

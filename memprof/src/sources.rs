@@ -283,13 +283,17 @@ struct Region {
     stack_id: i64,
 }
 
-/// The target's anonymous mappings seen during the run, by start address
-/// (ranges never overlap), and what replaying the events counted.
+/// A region's key: the process (tgid) and its start address.
+type Key = (u64, u64);
+
+/// The anonymous mappings seen during the run, by process and start address
+/// (the ranges of one process never overlap), and what replaying the events
+/// counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    regions: BTreeMap<u64, Region>,
+    regions: BTreeMap<Key, Region>,
     /// Ranges taken out by an `mremap` entry, by thread, until its return.
-    remapping: HashMap<u64, Vec<(u64, Region)>>,
+    remapping: HashMap<u64, Vec<(Key, Region)>>,
     pub counts: LedgerCounts,
 }
 
@@ -310,33 +314,33 @@ pub struct LedgerCounts {
 impl Ledger {
     /// Takes `[start, end)` out of every region; returns the pieces taken,
     /// and whether a region kept a part outside the range (a partial unmap).
-    fn remove_range(&mut self, start: u64, end: u64) -> (Vec<(u64, Region)>, bool) {
+    fn remove_range(&mut self, pid: u64, start: u64, end: u64) -> (Vec<(Key, Region)>, bool) {
         let overlapping: Vec<u64> = self
             .regions
-            .range(..end)
+            .range((pid, 0)..(pid, end))
             .rev()
             .take_while(|(_, r)| r.end > start)
-            .map(|(&s, _)| s)
+            .map(|(&(_, s), _)| s)
             .collect();
         let mut taken = Vec::with_capacity(overlapping.len());
         let mut partial = false;
         for s in overlapping.into_iter().rev() {
-            let Some(r) = self.regions.remove(&s) else {
+            let Some(r) = self.regions.remove(&(pid, s)) else {
                 continue;
             };
             if s < start {
-                self.regions.insert(s, Region { end: start, ..r });
+                self.regions.insert((pid, s), Region { end: start, ..r });
                 partial = true;
             }
             if r.end > end {
-                self.regions.insert(end, r);
+                self.regions.insert((pid, end), r);
                 partial = true;
             }
             if s < start && r.end > end {
                 self.counts.holes += 1;
             }
             taken.push((
-                s.max(start),
+                (pid, s.max(start)),
                 Region {
                     end: r.end.min(end),
                     ..r
@@ -352,11 +356,11 @@ impl Ledger {
         match e.kind {
             mmap_event::MAP => {
                 // Whatever was there is replaced (MAP_FIXED).
-                self.remove_range(e.addr, old_end);
+                self.remove_range(e.pid, e.addr, old_end);
                 if e.anonymous != 0 && e.len > 0 {
                     self.counts.maps += 1;
                     self.regions.insert(
-                        e.addr,
+                        (e.pid, e.addr),
                         Region {
                             end: old_end,
                             timestamp_ns: e.timestamp_ns,
@@ -366,7 +370,7 @@ impl Ledger {
                 }
             }
             mmap_event::UNMAP => {
-                let (taken, partial) = self.remove_range(e.addr, old_end);
+                let (taken, partial) = self.remove_range(e.pid, e.addr, old_end);
                 if taken.is_empty() {
                     self.counts.unmaps_untracked += 1;
                 } else {
@@ -375,7 +379,7 @@ impl Ledger {
                 }
             }
             mmap_event::REMAP_BEGIN => {
-                let (taken, _) = self.remove_range(e.addr, old_end);
+                let (taken, _) = self.remove_range(e.pid, e.addr, old_end);
                 self.remapping.insert(e.tid, taken);
             }
             mmap_event::REMAP_END => {
@@ -384,7 +388,7 @@ impl Ledger {
                     None => {
                         // Its entry came before recording started.
                         self.counts.remaps_unmatched += 1;
-                        self.remove_range(e.addr, old_end).0
+                        self.remove_range(e.pid, e.addr, old_end).0
                     }
                 };
                 let failed = (e.new_addr as i64) < 0 && (e.new_addr as i64) >= -4095;
@@ -396,7 +400,7 @@ impl Ledger {
                     return;
                 }
                 let new_end = e.new_addr.saturating_add(e.new_len);
-                self.remove_range(e.new_addr, new_end);
+                self.remove_range(e.pid, e.new_addr, new_end);
                 if taken.is_empty() {
                     // A file mapping, or one made before memprof attached.
                     self.counts.remaps_untracked += 1;
@@ -404,7 +408,7 @@ impl Ledger {
                 }
                 self.counts.remaps += 1;
                 self.regions.insert(
-                    e.new_addr,
+                    (e.pid, e.new_addr),
                     Region {
                         end: new_end,
                         timestamp_ns: e.timestamp_ns,
@@ -429,7 +433,7 @@ impl Ledger {
     fn live(&self) -> Vec<(u64, AllocInfo)> {
         self.regions
             .iter()
-            .map(|(&s, r)| {
+            .map(|(&(_, s), r)| {
                 (
                     s,
                     AllocInfo {
@@ -764,7 +768,7 @@ mod tests {
         ledger
             .regions
             .iter()
-            .map(|(&s, r)| (s, r.end, r.stack_id))
+            .map(|(&(_, s), r)| (s, r.end, r.stack_id))
             .collect()
     }
 
@@ -827,6 +831,30 @@ mod tests {
             ranges(&l),
             vec![(0x10000, 0x11000, 1), (0x12000, 0x14000, 1)]
         );
+    }
+
+    #[test]
+    fn processes_have_address_spaces_of_their_own() {
+        let mut l = Ledger::default();
+        for pid in [1, 2] {
+            l.apply(&MmapEvent {
+                kind: mmap_event::MAP,
+                pid,
+                addr: 0x10000,
+                len: PAGE,
+                stack_id: pid as i64,
+                anonymous: 1,
+                ..MmapEvent::default()
+            });
+        }
+        l.apply(&MmapEvent {
+            kind: mmap_event::UNMAP,
+            pid: 1,
+            addr: 0x10000,
+            len: PAGE,
+            ..MmapEvent::default()
+        });
+        assert_eq!(ranges(&l), vec![(0x10000, 0x11000, 2)]);
     }
 
     #[test]
