@@ -221,12 +221,11 @@ fn run(
         &symbolizer,
         sources::Ending {
             end_ns,
+            // Every exec replaced the address space, the launching one too.
             released_before_ns: if matches!(end, End::TargetExited(_)) && !at_exit {
                 u64::MAX
-            } else if execs > 0 {
-                last_exec_ns
             } else {
-                0
+                last_exec_ns
             },
             min_size: args.min_size,
         },

@@ -16,9 +16,9 @@
 //! when it failed); the result belongs to the `mremap`'s stack, as a
 //! `realloc`'ed block belongs to the `realloc` in the heap report.
 //!
-//! Sizes are whole pages (the kernel rounds lengths up), and a stack's count
-//! is the number of address ranges it holds (a hole punched in a mapping makes
-//! two). glibc's malloc serves large blocks (128 KiB and more by default) with
+//! Sizes are whole pages (the kernel rounds lengths up) of address space,
+//! not resident memory, and a stack's count is the number of address ranges
+//! it holds (a hole punched in a mapping makes two). glibc's malloc serves large blocks (128 KiB and more by default) with
 //! anonymous `mmap` too: those bytes are in the heap report *and* here.
 //!
 //! # `--kernel`
@@ -567,8 +567,10 @@ pub fn collect(
 pub const MMAP_DESCRIPTION: &str = "anonymous mmap: memory the target mapped with \
     mmap(MAP_ANONYMOUS) (or mremap'ed) during the run and had not unmapped at its end, in whole \
     pages, by the stack of the call that mapped it; a count is a number of address ranges. \
-    glibc's malloc maps large blocks (128 KiB and more by default) this way: those bytes are also \
-    in the heap report above";
+    These are bytes of address space, not resident memory: a reservation never touched (or \
+    PROT_NONE, as glibc's per-thread arenas mostly are) counts in full. glibc's malloc maps \
+    large blocks (128 KiB and more by default) this way: those bytes are also in the heap \
+    report above";
 
 /// What the kernel section measures.
 pub const KERNEL_DESCRIPTION: &str = "kernel: slab objects (kmalloc, kmem_cache_alloc) the \
