@@ -1034,10 +1034,14 @@ fn send_mmap_event(event: MmapEvent) {
 /// but the first. The raw `sys_enter`/`sys_exit` tracepoints hand over the
 /// task's saved user registers, which hold the arguments (ABI-stable, no
 /// record layout to read from tracefs) and the stack to walk. They run for
-/// every syscall of every process while attached: the program compares the
-/// syscall number first and returns, which costs tens of nanoseconds per
-/// syscall (and the kernel takes its slower syscall path while any syscall
-/// tracepoint is in use, as it does for the per-syscall tracepoints).
+/// every syscall of every process while attached: the programs compare the
+/// syscall number first and return. Measured on the development machine
+/// (Linux 6.18, 2 cores): a `getppid` round trip went from about 115-135 ns
+/// to 180-210 ns, whatever process makes it. The per-syscall tracepoints
+/// (`syscalls:sys_enter_mmap`, ...) would run no program for other syscalls
+/// (the kernel checks a bitmap first), at the price of the record layouts
+/// from tracefs and `bpf_task_pt_regs` for the user registers: the next step
+/// if that cost matters.
 ///
 /// `munmap` is sent at its entry, before the kernel unmaps (a later `mmap` of
 /// another thread may get the same addresses once it has), when its

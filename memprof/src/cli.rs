@@ -138,9 +138,9 @@ pub struct ProfileArgs {
     /// their munmap and mremap) still mapped at the end, by the stack that mapped them, in a
     /// section of their own. This is memory that malloc never sees (custom allocators, arenas,
     /// thread stacks, JIT code) plus the large blocks glibc's malloc maps itself (128 KiB and
-    /// more by default), which the heap report counts too. Costs a syscall tracepoint on every
-    /// syscall of every process while attached (tens of nanoseconds each), and a stack walk
-    /// per mmap or mremap of the target.
+    /// more by default), which the heap report counts too. Costs a BPF program on every
+    /// syscall of every process while attached (about 70 ns each, measured on a getppid
+    /// loop), and a stack walk per mmap or mremap of the target.
     #[arg(long)]
     pub mmap: bool,
 
