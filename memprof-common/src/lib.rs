@@ -153,6 +153,10 @@ pub mod sources {
     /// Per-CPU `u64` counters of both sources, indices in [`super::source_stat`].
     pub const SOURCE_STATS: &str = "SOURCE_STATS";
 
+    /// Globals `u32`: where the arguments of a `syscalls:sys_enter_*` record
+    /// begin and where the return value of a `sys_exit_*` one is, from tracefs.
+    pub const SYSCALL_ARGS: &str = "SYSCALL_ARGS";
+    pub const SYSCALL_RET: &str = "SYSCALL_RET";
     /// Globals `u32`: byte offsets of the fields of the kmem tracepoint
     /// records, read from `/sys/kernel/tracing/events/kmem/*/format` at load time.
     pub const KMALLOC_PTR: &str = "KMALLOC_PTR";
@@ -163,8 +167,10 @@ pub mod sources {
     pub const KCACHE_FREE_PTR: &str = "KCACHE_FREE_PTR";
 
     /// The programs.
-    pub const MMAP_SYS_ENTER: &str = "mmap_sys_enter";
-    pub const MMAP_SYS_EXIT: &str = "mmap_sys_exit";
+    pub const MMAP_ENTER_MUNMAP: &str = "mmap_enter_munmap";
+    pub const MMAP_ENTER_MREMAP: &str = "mmap_enter_mremap";
+    pub const MMAP_EXIT_MMAP: &str = "mmap_exit_mmap";
+    pub const MMAP_EXIT_MREMAP: &str = "mmap_exit_mremap";
     pub const KMALLOC: &str = "kmem_kmalloc";
     pub const KMEM_CACHE_ALLOC: &str = "kmem_cache_alloc";
     pub const KFREE: &str = "kmem_kfree";

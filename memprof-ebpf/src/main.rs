@@ -48,8 +48,8 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     bindings::{pt_regs, BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_func_ip, bpf_get_prandom_u32,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace as KernelStacks},
@@ -850,9 +850,6 @@ static KFREE_PTR: Global<u32> = Global::new(16);
 #[unsafe(no_mangle)]
 static KCACHE_FREE_PTR: Global<u32> = Global::new(16);
 
-const SYS_MMAP: u64 = 9;
-const SYS_MUNMAP: u64 = 11;
-const SYS_MREMAP: u64 = 25;
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const PAGE_MASK: u64 = 4095;
@@ -871,13 +868,40 @@ fn page_up(len: u64) -> u64 {
     len.wrapping_add(PAGE_MASK) & !PAGE_MASK
 }
 
-/// The user registers a `sys_enter`/`sys_exit` raw tracepoint passes as arg 0.
+/// Offsets in the records of the syscall tracepoints, from their tracefs
+/// `format` files: where `args[0]` of a `sys_enter_*` record is (the next
+/// arguments follow, 8 bytes each), and the return value of a `sys_exit_*` one.
+#[unsafe(no_mangle)]
+static SYSCALL_ARGS: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static SYSCALL_RET: Global<u32> = Global::new(16);
+
+/// The current task's saved user registers (the syscall's arguments as it
+/// entered, its stack).
 #[inline(always)]
-fn syscall_regs(ctx: &RawTracePointContext) -> Option<pt_regs> {
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: the kernel's pointer to the task's saved registers, read through
-    // the helper, which handles faults.
-    unsafe { bpf_probe_read_kernel(regs) }.ok()
+fn user_regs() -> Option<pt_regs> {
+    // SAFETY: the helpers have no preconditions; the registers are read
+    // through bpf_probe_read_kernel, which handles faults.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        bpf_probe_read_kernel(regs).ok()
+    }
+}
+
+/// Argument `n` of the syscall of a `sys_enter_*` record.
+#[inline(always)]
+fn syscall_arg(ctx: &TracePointContext, n: u32) -> Option<u64> {
+    // SAFETY: an offset inside the record, from its format file; the helper
+    // handles faults.
+    unsafe { ctx.read_at::<u64>((SYSCALL_ARGS.load() + 8 * n) as usize) }.ok()
+}
+
+/// The return value of a `sys_exit_*` record.
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> Option<i64> {
+    // SAFETY: as in `syscall_arg`.
+    unsafe { ctx.read_at::<i64>(SYSCALL_RET.load() as usize) }.ok()
 }
 
 /// Longest distance from a syscall wrapper's entry to its `syscall` instruction.
@@ -1024,24 +1048,22 @@ fn send_mmap_event(event: MmapEvent) {
     }
 }
 
-/// `--mmap`, at every syscall entry: `munmap` and the old range of `mremap`.
+/// `--mmap`: the entry of `munmap` or `mremap`.
 ///
-/// # Why the raw syscall tracepoints
+/// # Why syscall tracepoints
 /// Syscall tracepoints see every caller: glibc's `mmap` wrapper and the
 /// `mmap` glibc's malloc makes for large blocks (which the heap report counts
 /// too: the overlap is said in the report), direct `syscall(2)`s, static
 /// binaries, other libcs and runtimes. Uprobes on libc's `mmap` would miss all
-/// but the first. The raw `sys_enter`/`sys_exit` tracepoints hand over the
-/// task's saved user registers, which hold the arguments (ABI-stable, no
-/// record layout to read from tracefs) and the stack to walk. They run for
-/// every syscall of every process while attached: the programs compare the
-/// syscall number first and return. Measured on the development machine
-/// (Linux 6.18, 2 cores): a `getppid` round trip went from about 115-135 ns
-/// to 180-210 ns, whatever process makes it. The per-syscall tracepoints
-/// (`syscalls:sys_enter_mmap`, ...) would run no program for other syscalls
-/// (the kernel checks a bitmap first), at the price of the record layouts
-/// from tracefs and `bpf_task_pt_regs` for the user registers: the next step
-/// if that cost matters.
+/// but the first. The per-syscall tracepoints (`syscalls:sys_enter_munmap`,
+/// ...) run no program for other syscalls: the kernel checks a bitmap of
+/// enabled syscalls first. Measured on the development machine (Linux 6.18,
+/// 2 cores), a `getppid` round trip of any process took 115-125 ns without
+/// them and 120-140 ns with them; with the raw `sys_enter`/`sys_exit`
+/// tracepoints, tried first, which run a program on every syscall, 180-210 ns.
+/// The user registers, for the arguments the record lacks and for the stack,
+/// come from `bpf_task_pt_regs`. The record offsets come from tracefs
+/// (`SYSCALL_ARGS`, `SYSCALL_RET`).
 ///
 /// `munmap` is sent at its entry, before the kernel unmaps (a later `mmap` of
 /// another thread may get the same addresses once it has), when its
@@ -1049,26 +1071,16 @@ fn send_mmap_event(event: MmapEvent) {
 /// `munmap` that fails anyway (ENOMEM when a split meets the map-count
 /// limit) is counted as done. The old range of `mremap` is sent at its entry
 /// for the same reason, its result at its return.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn mmap_sys_enter(ctx: RawTracePointContext) -> u32 {
-    let nr: u64 = ctx.arg(1);
-    if nr != SYS_MUNMAP && nr != SYS_MREMAP {
-        return 0;
-    }
-    let Some(tid) = target_thread() else { return 0 };
-    let Some(regs) = syscall_regs(&ctx) else {
+#[inline(always)]
+fn unmap_or_remap_begin(ctx: &TracePointContext, kind: u64) {
+    let Some(tid) = target_thread() else { return };
+    let (Some(addr), Some(len)) = (syscall_arg(ctx, 0), syscall_arg(ctx, 1)) else {
         bump_source(source_stat::MMAP_EVENTS_LOST);
-        return 0;
+        return;
     };
-    let (addr, len) = (regs.rdi, regs.rsi);
-    let kind = if nr == SYS_MUNMAP {
-        if addr & PAGE_MASK != 0 || len == 0 {
-            return 0; // EINVAL: nothing happens
-        }
-        mmap_event::UNMAP
-    } else {
-        mmap_event::REMAP_BEGIN
-    };
+    if kind == mmap_event::UNMAP && (addr & PAGE_MASK != 0 || len == 0) {
+        return; // EINVAL: nothing happens
+    }
     send_mmap_event(MmapEvent {
         kind,
         tid,
@@ -1079,61 +1091,72 @@ pub fn mmap_sys_enter(ctx: RawTracePointContext) -> u32 {
         pid: tid >> 32,
         ..MmapEvent::default()
     });
+}
+
+/// `--mmap`: `munmap(addr, len)` (see [`unmap_or_remap_begin`]).
+#[tracepoint(category = "syscalls", name = "sys_enter_munmap")]
+pub fn mmap_enter_munmap(ctx: TracePointContext) -> u32 {
+    unmap_or_remap_begin(&ctx, mmap_event::UNMAP);
     0
 }
 
-/// `--mmap`, at every syscall return: `mmap` and `mremap` (see [`mmap_sys_enter`]).
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn mmap_sys_exit(ctx: RawTracePointContext) -> u32 {
-    let regs: *const pt_regs = ctx.arg(0);
-    // Only the syscall number first: this runs at every syscall's return.
-    // SAFETY: the kernel's pointer to the task's saved registers, read
-    // through the helper, which handles faults.
-    let nr = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }.unwrap_or(0);
-    if nr != SYS_MMAP && nr != SYS_MREMAP {
-        return 0;
-    }
+/// `--mmap`: `mremap(addr, old_len, ...)`, its old range.
+#[tracepoint(category = "syscalls", name = "sys_enter_mremap")]
+pub fn mmap_enter_mremap(ctx: TracePointContext) -> u32 {
+    unmap_or_remap_begin(&ctx, mmap_event::REMAP_BEGIN);
+    0
+}
+
+/// `--mmap`: the return of `mmap`; anonymous mappings (and file mappings
+/// placed with `MAP_FIXED`, which replace what was there) are sent.
+#[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
+pub fn mmap_exit_mmap(ctx: TracePointContext) -> u32 {
     let Some(tid) = target_thread() else { return 0 };
-    let Some(regs) = syscall_regs(&ctx) else {
+    let (Some(ret), Some(regs)) = (syscall_ret(&ctx), user_regs()) else {
         bump_source(source_stat::MMAP_EVENTS_LOST);
         return 0;
     };
-    let ret: i64 = ctx.arg(1);
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // The argument registers are as the syscall entry saved them.
-    if nr == SYS_MMAP {
-        if (-4095..0).contains(&ret) {
-            bump_source(source_stat::MMAP_FAILED);
-            return 0;
-        }
-        let flags = regs.r10;
-        let anonymous = flags & MAP_ANONYMOUS != 0;
-        if !anonymous && flags & MAP_FIXED == 0 {
-            return 0; // a file mapping placed where nothing was
-        }
-        let stack_id = if anonymous {
-            mmap_stack(&regs)
-        } else {
-            STACK_LOST
-        };
-        send_mmap_event(MmapEvent {
-            kind: mmap_event::MAP,
-            tid,
-            timestamp_ns: now,
-            addr: ret as u64,
-            len: page_up(regs.rsi),
-            stack_id,
-            anonymous: u64::from(anonymous),
-            pid: tid >> 32,
-            ..MmapEvent::default()
-        });
-        return 0;
-    }
     if (-4095..0).contains(&ret) {
         bump_source(source_stat::MMAP_FAILED);
+        return 0;
     }
-    let stack_id = if (-4095..0).contains(&ret) {
+    // The argument registers are as the syscall entry saved them.
+    let flags = regs.r10;
+    let anonymous = flags & MAP_ANONYMOUS != 0;
+    if !anonymous && flags & MAP_FIXED == 0 {
+        return 0; // a file mapping placed where nothing was
+    }
+    let stack_id = if anonymous {
+        mmap_stack(&regs)
+    } else {
+        STACK_LOST
+    };
+    send_mmap_event(MmapEvent {
+        kind: mmap_event::MAP,
+        tid,
+        // SAFETY: the helper has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr: ret as u64,
+        len: page_up(regs.rsi),
+        stack_id,
+        anonymous: u64::from(anonymous),
+        pid: tid >> 32,
+        ..MmapEvent::default()
+    });
+    0
+}
+
+/// `--mmap`: the return of `mremap`.
+#[tracepoint(category = "syscalls", name = "sys_exit_mremap")]
+pub fn mmap_exit_mremap(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let (Some(ret), Some(regs)) = (syscall_ret(&ctx), user_regs()) else {
+        bump_source(source_stat::MMAP_EVENTS_LOST);
+        return 0;
+    };
+    let failed = (-4095..0).contains(&ret);
+    let stack_id = if failed {
+        bump_source(source_stat::MMAP_FAILED);
         STACK_LOST
     } else {
         mmap_stack(&regs)
@@ -1141,7 +1164,8 @@ pub fn mmap_sys_exit(ctx: RawTracePointContext) -> u32 {
     send_mmap_event(MmapEvent {
         kind: mmap_event::REMAP_END,
         tid,
-        timestamp_ns: now,
+        // SAFETY: the helper has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
         addr: regs.rdi,
         len: page_up(regs.rsi),
         new_addr: ret as u64,

@@ -138,9 +138,10 @@ pub struct ProfileArgs {
     /// their munmap and mremap) still mapped at the end, by the stack that mapped them, in a
     /// section of their own. This is memory that malloc never sees (custom allocators, arenas,
     /// thread stacks, JIT code) plus the large blocks glibc's malloc maps itself (128 KiB and
-    /// more by default), which the heap report counts too. Costs a BPF program on every
-    /// syscall of every process while attached (about 70 ns each, measured on a getppid
-    /// loop), and a stack walk per mmap or mremap of the target.
+    /// more by default), which the heap report counts too. Uses the syscall tracepoints of
+    /// mmap, munmap and mremap: every syscall on the machine takes the kernel's traced path
+    /// while attached (a few to 20 ns more per syscall, measured on a getppid loop), and each
+    /// mmap or mremap of the target costs a stack walk.
     #[arg(long)]
     pub mmap: bool,
 

@@ -129,11 +129,7 @@ impl Probes {
         // A tgid that no process has makes every program return at once.
         let recorded_tgid = if config.floor { u32::MAX } else { target.pid };
 
-        let offsets = if config.sources.kernel {
-            crate::sources::KmemOffsets::read()?
-        } else {
-            crate::sources::KmemOffsets::default()
-        };
+        let offsets = crate::sources::TraceOffsets::read(config.sources)?;
         let sample_rate = config.sample_rate.max(1);
         let mut loader = EbpfLoader::new();
         loader

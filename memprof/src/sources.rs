@@ -2,9 +2,9 @@
 //! from it: anonymous mappings (`--mmap`) and kernel objects (`--kernel`).
 //!
 //! # `--mmap`
-//! The BPF programs (`mmap_sys_enter`/`mmap_sys_exit` in memprof-ebpf, which
-//! say why they use the raw syscall tracepoints) send every `mmap`, `munmap`
-//! and `mremap` of the target through a ring buffer. A thread of this module
+//! The BPF programs (`mmap_enter_munmap` and its siblings in memprof-ebpf,
+//! which say why they use the syscall tracepoints) send every `mmap`,
+//! `munmap` and `mremap` of the target through a ring buffer. A thread of this module
 //! drains it during the run and replays the events, in order, on a
 //! [`Ledger`]: a map of the anonymous address ranges the target mapped while
 //! memprof watched, each with the time and user stack of the call that
@@ -26,8 +26,9 @@
 //! objects the kernel allocates while running for the target (its syscalls,
 //! its page faults), with their kernel stacks; `kmem:kfree` and
 //! `kmem:kmem_cache_free` forget them, whoever frees them. The field offsets of
-//! the four records are read from their `format` files in tracefs at load time
-//! and passed to the programs as globals. Kernel stacks are symbolized with
+//! the records (these four, and the syscall ones of `--mmap`) are read from
+//! their `format` files in tracefs at load time and passed to the programs as
+//! globals ([`TraceOffsets`]). Kernel stacks are symbolized with
 //! `/proc/kallsyms`. Pages (`mm_page_alloc`) are not recorded: the target's
 //! page faults allocate pages for its own memory, which the heap and mmap
 //! reports already count.
@@ -42,7 +43,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap};
-use aya::programs::{RawTracePoint, TracePoint};
+use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use blazesym::symbolize::source::{Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
@@ -69,10 +70,15 @@ impl Sources {
     }
 }
 
-/// Field offsets of the kmem tracepoint records, as the running kernel's
-/// tracefs `format` files give them (the programs' defaults are Linux 6.18's).
+/// Field offsets of the tracepoint records the sources read, as the running
+/// kernel's tracefs `format` files give them (the programs' defaults are
+/// Linux 6.18's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KmemOffsets {
+pub struct TraceOffsets {
+    /// `args[0]` of a `syscalls:sys_enter_*` record (the others follow).
+    pub syscall_args: u32,
+    /// `ret` of a `syscalls:sys_exit_*` record.
+    pub syscall_ret: u32,
     pub kmalloc_ptr: u32,
     pub kmalloc_bytes: u32,
     pub kcache_ptr: u32,
@@ -81,9 +87,11 @@ pub struct KmemOffsets {
     pub kcache_free_ptr: u32,
 }
 
-impl Default for KmemOffsets {
+impl Default for TraceOffsets {
     fn default() -> Self {
-        KmemOffsets {
+        TraceOffsets {
+            syscall_args: 16,
+            syscall_ret: 16,
             kmalloc_ptr: 16,
             kmalloc_bytes: 32,
             kcache_ptr: 16,
@@ -94,32 +102,59 @@ impl Default for KmemOffsets {
     }
 }
 
-impl KmemOffsets {
-    /// Reads the offsets from tracefs (only needed with `--kernel`).
-    pub fn read() -> anyhow::Result<KmemOffsets> {
+impl TraceOffsets {
+    /// Reads the offsets that `sources` need from tracefs.
+    pub fn read(sources: Sources) -> anyhow::Result<TraceOffsets> {
+        let mut offsets = TraceOffsets::default();
+        if !sources.any() {
+            return Ok(offsets);
+        }
         let dir = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
             .into_iter()
             .map(Path::new)
-            .find(|d| d.join("events/kmem").is_dir())
+            .find(|d| d.join("events").is_dir())
             .context(
-                "--kernel needs the kmem tracepoints, and /sys/kernel/tracing/events/kmem is \
+                "--mmap and --kernel need tracepoints, and /sys/kernel/tracing/events is \
                  missing: mount tracefs (mount -t tracefs nodev /sys/kernel/tracing)",
             )?;
         let field = |event: &str, name: &str| -> anyhow::Result<u32> {
-            let path = dir.join("events/kmem").join(event).join("format");
-            let text =
-                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let path = dir.join("events").join(event).join("format");
+            let text = fs::read_to_string(&path).with_context(|| {
+                format!("reading {} (is the tracepoint there?)", path.display())
+            })?;
             field_offset(&text, name)
                 .with_context(|| format!("{} has no 8-byte field `{name}`", path.display()))
         };
-        Ok(KmemOffsets {
-            kmalloc_ptr: field("kmalloc", "ptr")?,
-            kmalloc_bytes: field("kmalloc", "bytes_alloc")?,
-            kcache_ptr: field("kmem_cache_alloc", "ptr")?,
-            kcache_bytes: field("kmem_cache_alloc", "bytes_alloc")?,
-            kfree_ptr: field("kfree", "ptr")?,
-            kcache_free_ptr: field("kmem_cache_free", "ptr")?,
-        })
+        if sources.mmap {
+            offsets.syscall_args = field("syscalls/sys_enter_munmap", "addr")?;
+            offsets.syscall_ret = field("syscalls/sys_exit_mmap", "ret")?;
+            // The programs read every syscall's arguments from one offset.
+            for (event, name, index) in [
+                ("syscalls/sys_enter_munmap", "len", 1),
+                ("syscalls/sys_enter_mremap", "addr", 0),
+                ("syscalls/sys_enter_mremap", "old_len", 1),
+            ] {
+                let at = field(event, name)?;
+                anyhow::ensure!(
+                    at == offsets.syscall_args + 8 * index,
+                    "{event}: `{name}` is at offset {at}, not after the other arguments: a \
+                     syscall record layout memprof does not know"
+                );
+            }
+            anyhow::ensure!(
+                field("syscalls/sys_exit_mremap", "ret")? == offsets.syscall_ret,
+                "syscalls/sys_exit_mremap: `ret` is not where sys_exit_mmap has it"
+            );
+        }
+        if sources.kernel {
+            offsets.kmalloc_ptr = field("kmem/kmalloc", "ptr")?;
+            offsets.kmalloc_bytes = field("kmem/kmalloc", "bytes_alloc")?;
+            offsets.kcache_ptr = field("kmem/kmem_cache_alloc", "ptr")?;
+            offsets.kcache_bytes = field("kmem/kmem_cache_alloc", "bytes_alloc")?;
+            offsets.kfree_ptr = field("kmem/kfree", "ptr")?;
+            offsets.kcache_free_ptr = field("kmem/kmem_cache_free", "ptr")?;
+        }
+        Ok(offsets)
     }
 }
 
@@ -147,11 +182,14 @@ fn field_offset(format: &str, name: &str) -> Option<u32> {
 pub fn configure<'a>(
     loader: &mut EbpfLoader<'a>,
     sources: Sources,
-    offsets: &'a KmemOffsets,
+    offsets: &'a TraceOffsets,
     max_stacks: u32,
 ) {
     if sources.mmap {
-        loader.map_max_entries(sources::MMAP_EVENTS, sources::MMAP_EVENTS_BYTES);
+        loader
+            .map_max_entries(sources::MMAP_EVENTS, sources::MMAP_EVENTS_BYTES)
+            .override_global(sources::SYSCALL_ARGS, &offsets.syscall_args, true)
+            .override_global(sources::SYSCALL_RET, &offsets.syscall_ret, true);
     }
     if sources.kernel {
         loader
@@ -202,18 +240,20 @@ pub fn attach(ebpf: &mut Ebpf, sources: Sources) -> anyhow::Result<Attached> {
         return Ok(attached);
     }
     if sources.mmap {
-        for (program, tracepoint) in [
-            (sources::MMAP_SYS_ENTER, "sys_enter"),
-            (sources::MMAP_SYS_EXIT, "sys_exit"),
+        for (program, event) in [
+            (sources::MMAP_ENTER_MUNMAP, "sys_enter_munmap"),
+            (sources::MMAP_ENTER_MREMAP, "sys_enter_mremap"),
+            (sources::MMAP_EXIT_MMAP, "sys_exit_mmap"),
+            (sources::MMAP_EXIT_MREMAP, "sys_exit_mremap"),
         ] {
-            let tp: &mut RawTracePoint = ebpf
+            let tp: &mut TracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("BPF program {program} missing from the object"))?
                 .try_into()?;
             tp.load()
                 .with_context(|| format!("loading BPF program {program} (--mmap)"))?;
-            tp.attach(tracepoint).with_context(|| {
-                format!("attaching to the {tracepoint} raw tracepoint (--mmap)")
+            tp.attach("syscalls", event).with_context(|| {
+                format!("attaching to the syscalls:{event} tracepoint (--mmap)")
             })?;
         }
         let map = take(ebpf, sources::MMAP_EVENTS)?;
