@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,clean,selfcheck,demo,static}.c` are compiled with gcc and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,clean,selfcheck,demo,static,mmaps,kernel_objects}.c` are compiled with gcc and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -93,6 +93,8 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("demo", "demo", &[]),
     ("static", "static", &["-static"]),
     ("sampled", "sampled", &[]),
+    ("mmaps", "mmaps", &[]),
+    ("kernel-objects", "kernel_objects", &[]),
 ];
 
 /// Link flags of the fixtures that use another allocator: kept as a

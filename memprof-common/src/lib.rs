@@ -186,6 +186,117 @@ pub mod stat {
     pub const COUNT: u32 = 14;
 }
 
+/// Optional sources besides the heap (`--mmap`, `--kernel`): their maps,
+/// events, settings and counters. Nothing here touches the heap's maps.
+pub mod sources {
+    /// `RingBuf` of [`super::MmapEvent`]s, drained by user space during the run.
+    pub const MMAP_EVENTS: &str = "MMAP_EVENTS";
+    /// `HashMap<u64, AllocInfo>`: kernel objects allocated for the target,
+    /// by address; `stack_id` is a key of [`KSTACKS`].
+    pub const KLIVE: &str = "KLIVE";
+    /// `StackTrace` map of the kernel stacks of [`KLIVE`].
+    pub const KSTACKS: &str = "KSTACKS";
+    /// Per-CPU `u64` counters of both sources, indices in [`super::source_stat`].
+    pub const SOURCE_STATS: &str = "SOURCE_STATS";
+
+    /// Globals `u32`: where the arguments of a `syscalls:sys_enter_*` record
+    /// begin and where the return value of a `sys_exit_*` one is, from tracefs.
+    pub const SYSCALL_ARGS: &str = "SYSCALL_ARGS";
+    pub const SYSCALL_RET: &str = "SYSCALL_RET";
+    /// Globals `u32`: byte offsets of the fields of the kmem tracepoint
+    /// records, read from `/sys/kernel/tracing/events/kmem/*/format` at load time.
+    pub const KMALLOC_PTR: &str = "KMALLOC_PTR";
+    pub const KMALLOC_BYTES: &str = "KMALLOC_BYTES";
+    pub const KCACHE_PTR: &str = "KCACHE_PTR";
+    pub const KCACHE_BYTES: &str = "KCACHE_BYTES";
+    pub const KFREE_PTR: &str = "KFREE_PTR";
+    pub const KCACHE_FREE_PTR: &str = "KCACHE_FREE_PTR";
+
+    /// The programs.
+    pub const MMAP_ENTER_MUNMAP: &str = "mmap_enter_munmap";
+    pub const MMAP_ENTER_MREMAP: &str = "mmap_enter_mremap";
+    pub const MMAP_EXIT_MMAP: &str = "mmap_exit_mmap";
+    pub const MMAP_EXIT_MREMAP: &str = "mmap_exit_mremap";
+    pub const KMALLOC: &str = "kmem_kmalloc";
+    pub const KMEM_CACHE_ALLOC: &str = "kmem_cache_alloc";
+    pub const KFREE: &str = "kmem_kfree";
+    pub const KMEM_CACHE_FREE: &str = "kmem_cache_free";
+
+    /// Size of the ring buffer when `--mmap` is off (the smallest allowed).
+    pub const MMAP_EVENTS_OFF_BYTES: u32 = 4096;
+    /// Size of the ring buffer with `--mmap`: 65,536 events of 80 bytes.
+    pub const MMAP_EVENTS_BYTES: u32 = 8 << 20;
+    /// Entries of [`KLIVE`] with `--kernel` (preallocated: a map that
+    /// allocated on insert would call the allocator it traces).
+    pub const MAX_KLIVE: u32 = 1 << 16;
+}
+
+/// One anonymous-memory event of the target, sent through
+/// [`sources::MMAP_EVENTS`]; user space replays them in order on a map of
+/// address ranges (see `memprof/src/sources.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmapEvent {
+    /// One of [`mmap_event`].
+    pub kind: u64,
+    /// The calling thread (`pid_tgid`).
+    pub tid: u64,
+    /// `bpf_ktime_get_ns()`.
+    pub timestamp_ns: u64,
+    /// MAP: the new mapping; UNMAP and REMAP_*: the old range's start.
+    pub addr: u64,
+    /// Length of `addr`'s range, rounded up to whole pages as the kernel does.
+    pub len: u64,
+    /// REMAP_END: the syscall's return value (the new start, or `-errno`).
+    pub new_addr: u64,
+    /// REMAP_END: the new length, rounded up to whole pages.
+    pub new_len: u64,
+    /// MAP of anonymous memory and REMAP_END: key in `STACKS`, or [`STACK_LOST`].
+    pub stack_id: i64,
+    /// MAP: nonzero for anonymous memory (a file mapping is only sent when it
+    /// is `MAP_FIXED`, since it then replaces whatever was mapped there).
+    pub anonymous: u64,
+    /// The process (tgid), for reports of many processes.
+    pub pid: u64,
+}
+const _: () = assert!(core::mem::size_of::<MmapEvent>() == 80);
+
+/// Kinds of [`MmapEvent`].
+pub mod mmap_event {
+    /// A successful `mmap`: `[addr, addr + len)` is mapped (anything there before is gone).
+    pub const MAP: u64 = 1;
+    /// A `munmap` (sent at its entry, when its arguments are valid): `[addr, addr + len)` is gone.
+    pub const UNMAP: u64 = 2;
+    /// The entry of an `mremap` of `[addr, addr + len)`.
+    pub const REMAP_BEGIN: u64 = 3;
+    /// Its return: `new_addr` (or an error) and `new_len`; `addr`/`len` repeat the old range.
+    pub const REMAP_END: u64 = 4;
+}
+
+/// Indices of the counters in the per-CPU [`sources::SOURCE_STATS`] array.
+pub mod source_stat {
+    /// mmap events dropped because the ring buffer was full.
+    pub const MMAP_EVENTS_LOST: u32 = 0;
+    /// mmap and mremap calls that failed.
+    pub const MMAP_FAILED: u32 = 1;
+    /// Anonymous mappings whose user stack could not be stored.
+    pub const MMAP_STACK_LOST: u32 = 2;
+    /// Kernel allocations recorded.
+    pub const KERNEL_ALLOCS: u32 = 3;
+    /// Frees of recorded kernel objects.
+    pub const KERNEL_FREES: u32 = 4;
+    /// Kernel allocations not recorded: `KLIVE` was full.
+    pub const KERNEL_LIVE_FULL: u32 = 5;
+    /// Kernel allocations whose stack could not be stored (counted under `[stack lost]`).
+    pub const KERNEL_STACK_LOST: u32 = 6;
+    /// Kernel allocations at an address still recorded: its free was missed.
+    pub const KERNEL_REPLACED: u32 = 7;
+    /// Kernel allocations whose record could not be read.
+    pub const KERNEL_READ_FAILED: u32 = 8;
+    /// Number of counters.
+    pub const COUNT: u32 = 9;
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), integers only, no padding (asserted above).
@@ -200,4 +311,6 @@ mod pod {
     unsafe impl aya::Pod for super::PendingCall {}
     // SAFETY: repr(C), integers only, no padding (asserted above).
     unsafe impl aya::Pod for super::StackTrace {}
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::MmapEvent {}
 }

@@ -47,20 +47,25 @@ use core::ffi::c_void;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{
+        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, pt_regs, BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST,
+    },
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_task_storage_get,
+        bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs, generated::bpf_task_storage_get,
     },
     macros::{btf_map, map, raw_tracepoint, tracepoint, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace as KernelStacks},
+    programs::{
+        tracing::StackIdContext as _, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
     EbpfContext, Global,
 };
 use memprof_common::{
-    defaults, filter, stat, AllocInfo, LiveKey, PendingCall, ProcEvents, StackAgg, StackTrace,
-    MAX_FRAMES, STACK_LOST,
+    defaults, filter, mmap_event, source_stat, sources, stat, AllocInfo, LiveKey, MmapEvent,
+    PendingCall, ProcEvents, StackAgg, StackTrace, MAX_FRAMES, STACK_LOST,
 };
 
 const EEXIST: i32 = 17;
@@ -995,6 +1000,470 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
     if TARGETS.insert(child as u32, 1, BPF_ANY as u64).is_err() {
         bump(stat::FORKS_NOT_FOLLOWED);
     }
+    0
+}
+
+// ---- optional sources: anonymous mmap (--mmap) and kernel (--kernel) -------
+//
+// Apart from the heap: their own maps (MMAP_EVENTS, KLIVE, KSTACKS) and
+// counters (SOURCE_STATS); only the user stacks of anonymous mappings go to
+// the shared STACKS map (their frames begin inside the syscall wrapper, so
+// they never hash like a heap stack). Nothing here adds to LIVE, AGG or
+// STATS, so the heap totals are untouched.
+
+/// Anonymous-memory events of the target, replayed in order by user space.
+#[map]
+static MMAP_EVENTS: RingBuf = RingBuf::with_byte_size(sources::MMAP_EVENTS_OFF_BYTES, 0);
+
+/// Kernel objects allocated for the target: address -> bytes, time, kernel stack.
+/// Preallocated: inserting must not call the kernel allocator being traced.
+#[map]
+static KLIVE: HashMap<u64, AllocInfo> = HashMap::with_max_entries(1, 0);
+
+/// Kernel stacks of the objects in `KLIVE`.
+#[map]
+static KSTACKS: KernelStacks = KernelStacks::with_max_entries(1, 0);
+
+#[map]
+static SOURCE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(source_stat::COUNT, 0);
+
+/// Field offsets of the kmem tracepoint records; user space overrides them
+/// with what `/sys/kernel/tracing/events/kmem/*/format` says (these
+/// defaults are Linux 6.18's).
+#[unsafe(no_mangle)]
+static KMALLOC_PTR: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static KMALLOC_BYTES: Global<u32> = Global::new(32);
+#[unsafe(no_mangle)]
+static KCACHE_PTR: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static KCACHE_BYTES: Global<u32> = Global::new(40);
+#[unsafe(no_mangle)]
+static KFREE_PTR: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static KCACHE_FREE_PTR: Global<u32> = Global::new(16);
+
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+const PAGE_MASK: u64 = 4095;
+/// Words above the user stack pointer searched for the wrapper's return address.
+const CALLER_SCAN_WORDS: usize = 16;
+
+#[inline(always)]
+fn bump_source(index: u32) {
+    if let Some(counter) = SOURCE_STATS.get_ptr_mut(index) {
+        add(counter, 1);
+    }
+}
+
+#[inline(always)]
+fn page_up(len: u64) -> u64 {
+    len.wrapping_add(PAGE_MASK) & !PAGE_MASK
+}
+
+/// Offsets in the records of the syscall tracepoints, from their tracefs
+/// `format` files: where `args[0]` of a `sys_enter_*` record is (the next
+/// arguments follow, 8 bytes each), and the return value of a `sys_exit_*` one.
+#[unsafe(no_mangle)]
+static SYSCALL_ARGS: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static SYSCALL_RET: Global<u32> = Global::new(16);
+
+/// The current task's saved user registers (the syscall's arguments as it
+/// entered, its stack).
+#[inline(always)]
+fn user_regs() -> Option<pt_regs> {
+    // SAFETY: the helpers have no preconditions; the registers are read
+    // through bpf_probe_read_kernel, which handles faults.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        bpf_probe_read_kernel(regs).ok()
+    }
+}
+
+/// Argument `n` of the syscall of a `sys_enter_*` record.
+#[inline(always)]
+fn syscall_arg(ctx: &TracePointContext, n: u32) -> Option<u64> {
+    // SAFETY: an offset inside the record, from its format file; the helper
+    // handles faults.
+    unsafe { ctx.read_at::<u64>((SYSCALL_ARGS.load() + 8 * n) as usize) }.ok()
+}
+
+/// The return value of a `sys_exit_*` record.
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> Option<i64> {
+    // SAFETY: as in `syscall_arg`.
+    unsafe { ctx.read_at::<i64>(SYSCALL_RET.load() as usize) }.ok()
+}
+
+/// Longest distance from a syscall wrapper's entry to its `syscall` instruction.
+const WRAPPER_MAX_BYTES: u64 = 1024;
+
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Option<T> {
+    // SAFETY: reading user memory through the helper, which handles faults.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn le_i32(b: [u8; 4]) -> u64 {
+    i32::from_le_bytes(b) as i64 as u64
+}
+
+/// The function a call to `target` reaches: `target` itself, or, when
+/// `target` is a PLT stub (`jmp *GOT(%rip)`, with or without `endbr64` and
+/// `bnd`), the address in its GOT slot.
+#[inline(always)]
+fn through_plt(target: u64) -> u64 {
+    let Some(p) = read_user::<[u8; 16]>(target) else {
+        return target;
+    };
+    let endbr = p[0] == 0xf3 && p[1] == 0x0f && p[2] == 0x1e && p[3] == 0xfa;
+    let (disp, next) = if p[0] == 0xff && p[1] == 0x25 {
+        ([p[2], p[3], p[4], p[5]], 6)
+    } else if endbr && p[4] == 0xf2 && p[5] == 0xff && p[6] == 0x25 {
+        ([p[7], p[8], p[9], p[10]], 11)
+    } else if endbr && p[4] == 0xff && p[5] == 0x25 {
+        ([p[6], p[7], p[8], p[9]], 10)
+    } else {
+        return target;
+    };
+    read_user::<u64>(target.wrapping_add(next).wrapping_add(le_i32(disp))).unwrap_or(target)
+}
+
+/// True when `ret` is the return address of a call to the function that
+/// contains `ip` (the syscall wrapper): the bytes before `ret` are a
+/// `call rel32` or a `call *disp32(%rip)` whose target (through the PLT) is
+/// the entry of a function that `ip` lies less than [`WRAPPER_MAX_BYTES`]
+/// after. A stale return address left on the stack by an earlier call to
+/// another function does not pass.
+#[inline(always)]
+fn returns_from(ret: u64, ip: u64) -> bool {
+    if ret < 4096 || ret == ip {
+        return false;
+    }
+    let Some(b) = read_user::<[u8; 8]>(ret - 8) else {
+        return false;
+    };
+    let target = if b[3] == 0xe8 {
+        ret.wrapping_add(le_i32([b[4], b[5], b[6], b[7]]))
+    } else if b[2] == 0xff && b[3] == 0x15 {
+        match read_user::<u64>(ret.wrapping_add(le_i32([b[4], b[5], b[6], b[7]]))) {
+            Some(t) => t,
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    let entry = through_plt(target);
+    entry <= ip && ip - entry < WRAPPER_MAX_BYTES
+}
+
+/// Captures the user stack of a thread inside a syscall into this CPU's
+/// scratch buffer and returns its hash (as [`capture_stack`] does), or
+/// [`STACK_LOST`].
+///
+/// The thread is inside libc's syscall wrapper, which has no frame pointer:
+/// `%rbp` is still its caller's frame, so a frame-pointer walk from the
+/// syscall's `%rip` skips the caller, the very function that mapped the
+/// memory. That caller's return address is on the stack a few words above
+/// `%rsp` (at `%rsp` for glibc's `mmap` and `munmap`, 0x58 above it for
+/// `mremap`): the first of [`CALLER_SCAN_WORDS`] words that is the return
+/// address of a call to the wrapper (see [`returns_from`]) is taken as frame
+/// 1, then the walk goes on from `%rbp`.
+#[inline(always)]
+fn capture_syscall_stack(regs: &pt_regs) -> i64 {
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return STACK_LOST;
+    };
+    // SAFETY: this CPU's scratch value; programs do not migrate while running.
+    let buf = unsafe { &mut *buf };
+    let (ip, mut fp, sp) = (regs.rip, regs.rbp, regs.rsp);
+    if ip == 0 {
+        return STACK_LOST;
+    }
+    let mut hash: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, v: u64| {
+        let h = (h ^ v).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 32)
+    };
+    buf.ips[0] = ip;
+    hash = mix(hash, ip);
+    let mut len: usize = 1;
+    // SAFETY: reading user memory through the helper, which handles faults.
+    if let Ok(words) = unsafe { bpf_probe_read_user(sp as *const [u64; CALLER_SCAN_WORDS]) } {
+        for word in words {
+            if returns_from(word, ip) {
+                buf.ips[1] = word;
+                hash = mix(hash, word);
+                len = 2;
+                break;
+            }
+        }
+    }
+    for _ in 1..MAX_FRAMES {
+        if fp == 0 || len >= MAX_FRAMES {
+            break;
+        }
+        // SAFETY: reading user memory through the helper, which handles faults.
+        let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        let (next, ret) = (frame[0], frame[1]);
+        if ret == 0 {
+            break;
+        }
+        // The scanned caller is also the first return address of the walk
+        // when the caller itself has no frame of its own yet.
+        if !(len == 2 && buf.ips[1] == ret) {
+            if let Some(slot) = buf.ips.get_mut(len) {
+                *slot = ret;
+            }
+            len += 1;
+            hash = mix(hash, ret);
+        }
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    buf.len = len as u64;
+    hash = mix(hash, len as u64);
+    (hash >> 1) as i64
+}
+
+/// Sends one event; a full ring buffer is counted, never silent.
+#[inline(always)]
+fn send_mmap_event(event: MmapEvent) {
+    if MMAP_EVENTS.output::<MmapEvent>(&event, 0).is_err() {
+        bump_source(source_stat::MMAP_EVENTS_LOST);
+    }
+}
+
+/// `--mmap`: the entry of `munmap` or `mremap`.
+///
+/// # Why syscall tracepoints
+/// Syscall tracepoints see every caller: glibc's `mmap` wrapper and the
+/// `mmap` glibc's malloc makes for large blocks (which the heap report counts
+/// too: the overlap is said in the report), direct `syscall(2)`s, static
+/// binaries, other libcs and runtimes. Uprobes on libc's `mmap` would miss all
+/// but the first. The per-syscall tracepoints (`syscalls:sys_enter_munmap`,
+/// ...) run no program for other syscalls: the kernel checks a bitmap of
+/// enabled syscalls first. Measured on the development machine (Linux 6.18,
+/// 2 cores), a `getppid` round trip of any process took 115-125 ns without
+/// them and 120-140 ns with them; with the raw `sys_enter`/`sys_exit`
+/// tracepoints, tried first, which run a program on every syscall, 180-210 ns.
+/// The user registers, for the arguments the record lacks and for the stack,
+/// come from `bpf_task_pt_regs`. The record offsets come from tracefs
+/// (`SYSCALL_ARGS`, `SYSCALL_RET`).
+///
+/// `munmap` is sent at its entry, before the kernel unmaps (a later `mmap` of
+/// another thread may get the same addresses once it has), when its
+/// arguments are valid (page-aligned address, nonzero length); a valid
+/// `munmap` that fails anyway (ENOMEM when a split meets the map-count
+/// limit) is counted as done. The old range of `mremap` is sent at its entry
+/// for the same reason, its result at its return.
+#[inline(always)]
+fn unmap_or_remap_begin(ctx: &TracePointContext, kind: u64) {
+    let Some(tid) = target_thread() else { return };
+    let (Some(addr), Some(len)) = (syscall_arg(ctx, 0), syscall_arg(ctx, 1)) else {
+        bump_source(source_stat::MMAP_EVENTS_LOST);
+        return;
+    };
+    if kind == mmap_event::UNMAP && (addr & PAGE_MASK != 0 || len == 0) {
+        return; // EINVAL: nothing happens
+    }
+    send_mmap_event(MmapEvent {
+        kind,
+        tid,
+        // SAFETY: the helper has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr,
+        len: page_up(len),
+        pid: tid >> 32,
+        ..MmapEvent::default()
+    });
+}
+
+/// `--mmap`: `munmap(addr, len)` (see [`unmap_or_remap_begin`]).
+#[tracepoint(category = "syscalls", name = "sys_enter_munmap")]
+pub fn mmap_enter_munmap(ctx: TracePointContext) -> u32 {
+    unmap_or_remap_begin(&ctx, mmap_event::UNMAP);
+    0
+}
+
+/// `--mmap`: `mremap(addr, old_len, ...)`, its old range.
+#[tracepoint(category = "syscalls", name = "sys_enter_mremap")]
+pub fn mmap_enter_mremap(ctx: TracePointContext) -> u32 {
+    unmap_or_remap_begin(&ctx, mmap_event::REMAP_BEGIN);
+    0
+}
+
+/// `--mmap`: the return of `mmap`; anonymous mappings (and file mappings
+/// placed with `MAP_FIXED`, which replace what was there) are sent.
+#[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
+pub fn mmap_exit_mmap(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let (Some(ret), Some(regs)) = (syscall_ret(&ctx), user_regs()) else {
+        bump_source(source_stat::MMAP_EVENTS_LOST);
+        return 0;
+    };
+    if (-4095..0).contains(&ret) {
+        bump_source(source_stat::MMAP_FAILED);
+        return 0;
+    }
+    // The argument registers are as the syscall entry saved them.
+    let flags = regs.r10;
+    let anonymous = flags & MAP_ANONYMOUS != 0;
+    if !anonymous && flags & MAP_FIXED == 0 {
+        return 0; // a file mapping placed where nothing was
+    }
+    let stack_id = if anonymous {
+        mmap_stack(&regs)
+    } else {
+        STACK_LOST
+    };
+    send_mmap_event(MmapEvent {
+        kind: mmap_event::MAP,
+        tid,
+        // SAFETY: the helper has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr: ret as u64,
+        len: page_up(regs.rsi),
+        stack_id,
+        anonymous: u64::from(anonymous),
+        pid: tid >> 32,
+        ..MmapEvent::default()
+    });
+    0
+}
+
+/// `--mmap`: the return of `mremap`.
+#[tracepoint(category = "syscalls", name = "sys_exit_mremap")]
+pub fn mmap_exit_mremap(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let (Some(ret), Some(regs)) = (syscall_ret(&ctx), user_regs()) else {
+        bump_source(source_stat::MMAP_EVENTS_LOST);
+        return 0;
+    };
+    let failed = (-4095..0).contains(&ret);
+    let stack_id = if failed {
+        bump_source(source_stat::MMAP_FAILED);
+        STACK_LOST
+    } else {
+        mmap_stack(&regs)
+    };
+    send_mmap_event(MmapEvent {
+        kind: mmap_event::REMAP_END,
+        tid,
+        // SAFETY: the helper has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr: regs.rdi,
+        len: page_up(regs.rsi),
+        new_addr: ret as u64,
+        new_len: page_up(regs.rdx),
+        stack_id,
+        anonymous: 1,
+        pid: tid >> 32,
+    });
+    0
+}
+
+/// The stored user stack of the thread inside a syscall, or [`STACK_LOST`] (counted).
+#[inline(always)]
+fn mmap_stack(regs: &pt_regs) -> i64 {
+    let id = capture_syscall_stack(regs);
+    if id == STACK_LOST {
+        bump_source(source_stat::MMAP_STACK_LOST);
+        return id;
+    }
+    store_stack(id);
+    id
+}
+
+/// `--kernel`: an object allocated by the kernel while running for the target.
+/// Its size is `bytes_alloc`, what the allocator really reserved (bcc's
+/// memleak counts the same), not `bytes_req`.
+#[inline(always)]
+fn kernel_alloc(ctx: &TracePointContext, ptr_at: u32, bytes_at: u32) {
+    if target_thread().is_none() {
+        return;
+    }
+    // SAFETY: offsets of the record's fields, from its format file; the
+    // helper handles faults.
+    let (Ok(ptr), Ok(bytes)) = (unsafe { ctx.read_at::<u64>(ptr_at as usize) }, unsafe {
+        ctx.read_at::<u64>(bytes_at as usize)
+    }) else {
+        bump_source(source_stat::KERNEL_READ_FAILED);
+        return;
+    };
+    if ptr == 0 {
+        return;
+    }
+    let stack_id = match ctx.get_stackid(&KSTACKS, 0) {
+        Ok(id) => id,
+        Err(_) => {
+            bump_source(source_stat::KERNEL_STACK_LOST);
+            STACK_LOST
+        }
+    };
+    let info = AllocInfo {
+        size: bytes,
+        // SAFETY: the helper has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id,
+    };
+    match KLIVE.insert(ptr, info, BPF_NOEXIST as u64) {
+        Ok(()) => bump_source(source_stat::KERNEL_ALLOCS),
+        Err(e) if e == -EEXIST => {
+            bump_source(source_stat::KERNEL_REPLACED);
+            if KLIVE.insert(ptr, info, BPF_ANY as u64).is_ok() {
+                bump_source(source_stat::KERNEL_ALLOCS);
+            }
+        }
+        Err(_) => bump_source(source_stat::KERNEL_LIVE_FULL),
+    }
+}
+
+/// `--kernel`: a kernel object freed, in any context (frees are not filtered:
+/// the kernel often frees from another task, RCU callbacks or workers).
+#[inline(always)]
+fn kernel_free(ctx: &TracePointContext, ptr_at: u32) {
+    // SAFETY: as in `kernel_alloc`.
+    let Ok(ptr) = (unsafe { ctx.read_at::<u64>(ptr_at as usize) }) else {
+        return;
+    };
+    if ptr != 0 && KLIVE.remove(ptr).is_ok() {
+        bump_source(source_stat::KERNEL_FREES);
+    }
+}
+
+/// `kmem:kmalloc` (covers kmalloc_node and friends since Linux 6.1).
+#[tracepoint(category = "kmem", name = "kmalloc")]
+pub fn kmem_kmalloc(ctx: TracePointContext) -> u32 {
+    kernel_alloc(&ctx, KMALLOC_PTR.load(), KMALLOC_BYTES.load());
+    0
+}
+
+/// `kmem:kmem_cache_alloc` (covers kmem_cache_alloc_node since Linux 6.1).
+#[tracepoint(category = "kmem", name = "kmem_cache_alloc")]
+pub fn kmem_cache_alloc(ctx: TracePointContext) -> u32 {
+    kernel_alloc(&ctx, KCACHE_PTR.load(), KCACHE_BYTES.load());
+    0
+}
+
+/// `kmem:kfree`.
+#[tracepoint(category = "kmem", name = "kfree")]
+pub fn kmem_kfree(ctx: TracePointContext) -> u32 {
+    kernel_free(&ctx, KFREE_PTR.load());
+    0
+}
+
+/// `kmem:kmem_cache_free`.
+#[tracepoint(category = "kmem", name = "kmem_cache_free")]
+pub fn kmem_cache_free(ctx: TracePointContext) -> u32 {
+    kernel_free(&ctx, KCACHE_FREE_PTR.load());
     0
 }
 

@@ -160,6 +160,27 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
     pub sample_rate: Option<u32>,
 
+    /// Also report the target's anonymous memory mappings (mmap with MAP_ANONYMOUS, and
+    /// their munmap and mremap) still mapped at the end, by the stack that mapped them, in a
+    /// section of their own. This is memory that malloc never sees (custom allocators, arenas,
+    /// thread stacks, JIT code) plus the large blocks glibc's malloc maps itself (128 KiB and
+    /// more by default), which the heap report counts too. Uses the syscall tracepoints of
+    /// mmap, munmap and mremap: every syscall on the machine takes the kernel's traced path
+    /// while attached (a few to 20 ns more per syscall, measured on a getppid loop), and each
+    /// mmap or mremap of the target costs a stack walk.
+    #[arg(long)]
+    pub mmap: bool,
+
+    /// Also report kernel memory (slab objects from kmalloc and kmem_cache_alloc) allocated
+    /// while running for the target and not freed at the end, by kernel stack, in a section
+    /// of its own: the files, sockets, pipes and other objects the kernel keeps on its behalf,
+    /// which no user-space report shows. Costs a kernel stack walk per kernel allocation of
+    /// the target, and a map lookup per kernel free anywhere on the machine (frees are not
+    /// filtered: the kernel often frees from another context). Kernel stacks are named from
+    /// /proc/kallsyms.
+    #[arg(long)]
+    pub kernel: bool,
+
     /// Benchmarking: attach every probe but record nothing (the programs return at
     /// once), to measure the cost of the traps alone.
     #[arg(long, hide = true)]

@@ -97,6 +97,10 @@ pub fn merge(reports: &[Report]) -> Report {
             at_exit: add_totals(a.at_exit, r.released.at_exit),
         }),
         sampling: crate::model::Sampling::merged(reports.iter().map(|r| r.sampling)),
+        // The optional sources (--mmap, --kernel) are not merged: their stacks
+        // are apart from the heap's and a merge of them is yet to be written.
+        mmap: None,
+        kernel: None,
     }
 }
 

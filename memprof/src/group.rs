@@ -35,7 +35,7 @@ use crate::probes::{self, Filter, ProbeConfig, Probes, Scope};
 use crate::session::{End, Plan, Session, Waited};
 use crate::symbolize::Symbolizer;
 use crate::target::{self, ProbeSite, Target};
-use crate::{aggregate, snapshot, take_older, Clock, Outstanding, Recorded};
+use crate::{aggregate, snapshot, sources, take_older, Clock, Outstanding, Recorded};
 
 /// Which processes a run over many records.
 #[derive(Debug)]
@@ -392,13 +392,13 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         }
     }
     let mut session = Session::new()?;
-    let config = ProbeConfig {
-        max_live: args.max_live,
-        max_stacks: args.max_stacks,
-        floor: args.floor,
-        at_entry: args.probe_at_entry,
-        sample_rate: args.sample_rate.unwrap_or(0),
-    };
+    if args.mmap {
+        bail!(
+            "--mmap records one process (-p PID, or a command); it does not work over many \
+             processes yet (--kernel does)"
+        );
+    }
+    let config = ProbeConfig::from_args(args);
     let filter = selection.filter();
     let mut probes = Probes::load(config, &filter)?;
     let mut discovery = Discovery {
@@ -484,6 +484,17 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         probes.attached
     );
     let maps = probes.detach()?;
+    // --kernel: kernel stacks need no process's symbols.
+    let found = sources::collect(
+        maps.sources,
+        &maps.stacks,
+        &Symbolizer::new(0),
+        sources::Ending {
+            end_ns,
+            released_before_ns: 0,
+            min_size: args.min_size,
+        },
+    )?;
     let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
     snap.stats.stacks_freed = stacks_freed;
     crate::check_consistency(
@@ -644,6 +655,8 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         interval_secs: args.interval,
         released,
         sampling: Sampling::merged(samplings),
+        mmap: found.mmap,
+        kernel: found.kernel,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod render;
 pub mod session;
 pub mod session_link;
 pub mod snapshot;
+pub mod sources;
 pub mod symbolize;
 pub mod target;
 
@@ -74,13 +75,7 @@ fn run(
 ) -> anyhow::Result<Report> {
     let mut session = Session::new()?;
     let mut symbolizer = Symbolizer::new(target.pid);
-    let config = ProbeConfig {
-        max_live: args.max_live,
-        max_stacks: args.max_stacks,
-        floor: args.floor,
-        at_entry: args.probe_at_entry,
-        sample_rate: args.sample_rate.unwrap_or(0),
-    };
+    let config = ProbeConfig::from_args(args);
     log::info!("attaching to pid {} ({}) ...", target.pid, target.comm);
     let mut probes = Probes::attach(&target, config)?;
     let start_unix_secs = SystemTime::now()
@@ -195,6 +190,21 @@ fn run(
         &symbolizer,
         None,
     );
+    let found = sources::collect(
+        maps.sources,
+        &maps.stacks,
+        &symbolizer,
+        sources::Ending {
+            end_ns,
+            // Every exec replaced the address space, the launching one too.
+            released_before_ns: if matches!(end, End::TargetExited(_)) && !at_exit {
+                u64::MAX
+            } else {
+                last_exec_ns
+            },
+            min_size: args.min_size,
+        },
+    )?;
 
     Ok(Report {
         version: SCHEMA_VERSION,
@@ -225,6 +235,8 @@ fn run(
         sampling,
         selection: None,
         processes: Vec::new(),
+        mmap: found.mmap,
+        kernel: found.kernel,
     })
 }
 

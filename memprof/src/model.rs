@@ -4,6 +4,8 @@
 //! (`--format json`), so every field is documented and changes bump
 //! [`SCHEMA_VERSION`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Version of the JSON schema written by `--format json`.
@@ -63,6 +65,35 @@ pub struct Report {
     /// [`Sampling`]). Absent when every allocation was tracked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Sampling>,
+    /// `--mmap`: anonymous mappings (mmap with `MAP_ANONYMOUS`, and their
+    /// mremaps) still mapped at the end, apart from the heap. Large blocks
+    /// of glibc's malloc are mapped this way, so they are in both. Absent
+    /// without `--mmap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmap: Option<SourceReport>,
+    /// `--kernel`: kernel slab objects allocated on the target's behalf and
+    /// not freed at the end, by kernel stack. Absent without `--kernel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<SourceReport>,
+}
+
+/// What one optional source (`--mmap`, `--kernel`) found, reported apart
+/// from the heap: its figures are never added to [`Report::totals`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// What the source measures and how it overlaps with the heap, in one paragraph.
+    pub description: String,
+    /// Sum over all its stacks (including those below `--min-size`).
+    pub totals: Totals,
+    /// Outstanding memory by call stack (user stacks for mmap, kernel stacks
+    /// for kernel), largest first. For mmap a count is a number of address ranges.
+    pub stacks: Vec<Stack>,
+    /// The source's own counters, by name (see the text report for their meaning).
+    pub stats: BTreeMap<String, u64>,
+    /// Left out because the program that held it ended (exec, or exit
+    /// without `--at-exit`).
+    #[serde(default, skip_serializing_if = "Totals::is_zero")]
+    pub released: Totals,
 }
 
 impl Report {
@@ -274,6 +305,13 @@ fn is_zero(n: &u64) -> bool {
 pub struct Totals {
     pub bytes: u64,
     pub count: u64,
+}
+
+impl Totals {
+    /// True when nothing is counted.
+    pub fn is_zero(&self) -> bool {
+        *self == Totals::default()
+    }
 }
 
 /// Outstanding memory attributed to one call stack.

@@ -46,9 +46,26 @@ pub struct ProbeConfig {
     /// Record each allocation call with probability 1/`sample_rate` (through
     /// uprobe session links); 0 or 1 records every call.
     pub sample_rate: u32,
+    /// Optional sources besides the heap (`--mmap`, `--kernel`).
+    pub sources: crate::sources::Sources,
 }
 
 impl ProbeConfig {
+    /// The configuration the command line asks for.
+    pub fn from_args(args: &crate::cli::ProfileArgs) -> ProbeConfig {
+        ProbeConfig {
+            max_live: args.max_live,
+            max_stacks: args.max_stacks,
+            floor: args.floor,
+            at_entry: args.probe_at_entry,
+            sample_rate: args.sample_rate.unwrap_or(0),
+            sources: crate::sources::Sources {
+                mmap: args.mmap,
+                kernel: args.kernel,
+            },
+        }
+    }
+
     /// True when allocation calls are sampled.
     pub fn sampled(&self) -> bool {
         self.sample_rate > 1
@@ -99,6 +116,8 @@ pub struct Maps {
     pub stacks: Map,
     pub stats: Map,
     pub procs: Map,
+    /// The optional sources, to be read by [`crate::sources::collect`].
+    pub sources: crate::sources::Attached,
 }
 
 /// Loaded and attached programs.
@@ -114,6 +133,8 @@ pub struct Probes {
     pub sites: Vec<ProbeSite>,
     /// Number of uprobes and uretprobes attached (a session counts as both).
     pub attached: usize,
+    /// The optional sources (`--mmap`, `--kernel`).
+    sources: crate::sources::Attached,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -182,29 +203,30 @@ impl Probes {
         };
         let (cgroup_id, cgroup_level) = filter.cgroup.unwrap_or((0, 0));
         let fork_offset = fork_child_pid_offset();
-        let mut ebpf = EbpfLoader::new()
+        let offsets = crate::sources::TraceOffsets::read(config.sources)?;
+        let sample_rate = config.sample_rate.max(1);
+        let self_tgid = std::process::id();
+        let follow_forks = u32::from(filter.follow_forks && fork_offset.is_some());
+        let watch_execs = u32::from(filter.watch_execs);
+        let fork_child_pid_offset = fork_offset.unwrap_or(0);
+        let mut loader = EbpfLoader::new();
+        loader
             // PENDING is task-local storage, which aya 0.14 creates but has no type for.
             .allow_unsupported_maps()
             .override_global(globals::FILTER, &mode, true)
             .override_global(globals::TARGET_TGID, &tgid, true)
-            .override_global(globals::SELF_TGID, &std::process::id(), true)
+            .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::CGROUP_ID, &cgroup_id, true)
             .override_global(globals::CGROUP_LEVEL, &cgroup_level, true)
-            .override_global(
-                globals::FOLLOW_FORKS,
-                &u32::from(filter.follow_forks && fork_offset.is_some()),
-                true,
-            )
-            .override_global(globals::WATCH_EXECS, &u32::from(filter.watch_execs), true)
-            .override_global(
-                globals::FORK_CHILD_PID_OFFSET,
-                &fork_offset.unwrap_or(0),
-                true,
-            )
-            .override_global(globals::SAMPLE_RATE, &config.sample_rate.max(1), true)
+            .override_global(globals::FOLLOW_FORKS, &follow_forks, true)
+            .override_global(globals::WATCH_EXECS, &watch_execs, true)
+            .override_global(globals::FORK_CHILD_PID_OFFSET, &fork_child_pid_offset, true)
+            .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .map_max_entries(maps::LIVE, config.max_live)
             .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
-            .map_max_entries(maps::STACKS, config.max_stacks)
+            .map_max_entries(maps::STACKS, config.max_stacks);
+        crate::sources::configure(&mut loader, config.sources, &offsets, config.max_stacks);
+        let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
 
@@ -257,6 +279,7 @@ impl Probes {
             tp.attach("sched", "sched_process_fork")
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
+        let sources = crate::sources::attach(&mut ebpf, config.sources)?;
         Ok(Probes {
             session: Vec::new(),
             ebpf,
@@ -264,6 +287,7 @@ impl Probes {
             done: HashSet::new(),
             sites: Vec::new(),
             attached: 0,
+            sources,
         })
     }
 
@@ -392,6 +416,7 @@ impl Probes {
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
             procs: take(maps::PROCS)?,
+            sources: std::mem::take(&mut self.sources),
         };
         drop(std::mem::take(&mut self.session));
         drop(self.ebpf);

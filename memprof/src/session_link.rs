@@ -129,6 +129,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::LruHashMap(m)
         | Map::PerCpuHashMap(m)
         | Map::StackTraceMap(m)
+        | Map::RingBuf(m)
         | Map::Unsupported(m) => Some(m),
         _ => None,
     }

@@ -284,6 +284,12 @@ pub enum Kind {
     /// functions and a lot of churn, for `--sample-rate` (ground truth in
     /// `tests/tests/sampling.rs`).
     Sampled,
+    /// `tests/fixtures/mmaps.c`: anonymous mappings kept, trimmed, holed,
+    /// mremap'ed and churned (ground truth in `tests/tests/sources.rs`).
+    Mmaps,
+    /// `tests/fixtures/kernel_objects.c keep|close`: 64 eventfds kept open or
+    /// closed again (for `--kernel`, see `tests/tests/sources.rs`).
+    KernelObjects,
 }
 
 impl Kind {
@@ -312,6 +318,8 @@ impl Kind {
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
             Kind::Sampled => c_fixture("sampled"),
+            Kind::Mmaps => c_fixture("mmaps"),
+            Kind::KernelObjects => c_fixture("kernel-objects"),
             Kind::LeakyRust => rust_fixture_path(),
         }
     }

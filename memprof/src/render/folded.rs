@@ -19,23 +19,55 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use crate::model::{Frame, Report};
+use crate::model::{Frame, Report, Stack};
 
 /// The frame name of a stack the kernel could not walk.
 pub(crate) const STACK_LOST: &str = "[stack lost]";
 
 pub(crate) fn render(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
-    for (stack, bytes) in fold(report, |f| f.display_name()) {
+    for (stack, bytes) in fold_all(report, |f| f.display_name()) {
         writeln!(out, "{stack} {bytes}")?;
     }
     Ok(())
 }
 
+/// [`fold`], and with optional sources (`--mmap`, `--kernel`) each source's
+/// stacks under a root frame of its own (`[anonymous mmap]`, `[kernel]`) and
+/// the heap's under `[heap]`, so they stay apart. Without them, [`fold`] as is.
+pub(crate) fn fold_all(report: &Report, label: impl Fn(&Frame) -> String) -> BTreeMap<String, u64> {
+    let extra = super::extra_sources(report);
+    if extra.is_empty() {
+        return fold(report, label);
+    }
+    let mut lines = BTreeMap::new();
+    let mut add = |root: &str, folded: BTreeMap<String, u64>| {
+        for (line, bytes) in folded {
+            let sum: &mut u64 = lines.entry(format!("{root};{line}")).or_default();
+            *sum = sum.saturating_add(bytes);
+        }
+    };
+    add(super::HEAP_ROOT, fold(report, &label));
+    for e in extra {
+        add(e.root, fold_stacks(&e.source.stacks, &label, |_| None));
+    }
+    lines
+}
+
 /// Folds every stack of `report` into `root;...;leaf`, naming frames with
 /// `label` (then [`sanitize_frame_name`]), and sums the bytes of equal lines.
 pub(crate) fn fold(report: &Report, label: impl Fn(&Frame) -> String) -> BTreeMap<String, u64> {
+    fold_stacks(&report.stacks, label, |s| report.process_label(s))
+}
+
+/// [`fold`] for `stacks`; `process` names the root frame of a stack's process
+/// in a run over many.
+fn fold_stacks(
+    stacks: &[Stack],
+    label: impl Fn(&Frame) -> String,
+    process: impl Fn(&Stack) -> Option<String>,
+) -> BTreeMap<String, u64> {
     let mut lines = BTreeMap::new();
-    for stack in &report.stacks {
+    for stack in stacks {
         let mut line = if stack.frames.is_empty() {
             STACK_LOST.to_string()
         } else {
@@ -47,7 +79,7 @@ pub(crate) fn fold(report: &Report, label: impl Fn(&Frame) -> String) -> BTreeMa
                 .collect::<Vec<_>>()
                 .join(";")
         };
-        if let Some(process) = report.process_label(stack) {
+        if let Some(process) = process(stack) {
             line = format!("{};{line}", sanitize_frame_name(&process));
         }
         let sum: &mut u64 = lines.entry(line).or_default();
@@ -143,6 +175,44 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "[stack lost] 5\nmain;a:b 1\nmain;leaf 17\n"
+        );
+    }
+
+    #[test]
+    fn sources_get_roots_of_their_own() {
+        use crate::model::SourceReport;
+        let stack = |bytes, name: &str| Stack {
+            bytes,
+            frames: vec![frame(name), frame("main")],
+            ..Stack::default()
+        };
+        let mut report = Report {
+            stacks: vec![stack(10, "leak")],
+            ..Report::default()
+        };
+        // Without other sources, the heap's lines are as they always were.
+        assert_eq!(
+            fold_all(&report, |f| f.display_name()),
+            fold(&report, |f| f.display_name())
+        );
+        report.mmap = Some(SourceReport {
+            stacks: vec![stack(4096, "map_it")],
+            ..SourceReport::default()
+        });
+        report.kernel = Some(SourceReport {
+            stacks: vec![stack(64, "do_eventfd")],
+            ..SourceReport::default()
+        });
+        let lines: Vec<(String, u64)> = fold_all(&report, |f| f.display_name())
+            .into_iter()
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("[anonymous mmap];main;map_it".to_string(), 4096),
+                ("[heap];main;leak".to_string(), 10),
+                ("[kernel];main;do_eventfd".to_string(), 64),
+            ]
         );
     }
 }

@@ -195,6 +195,46 @@ fn sampling_statement(report: &Report) -> Option<String> {
     ))
 }
 
+/// One optional source of a report, as the renderers show it.
+pub(crate) struct ExtraSource<'a> {
+    /// Root frame of its stacks on flame graphs and folded output; its pprof label.
+    pub root: &'static str,
+    /// Heading of its section in the text report.
+    pub title: &'static str,
+    /// What one of its counts is: `range` (mmap) or `object` (kernel).
+    pub unit: &'static str,
+    /// Its plural.
+    pub units: &'static str,
+    pub source: &'a crate::model::SourceReport,
+}
+
+/// Root frame of the heap's stacks when a report has other sources.
+pub(crate) const HEAP_ROOT: &str = "[heap]";
+
+/// The optional sources present in `report` (`--mmap`, `--kernel`), in report order.
+pub(crate) fn extra_sources(report: &Report) -> Vec<ExtraSource<'_>> {
+    let mut out = Vec::new();
+    if let Some(source) = &report.mmap {
+        out.push(ExtraSource {
+            root: "[anonymous mmap]",
+            title: "Anonymous mmap (--mmap)",
+            unit: "range",
+            units: "ranges",
+            source,
+        });
+    }
+    if let Some(source) = &report.kernel {
+        out.push(ExtraSource {
+            root: "[kernel]",
+            title: "Kernel (--kernel)",
+            unit: "object",
+            units: "objects",
+            source,
+        });
+    }
+    out
+}
+
 /// The stacks of `report` by outstanding bytes, largest first; ties keep report order.
 fn stacks_by_bytes(report: &Report) -> Vec<&crate::model::Stack> {
     let mut stacks: Vec<_> = report.stacks.iter().collect();

@@ -9,6 +9,10 @@
 //! others were inlined into). Each module becomes a mapping spanning the
 //! addresses seen in it. A stack the kernel could not walk is one location
 //! at address 0 in the function `[stack lost]`.
+//!
+//! With `--mmap` or `--kernel`, their stacks are samples too, and every sample
+//! carries a label `source` (`heap`, `anonymous mmap`, `kernel`) that tells
+//! them apart (`pprof -tagfocus source=kernel`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -46,6 +50,10 @@ mod field {
 
     pub const SAMPLE_LOCATION_ID: u32 = 1;
     pub const SAMPLE_VALUE: u32 = 2;
+    pub const SAMPLE_LABEL: u32 = 3;
+
+    pub const LABEL_KEY: u32 = 1;
+    pub const LABEL_STR: u32 = 2;
 
     pub const MAPPING_ID: u32 = 1;
     pub const MAPPING_MEMORY_START: u32 = 2;
@@ -288,8 +296,27 @@ fn encode(report: &Report) -> Vec<u8> {
     let inuse_space = (t.string("inuse_space"), t.string("bytes"));
     let inuse_objects = (t.string("inuse_objects"), t.string("count"));
 
-    let mut samples: Vec<(Vec<u64>, [i64; 2])> = Vec::with_capacity(report.stacks.len());
-    for stack in &report.stacks {
+    // With optional sources (--mmap, --kernel), every sample has a `source`
+    // label: `heap`, `anonymous mmap` or `kernel` (pprof -tagfocus and
+    // -tagignore select them; the sample types stay inuse_space/inuse_objects
+    // so that tools that know heap profiles read it as one).
+    let extra = super::extra_sources(report);
+    let source_key = (!extra.is_empty()).then(|| t.string("source"));
+    let heap = if extra.is_empty() {
+        0
+    } else {
+        t.string("heap")
+    };
+    let mut groups = vec![(heap, report.stacks.as_slice())];
+    for e in &extra {
+        let name = e.root.trim_start_matches('[').trim_end_matches(']');
+        groups.push((t.string(name), e.source.stacks.as_slice()));
+    }
+    let mut samples: Vec<(Vec<u64>, [i64; 2], i64)> = Vec::with_capacity(report.stacks.len());
+    for (label, stack) in groups
+        .into_iter()
+        .flat_map(|(label, stacks)| stacks.iter().map(move |s| (label, s)))
+    {
         let mut location_ids = Vec::new();
         // Leaf first: the process, in a run over many, is the root.
         let process = report.process_label(stack).map(|label| {
@@ -324,6 +351,7 @@ fn encode(report: &Report) -> Vec<u8> {
         samples.push((
             location_ids,
             [saturating_i64(stack.bytes), saturating_i64(stack.count)],
+            label,
         ));
     }
 
@@ -383,10 +411,16 @@ fn encode(report: &Report) -> Vec<u8> {
             m.int(field::VALUE_TYPE_UNIT, unit);
         });
     }
-    for (location_ids, values) in &samples {
+    for (location_ids, values, label) in &samples {
         p.message(field::PROFILE_SAMPLE, |m| {
             m.packed(field::SAMPLE_LOCATION_ID, location_ids.iter().copied());
             m.packed(field::SAMPLE_VALUE, values.iter().map(|&v| v as u64));
+            if let Some(key) = source_key {
+                m.message(field::SAMPLE_LABEL, |l| {
+                    l.int(field::LABEL_KEY, key);
+                    l.int(field::LABEL_STR, *label);
+                });
+            }
         });
     }
     for (i, mapping) in t.mappings.iter().enumerate() {

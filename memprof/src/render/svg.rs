@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use inferno::flamegraph::color::{BackgroundColor, BasicPalette, Color, PaletteMap};
 use inferno::flamegraph::{self, Options, Palette};
 
-use super::folded::{fold, sanitize_frame_name, STACK_LOST};
+use super::folded::{fold_all, sanitize_frame_name, STACK_LOST};
 use super::{default_title, human_bytes, human_secs, ColorScheme, RenderOptions};
 use crate::model::{Frame, Report};
 
@@ -39,7 +39,7 @@ pub(crate) fn render(
 ) -> anyhow::Result<()> {
     let title = opts.title.clone().unwrap_or_else(|| default_title(report));
     let subtitle = subtitle(report);
-    let lines: Vec<String> = fold(report, frame_label)
+    let lines: Vec<String> = fold_all(report, frame_label)
         .into_iter()
         .filter(|(_, bytes)| *bytes > 0)
         .map(|(stack, bytes)| format!("{stack} {bytes}"))
@@ -59,9 +59,11 @@ pub(crate) fn render(
         };
         return message_svg(&title, Some(&subtitle), message, out);
     }
+    let extra = super::extra_sources(report);
     let leaves: BTreeSet<String> = report
         .stacks
         .iter()
+        .chain(extra.iter().flat_map(|e| e.source.stacks.iter()))
         .map(|s| match s.frames.first() {
             Some(f) => sanitize_frame_name(&frame_label(f)),
             None => STACK_LOST.to_string(),
@@ -157,6 +159,13 @@ fn subtitle_notes(report: &Report) -> String {
     }
     if report.stats.lost_data() {
         s.push_str("; LOWER BOUNDS: memprof's maps were full");
+    }
+    for e in super::extra_sources(report) {
+        s.push_str(&format!(
+            "; {} {}",
+            e.root,
+            human_bytes(e.source.totals.bytes)
+        ));
     }
     s
 }

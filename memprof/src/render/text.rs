@@ -33,8 +33,122 @@ pub(crate) fn render(
 ) -> anyhow::Result<()> {
     header(report, opts, out)?;
     stacks(report, opts, out)?;
+    for extra in super::extra_sources(report) {
+        source_section(&extra, opts, out)?;
+    }
     stats(&report.stats, out)?;
     Ok(())
+}
+
+/// The section of one optional source (`--mmap`, `--kernel`), after the heap's
+/// stacks: what it measures, its totals, its largest stacks and its counters.
+fn source_section(
+    extra: &super::ExtraSource<'_>,
+    opts: &RenderOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let source = extra.source;
+    writeln!(out, "{}", extra.title)?;
+    writeln!(out, "{}", "-".repeat(extra.title.chars().count()))?;
+    writeln!(out, "{}", wrap(&source.description, 78))?;
+    let totals = source.totals;
+    writeln!(
+        out,
+        "outstanding:  {} ({} bytes) in {} {} from {} {}",
+        human_bytes(totals.bytes),
+        totals.bytes,
+        totals.count,
+        plural(totals.count, extra.unit, extra.units),
+        source.stacks.len(),
+        plural(source.stacks.len() as u64, "stack", "stacks"),
+    )?;
+    if !source.released.is_zero() {
+        writeln!(
+            out,
+            "released:     {} ({} bytes) in {} {} left out: the program that held them ended",
+            human_bytes(source.released.bytes),
+            source.released.bytes,
+            source.released.count,
+            plural(source.released.count, extra.unit, extra.units),
+        )?;
+    }
+    let shown = if opts.top == 0 {
+        source.stacks.len()
+    } else {
+        opts.top.min(source.stacks.len())
+    };
+    let sum = totals
+        .bytes
+        .max(source.stacks.iter().map(|s| s.bytes).sum::<u64>());
+    for (rank, stack) in source.stacks.iter().take(shown).enumerate() {
+        let pct = if sum == 0 {
+            0.0
+        } else {
+            100.0 * stack.bytes as f64 / sum as f64
+        };
+        writeln!(out)?;
+        writeln!(
+            out,
+            "#{}  {} ({} bytes, {pct:.1}%) in {} {}; oldest {}, median age {}",
+            rank + 1,
+            human_bytes(stack.bytes),
+            stack.bytes,
+            stack.count,
+            plural(stack.count, extra.unit, extra.units),
+            human_secs(stack.oldest_age_secs),
+            human_secs(stack.median_age_secs),
+        )?;
+        if stack.frames.is_empty() {
+            writeln!(out, "{FRAME_INDENT}[stack lost]")?;
+        }
+        for frame in &stack.frames {
+            writeln!(out, "{FRAME_INDENT}{}", frame_line(frame))?;
+        }
+    }
+    let rest = &source.stacks[shown..];
+    if !rest.is_empty() {
+        let bytes: u64 = rest.iter().map(|s| s.bytes).sum();
+        writeln!(out)?;
+        writeln!(
+            out,
+            "... and {} more {} with {} ({bytes} bytes).",
+            rest.len(),
+            plural(rest.len() as u64, "stack", "stacks"),
+            human_bytes(bytes),
+        )?;
+    }
+    writeln!(out)?;
+    let counters: Vec<String> = source
+        .stats
+        .iter()
+        .map(|(name, value)| format!("{name} {value}"))
+        .collect();
+    writeln!(
+        out,
+        "{}",
+        wrap(&format!("counters: {}", counters.join(", ")), 78)
+    )?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `text` broken into lines of at most `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines.join("\n")
 }
 
 fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -952,5 +1066,45 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn sources_have_sections_after_the_heap() {
+        use crate::model::SourceReport;
+        let report = Report {
+            mmap: Some(SourceReport {
+                description: "anonymous mmap: what it is".to_string(),
+                totals: Totals {
+                    bytes: 196_608,
+                    count: 3,
+                },
+                stacks: vec![Stack {
+                    bytes: 196_608,
+                    count: 3,
+                    frames: vec![Frame {
+                        function: Some("leak_mmap".to_string()),
+                        ..Frame::default()
+                    }],
+                    ..Stack::default()
+                }],
+                stats: [("maps".to_string(), 3)].into_iter().collect(),
+                released: Totals::default(),
+            }),
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let section = text.find("Anonymous mmap (--mmap)").expect(&text);
+        assert!(text.find("no outstanding allocations were found").unwrap() < section);
+        assert!(section < text.find("Stats:").unwrap(), "{text}");
+        assert!(
+            text.contains("outstanding:  192.0 KiB (196608 bytes) in 3 ranges from 1 stack"),
+            "{text}"
+        );
+        assert!(text.contains("#1  192.0 KiB (196608 bytes, 100.0%) in 3 ranges"));
+        assert!(text.contains("      leak_mmap"), "{text}");
+        assert!(text.contains("counters: maps 3"), "{text}");
+        assert!(!text.contains("Kernel (--kernel)"), "{text}");
     }
 }

@@ -176,6 +176,8 @@ pub fn sample_report() -> Report {
             at_exit: Totals::default(),
         },
         sampling: None,
+        mmap: None,
+        kernel: None,
     }
 }
 
