@@ -225,6 +225,14 @@ impl Probes {
             .map_max_entries(maps::LIVE, config.max_live)
             .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
             .map_max_entries(maps::STACKS, config.max_stacks);
+        if mode == filter::ONE {
+            // One process: no set to fill, and few execs to note; the
+            // default sizes serve runs over many processes.
+            loader
+                .map_max_entries(maps::TARGETS, 1)
+                .map_max_entries(maps::EXECS, 1)
+                .map_max_entries(maps::PROCS, 64);
+        }
         crate::sources::configure(&mut loader, config.sources, &offsets, config.max_stacks);
         let mut ebpf = loader
             .load(BPF_OBJECT)
