@@ -12,7 +12,8 @@ use crate::render::{ColorScheme, Format, RenderOptions};
 /// memprof attaches uprobes to the allocator functions (malloc, calloc, realloc,
 /// reallocarray, free, posix_memalign, aligned_alloc, memalign, valloc, pvalloc,
 /// C++ new and delete) of the allocator that the target process uses (glibc's,
-/// or jemalloc, tcmalloc, mimalloc...), without restarting or pausing it.
+/// musl's, or jemalloc, tcmalloc, mimalloc..., also jemalloc with a `_rjem_` or
+/// `je_` prefix as Rust programs link it), without restarting or pausing it.
 /// Every allocation made while attached is recorded with its call stack; when
 /// the run ends (after --duration, or on Ctrl-C / SIGTERM) memprof detaches and
 /// reports the memory still outstanding, grouped by call stack and ranked by
@@ -83,7 +84,8 @@ pub enum Command {
 /// What to profile and how.
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
-    /// Process id of the target. It must be running and map a dynamically linked glibc.
+    /// Process id of the target. It must be running and map a dynamically linked glibc or
+    /// musl, or be a statically linked musl program.
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
 
