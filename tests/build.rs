@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,clean,selfcheck,demo,static,mmaps,kernel_objects}.c` are compiled with gcc and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,clean,selfcheck,demo,static,mmaps,kernel_objects}.c` are compiled with gcc (`leaky.c` also with musl-gcc) and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -97,6 +97,19 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("kernel-objects", "kernel_objects", &[]),
 ];
 
+/// `leaky.c` built against musl with `musl-gcc` (from `musl-tools`), with
+/// [`CFLAGS`] and these: dynamically linked (musl's libc.so is its loader),
+/// and statically linked (malloc inside the executable). musl's realloc(p,
+/// 0) returns a block, which the fixture then frees.
+const MUSL_FIXTURES: &[(&str, &str, &[&str])] = &[
+    ("leaky-musl", "leaky", &["-DLEAKY_REALLOC_0_ALLOCATES"]),
+    (
+        "leaky-musl-static",
+        "leaky",
+        &["-DLEAKY_REALLOC_0_ALLOCATES", "-static"],
+    ),
+];
+
 /// Link flags of the fixtures that use another allocator: kept as a
 /// dependency even where the linker drops unused libraries by default.
 const ALLOC_JEMALLOC: &[&str] = &["-Wl,--no-as-needed", "-ljemalloc"];
@@ -120,6 +133,12 @@ fn main() {
         };
         println!("cargo:rerun-if-changed={}", src.display());
         record(&out_dir, name, compile(&src, extra, &out_dir.join(name)));
+    }
+    for (name, source, extra) in MUSL_FIXTURES {
+        let src = Path::new("fixtures").join(format!("{source}.c"));
+        println!("cargo:rerun-if-changed={}", src.display());
+        let built = compile_with("musl-gcc", &src, extra, &out_dir.join(name));
+        record(&out_dir, name, built);
     }
     let go = Path::new("fixtures/gosleeper.go");
     println!("cargo:rerun-if-changed={}", go.display());
@@ -148,6 +167,11 @@ fn compile(src: &Path, extra: &[&str], out: &Path) -> Result<String, String> {
         Some("cpp") => "g++",
         _ => "gcc",
     };
+    compile_with(compiler, src, extra, out)
+}
+
+/// `compiler CFLAGS extra src -o out`, as [`compile`].
+fn compile_with(compiler: &str, src: &Path, extra: &[&str], out: &Path) -> Result<String, String> {
     let mut cmd = Command::new(compiler);
     cmd.args(CFLAGS)
         .args(extra)

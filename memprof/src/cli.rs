@@ -12,7 +12,8 @@ use crate::render::{ColorScheme, Format, RenderOptions};
 /// memprof attaches uprobes to the allocator functions (malloc, calloc, realloc,
 /// reallocarray, free, posix_memalign, aligned_alloc, memalign, valloc, pvalloc,
 /// C++ new and delete) of the allocator that the target process uses (glibc's,
-/// or jemalloc, tcmalloc, mimalloc...), without restarting or pausing it.
+/// musl's, or jemalloc, tcmalloc, mimalloc..., also jemalloc with a `_rjem_` or
+/// `je_` prefix as Rust programs link it), without restarting or pausing it.
 /// Every allocation made while attached is recorded with its call stack; when
 /// the run ends (after --duration, or on Ctrl-C / SIGTERM) memprof detaches and
 /// reports the memory still outstanding, grouped by call stack and ranked by
@@ -92,9 +93,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
     /// Process id of the target. It must be running; memprof probes the allocator it uses
-    /// (glibc's, or jemalloc, tcmalloc, mimalloc...). Repeat it to record several processes in
-    /// one run. Without -p, --comm, --cgroup or a COMMAND, every process on the machine is
-    /// recorded (system-wide).
+    /// (glibc's or musl's, or jemalloc, tcmalloc, mimalloc...; a statically linked program only
+    /// with musl). Repeat it to record several processes in one run. Without -p, --comm,
+    /// --cgroup or a COMMAND, every process on the machine is recorded (system-wide).
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Vec<u32>,
 

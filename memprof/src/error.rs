@@ -9,8 +9,9 @@ pub enum Error {
     NoSuchProcess(u32),
 
     #[error(
-        "pid {pid} ({comm}) maps no glibc (libc.so.6): it is probably statically linked or uses \
-         another libc; memprof probes the allocator of a dynamically linked glibc"
+        "pid {pid} ({comm}) maps no libc (glibc's libc.so.6 or musl's libc.so): it is probably \
+         statically linked; memprof probes the allocator of a dynamically linked glibc or musl \
+         program, or of a statically linked musl one"
     )]
     NoLibc { pid: u32, comm: String },
 
@@ -24,7 +25,7 @@ pub enum Error {
 
     #[error(
         "{command} is statically linked: it maps no libc.so.6 whose allocator memprof could \
-         probe; build it dynamically linked to glibc"
+         probe; build it dynamically linked (or statically with musl)"
     )]
     StaticCommand { command: String },
 

@@ -238,7 +238,8 @@ fn find_program(program: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Fails for a statically linked ELF executable (no `PT_INTERP`): it maps
-/// no libc, so there is nothing to probe. Scripts and others pass.
+/// no libc, so there is nothing to probe, unless it is a musl one (its
+/// malloc is in the executable). Scripts and others pass.
 fn check_dynamic(path: &Path) -> anyhow::Result<()> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if !data.starts_with(b"\x7fELF") {
@@ -251,7 +252,7 @@ fn check_dynamic(path: &Path) -> anyhow::Result<()> {
             .any(|ph| ph.p_type.get(elf.endian()) == object::elf::PT_INTERP),
         _ => true,
     };
-    if !has_interp {
+    if !has_interp && !crate::target::is_static_musl(path) {
         return Err(crate::error::Error::StaticCommand {
             command: path.display().to_string(),
         }

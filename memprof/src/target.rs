@@ -127,6 +127,40 @@ pub const FUNCTIONS: &[(&str, Kind, Family)] = &[
     ("_ZdaPvRKSt9nothrow_t", Kind::Free, Family::CxxDelete),
 ];
 
+/// jemalloc's API under a symbol prefix, with the kinds of the unprefixed
+/// functions in [`FUNCTIONS`].
+macro_rules! prefixed_jemalloc {
+    ($prefix:literal) => {
+        &[
+            (concat!($prefix, "malloc"), Kind::Malloc),
+            (concat!($prefix, "calloc"), Kind::Calloc),
+            (concat!($prefix, "realloc"), Kind::Realloc),
+            (concat!($prefix, "posix_memalign"), Kind::PosixMemalign),
+            (concat!($prefix, "aligned_alloc"), Kind::Memalign),
+            (concat!($prefix, "memalign"), Kind::Memalign),
+            (concat!($prefix, "valloc"), Kind::Malloc),
+            (concat!($prefix, "pvalloc"), Kind::Malloc),
+            (concat!($prefix, "free"), Kind::Free),
+            (concat!($prefix, "free_sized"), Kind::Free),
+            (concat!($prefix, "free_aligned_sized"), Kind::Free),
+            (concat!($prefix, "mallocx"), Kind::Malloc),
+            (concat!($prefix, "rallocx"), Kind::Realloc),
+            (concat!($prefix, "dallocx"), Kind::Free),
+            (concat!($prefix, "sdallocx"), Kind::Free),
+        ]
+    };
+}
+
+/// jemalloc built with a symbol prefix (`--with-jemalloc-prefix`): it sits
+/// beside libc's malloc instead of replacing it, and its callers call the
+/// prefixed names. `_rjem_` is the Rust crates' (tikv-jemallocator, as a
+/// `#[global_allocator]`, linked into the executable), `je_` some
+/// distributions' and bundles' (Redis). Probed in addition to libc.
+pub const PREFIXED_JEMALLOC: &[(&str, &[(&str, Kind)])] = &[
+    ("_rjem_", prefixed_jemalloc!("_rjem_")),
+    ("je_", prefixed_jemalloc!("je_")),
+];
+
 /// A shared object (or executable) mapped by the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Library {
@@ -136,13 +170,20 @@ pub struct Library {
     pub host_path: PathBuf,
 }
 
-/// The allocator a target uses: glibc's, or one that replaces its `malloc`.
+/// The allocator a target uses: its libc's (glibc or musl), one that replaces
+/// its `malloc`, or a prefixed jemalloc beside libc's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocator {
-    /// `glibc`, `jemalloc`, `tcmalloc`, `mimalloc`, or `malloc in <file>`.
+    /// `glibc`, `musl`, `jemalloc`, `tcmalloc`, `mimalloc`, or `malloc in <file>`.
     pub name: String,
-    /// The object that defines the `malloc` the target calls; None for glibc's.
+    /// The object that defines the `malloc` the target calls (a statically
+    /// linked musl program: the executable), or the prefixed jemalloc; None
+    /// for a shared libc's.
     pub library: Option<Library>,
+    /// The symbol prefix of a jemalloc that does not replace `malloc`
+    /// ([`PREFIXED_JEMALLOC`]): its functions in `library` are probed, and
+    /// libc's as well.
+    pub prefix: Option<&'static str>,
 }
 
 /// One probe site: a file offset in the library and every exported name at it.
@@ -206,11 +247,6 @@ impl Target {
             }
             .into());
         }
-        let libc = find_libc(&maps).ok_or_else(|| Error::NoLibc {
-            pid,
-            comm: comm.clone(),
-        })?;
-        let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
         let objects: Vec<Library> = mapped_objects(&maps)
             .into_iter()
             .map(|path| Library {
@@ -221,7 +257,31 @@ impl Target {
         let exe = fs::read_link(proc_dir.join("exe"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let allocator = find_allocator(&objects, &exe, &libc);
+        let (libc, allocator) = match find_libc(&maps) {
+            Some(libc) => {
+                let allocator = find_allocator(&objects, &exe, &libc);
+                (libc, allocator)
+            }
+            // Statically linked: only a musl executable brings an allocator
+            // memprof knows how to probe (its malloc in the symbol table).
+            None => {
+                let own = objects
+                    .iter()
+                    .find(|o| o.path == exe)
+                    .filter(|o| is_static_musl(&o.host_path))
+                    .ok_or_else(|| Error::NoLibc {
+                        pid,
+                        comm: comm.clone(),
+                    })?;
+                let allocator = Allocator {
+                    name: "musl".to_string(),
+                    library: Some(own.clone()),
+                    prefix: None,
+                };
+                (own.path.clone(), allocator)
+            }
+        };
+        let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
         let cxx = objects
             .iter()
             .find(|o| base_name(&o.path).starts_with("libstdc++.so"))
@@ -256,27 +316,37 @@ impl Target {
             path: self.libc.clone(),
             host_path: self.libc_host_path.clone(),
         };
-        let all = [
-            Family::C,
-            Family::Extension,
-            Family::CxxNew,
-            Family::CxxDelete,
-        ];
-        let mut sources: Vec<(Library, &[Family])> = Vec::new();
-        if let Some(own) = &self.allocator.library {
-            sources.push((own.clone(), &all));
+        let of = |families: &[Family]| -> Vec<(&'static str, Kind)> {
+            FUNCTIONS
+                .iter()
+                .filter(|(_, _, family)| families.contains(family))
+                .map(|&(name, kind, _)| (name, kind))
+                .collect()
+        };
+        let mut sources: Vec<(Library, Vec<(&'static str, Kind)>)> = Vec::new();
+        match (&self.allocator.library, self.allocator.prefix) {
+            (Some(own), Some(prefix)) => sources.push((own.clone(), prefixed_api(prefix).to_vec())),
+            (Some(own), None) => sources.push((
+                own.clone(),
+                of(&[
+                    Family::C,
+                    Family::Extension,
+                    Family::CxxNew,
+                    Family::CxxDelete,
+                ]),
+            )),
+            (None, _) => {}
         }
-        sources.push((libc, &[Family::C]));
+        sources.push((libc, of(&[Family::C])));
         if let Some(cxx) = &self.cxx {
-            sources.push((cxx.clone(), &[Family::CxxNew]));
+            sources.push((cxx.clone(), of(&[Family::CxxNew])));
         }
         let mut taken = std::collections::HashSet::new();
         let mut sites = Vec::new();
-        for (library, families) in sources {
-            let wanted: Vec<(&'static str, Kind)> = FUNCTIONS
-                .iter()
-                .filter(|(name, _, family)| families.contains(family) && !taken.contains(name))
-                .map(|&(name, kind, _)| (name, kind))
+        for (library, functions) in sources {
+            let wanted: Vec<(&'static str, Kind)> = functions
+                .into_iter()
+                .filter(|(name, _)| !taken.contains(name))
                 .collect();
             let found = sites_in(Arc::new(library), &wanted, placed)?;
             for site in &found {
@@ -293,11 +363,19 @@ impl Target {
         Ok(sites)
     }
 
-    /// The allocator for reports: libc's path for glibc, else its name and file.
+    /// The allocator for reports: libc's path for glibc, else its name and
+    /// file (`jemalloc (/usr/lib/libjemalloc.so.2)`, `musl (/lib/ld-musl-x86_64.so.1)`);
+    /// a prefixed jemalloc names libc too, whose `malloc` is probed as well
+    /// (`jemalloc (_rjem_* in /srv/app) and /usr/lib/x86_64-linux-gnu/libc.so.6`).
     pub fn allocator_description(&self) -> String {
-        match &self.allocator.library {
-            Some(own) => format!("{} ({})", self.allocator.name, own.path),
-            None => self.libc.clone(),
+        let name = &self.allocator.name;
+        match (&self.allocator.library, self.allocator.prefix) {
+            (Some(own), Some(prefix)) => {
+                format!("{name} ({prefix}* in {}) and {}", own.path, self.libc)
+            }
+            (Some(own), None) => format!("{name} ({})", own.path),
+            (None, _) if name == "glibc" => self.libc.clone(),
+            (None, _) => format!("{name} ({})", self.libc),
         }
     }
 
@@ -386,15 +464,61 @@ pub fn is_go_program(exe: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The path of the glibc mapped in a `/proc/PID/maps` listing.
+/// The path of the libc mapped in a `/proc/PID/maps` listing: glibc's
+/// `libc.so.6` (`libc-2.NN.so` before glibc 2.34), or musl's, which is also
+/// its dynamic loader: `/lib/ld-musl-x86_64.so.1` (Alpine), or the
+/// `libc.so` that name links to (`/usr/lib/x86_64-linux-musl/libc.so` on
+/// Debian, `/usr/local/musl/lib/libc.so`). glibc's `libc.so` is a linker
+/// script, never mapped.
 pub fn find_libc(maps: &str) -> Option<String> {
     maps.lines()
         .filter_map(|line| line.split_whitespace().nth(5))
         .find(|path| {
-            let base = path.rsplit('/').next().unwrap_or(path);
-            base == "libc.so.6" || (base.starts_with("libc-2.") && base.ends_with(".so"))
+            let base = base_name(path);
+            base == "libc.so.6"
+                || (base.starts_with("libc-2.") && base.ends_with(".so"))
+                || is_musl_libc(path)
         })
         .map(str::to_string)
+}
+
+/// True for the path of musl's libc (see [`find_libc`]).
+fn is_musl_libc(path: &str) -> bool {
+    let base = base_name(path);
+    base == "libc.so" || (base.starts_with("ld-musl-") && base.ends_with(".so.1"))
+}
+
+/// The name of the libc at `path`: `musl` or `glibc`.
+fn libc_name(path: &str) -> &'static str {
+    if is_musl_libc(path) {
+        "musl"
+    } else {
+        "glibc"
+    }
+}
+
+/// True for a statically linked musl executable whose symbol table has
+/// `malloc` (musl's `__init_libc` tells it from glibc's static libc).
+pub fn is_static_musl(exe: &Path) -> bool {
+    let Ok(data) = fs::read(exe) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return false;
+    };
+    let defines = |name: &str| {
+        file.symbols()
+            .any(|s| s.is_definition() && s.address() != 0 && s.name() == Ok(name))
+    };
+    defines("malloc") && defines("__init_libc")
+}
+
+/// The prefixed jemalloc API of `prefix` ([`PREFIXED_JEMALLOC`]).
+fn prefixed_api(prefix: &str) -> &'static [(&'static str, Kind)] {
+    PREFIXED_JEMALLOC
+        .iter()
+        .find(|(p, _)| *p == prefix)
+        .map_or(&[], |(_, api)| api)
 }
 
 /// Resolves the probe sites of glibc's allocator functions in one ELF file;
@@ -485,13 +609,15 @@ fn base_name(path: &str) -> &str {
 
 /// The allocator whose `malloc` the target's calls resolve to: the
 /// executable's own, else a library's other than libc (linked or
-/// LD_PRELOADed), else glibc's.
+/// LD_PRELOADed), else a prefixed jemalloc beside libc's (the executable's,
+/// else a library's), else libc's.
 fn find_allocator(objects: &[Library], exe: &str, libc: &str) -> Allocator {
     let candidates = objects
         .iter()
         .filter(|o| o.path == exe)
         .chain(objects.iter().filter(|o| o.path != exe))
         .filter(|o| o.path != libc && !base_name(&o.path).starts_with("ld-linux"));
+    let mut prefixed = None;
     for library in candidates {
         let Ok(data) = fs::read(&library.host_path) else {
             continue;
@@ -499,20 +625,32 @@ fn find_allocator(objects: &[Library], exe: &str, libc: &str) -> Allocator {
         let Ok(file) = object::File::parse(&*data) else {
             continue;
         };
-        // Exported, as symbol interposition needs.
-        let exports_malloc = file
-            .dynamic_symbols()
-            .any(|s| s.is_definition() && s.address() != 0 && s.name() == Ok("malloc"));
-        if !exports_malloc {
-            continue;
-        }
         // Named by a function only that allocator has (in the symbol table
         // too: an executable exports only what its libraries use).
         let defines = |name: &str| {
             file.dynamic_symbols()
                 .chain(file.symbols())
-                .any(|s| s.is_definition() && s.name() == Ok(name))
+                .any(|s| s.is_definition() && s.address() != 0 && s.name() == Ok(name))
         };
+        // Exported, as symbol interposition needs.
+        let exports_malloc = file
+            .dynamic_symbols()
+            .any(|s| s.is_definition() && s.address() != 0 && s.name() == Ok("malloc"));
+        if !exports_malloc {
+            if prefixed.is_none() {
+                prefixed = PREFIXED_JEMALLOC
+                    .iter()
+                    .find(|(prefix, _)| {
+                        defines(&format!("{prefix}malloc")) || defines(&format!("{prefix}mallocx"))
+                    })
+                    .map(|&(prefix, _)| Allocator {
+                        name: "jemalloc".to_string(),
+                        library: Some(library.clone()),
+                        prefix: Some(prefix),
+                    });
+            }
+            continue;
+        }
         let name = [
             ("mallocx", "jemalloc"),
             ("tc_malloc", "tcmalloc"),
@@ -525,12 +663,14 @@ fn find_allocator(objects: &[Library], exe: &str, libc: &str) -> Allocator {
         return Allocator {
             name,
             library: Some(library.clone()),
+            prefix: None,
         };
     }
-    Allocator {
-        name: "glibc".to_string(),
+    prefixed.unwrap_or_else(|| Allocator {
+        name: libc_name(libc).to_string(),
         library: None,
-    }
+        prefix: None,
+    })
 }
 
 /// Virtual address -> file offset, through the loadable segment that holds it.
@@ -568,6 +708,42 @@ mod tests {
             None
         );
         assert_eq!(find_libc("7f-8f r-xp 0 00:00 0 [vdso]\n"), None);
+    }
+
+    #[test]
+    fn finds_musl_in_maps() {
+        for path in [
+            "/lib/ld-musl-x86_64.so.1",
+            "/usr/lib/x86_64-linux-musl/libc.so",
+            "/usr/local/musl/lib/libc.so",
+        ] {
+            let maps = format!("7f-8f r-xp 0 00:00 0 {path}\n");
+            assert_eq!(find_libc(&maps).as_deref(), Some(path));
+            assert_eq!(libc_name(path), "musl");
+        }
+        assert_eq!(libc_name("/usr/lib/x86_64-linux-gnu/libc.so.6"), "glibc");
+        assert_eq!(
+            find_libc("7f-8f r-xp 0 00:00 0 /usr/lib/libc.so.1.2\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn prefixed_jemalloc_functions_have_the_unprefixed_kinds() {
+        for (prefix, api) in PREFIXED_JEMALLOC {
+            assert_eq!(prefixed_api(prefix).len(), api.len());
+            for (name, kind) in api.iter() {
+                let bare = name.strip_prefix(prefix).unwrap();
+                let unprefixed = FUNCTIONS.iter().find(|(n, _, _)| *n == bare);
+                assert_eq!(unprefixed.map(|f| f.1), Some(*kind), "{name}");
+            }
+        }
+        assert!(prefixed_api("nope_").is_empty());
+    }
+
+    #[test]
+    fn this_test_binary_is_not_static_musl() {
+        assert!(!is_static_musl(&std::env::current_exe().unwrap()));
     }
 
     #[test]

@@ -249,6 +249,10 @@ pub enum Kind {
     LeakyTcmalloc,
     /// `tests/fixtures/leaky.c` with jemalloc linked into the executable.
     LeakyJemallocStatic,
+    /// `tests/fixtures/leaky.c` built with musl-gcc, dynamically and
+    /// statically linked: the same ground truth [`LEAKY_C`].
+    LeakyMusl,
+    LeakyMuslStatic,
     /// `tests/fixtures/leaky_cxx.cpp`: leaks through operator new (from
     /// libstdc++), ground truth [`LEAKY_CXX`].
     LeakyCxx,
@@ -273,6 +277,9 @@ pub enum Kind {
     SelfCheck,
     /// The `leaky-rust` binary of this package: ground truth [`LEAKY_RUST`].
     LeakyRust,
+    /// The `leaky-rust-jemalloc` binary of this package (jemalloc with the
+    /// `_rjem_` prefix as its global allocator): ground truth [`LEAKY_RUST_JEMALLOC`].
+    LeakyRustJemalloc,
     /// `tests/fixtures/demo.c`: the demo service of `cargo xtask demo`
     /// (prints `ready <pid>`, then serves until stdin EOF, a signal, or
     /// `argv[1]` seconds; no go/done protocol).
@@ -311,6 +318,8 @@ impl Kind {
             Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
             Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
             Kind::LeakyJemallocStatic => c_fixture("leaky-jemalloc-static"),
+            Kind::LeakyMusl => c_fixture("leaky-musl"),
+            Kind::LeakyMuslStatic => c_fixture("leaky-musl-static"),
             Kind::LeakyCxx => c_fixture("leaky-cxx"),
             Kind::LeakyCxxTcmalloc => c_fixture("leaky-cxx-tcmalloc"),
             Kind::LeakyCxxMimalloc => c_fixture("leaky-cxx-mimalloc"),
@@ -320,21 +329,23 @@ impl Kind {
             Kind::Sampled => c_fixture("sampled"),
             Kind::Mmaps => c_fixture("mmaps"),
             Kind::KernelObjects => c_fixture("kernel-objects"),
-            Kind::LeakyRust => rust_fixture_path(),
+            Kind::LeakyRust => rust_fixture_path("leaky-rust"),
+            Kind::LeakyRustJemalloc => rust_fixture_path("leaky-rust-jemalloc"),
         }
     }
 }
 
-/// `leaky-rust` next to the running test binary: cargo puts integration
-/// tests in `<target>/<profile>/deps/` and the package's binaries in
-/// `<target>/<profile>/`, and builds the binaries before the tests.
-fn rust_fixture_path() -> Result<PathBuf, String> {
+/// The binary `name` of this package (`leaky-rust`) next to the running test
+/// binary: cargo puts integration tests in `<target>/<profile>/deps/` and the
+/// package's binaries in `<target>/<profile>/`, and builds the binaries
+/// before the tests.
+fn rust_fixture_path(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .ok_or_else(|| format!("unexpected test binary path {}", exe.display()))?;
-    let bin = profile_dir.join("leaky-rust");
+    let bin = profile_dir.join(name);
     if bin.is_file() {
         Ok(bin)
     } else {
@@ -856,7 +867,29 @@ pub const LEAKY_RUST: &[Leak] = &[
     leak("leak_libc_malloc", 5, 3_885),
 ];
 
-/// Functions of `leaky-rust` that allocate but leave nothing outstanding.
+/// The ground truth of the `leaky-rust-jemalloc` fixture (the table in
+/// `src/bin/leaky_rust_jemalloc.rs`).
+pub const LEAKY_RUST_JEMALLOC: &[Leak] = &[
+    // 8 x Box<[u8; 4096]>: _rjem_malloc(4096)
+    leak("leak_boxes", 8, 32_768),
+    // 4 x Vec::<u64>::with_capacity(1000): _rjem_malloc(8000)
+    leak("leak_vec", 4, 32_000),
+    // 100 pushes of u32 then shrink_to_fit: _rjem_realloc(p, 400)
+    leak("leak_vec_grow", 1, 400),
+    // 2 x vec![0u8; 3000]: _rjem_calloc(1, 3000)
+    leak("leak_zeroed", 2, 6_000),
+    // 3 x Box<Aligned64> (192 bytes, align 64): _rjem_mallocx(192, align 64)
+    leak("leak_aligned", 3, 576),
+    // 2 x alloc_zeroed(256, align 64): _rjem_mallocx(256, align 64 | zero)
+    leak("leak_aligned_zeroed", 2, 512),
+    // 2 x alloc(128, align 64) -> realloc(1024): _rjem_rallocx(p, 1024, align 64)
+    leak("leak_aligned_realloc", 2, 2_048),
+    // 5 x libc::malloc(777): glibc's malloc
+    leak("leak_libc_malloc", 5, 3_885),
+];
+
+/// Functions of `leaky-rust` and `leaky-rust-jemalloc` that allocate but
+/// leave nothing outstanding.
 pub const LEAKY_RUST_CLEAN: &[&str] = &["churn_worker", "fail_alloc"];
 
 /// Allocations `leaky-rust`'s churn makes at least (2 threads x 20000 boxes),
@@ -1072,14 +1105,15 @@ pub fn check_no_loss(stats: &Stats) -> Vec<String> {
 /// it matches `expected` and `clean` ([`check_leaks`] with `max_depth`), lost
 /// nothing ([`check_no_loss`]), counted the fixture's failed allocation, and
 /// saw the churn: at least `min_churn` allocations besides the leaks, and as
-/// many frees. Every problem is listed, with the whole report.
+/// many frees. Every problem is listed, with the whole report, which is
+/// returned for further checks.
 pub fn assert_ground_truth(
     kind: Kind,
     expected: &[Leak],
     clean: &[&str],
     max_depth: Option<usize>,
     min_churn: u64,
-) {
+) -> Report {
     let (output, pid) = profile_fixture(kind, &["--format", "json", "--top", "1000"]);
     let report = output.report();
     let dump = describe_report(&report);
@@ -1116,6 +1150,7 @@ pub fn assert_ground_truth(
         "the report does not match the {kind:?} fixture's ground truth:\n- {}\n\nreport:\n{dump}",
         problems.join("\n- ")
     );
+    report
 }
 
 /// The functions of `leaks` that `text` does not name as a word ([`find_word`]).
@@ -1192,6 +1227,13 @@ mod tests {
             Totals {
                 bytes: 75_629,
                 count: 23
+            }
+        );
+        assert_eq!(
+            total(LEAKY_RUST_JEMALLOC),
+            Totals {
+                bytes: 78_189,
+                count: 27
             }
         );
     }

@@ -1,45 +1,162 @@
 //! Allocators beyond glibc's: the same leaky program linked with jemalloc
-//! and tcmalloc (each replaces glibc's malloc), and with jemalloc linked
-//! into the executable itself, and a C++ program whose
+//! and tcmalloc (each replaces glibc's malloc), with jemalloc linked
+//! into the executable itself, and built against musl (dynamically and
+//! statically linked); a Rust program with jemalloc (prefixed `_rjem_`) as
+//! its global allocator beside glibc's malloc; and a C++ program whose
 //! operator new comes from libstdc++, tcmalloc or mimalloc. memprof must
 //! probe the allocator the process really calls, name it, and report the
 //! exact ground truth with stacks that start at the caller of malloc or
 //! new. Needs root (run through `cargo xtask test`).
 
 use tests::{
-    assert_ground_truth, describe_report, profile_fixture, root_or_skip, Kind, LEAKY_C, LEAKY_CXX,
-    LEAKY_CXX_CLEAN, LEAKY_C_CLEAN, LEAKY_C_MIN_CHURN,
+    assert_ground_truth, assert_rust_fixture_has_frame_pointers, describe_report, profile_fixture,
+    root_or_skip, Kind, Report, LEAKY_C, LEAKY_CXX, LEAKY_CXX_CLEAN, LEAKY_C_CLEAN,
+    LEAKY_C_MIN_CHURN, LEAKY_RUST_CLEAN, LEAKY_RUST_JEMALLOC, LEAKY_RUST_MIN_CHURN,
 };
 
-/// The report names `allocator` and matches `leaky.c`'s ground truth.
-fn leaky_c_through(kind: Kind, allocator: &str) {
-    if !root_or_skip() {
-        return;
-    }
-    assert_ground_truth(kind, LEAKY_C, LEAKY_C_CLEAN, Some(2), LEAKY_C_MIN_CHURN);
-    let (output, _) = profile_fixture(kind, &["--format", "json", "--duration", "1"]);
-    let report = output.report();
+/// `leaky.c` through `kind`: the report matches its ground truth and names
+/// `allocator`.
+fn leaky_c_through(kind: Kind, allocator: &str) -> Report {
+    let report = assert_ground_truth(kind, LEAKY_C, LEAKY_C_CLEAN, Some(2), LEAKY_C_MIN_CHURN);
     assert!(
         report.target.allocator.starts_with(allocator),
         "allocator {:?}, expected {allocator}\n{}",
         report.target.allocator,
         describe_report(&report)
     );
+    report
+}
+
+/// No frame of any stack is an allocator function: stacks start at the
+/// allocator's caller.
+fn assert_no_allocator_frames(report: &Report, is_allocator: impl Fn(&str) -> bool) {
+    for stack in &report.stacks {
+        for frame in &stack.frames {
+            let function = frame.function.as_deref().unwrap_or("");
+            assert!(
+                !is_allocator(function),
+                "a stack holds the allocator's own frame {function}:\n{}",
+                describe_report(report)
+            );
+        }
+    }
 }
 
 #[test]
 fn jemalloc() {
+    if !root_or_skip() {
+        return;
+    }
     leaky_c_through(Kind::LeakyJemalloc, "jemalloc (");
 }
 
 #[test]
 fn jemalloc_inside_the_executable() {
+    if !root_or_skip() {
+        return;
+    }
     leaky_c_through(Kind::LeakyJemallocStatic, "jemalloc (");
 }
 
 #[test]
 fn tcmalloc() {
+    if !root_or_skip() {
+        return;
+    }
     leaky_c_through(Kind::LeakyTcmalloc, "tcmalloc (");
+}
+
+/// musl's calloc calls malloc, its memalign, valloc and reallocarray
+/// tail-call aligned_alloc and realloc: each allocation is counted once, at
+/// the call the program made, and no free is taken for an unknown block.
+fn leaky_musl(kind: Kind, libc_suffix: &str) {
+    if !root_or_skip() {
+        return;
+    }
+    let report = leaky_c_through(kind, "musl (/");
+    let dump = describe_report(&report);
+    assert!(
+        report.target.allocator.ends_with(libc_suffix),
+        "allocator {:?}, expected it to end with {libc_suffix:?}\n{dump}",
+        report.target.allocator
+    );
+    // Every allocation after the go line seen once, and every free: the
+    // fixture frees all but the leaks. (A free is taken for an unknown block
+    // when musl hands a block that realloc released to another thread before
+    // realloc's return probe ran: realloc's old block is forgotten at the
+    // return, and then forgets the other thread's new block instead. Rare,
+    // and it leaves the totals right.)
+    let stats = &report.stats;
+    assert_eq!(
+        stats.allocs,
+        stats.frees + stats.frees_unknown + report.totals.count,
+        "{dump}"
+    );
+    assert_eq!(report.stats.return_without_entry, 0, "{dump}");
+    assert_eq!(report.stats.pending_stale, 0, "{dump}");
+    assert!(report.stats.nested_calls > 0, "calloc calls malloc\n{dump}");
+    assert_no_allocator_frames(&report, |f| {
+        [
+            "malloc",
+            "calloc",
+            "realloc",
+            "reallocarray",
+            "posix_memalign",
+            "aligned_alloc",
+            "memalign",
+            "valloc",
+            "__libc_malloc_impl",
+            "__libc_realloc",
+        ]
+        .contains(&f)
+    });
+}
+
+#[test]
+fn musl() {
+    // The interpreter /lib/ld-musl-x86_64.so.1 is musl's libc.so (Debian:
+    // a link to /usr/lib/x86_64-linux-musl/libc.so, the path in the maps).
+    leaky_musl(Kind::LeakyMusl, "/libc.so)");
+}
+
+#[test]
+fn musl_statically_linked() {
+    let exe = Kind::LeakyMuslStatic.path().unwrap();
+    leaky_musl(Kind::LeakyMuslStatic, &format!("({})", exe.display()));
+}
+
+/// A Rust program whose global allocator is jemalloc with the `_rjem_`
+/// prefix, inside its executable: every Rust allocation goes through
+/// `_rjem_malloc`, `_rjem_calloc`, `_rjem_realloc`, `_rjem_mallocx` or
+/// `_rjem_rallocx` and every free through `_rjem_sdallocx`, while
+/// `libc::malloc` still reaches glibc's: both are probed.
+#[test]
+fn rust_with_jemalloc_as_global_allocator() {
+    if !root_or_skip() {
+        return;
+    }
+    assert_rust_fixture_has_frame_pointers();
+    let report = assert_ground_truth(
+        Kind::LeakyRustJemalloc,
+        LEAKY_RUST_JEMALLOC,
+        LEAKY_RUST_CLEAN,
+        None,
+        LEAKY_RUST_MIN_CHURN,
+    );
+    let dump = describe_report(&report);
+    let exe = Kind::LeakyRustJemalloc.path().unwrap();
+    let allocator = &report.target.allocator;
+    assert!(
+        allocator.starts_with(&format!("jemalloc (_rjem_* in {}) and /", exe.display()))
+            && allocator.ends_with("/libc.so.6"),
+        "allocator {allocator:?}\n{dump}"
+    );
+    // The churn's frees all reached a probed function: allocations and
+    // frees balance, less what is outstanding (std frees a few blocks it
+    // allocated before the go line: frees_unknown).
+    let stats = &report.stats;
+    assert_eq!(stats.allocs, stats.frees + report.totals.count, "{dump}");
+    assert_no_allocator_frames(&report, |f| f.starts_with("_rjem_") || f == "malloc");
 }
 
 /// C++: every leak at its function (frames[0], not operator new), nothing

@@ -34,6 +34,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "gperftools' tcmalloc, allocator fixtures link it",
     ),
     ("libmimalloc-dev", "mimalloc, an allocator fixture links it"),
+    (
+        "musl-tools",
+        "musl-gcc: musl fixtures, dynamically and statically linked",
+    ),
+    (
+        "make",
+        "builds jemalloc from source for the Rust jemalloc fixture (tikv-jemalloc-sys)",
+    ),
     ("golang-go", "builds the Go program memprof must refuse"),
 ];
 
