@@ -72,8 +72,15 @@ pub struct PendingCall {
     /// n) calls malloc, reallocarray calls realloc, ...) do not get a second
     /// chance to be sampled.
     pub record: u64,
+    /// realloc: the old block, taken out of `LIVE` at the entry (so that
+    /// another thread that gets its address before this call returns is not
+    /// confused with it), and put back if the call fails. Its `stack_id` is
+    /// meaningful only when `old_tracked` is nonzero.
+    pub old: AllocInfo,
+    /// Nonzero when `old` was tracked.
+    pub old_tracked: u64,
 }
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 72);
 
 /// `AllocInfo::stack_id` of allocations whose user stack could not be captured.
 pub const STACK_LOST: i64 = -1;

@@ -295,9 +295,10 @@ fn pending_call() -> Option<&'static mut PendingCall> {
     (slot.sp != 0).then_some(slot)
 }
 
-/// Records an allocator entry for this thread, unless it is nested in another.
+/// Records an allocator entry for this thread, unless it is nested in
+/// another. `frees` is the block a realloc replaces (else 0).
 #[inline(always)]
-fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
+fn enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64) {
     if target_thread().is_none() {
         return;
     }
@@ -325,7 +326,10 @@ fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
         ptr,
         depth: 0,
         record: 1,
+        old: AllocInfo::default(),
+        old_tracked: 0,
     };
+    take_old(slot, frees);
 }
 
 /// Takes this thread's pending call at the return of the outermost allocator call.
@@ -390,16 +394,12 @@ fn agg_add(stack_id: i64, size: u64, now: u64) -> Option<u64> {
     }
 }
 
-/// Forgets a live block; returns false when it was not tracked.
+/// Forgets a live block; returns what it was, or None when it was not tracked.
 #[inline(always)]
-fn forget(key: &LiveKey) -> bool {
+fn forget(key: &LiveKey) -> Option<AllocInfo> {
     // SAFETY: the value is copied out at once.
-    let Some(info) = (unsafe { LIVE.get(key) }).copied() else {
-        return false;
-    };
-    if LIVE.remove(key).is_err() {
-        return false;
-    }
+    let info = (unsafe { LIVE.get(key) }).copied()?;
+    LIVE.remove(key).ok()?;
     if let Some(agg) = AGG.get_ptr_mut(info.stack_id) {
         // SAFETY: points into the map value; fields are updated atomically.
         unsafe {
@@ -407,7 +407,36 @@ fn forget(key: &LiveKey) -> bool {
             add(&raw mut (*agg).count, u64::MAX);
         }
     }
-    true
+    Some(info)
+}
+
+/// Puts back a block that [`forget`] took out (a realloc that failed).
+#[inline(always)]
+fn restore(addr: u64, info: AllocInfo) {
+    let key = live_key(bpf_get_current_pid_tgid(), addr);
+    if LIVE.insert(key, info, BPF_NOEXIST as u64).is_err() {
+        bump(stat::LIVE_MAP_FULL);
+        bump_by(stat::LIVE_MAP_FULL_BYTES, info.size);
+        return;
+    }
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if agg_add(info.stack_id, info.size, now).is_none() {
+        let _ = LIVE.remove(key);
+        bump(stat::STACK_MAP_FULL);
+    }
+}
+
+/// The block a realloc replaces, taken out of `LIVE` at the call's entry.
+#[inline(always)]
+fn take_old(call: &mut PendingCall, addr: u64) {
+    if addr == 0 {
+        return;
+    }
+    if let Some(info) = forget(&live_key(bpf_get_current_pid_tgid(), addr)) {
+        call.old = info;
+        call.old_tracked = 1;
+    }
 }
 
 /// Counts a block that the target released.
@@ -420,7 +449,7 @@ fn forget(key: &LiveKey) -> bool {
 fn release(addr: u64) {
     let tid = bpf_get_current_pid_tgid();
     let last = LAST_RELEASE.get_ptr_mut(0);
-    if forget(&live_key(tid, addr)) {
+    if forget(&live_key(tid, addr)).is_some() {
         bump(stat::FREES);
         if let Some(last) = last {
             // SAFETY: this CPU's value; programs do not migrate while running.
@@ -590,24 +619,30 @@ fn finish_alloc<C: EbpfContext>(ctx: &C, call: PendingCall, addr: u64) {
     }
 }
 
-/// Ends a realloc or reallocarray call that returned `new`.
+/// Ends a realloc or reallocarray call that returned `new`. Its old block
+/// left `LIVE` at the entry ([`take_old`]).
 #[inline(always)]
 fn finish_realloc<C: EbpfContext>(ctx: &C, call: PendingCall, new: u64) {
     let old = call.ptr;
-    if new == 0 {
-        if call.size == 0 && old != 0 {
-            // realloc(p, 0) freed p.
-            release(old);
-        } else {
-            // Failed: the old block (if any) stays live.
-            bump(stat::FAILED_ALLOCS);
+    if new == 0 && !(call.size == 0 && old != 0) {
+        // Failed: the old block (if any) stays live.
+        if call.old_tracked != 0 {
+            restore(old, call.old);
         }
+        bump(stat::FAILED_ALLOCS);
         return;
     }
+    // Moved, resized or (realloc(p, 0) returning NULL) freed.
     if old != 0 {
-        release(old);
+        bump(if call.old_tracked != 0 {
+            stat::FREES
+        } else {
+            stat::FREES_UNKNOWN
+        });
     }
-    record(ctx, new, call.size);
+    if new != 0 {
+        record(ctx, new, call.size);
+    }
 }
 
 /// Ends a posix_memalign call that returned `rc` (0 on success, the block
@@ -631,7 +666,7 @@ fn finish_posix_memalign<C: EbpfContext>(ctx: &C, call: PendingCall, rc: u64) {
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
     let size: u64 = ctx.arg(0).unwrap_or(0);
-    enter(&ctx, size, 0);
+    enter(&ctx, size, 0, 0);
     0
 }
 
@@ -640,7 +675,7 @@ pub fn malloc_enter(ctx: ProbeContext) -> u32 {
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let nmemb: u64 = ctx.arg(0).unwrap_or(0);
     let size: u64 = ctx.arg(1).unwrap_or(0);
-    enter(&ctx, nmemb.wrapping_mul(size), 0);
+    enter(&ctx, nmemb.wrapping_mul(size), 0, 0);
     0
 }
 
@@ -649,7 +684,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     let ptr: u64 = ctx.arg(0).unwrap_or(0);
     let size: u64 = ctx.arg(1).unwrap_or(0);
-    enter(&ctx, size, ptr);
+    enter(&ctx, size, ptr, ptr);
     0
 }
 
@@ -659,7 +694,7 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let ptr: u64 = ctx.arg(0).unwrap_or(0);
     let nmemb: u64 = ctx.arg(1).unwrap_or(0);
     let size: u64 = ctx.arg(2).unwrap_or(0);
-    enter(&ctx, nmemb.wrapping_mul(size), ptr);
+    enter(&ctx, nmemb.wrapping_mul(size), ptr, ptr);
     0
 }
 
@@ -668,7 +703,7 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     let memptr: u64 = ctx.arg(0).unwrap_or(0);
     let size: u64 = ctx.arg(2).unwrap_or(0);
-    enter(&ctx, size, memptr);
+    enter(&ctx, size, memptr, 0);
     0
 }
 
@@ -676,7 +711,7 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
     let size: u64 = ctx.arg(1).unwrap_or(0);
-    enter(&ctx, size, 0);
+    enter(&ctx, size, 0, 0);
     0
 }
 
@@ -815,14 +850,18 @@ fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: 
         return SKIP_RETURN;
     };
     // SAFETY: the value is this thread's; only this thread touches it.
-    unsafe {
-        *slot = PendingCall {
-            size,
-            sp,
-            ptr,
-            depth: 0,
-            record: u64::from(sampled),
-        };
+    let slot = unsafe { &mut *slot };
+    *slot = PendingCall {
+        size,
+        sp,
+        ptr,
+        depth: 0,
+        record: u64::from(sampled),
+        old: AllocInfo::default(),
+        old_tracked: 0,
+    };
+    if sampled {
+        take_old(slot, frees);
     }
     RUN_RETURN
 }

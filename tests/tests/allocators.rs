@@ -81,17 +81,14 @@ fn leaky_musl(kind: Kind, libc_suffix: &str) {
         report.target.allocator
     );
     // Every allocation after the go line seen once, and every free: the
-    // fixture frees all but the leaks. (A free is taken for an unknown block
-    // when musl hands a block that realloc released to another thread before
-    // realloc's return probe ran: realloc's old block is forgotten at the
-    // return, and then forgets the other thread's new block instead. Rare,
-    // and it leaves the totals right.)
+    // fixture frees all but the leaks. musl hands a block that realloc
+    // released to the next thread that asks, even before realloc returns:
+    // realloc's old block leaves the books at its entry, so that block's new
+    // owner is never taken for it (when it left at the return, this saw 11-16
+    // frees of unknown blocks a run).
     let stats = &report.stats;
-    assert_eq!(
-        stats.allocs,
-        stats.frees + stats.frees_unknown + report.totals.count,
-        "{dump}"
-    );
+    assert_eq!(stats.allocs, stats.frees + report.totals.count, "{dump}");
+    assert_eq!(stats.frees_unknown, 0, "{dump}");
     assert_eq!(report.stats.return_without_entry, 0, "{dump}");
     assert_eq!(report.stats.pending_stale, 0, "{dump}");
     assert!(report.stats.nested_calls > 0, "calloc calls malloc\n{dump}");
