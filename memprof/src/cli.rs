@@ -42,6 +42,7 @@ use crate::render::{ColorScheme, Format, RenderOptions};
     sudo memprof --comm '^nginx' --duration 60         every nginx process, including new ones\n  \
     sudo memprof --cgroup system.slice/app.service -d 60   the processes of a systemd unit or container\n  \
     sudo memprof -p 4242 --follow-forks -d 60          pid 4242 and the children it forks\n  \
+    sudo memprof --follow-forks -- make -j4            a command and every process it starts\n  \
     memprof diff before.json after.json -o diff.svg    what changed between two runs\n  \
     memprof merge host*.json -o fleet.svg              one report from many processes or hosts\n\n\
     Profiling needs root (or CAP_BPF and CAP_PERFMON) and a kernel with uprobes."
@@ -113,9 +114,10 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "command")]
     pub cgroup: Option<PathBuf>,
 
-    /// Also record the children the recorded processes fork during the run (and theirs), from
-    /// their first allocation. Without it, children are ignored.
-    #[arg(long, conflicts_with = "command")]
+    /// Also record the children the recorded processes (or COMMAND) fork during the run, and
+    /// theirs, from their first allocation. Without it, children are ignored. A child that
+    /// exits during the run takes its memory with it (left out unless --at-exit).
+    #[arg(long)]
     pub follow_forks: bool,
 
     /// Launch mode: run COMMAND under memprof from its first allocation, and report what it

@@ -48,13 +48,21 @@ pub struct Selection {
     pub cgroup: Option<Cgroup>,
     /// `--follow-forks`.
     pub follow_forks: bool,
+    /// `--follow-forks -- COMMAND`: memprof starts the command (the one pid).
+    pub launch: bool,
 }
 
 impl Selection {
     /// The selection of `args`, or None when they name one process (or a command).
     pub fn from_args(args: &ProfileArgs) -> anyhow::Result<Option<Selection>> {
         if !args.command.is_empty() {
-            return Ok(None);
+            return Ok(args.follow_forks.then_some(Selection {
+                pids: Vec::new(),
+                comm: None,
+                cgroup: None,
+                follow_forks: true,
+                launch: true,
+            }));
         }
         if args.pid.len() == 1 && args.comm.is_none() && args.cgroup.is_none() && !args.follow_forks
         {
@@ -80,13 +88,14 @@ impl Selection {
             comm,
             cgroup,
             follow_forks: args.follow_forks,
+            launch: false,
         }))
     }
 
     /// The programs' filter.
     fn filter(&self) -> Filter {
         Filter {
-            mode: if self.pids.is_empty() && self.comm.is_none() {
+            mode: if self.pids.is_empty() && self.comm.is_none() && !self.launch {
                 filter::ALL
             } else {
                 filter::SET
@@ -126,6 +135,7 @@ impl Selection {
             parts.push(format!("comm ~ {}", comm.as_str()));
         }
         let mut text = match parts.len() {
+            _ if self.launch => "a command".to_string(),
             0 => "system-wide".to_string(),
             _ => parts.join(" and "),
         };
@@ -252,6 +262,17 @@ struct Discovery<'a> {
 }
 
 impl Discovery<'_> {
+    /// Reads `pid` again now (a launched command stopped at its exit): probes
+    /// it if it called exec since, and refreshes its symbolizer.
+    fn refresh(&mut self, probes: &mut Probes, pid: u32) -> anyhow::Result<()> {
+        let execs = probes.procs()?.get(&pid).map_or(0, |e| e.execs);
+        self.probe(probes, pid, execs, false)?;
+        if let Some(symbolizer) = self.symbolizers.as_mut().and_then(|s| s.get_mut(&pid)) {
+            symbolizer.refresh();
+        }
+        Ok(())
+    }
+
     /// Probes `pid` unless it was probed already since its last exec
     /// (`execs`). A `required` process that cannot be probed is an error;
     /// others are skipped.
@@ -392,6 +413,12 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         }
     }
     let mut session = Session::new()?;
+    let mut launched = if selection.launch {
+        Some(crate::launch::spawn(&args.command)?)
+    } else {
+        None
+    };
+    let launched_pid = launched.as_ref().map(|l| l.pid);
     if args.mmap {
         bail!(
             "--mmap records one process (-p PID, or a command); it does not work over many \
@@ -408,14 +435,19 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         seen: HashMap::new(),
         by_objects: HashMap::new(),
         skipped: HashSet::new(),
-        symbolizers: args.at_exit.then(|| {
+        // What a launched command holds at its exit is the report.
+        symbolizers: (args.at_exit || launched.is_some()).then(|| {
             raise_open_files_limit();
             HashMap::new()
         }),
     };
-    let describe = selection.describe();
+    let describe = match &launched {
+        Some(l) => format!("{} and its children", l.cmdline),
+        None => selection.describe(),
+    };
     log::info!("finding the processes to record ({describe}) ...");
     let mut initial: Vec<u32> = selection.pids.clone();
+    initial.extend(launched_pid);
     if selection.comm.is_some() {
         initial.extend(
             all_pids()
@@ -426,7 +458,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     if filter.mode == filter::SET {
         probes.add_targets(&initial)?;
         for &pid in &initial {
-            let required = selection.pids.contains(&pid);
+            let required = selection.pids.contains(&pid) || Some(pid) == launched_pid;
             discovery.probe(&mut probes, pid, 0, required)?;
         }
     } else {
@@ -437,18 +469,27 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         }
     }
     probes.set_recording(true)?;
+    if let Some(launched) = &mut launched {
+        launched.release()?;
+    }
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let started = Instant::now();
     log::info!(
-        "attached {} probes for {} processes ({describe}); {}",
+        "attached {} probes for {} {} ({describe}); {}",
         probes.attached,
         discovery.probed.len(),
-        match args.duration {
-            Some(d) => format!("recording for {d} s (Ctrl-C to stop early)"),
-            None => "recording until Ctrl-C".to_string(),
+        if discovery.probed.len() == 1 {
+            "process"
+        } else {
+            "processes"
+        },
+        match (args.duration, launched_pid) {
+            (Some(d), _) => format!("recording for {d} s (Ctrl-C to stop early)"),
+            (None, Some(_)) => "running the command until it and its children exit".to_string(),
+            (None, None) => "recording until Ctrl-C".to_string(),
         }
     );
 
@@ -457,12 +498,25 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         interval: args.interval,
         quiet,
     };
-    let mut housekeeping = |probes: &mut Probes| follow(probes, &mut discovery);
+    let mut housekeeping = |probes: &mut Probes, exiting: bool| {
+        if exiting {
+            // The command is stopped at its exit: read it one last time.
+            if let Some(pid) = launched_pid {
+                discovery.refresh(probes, pid)?;
+            }
+        }
+        follow(probes, &mut discovery)
+    };
     let Waited {
         end,
         samples,
         stacks_freed,
-    } = session.wait_many(&mut probes, &mut housekeeping, plan)?;
+    } = session.wait_many(
+        &mut probes,
+        &mut housekeeping,
+        launched.as_mut().map(|l| &mut l.events),
+        plan,
+    )?;
     probes.set_recording(false)?;
     let procs = probes.procs()?;
     let duration_secs = started.elapsed().as_secs_f64();
@@ -521,12 +575,17 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         let running = is_running_process(pid);
         let same = running && seen.is_none_or(|s| s.start_ticks == now_start);
         let mut mine = Released::default();
-        let events = procs.get(&pid).copied().unwrap_or_default();
+        let mut events = procs.get(&pid).copied().unwrap_or_default();
         if events.execs > 0 {
             mine.at_exec = take_older(&mut live, events.last_exec_ns);
         }
+        let is_command = Some(pid) == launched_pid;
+        if is_command {
+            // Not the exec that started the command.
+            events.execs = events.execs.saturating_sub(1);
+        }
         let exited = !same;
-        if exited && !args.at_exit {
+        if exited && !args.at_exit && !is_command {
             // With the pid taken by a newer process, its blocks are those made
             // since it started.
             let cutoff = match (running, now_start) {
@@ -800,6 +859,7 @@ mod tests {
             comm: None,
             cgroup: None,
             follow_forks: false,
+            launch: false,
         };
         assert_eq!(none.describe(), "system-wide");
         assert_eq!(none.filter().mode, filter::ALL);

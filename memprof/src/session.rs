@@ -37,9 +37,10 @@ pub enum End {
     TargetExited(f64),
 }
 
-/// Called every second in a run over many processes: finds new processes
-/// and probes them; returns true when none is left to record.
-pub type Housekeeping<'a> = &'a mut dyn FnMut(&mut Probes) -> anyhow::Result<bool>;
+/// Called every second in a run over many processes (with false), and when
+/// a launched command stops at its exit (with true): finds new processes and
+/// probes them; returns true when none is left to record.
+pub type Housekeeping<'a> = &'a mut dyn FnMut(&mut Probes, bool) -> anyhow::Result<bool>;
 
 /// Outstanding bytes per stack id at one moment of the run.
 #[derive(Clone, Debug, Default)]
@@ -126,6 +127,7 @@ impl Session {
         &mut self,
         probes: &mut Probes,
         housekeeping: Housekeeping<'_>,
+        child: Option<&mut UnboundedReceiver<ChildEvent>>,
         plan: Plan,
     ) -> anyhow::Result<Waited> {
         self.run(
@@ -133,7 +135,7 @@ impl Session {
                 probes,
                 target: None,
                 symbolizer: None,
-                child: None,
+                child,
                 many: Some(housekeeping),
             },
             plan,
@@ -240,6 +242,11 @@ async fn wait_async(
             }
             event = child_event(&mut child) => match event {
                 Some(ChildEvent::Exiting(resume)) => {
+                    if let Some(housekeeping) = many.as_mut() {
+                        if let Err(e) = housekeeping(probes, true) {
+                            log::warn!("reading the command at its exit failed: {e:#}");
+                        }
+                    }
                     if let Some(symbolizer) = symbolizer.as_deref_mut() {
                         if exec_pending {
                             exec_pending = false;
@@ -259,7 +266,7 @@ async fn wait_async(
                     Err(e) => log::warn!("freeing unused stacks failed: {e:#}"),
                 }
                 if let Some(housekeeping) = many.as_mut() {
-                    match housekeeping(probes) {
+                    match housekeeping(probes, false) {
                         Ok(true) => break End::TargetExited(started.elapsed().as_secs_f64()),
                         Ok(false) => {}
                         Err(e) => log::warn!("following the processes failed: {e:#}"),

@@ -436,3 +436,50 @@ fn a_process_that_exits_is_left_out_unless_at_exit() {
     assert!(!find(&report, alive).exited);
     assert_eq!(report.released.at_exit, memprof::model::Totals::default());
 }
+
+/// `memprof --follow-forks [extra] -- forker oneshot`: the command's report.
+fn launch_forker(extra: &[&str]) -> Report {
+    let bin = Kind::Forker.path().expect("the forker fixture");
+    let bin = bin.display().to_string();
+    let mut args = vec!["--follow-forks", "--format", "json", "--top", "1000"];
+    args.extend_from_slice(extra);
+    args.extend(["--", &bin, "oneshot"]);
+    let output = tests::run_memprof(&[], &args, FINISH_TIMEOUT);
+    output.assert_success();
+    output.report()
+}
+
+#[test]
+fn a_launched_command_and_its_children() {
+    if !root_or_skip() {
+        return;
+    }
+    // The children exit before the command: what they held went with them.
+    let report = launch_forker(&[]);
+    assert_eq!(report.processes.len(), 1, "{}", describe(&report));
+    let parent = report.processes[0].pid;
+    assert!(find(&report, parent).exited);
+    assert_exact(&report, parent, FORKER_PARENT, &["child_leak"]);
+    assert_eq!(find(&report, parent).comm, "forker");
+    let children = total(FORKER_CHILD);
+    assert_eq!(
+        report.released.at_exit,
+        memprof::model::Totals {
+            bytes: 2 * children.bytes,
+            count: 2 * children.count,
+        },
+        "{}",
+        describe(&report)
+    );
+
+    // With --at-exit, each child's too, symbolized from the files memprof
+    // opened while it ran.
+    let report = launch_forker(&["--at-exit"]);
+    assert_eq!(report.processes.len(), 3, "{}", describe(&report));
+    let parent = report.processes[2].pid;
+    assert_exact(&report, parent, FORKER_PARENT, &["child_leak"]);
+    for child in &report.processes[..2] {
+        assert!(child.exited);
+        assert_exact(&report, child.pid, FORKER_CHILD, &["parent_leak"]);
+    }
+}
