@@ -532,7 +532,7 @@ pub fn collect(
             .map_err(|_| anyhow::anyhow!("the thread reading mmap events panicked"))??;
         ledger.settle();
         let mut live = ledger.live();
-        let released = take_older(&mut live, ending.released_before_ns);
+        let released = crate::take_older(&mut live, ending.released_before_ns);
         let c = ledger.counts;
         let stats = BTreeMap::from([
             ("maps".to_string(), c.maps),
@@ -617,20 +617,6 @@ pub const KERNEL_DESCRIPTION: &str = "kernel: slab objects (kmalloc, kmem_cache_
     kernel allocated while running for the target during the run and had not freed at its end, \
     in bytes the allocator reserved, by kernel stack. Not in the heap report: this memory is \
     the kernel's, held on the target's behalf (files, sockets, pipes, ...)";
-
-/// Removes the ranges made before `ns` and returns their totals.
-fn take_older(live: &mut Vec<(u64, AllocInfo)>, ns: u64) -> Totals {
-    let mut taken = Totals::default();
-    live.retain(|(_, info)| {
-        let older = info.timestamp_ns < ns;
-        if older {
-            taken.bytes = taken.bytes.saturating_add(info.size);
-            taken.count += 1;
-        }
-        !older
-    });
-    taken
-}
 
 fn read_counters(map: &Map) -> anyhow::Result<[u64; source_stat::COUNT as usize]> {
     let array = PerCpuArray::<&MapData, u64>::try_from(map).context("SOURCE_STATS map")?;
