@@ -71,7 +71,12 @@ pub struct PendingCall {
     /// pending so that the probed calls glibc makes from inside it (realloc(NULL,
     /// n) calls malloc, reallocarray calls realloc, ...) do not get a second
     /// chance to be sampled.
-    pub record: u64,
+    pub record: u32,
+    /// With sampling by windows: the window ([`control::WINDOW`]) the call
+    /// entered in, 0 outside any. A call still pending from an earlier window
+    /// lost its return when that window's probes were detached: it is stale,
+    /// whatever the stack pointers say.
+    pub window: u32,
     /// realloc: the old block, taken out of `LIVE` at the entry (so that
     /// another thread that gets its address before this call returns is not
     /// confused with it), and put back if the call fails. Its `stack_id` is
@@ -106,7 +111,7 @@ pub mod maps {
     pub const STACKS: &str = "STACKS";
     pub const PENDING: &str = "PENDING";
     pub const STATS: &str = "STATS";
-    /// `Array<u32>` of one entry: nonzero while the probes record.
+    /// `Array<u32>` indexed by [`super::control`]: switches user space flips.
     pub const CONTROL: &str = "CONTROL";
     /// `LruHashMap<u32, ProcEvents>`: what happened to each recorded process.
     pub const PROCS: &str = "PROCS";
@@ -116,6 +121,17 @@ pub mod maps {
     /// process, while [`super::globals::WATCH_EXECS`] is set: user space checks
     /// their new command name (`--comm`).
     pub const EXECS: &str = "EXECS";
+}
+
+/// Entries of the [`maps::CONTROL`] array.
+pub mod control {
+    /// Nonzero while the probes record.
+    pub const RECORDING: u32 = 0;
+    /// With sampling by windows ([`super::globals::SAMPLE_BY_WINDOW`]): the
+    /// number of the window open now (1, 2, ...), 0 between windows.
+    pub const WINDOW: u32 = 1;
+    /// Number of entries.
+    pub const LEN: u32 = 2;
 }
 
 /// Values of [`globals::FILTER`]: which processes the probes record.
@@ -151,6 +167,10 @@ pub mod globals {
     /// `u32`: with sampling, each allocation call is recorded with probability
     /// 1/SAMPLE_RATE (only read by the sampled-mode programs; 0 and 1 record all).
     pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
+    /// `u32`: nonzero to sample by time windows instead of by call: the
+    /// sampled-mode programs record every call made while
+    /// [`super::control::WINDOW`] is nonzero, and no other.
+    pub const SAMPLE_BY_WINDOW: &str = "SAMPLE_BY_WINDOW";
 }
 
 /// The sampled-mode programs: one uprobe *session* program per kind of
@@ -163,6 +183,18 @@ pub mod sampled {
     pub const REALLOCARRAY: &str = "reallocarray_sampled";
     pub const POSIX_MEMALIGN: &str = "posix_memalign_sampled";
     pub const MEMALIGN: &str = "memalign_sampled";
+    /// Sampling by windows: malloc, calloc, posix_memalign and memalign in
+    /// one program, told apart by the link's cookie ([`super::window_cookie`]).
+    pub const ALLOC_WINDOWED: &str = "alloc_windowed";
+}
+
+/// The cookies of [`sampled::ALLOC_WINDOWED`]'s link: which function each
+/// probed address is.
+pub mod window_cookie {
+    pub const MALLOC: u64 = 0;
+    pub const CALLOC: u64 = 1;
+    pub const POSIX_MEMALIGN: u64 = 2;
+    pub const MEMALIGN: u64 = 3;
 }
 
 /// Default sizes of the maps; each has a command-line flag.

@@ -38,6 +38,19 @@
 //! An unsampled call with nothing to forget returns before any map lookup, so
 //! `nested_calls` only counts the nested calls that a recorded or pending
 //! call's entry met.
+//!
+//! # Sampling by windows (`--sample-by window`)
+//!
+//! With [`SAMPLE_BY_WINDOW`] the same programs record every call that enters
+//! while `CONTROL[control::WINDOW]` is nonzero, and no other. User space
+//! opens short windows at random times: it attaches the session links of the
+//! functions that only allocate (malloc, calloc, the memalign family), sets
+//! the window's number, clears it when the window ends and then detaches
+//! them. Between windows those functions carry no breakpoint at all, so their
+//! calls cost the target nothing; `free`, `realloc` and `reallocarray` stay
+//! attached, because a block recorded in a window must be seen leaving.
+//! Detaching can cut a call off from its return run: its pending entry keeps
+//! the window's number, so the first call of a later window knows it as stale.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -51,9 +64,10 @@ use aya_ebpf::{
         bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, pt_regs, BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST,
     },
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs, generated::bpf_task_storage_get,
+        bpf_get_attach_cookie, bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_current_task_btf, bpf_get_func_ip, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        generated::bpf_task_storage_get,
     },
     macros::{btf_map, map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace as KernelStacks},
@@ -64,8 +78,8 @@ use aya_ebpf::{
     EbpfContext, Global,
 };
 use memprof_common::{
-    defaults, filter, mmap_event, source_stat, sources, stat, AllocInfo, LiveKey, MmapEvent,
-    PendingCall, ProcEvents, StackAgg, StackTrace, MAX_FRAMES, STACK_LOST,
+    control, defaults, filter, mmap_event, source_stat, sources, stat, window_cookie, AllocInfo,
+    LiveKey, MmapEvent, PendingCall, ProcEvents, StackAgg, StackTrace, MAX_FRAMES, STACK_LOST,
 };
 
 const EEXIST: i32 = 17;
@@ -107,6 +121,10 @@ static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(20);
 /// Sampled mode: each allocation call is recorded with probability 1/SAMPLE_RATE.
 #[unsafe(no_mangle)]
 static SAMPLE_RATE: Global<u32> = Global::new(1);
+
+/// Nonzero: sample by time windows, not by call (see the module comment).
+#[unsafe(no_mangle)]
+static SAMPLE_BY_WINDOW: Global<u32> = Global::new(0);
 
 /// What a session program's entry run returns to skip the return run.
 const SKIP_RETURN: u32 = 1;
@@ -222,12 +240,14 @@ static PENDING: TaskStorage<PendingCall> = TaskStorage::new();
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// `[0]`: nonzero while recording. User space turns it on once every probe
-/// is attached and off before detaching them, so that the maps only reflect
-/// moments when all probes were in place (attaching and detaching one probe
-/// at a time takes a while, and the target keeps running meanwhile).
+/// `[control::RECORDING]`: nonzero while recording. User space turns it on
+/// once every probe is attached and off before detaching them, so that the
+/// maps only reflect moments when all probes were in place (attaching and
+/// detaching one probe at a time takes a while, and the target keeps running
+/// meanwhile). `[control::WINDOW]`: the open sampling window, see the module
+/// comment.
 #[map]
-static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+static CONTROL: Array<u32> = Array::with_max_entries(control::LEN, 0);
 
 #[inline(always)]
 fn add(counter: *mut u64, n: u64) {
@@ -274,7 +294,7 @@ fn target_thread() -> Option<u64> {
     if !is_target((id >> 32) as u32) {
         return None;
     }
-    match CONTROL.get(0) {
+    match CONTROL.get(control::RECORDING) {
         Some(&recording) if recording != 0 => Some(id),
         _ => None,
     }
@@ -326,6 +346,7 @@ fn enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64) {
         ptr,
         depth: 0,
         record: 1,
+        window: 0,
         old: AllocInfo::default(),
         old_tracked: 0,
     };
@@ -349,10 +370,23 @@ fn leave() -> Option<PendingCall> {
     Some(call)
 }
 
-/// True while this thread is inside an allocator call (a free made by the allocator itself).
+/// The sampling window open now (0 when none is, or when not sampling by window).
 #[inline(always)]
-fn inside_allocator() -> bool {
-    pending_call().is_some()
+fn current_window() -> u32 {
+    if SAMPLE_BY_WINDOW.load() == 0 {
+        return 0;
+    }
+    CONTROL.get(control::WINDOW).copied().unwrap_or(0)
+}
+
+/// True while this thread is inside an allocator call (a free made by the
+/// allocator itself): a call is pending, entered no deeper than this one
+/// (`sp`), and not stale. A call whose return run was lost when a sampling
+/// window closed is stale once another window, or none, is open: its thread
+/// must not have its frees ignored until its next probed allocation.
+#[inline(always)]
+fn inside_allocator(sp: u64) -> bool {
+    pending_call().is_some_and(|p| sp <= p.sp && p.window == current_window())
 }
 
 /// Adds one allocation to an existing aggregate; returns the count read
@@ -633,12 +667,11 @@ fn finish_realloc<C: EbpfContext>(ctx: &C, call: PendingCall, new: u64) {
         return;
     }
     // Moved, resized or (realloc(p, 0) returning NULL) freed.
-    if old != 0 {
-        bump(if call.old_tracked != 0 {
-            stat::FREES
-        } else {
-            stat::FREES_UNKNOWN
-        });
+    if call.old_tracked != 0 {
+        bump(stat::FREES);
+    } else if old != 0 && SAMPLE_RATE.load() <= 1 {
+        // Sampled, most blocks were not: their frees are not counted.
+        bump(stat::FREES_UNKNOWN);
     }
     if new != 0 {
         record(ctx, new, call.size);
@@ -731,7 +764,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         // or counting.
         return 0;
     }
-    if inside_allocator() {
+    if inside_allocator(stack_pointer(ctx.regs)) {
         // e.g. realloc(p, 0) freeing p: accounted at realloc's return.
         bump(stat::NESTED_CALLS);
         return 0;
@@ -814,9 +847,14 @@ fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: 
     if target_thread().is_none() {
         return SKIP_RETURN;
     }
-    let rate = SAMPLE_RATE.load();
-    // SAFETY: the helper has no preconditions.
-    let sampled = rate <= 1 || unsafe { bpf_get_prandom_u32() } % rate == 0;
+    let (sampled, window) = if SAMPLE_BY_WINDOW.load() != 0 {
+        let window = current_window();
+        (window != 0, window)
+    } else {
+        let rate = SAMPLE_RATE.load();
+        // SAFETY: the helper has no preconditions.
+        (rate <= 1 || unsafe { bpf_get_prandom_u32() } % rate == 0, 0)
+    };
     if !sampled && unsampled == Unsampled::Skip && frees == 0 {
         // Nothing to record or forget, nested or not: the cheap common case,
         // without a map lookup.
@@ -824,22 +862,27 @@ fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: 
     }
     let sp = stack_pointer(ctx.regs);
     if let Some(outer) = pending_call() {
-        if sp <= outer.sp {
+        if sp <= outer.sp && outer.window == window {
             // Called (or tail-called) from inside a pending call, which
             // accounts for this one (and its block): no return run needed.
             bump(stat::NESTED_CALLS);
             return SKIP_RETURN;
         }
-        // A deeper-or-equal stack than a call still pending: that call never
-        // returned. Dropped, or later calls would be taken for nested ones.
+        // A deeper-or-equal stack than a call still pending, or a call from
+        // an earlier window (whose probes were detached before it returned):
+        // that call never returned. Dropped, or later calls would be taken
+        // for nested ones.
         bump(stat::PENDING_STALE);
         outer.sp = 0;
     }
     if !sampled {
         if frees != 0 {
             // glibc moves or frees the old block of a realloc without calling
-            // the probed free: forget it now (see the module comment).
-            release(frees);
+            // the probed free: forget it now (see the module comment). Most
+            // blocks were not sampled: a miss is expected, and not counted.
+            if forget(&live_key(bpf_get_current_pid_tgid(), frees)).is_some() {
+                bump(stat::FREES);
+            }
         }
         if unsampled == Unsampled::Skip {
             return SKIP_RETURN;
@@ -856,7 +899,8 @@ fn sample_enter(ctx: &ProbeContext, size: u64, ptr: u64, frees: u64, unsampled: 
         sp,
         ptr,
         depth: 0,
-        record: u64::from(sampled),
+        record: u32::from(sampled),
+        window,
         old: AllocInfo::default(),
         old_tracked: 0,
     };
@@ -976,6 +1020,48 @@ pub fn memalign_sampled(ctx: *mut c_void) -> u32 {
     }
     let size: u64 = ctx.arg(1).unwrap_or(0);
     sample_enter(&ctx, size, 0, 0, Unsampled::StayPending)
+}
+
+/// Sampling by windows: malloc, calloc, posix_memalign and the memalign
+/// family in one program (the kind in the link's cookie, one of
+/// [`window_cookie`]), so that a window attaches and detaches a single link
+/// per library: closing a link waits for RCU grace periods.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn alloc_windowed(ctx: *mut c_void) -> u32 {
+    // SAFETY: the helper only reads the run's context.
+    let kind = unsafe { bpf_get_attach_cookie(ctx) };
+    let ctx = ProbeContext::new(ctx);
+    if is_return(&ctx) {
+        if let Some(call) = sample_leave() {
+            if kind == window_cookie::POSIX_MEMALIGN {
+                finish_posix_memalign(&ctx, call, return_value(&ctx));
+            } else {
+                finish_alloc(&ctx, call, return_value(&ctx));
+            }
+        }
+        return 0;
+    }
+    match kind {
+        window_cookie::CALLOC => {
+            let nmemb: u64 = ctx.arg(0).unwrap_or(0);
+            let size: u64 = ctx.arg(1).unwrap_or(0);
+            sample_enter(&ctx, nmemb.wrapping_mul(size), 0, 0, Unsampled::Skip)
+        }
+        window_cookie::POSIX_MEMALIGN => {
+            let memptr: u64 = ctx.arg(0).unwrap_or(0);
+            let size: u64 = ctx.arg(2).unwrap_or(0);
+            sample_enter(&ctx, size, memptr, 0, Unsampled::StayPending)
+        }
+        window_cookie::MEMALIGN => {
+            let size: u64 = ctx.arg(1).unwrap_or(0);
+            sample_enter(&ctx, size, 0, 0, Unsampled::StayPending)
+        }
+        _ => {
+            let size: u64 = ctx.arg(0).unwrap_or(0);
+            sample_enter(&ctx, size, 0, 0, Unsampled::Skip)
+        }
+    }
 }
 
 /// A thread exits: with [`filter::SET`], its id leaves `TARGETS`: a thread

@@ -4,42 +4,96 @@ use std::collections::HashMap;
 
 use memprof_common::AllocInfo;
 
-use crate::model::{Growth, Released, Sampling, Totals};
+use crate::model::{
+    Growth, Released, SampleMethod, SampleWindows, Sampling, StackEstimate, Totals,
+};
+use crate::windows::WindowLog;
 
 /// Outstanding memory of one stack id, before symbolization.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StackTotals {
     pub stack_id: i64,
     pub bytes: u64,
     pub count: u64,
     pub oldest_age_ns: u64,
     pub median_age_ns: u64,
-    /// Sum of the squared sizes: the variance of a sampled estimate needs it.
+    /// The variance of a sampled estimate needs these: the sums over the
+    /// units of sampling (each block, or each window when sampling by
+    /// window) of the squared bytes, and of the squared counts.
     pub size_squares: u128,
+    pub count_squares: u128,
+    /// Sampled by window: the bytes and count recorded in each window
+    /// (window, bytes, count), for the totals' error (blocks of different
+    /// stacks recorded in one window are not independent either). Empty
+    /// otherwise.
+    pub windows: Vec<(u64, u64, u64)>,
+    /// Set by [`scale_sampled`].
+    pub estimate: Option<StackEstimate>,
 }
 
 /// Groups live allocations by stack id, largest `bytes` first (ties: larger
 /// count, then stack id, so the order is deterministic).
 pub fn by_stack<K>(live: &[(K, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
-    let mut ages: HashMap<i64, (u64, u128, Vec<u64>)> = HashMap::new();
-    for (_, info) in live {
-        let entry = ages.entry(info.stack_id).or_default();
-        entry.0 += info.size;
-        let size = u128::from(info.size);
-        entry.1 = entry.1.saturating_add(size * size);
-        entry.2.push(now_ns.saturating_sub(info.timestamp_ns));
+    by_stack_in(live, now_ns, None)
+}
+
+/// [`by_stack`], for a run sampled by the windows of `windows`: the units
+/// of sampling are the windows, not the blocks.
+pub fn by_stack_in<K>(
+    live: &[(K, AllocInfo)],
+    now_ns: u64,
+    windows: Option<&WindowLog>,
+) -> Vec<StackTotals> {
+    #[derive(Default)]
+    struct Group {
+        bytes: u64,
+        ages: Vec<u64>,
+        /// Bytes and count by unit of sampling.
+        units: HashMap<u64, (u64, u64)>,
     }
-    let mut stacks: Vec<StackTotals> = ages
+    let mut groups: HashMap<i64, Group> = HashMap::new();
+    for (i, (_, info)) in live.iter().enumerate() {
+        let group = groups.entry(info.stack_id).or_default();
+        group.bytes += info.size;
+        group.ages.push(now_ns.saturating_sub(info.timestamp_ns));
+        let unit = match windows {
+            Some(w) => w.window_of(info.timestamp_ns) as u64,
+            None => i as u64,
+        };
+        let sums = group.units.entry(unit).or_default();
+        sums.0 += info.size;
+        sums.1 += 1;
+    }
+    let mut stacks: Vec<StackTotals> = groups
         .into_iter()
-        .map(|(stack_id, (bytes, size_squares, mut ages))| {
-            ages.sort_unstable();
+        .map(|(stack_id, mut group)| {
+            group.ages.sort_unstable();
+            let square = |x: u64| u128::from(x) * u128::from(x);
+            let (size_squares, count_squares) = group
+                .units
+                .values()
+                .fold((0u128, 0u128), |(b, c), &(bytes, count)| {
+                    (b.saturating_add(square(bytes)), c + square(count))
+                });
+            let mut by_window = Vec::new();
+            if windows.is_some() {
+                by_window = group
+                    .units
+                    .iter()
+                    .map(|(&w, &(bytes, count))| (w, bytes, count))
+                    .collect();
+                by_window.sort_unstable();
+            }
             StackTotals {
                 stack_id,
-                bytes,
-                count: ages.len() as u64,
-                oldest_age_ns: ages.last().copied().unwrap_or(0),
-                median_age_ns: ages.get(ages.len() / 2).copied().unwrap_or(0),
+                bytes: group.bytes,
+                count: group.ages.len() as u64,
+                oldest_age_ns: group.ages.last().copied().unwrap_or(0),
+                median_age_ns: group.ages.get(group.ages.len() / 2).copied().unwrap_or(0),
                 size_squares,
+                count_squares,
+                windows: by_window,
+                estimate: None,
             }
         })
         .collect();
@@ -60,33 +114,103 @@ pub fn totals(stacks: &[StackTotals]) -> Totals {
     })
 }
 
-/// Turns what 1-in-`rate` sampling recorded into estimates (see
-/// [`Sampling`]): multiplies the bytes and counts of `stacks`, `younger`,
-/// `released` and the `growth` series by `rate`, and returns how they were
-/// estimated, with the standard errors of the totals of `stacks`. Nothing is
-/// changed, and `None` returned, when `rate` is 0 or 1 (every call recorded).
+/// How a sampled run's figures become estimates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimator {
+    /// `--sample-rate`.
+    pub rate: u64,
+    pub method: SampleMethod,
+    /// What every recorded figure is multiplied by.
+    pub scale: f64,
+    /// By window: their number and total time open.
+    pub windows: Option<SampleWindows>,
+}
+
+impl Estimator {
+    /// Each call recorded with probability 1/`rate`; `None` when every call
+    /// was (`rate` 0 or 1).
+    pub fn by_call(rate: u32) -> Option<Estimator> {
+        (rate > 1).then(|| Estimator {
+            rate: u64::from(rate),
+            method: SampleMethod::Call,
+            scale: f64::from(rate),
+            windows: None,
+        })
+    }
+
+    /// Every call recorded during the windows of `log`, meant to cover
+    /// 1/`rate` of the run.
+    pub fn by_window(rate: u32, log: &WindowLog) -> Estimator {
+        Estimator {
+            rate: u64::from(rate),
+            method: SampleMethod::Window,
+            scale: log.scale(),
+            windows: Some(SampleWindows {
+                count: log.spans.len() as u64,
+                open_secs: log.open_ns() as f64 / 1e9,
+            }),
+        }
+    }
+
+    /// `x` times the scale: exact for a whole scale, rounded otherwise.
+    fn times(&self, x: u64) -> u64 {
+        if self.scale.fract() == 0.0 {
+            x.saturating_mul(self.scale as u64)
+        } else {
+            (x as f64 * self.scale).round() as u64
+        }
+    }
+}
+
+/// Turns what sampling recorded into estimates (see [`Sampling`]):
+/// multiplies the bytes and counts of `stacks`, `younger`, `released` and
+/// the `growth` series by the estimator's scale, sets each stack's
+/// [`StackEstimate`], and returns how they were estimated, with the standard
+/// errors of the totals of `stacks`. Nothing is changed, and `None`
+/// returned, without an estimator (every call recorded).
 pub fn scale_sampled(
-    rate: u32,
+    estimator: Option<Estimator>,
     stacks: &mut [StackTotals],
     younger: &mut Option<Totals>,
     released: &mut Released,
     growth: Option<&mut HashMap<i64, Growth>>,
 ) -> Option<Sampling> {
-    if rate <= 1 {
-        return None;
-    }
-    let n = u64::from(rate);
+    let e = estimator?;
     let recorded = totals(stacks);
-    let squares = stacks
-        .iter()
-        .fold(0u128, |sum, s| sum.saturating_add(s.size_squares));
+    // Horvitz-Thompson: Var(s * sum over recorded units of x_u) is estimated
+    // by s (s - 1) * sum over recorded units of x_u^2 (x_u: a unit's bytes or
+    // count; a unit is a block by call, a window by window).
+    let factor = e.scale * (e.scale - 1.0);
+    let stderr = |squares: u128| (factor * squares as f64).max(0.0).sqrt();
+    let square = |x: u64| u128::from(x) * u128::from(x);
+    let (mut size_squares, mut count_squares) = (0u128, 0u128);
+    let mut by_window: HashMap<u64, (u64, u64)> = HashMap::new();
     for stack in stacks.iter_mut() {
-        stack.bytes = stack.bytes.saturating_mul(n);
-        stack.count = stack.count.saturating_mul(n);
+        if stack.windows.is_empty() {
+            // Independent units: the totals' squares are the stacks' added up.
+            size_squares = size_squares.saturating_add(stack.size_squares);
+            count_squares = count_squares.saturating_add(stack.count_squares);
+        }
+        for &(window, bytes, count) in &stack.windows {
+            let sums = by_window.entry(window).or_default();
+            sums.0 = sums.0.saturating_add(bytes);
+            sums.1 += count;
+        }
+        stack.estimate = Some(StackEstimate {
+            recorded: stack.count,
+            bytes_stderr: stderr(stack.size_squares),
+            count_stderr: stderr(stack.count_squares),
+        });
+        stack.bytes = e.times(stack.bytes);
+        stack.count = e.times(stack.count);
+    }
+    for (bytes, count) in by_window.into_values() {
+        size_squares = size_squares.saturating_add(square(bytes));
+        count_squares = count_squares.saturating_add(square(count));
     }
     let scale = |t: &mut Totals| {
-        t.bytes = t.bytes.saturating_mul(n);
-        t.count = t.count.saturating_mul(n);
+        t.bytes = e.times(t.bytes);
+        t.count = e.times(t.count);
     };
     if let Some(younger) = younger {
         scale(younger);
@@ -95,19 +219,18 @@ pub fn scale_sampled(
     scale(&mut released.at_exit);
     for g in growth.into_iter().flat_map(|g| g.values_mut()) {
         for bytes in &mut g.samples {
-            *bytes = bytes.saturating_mul(n);
+            *bytes = e.times(*bytes);
         }
-        g.bytes_per_sec *= n as f64;
+        g.bytes_per_sec *= e.scale;
     }
-    // Horvitz-Thompson: Var(N * sum over recorded x_i) is estimated by
-    // N (N - 1) * sum over recorded x_i^2 (x_i = size for bytes, 1 for count).
-    let nf = n as f64;
-    let factor = nf * (nf - 1.0);
     Some(Sampling {
-        rate: n,
+        rate: e.rate,
+        method: e.method,
+        scale: e.scale,
+        windows: e.windows,
         sampled_count: recorded.count,
-        bytes_stderr: (factor * squares as f64).sqrt(),
-        count_stderr: (factor * recorded.count as f64).sqrt(),
+        bytes_stderr: stderr(size_squares),
+        count_stderr: stderr(count_squares),
     })
 }
 
@@ -212,6 +335,9 @@ mod tests {
                 oldest_age_ns: 50,
                 median_age_ns: 50,
                 size_squares: 1_000_000,
+                count_squares: 1,
+                windows: vec![],
+                estimate: None,
             }
         );
         assert_eq!(
@@ -223,6 +349,9 @@ mod tests {
                 oldest_age_ns: 90,
                 median_age_ns: 80,
                 size_squares: 30_000,
+                count_squares: 3,
+                windows: vec![],
+                estimate: None,
             }
         );
         assert_eq!(stacks[2].stack_id, -1);
@@ -292,7 +421,7 @@ mod tests {
             },
         )]);
         let sampling = scale_sampled(
-            64,
+            Estimator::by_call(64),
             &mut stacks,
             &mut younger,
             &mut released,
@@ -339,6 +468,91 @@ mod tests {
         let rse = sampling.relative_error(stacks[0].count).unwrap();
         assert!((rse - (63.0f64 / 64.0 / 100.0).sqrt()).abs() < 1e-12);
         assert_eq!(sampling.relative_error(0), None);
+        // Each stack's own error: sqrt(64 * 63 * 100) for 100 blocks.
+        let estimate = stacks[0].estimate.unwrap();
+        assert_eq!(estimate.recorded, 100);
+        assert!(
+            (estimate.count_stderr - 634.980).abs() < 0.001,
+            "{estimate:?}"
+        );
+        assert!((estimate.bytes_stderr - 634_980.315).abs() < 0.001);
+        assert_eq!(sampling.method, SampleMethod::Call);
+        assert_eq!(sampling.scale, 64.0);
+    }
+
+    #[test]
+    fn sampling_by_window_counts_each_window_as_one_unit() {
+        // A run of 10,000 ns whose two windows were open 100 ns in all:
+        // scale 100. Stack 1 has 3 blocks from window 0 and 1 from window 1;
+        // stack 2 one block from window 1.
+        let log = WindowLog {
+            start_ns: 0,
+            end_ns: 10_000,
+            spans: vec![(1_000, 1_050), (6_000, 6_050)],
+            failed_links: 0,
+        };
+        let live = vec![
+            (1, alloc(10, 1_010, 1)),
+            (2, alloc(10, 1_020, 1)),
+            (3, alloc(10, 1_055, 1)), // returned after the window closed
+            (4, alloc(10, 6_001, 1)),
+            (5, alloc(7, 6_002, 2)),
+        ];
+        let mut stacks = by_stack_in(&live, 10_000, Some(&log));
+        assert_eq!(
+            (stacks[0].size_squares, stacks[0].count_squares),
+            (1000, 10)
+        );
+        assert_eq!(stacks[0].windows, vec![(0, 30, 3), (1, 10, 1)]);
+        let estimator = Estimator::by_window(64, &log);
+        assert_eq!(estimator.scale, 100.0);
+        let sampling = scale_sampled(
+            Some(estimator),
+            &mut stacks,
+            &mut None,
+            &mut Released::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!((stacks[0].bytes, stacks[0].count), (4_000, 400));
+        assert_eq!((stacks[1].bytes, stacks[1].count), (700, 100));
+        // Stack 1: sqrt(100 * 99 * (3^2 + 1^2)) blocks.
+        let estimate = stacks[0].estimate.unwrap();
+        assert_eq!(estimate.recorded, 4);
+        assert!((estimate.count_stderr - (99_000.0f64).sqrt()).abs() < 1e-9);
+        assert!((estimate.bytes_stderr - (9_900_000.0f64).sqrt()).abs() < 1e-6);
+        assert_eq!(sampling.method, SampleMethod::Window);
+        assert_eq!(sampling.rate, 64);
+        assert_eq!(
+            sampling.windows,
+            Some(SampleWindows {
+                count: 2,
+                open_secs: 1e-7
+            })
+        );
+        // Totals: windows 0 and 1 recorded 3 and 2 blocks (not 3, 1 and 1).
+        assert!((sampling.count_stderr - (9_900.0f64 * 13.0).sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_fractional_scale_rounds() {
+        let log = WindowLog {
+            start_ns: 0,
+            end_ns: 1_000,
+            spans: vec![(0, 300)],
+            failed_links: 0,
+        };
+        let live = vec![(1, alloc(10, 5, 1))];
+        let mut stacks = by_stack_in(&live, 1_000, Some(&log));
+        let estimator = Estimator::by_window(3, &log);
+        scale_sampled(
+            Some(estimator),
+            &mut stacks,
+            &mut None,
+            &mut Released::default(),
+            None,
+        );
+        assert_eq!((stacks[0].bytes, stacks[0].count), (33, 3));
     }
 
     #[test]
@@ -347,8 +561,13 @@ mod tests {
         let mut stacks = by_stack(&live, 0);
         let before = stacks.clone();
         for rate in [0, 1] {
-            let sampling =
-                scale_sampled(rate, &mut stacks, &mut None, &mut Released::default(), None);
+            let sampling = scale_sampled(
+                Estimator::by_call(rate),
+                &mut stacks,
+                &mut None,
+                &mut Released::default(),
+                None,
+            );
             assert_eq!(sampling, None);
             assert_eq!(stacks, before);
         }

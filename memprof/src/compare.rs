@@ -491,6 +491,7 @@ mod tests {
             truncated: false,
             growth: None,
             pid: None,
+            estimate: None,
         }
     }
 

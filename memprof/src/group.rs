@@ -608,12 +608,13 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             // Gone: its files with it.
             None => Symbolizer::new(if same { pid } else { 0 }),
         };
-        let all = aggregate::by_stack(&live, end_ns);
+        let all = aggregate::by_stack_in(&live, end_ns, maps.windows.as_ref());
         let recorded = Recorded {
             live: &live,
             all: &all,
             traces: &snap.traces,
             samples: &samples,
+            windows: maps.windows.as_ref(),
         };
         let Outstanding {
             stacks,
@@ -713,7 +714,14 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         younger,
         interval_secs: args.interval,
         released,
-        sampling: Sampling::merged(samplings),
+        sampling: Sampling::merged(samplings).map(|mut sampling| {
+            // One set of windows served every process.
+            if let Some(log) = &maps.windows {
+                sampling.windows =
+                    aggregate::Estimator::by_window(sampling.rate as u32, log).windows;
+            }
+            sampling
+        }),
         mmap: found.mmap,
         kernel: found.kernel,
     })

@@ -20,6 +20,7 @@ pub mod snapshot;
 pub mod sources;
 pub mod symbolize;
 pub mod target;
+pub mod windows;
 
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -153,7 +154,8 @@ fn run(
     for (id, ips) in &snap.traces {
         log::trace!("stack {id}: {ips:x?}");
     }
-    let all = aggregate::by_stack(&snap.live, end_ns);
+    let windows = maps.windows.as_ref();
+    let all = aggregate::by_stack_in(&snap.live, end_ns, windows);
     check_consistency(&snap, &aggregate::totals(&all));
     let mut released = Released::default();
     if execs > 0 {
@@ -166,7 +168,7 @@ fn run(
     let all = if released.is_empty() {
         all
     } else {
-        aggregate::by_stack(&snap.live, end_ns)
+        aggregate::by_stack_in(&snap.live, end_ns, windows)
     };
 
     let Outstanding {
@@ -181,6 +183,7 @@ fn run(
             all: &all,
             traces: &snap.traces,
             samples: &samples,
+            windows,
         },
         &Clock {
             end_ns,
@@ -250,6 +253,8 @@ pub(crate) struct Recorded<'a> {
     traces: &'a HashMap<i64, Vec<u64>>,
     /// The `--interval` snapshots.
     samples: &'a [Sample],
+    /// With sampling by window: when the windows were open.
+    windows: Option<&'a crate::windows::WindowLog>,
 }
 
 /// When a run ended.
@@ -287,7 +292,10 @@ pub(crate) fn outstanding(
     let (mut stacks, mut younger) = match args.min_age {
         Some(secs) => {
             let (old, younger) = aggregate::older_than(recorded.live, end_ns, (secs * 1e9) as u64);
-            (aggregate::by_stack(&old, end_ns), Some(younger))
+            (
+                aggregate::by_stack_in(&old, end_ns, recorded.windows),
+                Some(younger),
+            )
         }
         None => (recorded.all.to_vec(), None),
     };
@@ -295,8 +303,12 @@ pub(crate) fn outstanding(
         .interval
         .map(|_| growth_by_stack(recorded.samples, recorded.all, clock.duration_secs));
     // With --sample-rate: estimates from what was recorded (no-op otherwise).
+    let estimator = match (args.sample_rate, recorded.windows) {
+        (Some(rate), Some(windows)) => Some(aggregate::Estimator::by_window(rate, windows)),
+        (rate, _) => aggregate::Estimator::by_call(rate.unwrap_or(0)),
+    };
     let sampling = aggregate::scale_sampled(
-        args.sample_rate.unwrap_or(0),
+        estimator,
         &mut stacks,
         &mut younger,
         released,
@@ -330,6 +342,7 @@ pub(crate) fn outstanding(
                 median_age_secs: s.median_age_ns as f64 / 1e9,
                 growth: growth.as_ref().and_then(|g| g.get(&s.stack_id).cloned()),
                 pid,
+                estimate: s.estimate,
             }
         })
         .collect();

@@ -14,22 +14,26 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::num::NonZeroU32;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use memprof_common::{filter, globals, maps, sampled, ProcEvents, StackAgg, StackTrace};
+use memprof_common::{
+    control, filter, globals, maps, sampled, window_cookie, ProcEvents, StackAgg, StackTrace,
+};
 
 const BPF_NOEXIST: u32 = 1;
 
 use crate::error::Error;
 use crate::session_link::{self, SessionPrograms};
 use crate::target::{Kind, ProbeSite, Target};
+use crate::windows::{self, Windows};
 
 /// The BPF object, built by build.rs from the memprof-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memprof"));
@@ -46,6 +50,9 @@ pub struct ProbeConfig {
     /// Record each allocation call with probability 1/`sample_rate` (through
     /// uprobe session links); 0 or 1 records every call.
     pub sample_rate: u32,
+    /// With `sample_rate`: sample by time windows instead of by call
+    /// (see [`crate::windows`]), each window this long.
+    pub sample_window: Option<std::time::Duration>,
     /// Optional sources besides the heap (`--mmap`, `--kernel`).
     pub sources: crate::sources::Sources,
 }
@@ -59,6 +66,8 @@ impl ProbeConfig {
             floor: args.floor,
             at_entry: args.probe_at_entry,
             sample_rate: args.sample_rate.unwrap_or(0),
+            sample_window: (args.sample_by == crate::cli::SampleBy::Window)
+                .then(|| std::time::Duration::from_secs_f64(args.sample_window_ms / 1e3)),
             sources: crate::sources::Sources {
                 mmap: args.mmap,
                 kernel: args.kernel,
@@ -69,6 +78,11 @@ impl ProbeConfig {
     /// True when allocation calls are sampled.
     pub fn sampled(&self) -> bool {
         self.sample_rate > 1
+    }
+
+    /// True when sampling by time windows.
+    pub fn by_window(&self) -> bool {
+        self.sampled() && self.sample_window.is_some()
     }
 }
 
@@ -118,10 +132,15 @@ pub struct Maps {
     pub procs: Map,
     /// The optional sources, to be read by [`crate::sources::collect`].
     pub sources: crate::sources::Attached,
+    /// With sampling by windows: when they were open.
+    pub windows: Option<crate::windows::WindowLog>,
 }
 
 /// Loaded and attached programs.
 pub struct Probes {
+    /// With sampling by windows: the thread that attaches the probes of the
+    /// functions that only allocate for each window. Stopped first on drop.
+    windows: Option<Windows>,
     /// Uprobe session links and their programs (sampled mode): closing them
     /// detaches the probes. Declared before `ebpf` so that they are dropped first.
     session: Vec<OwnedFd>,
@@ -205,6 +224,7 @@ impl Probes {
         let fork_offset = fork_child_pid_offset();
         let offsets = crate::sources::TraceOffsets::read(config.sources)?;
         let sample_rate = config.sample_rate.max(1);
+        let by_window = u32::from(config.by_window());
         let self_tgid = std::process::id();
         let follow_forks = u32::from(filter.follow_forks && fork_offset.is_some());
         let watch_execs = u32::from(filter.watch_execs);
@@ -222,6 +242,7 @@ impl Probes {
             .override_global(globals::WATCH_EXECS, &watch_execs, true)
             .override_global(globals::FORK_CHILD_PID_OFFSET, &fork_child_pid_offset, true)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
+            .override_global(globals::SAMPLE_BY_WINDOW, &by_window, true)
             .map_max_entries(maps::LIVE, config.max_live)
             .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
             .map_max_entries(maps::STACKS, config.max_stacks);
@@ -288,7 +309,18 @@ impl Probes {
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
+        let windows = match config.sample_window {
+            Some(window) if config.by_window() => {
+                let control = match ebpf.map(maps::CONTROL) {
+                    Some(Map::Array(data)) => data.fd().as_fd().try_clone_to_owned()?,
+                    _ => anyhow::bail!("BPF map CONTROL missing from the object"),
+                };
+                Some(Windows::new(control, config.sample_rate, window))
+            }
+            _ => None,
+        };
         Ok(Probes {
+            windows,
             session: Vec::new(),
             ebpf,
             config,
@@ -320,7 +352,13 @@ impl Probes {
                 Scope::Process(pid) => pid,
                 Scope::All => 0,
             };
-            attached += attach_sessions(&self.ebpf, &sites, pid, &mut self.session)?;
+            attached += attach_sessions(
+                &self.ebpf,
+                &sites,
+                pid,
+                &mut self.session,
+                self.windows.as_ref(),
+            )?;
         }
         let aya_scope = match scope {
             Scope::Process(pid) => {
@@ -396,16 +434,28 @@ impl Probes {
         Ok(tgids)
     }
 
-    /// Turns recording on or off for every probe at once.
+    /// Turns recording on or off for every probe at once. With sampling by
+    /// windows, the windows start with recording and stop (the open one
+    /// closed, its probes detached) before it ends.
     pub fn set_recording(&mut self, on: bool) -> anyhow::Result<()> {
+        if !on {
+            if let Some(windows) = &mut self.windows {
+                windows.stop();
+            }
+        }
         let map = self
             .ebpf
             .map_mut(maps::CONTROL)
             .context("BPF map CONTROL missing from the object")?;
         let mut control = Array::<&mut MapData, u32>::try_from(map)?;
         control
-            .set(0, u32::from(on), 0)
+            .set(control::RECORDING, u32::from(on), 0)
             .context("switching recording")?;
+        if on {
+            if let Some(windows) = &mut self.windows {
+                windows.start().context("starting the sampling windows")?;
+            }
+        }
         Ok(())
     }
 
@@ -425,6 +475,7 @@ impl Probes {
             stats: take(maps::STATS)?,
             procs: take(maps::PROCS)?,
             sources: std::mem::take(&mut self.sources),
+            windows: self.windows.take().map(|mut w| w.stop()),
         };
         drop(std::mem::take(&mut self.session));
         drop(self.ebpf);
@@ -519,18 +570,26 @@ fn session_program(kind: Kind) -> Option<&'static str> {
 }
 
 /// Loads the session programs and links each to all of its sites; the
-/// program and link descriptors go to `keep`. Returns the number of sites.
+/// program and link descriptors go to `keep`. With sampling by windows, the
+/// functions that only allocate are linked in windows only, through one
+/// program and link per library: their link goes to `windows` instead.
+/// Returns the number of sites.
 fn attach_sessions(
     ebpf: &Ebpf,
     sites: &[ProbeSite],
     pid: u32,
     keep: &mut Vec<OwnedFd>,
+    windows: Option<&Windows>,
 ) -> anyhow::Result<usize> {
     // One link per program and file.
     let mut by_program: BTreeMap<(&'static str, &std::path::Path), Vec<&ProbeSite>> =
         BTreeMap::new();
     for site in sites {
-        if let Some(program) = session_program(site.kind) {
+        let program = match window_cookie(site.kind) {
+            Some(_) if windows.is_some() => Some(sampled::ALLOC_WINDOWED),
+            _ => session_program(site.kind),
+        };
+        if let Some(program) = program {
             by_program
                 .entry((program, site.library.host_path.as_path()))
                 .or_default()
@@ -545,20 +604,57 @@ fn attach_sessions(
     for ((name, path), sites) in by_program {
         let program = programs.load(name)?;
         let offsets: Vec<u64> = sites.iter().map(|s| s.file_offset).collect();
+        let names: Vec<&str> = sites.iter().flat_map(|s| s.names.iter().copied()).collect();
+        let library = sites.first().map(|s| s.library.path.as_str()).unwrap_or("");
+        let what = format!("{} in {library}", names.join("/"));
+        attached += sites.len();
+        if let (Some(windows), sampled::ALLOC_WINDOWED) = (windows, name) {
+            let cookies: Vec<u64> = sites
+                .iter()
+                .map(|s| window_cookie(s.kind).unwrap_or(window_cookie::MALLOC))
+                .collect();
+            // Once now, so that what would fail in every window fails here.
+            drop(
+                session_link::attach(&program, path, &offsets, &cookies, pid)
+                    .map_err(|e| session_link::attach_error(e, &what))?,
+            );
+            log::debug!(
+                "uprobe session {name} on {} at {offsets:#x?}, in sampling windows",
+                path.display()
+            );
+            windows.add(windows::Spec {
+                program: Arc::new(program),
+                path: path.to_path_buf(),
+                offsets,
+                cookies,
+                pid,
+                what,
+            });
+            continue;
+        }
         log::debug!(
             "uprobe session {name} on {} at {offsets:#x?}",
             path.display()
         );
-        let names: Vec<&str> = sites.iter().flat_map(|s| s.names.iter().copied()).collect();
-        let library = sites.first().map(|s| s.library.path.as_str()).unwrap_or("");
-        let link = session_link::attach(&program, path, &offsets, pid).map_err(|e| {
-            session_link::attach_error(e, &format!("{} in {library}", names.join("/")))
-        })?;
+        let link = session_link::attach(&program, path, &offsets, &[], pid)
+            .map_err(|e| session_link::attach_error(e, &what))?;
         keep.push(link);
         keep.push(program);
-        attached += sites.len();
     }
     Ok(attached)
+}
+
+/// The allocation functions that release nothing, by their cookie in
+/// [`sampled::ALLOC_WINDOWED`]'s link: with sampling by windows their probes
+/// are attached during windows only. `None` for the others.
+fn window_cookie(kind: Kind) -> Option<u64> {
+    match kind {
+        Kind::Malloc => Some(window_cookie::MALLOC),
+        Kind::Calloc => Some(window_cookie::CALLOC),
+        Kind::PosixMemalign => Some(window_cookie::POSIX_MEMALIGN),
+        Kind::Memalign => Some(window_cookie::MEMALIGN),
+        Kind::Realloc | Kind::ReallocArray | Kind::Free => None,
+    }
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {

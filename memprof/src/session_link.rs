@@ -250,13 +250,19 @@ impl SessionPrograms {
 }
 
 /// Attaches `program` (loaded by [`SessionPrograms::load`]) as a uprobe
-/// session at the file `offsets` of `library`, for the process `pid` only.
+/// session at the file `offsets` of `library`, for the process `pid` only
+/// (every process with 0). `cookies`, when not empty, gives each offset the
+/// value `bpf_get_attach_cookie` returns there.
 pub fn attach(
     program: &OwnedFd,
     library: &Path,
     offsets: &[u64],
+    cookies: &[u64],
     pid: u32,
 ) -> Result<OwnedFd, io::Error> {
+    if !cookies.is_empty() && cookies.len() != offsets.len() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
     let path = CString::new(library.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut attr = LinkCreateAttr {
@@ -264,6 +270,11 @@ pub fn attach(
         attach_type: BPF_TRACE_UPROBE_SESSION,
         path: path.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
+        cookies: if cookies.is_empty() {
+            0
+        } else {
+            cookies.as_ptr() as u64
+        },
         cnt: u32::try_from(offsets.len()).unwrap_or(u32::MAX),
         pid,
         ..LinkCreateAttr::default()

@@ -1,7 +1,8 @@
 //! No exit path leaves memprof's BPF programs (and so its uprobes) in the
 //! kernel: a run that ends by --duration, SIGINT, SIGTERM, an error after the
 //! probes were attached, or SIGKILL; with full tracking (perf-event uprobes)
-//! and with `--sample-rate` (uprobe session links). Checked in the kernel's
+//! and with `--sample-rate` (uprobe session links, made and closed all along
+//! with `--sample-by window`). Checked in the kernel's
 //! list of loaded programs. Needs root (run through `cargo xtask test`).
 
 use std::time::{Duration, Instant};
@@ -47,6 +48,17 @@ fn every_exit_path_unloads_the_probes() {
 fn every_exit_path_of_a_sampled_run_unloads_the_probes() {
     if sampling_or_skip() {
         check_every_exit_path(&["--sample-rate", "16"], "malloc_sampled");
+    }
+}
+
+#[test]
+fn every_exit_path_of_a_run_sampled_by_window_unloads_the_probes() {
+    if sampling_or_skip() {
+        // A window every 2 ms x 4 = 8 ms or so: links are made and closed all along.
+        check_every_exit_path(
+            &["--sample-rate", "4", "--sample-by", "window"],
+            "alloc_windowed",
+        );
     }
 }
 

@@ -226,3 +226,124 @@ fn full_tracking_reports_are_not_marked_sampled() {
     assert_eq!(report.sampling, None);
     assert!(!output.stdout_text().contains("\"sampling\""));
 }
+
+/// `--sample-by window` against `sampled paced`: every leak is made at its
+/// own moment over about 2.5 s, so the windows (2 ms each, covering 1/4 of
+/// the run here) record about a quarter of them, in clusters of about 20.
+///
+/// The bound is each stack's own standard error as the report states it,
+/// which counts each window as one unit: a wrong scale, or the blocks of a
+/// window counted as independent (an error about sqrt(20) times too small),
+/// fail it. The churn's reallocs, made between windows where nothing is
+/// recorded, move blocks recorded in windows: they must be forgotten.
+#[test]
+fn windows_estimates_are_within_their_stated_error() {
+    if !sampling_or_skip() {
+        return;
+    }
+    const WINDOW_RATE: u64 = 4;
+    let rate = WINDOW_RATE.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (json, svg) = (path("r.json"), path("r.svg"));
+    let (output, _) = tests::profile_fixture_with(
+        Kind::Sampled,
+        &["paced"],
+        &[
+            "--sample-rate",
+            &rate,
+            "--sample-by",
+            "window",
+            "--top",
+            "1000",
+            "-o",
+            &json,
+            "-o",
+            &svg,
+        ],
+    );
+    let report: Report = serde_json::from_slice(&std::fs::read(&json).unwrap())
+        .unwrap_or_else(|e| panic!("{json} is not a report: {e}\n{}", output.stderr));
+    let described = tests::describe_report(&report);
+    let sampling = report.sampling.expect("a sampled report");
+    assert_eq!(sampling.method, memprof::model::SampleMethod::Window);
+    assert_eq!(sampling.rate, WINDOW_RATE);
+    let windows = sampling.windows.expect("the windows are reported");
+    // About 2.5 s of leaking at a window every 8 ms or so.
+    assert!(windows.count >= 100, "{windows:?}");
+    let scale = sampling.factor();
+    assert!(
+        (WINDOW_RATE as f64 / 2.0..=WINDOW_RATE as f64 * 2.0).contains(&scale),
+        "the windows covered 1/{scale:.2} of the run, asked 1/{WINDOW_RATE}"
+    );
+
+    let mut problems = Vec::new();
+    let mut found = vec![(0u64, 0u64, 0f64, 0u64); SAMPLED.len()];
+    for stack in &report.stacks {
+        if frame_index(stack, CLEAN).is_some() {
+            problems.push(format!(
+                "a stack of {CLEAN}, which frees everything: {}",
+                tests::describe_stack(stack)
+            ));
+        }
+        let Some(i) = SAMPLED
+            .iter()
+            .position(|t| frame_index(stack, t.function) == Some(0))
+        else {
+            problems.push(format!(
+                "a stack of no leaking function: {}",
+                tests::describe_stack(stack)
+            ));
+            continue;
+        };
+        let estimate = stack.estimate.expect("sampled stacks carry their estimate");
+        found[i].0 += stack.count;
+        found[i].1 += stack.bytes;
+        found[i].2 = found[i].2.hypot(estimate.count_stderr);
+        found[i].3 += estimate.recorded;
+        // Clusters of about 20 blocks: far above the error of independent blocks.
+        let independent = (estimate.recorded as f64 * scale * (scale - 1.0)).sqrt();
+        if estimate.recorded >= 100 && estimate.count_stderr < 2.0 * independent {
+            problems.push(format!(
+                "{}: standard error {:.0} for {} blocks recorded in clusters, not above \
+                 the {independent:.0} of independent blocks",
+                SAMPLED[i].function, estimate.count_stderr, estimate.recorded
+            ));
+        }
+    }
+    for (truth, (count, bytes, stderr, recorded)) in SAMPLED.iter().zip(found) {
+        if recorded == 0 {
+            problems.push(format!("{}: nothing recorded", truth.function));
+            continue;
+        }
+        let off = count as f64 - truth.count as f64;
+        if off.abs() > SIGMAS * stderr {
+            problems.push(format!(
+                "{}: estimated {count} blocks, true {}: off by {off:.0}, more than \
+                 {SIGMAS} x its standard error {stderr:.0}",
+                truth.function, truth.count
+            ));
+        }
+        // Scaled by a fraction: bytes and count are rounded apart.
+        if bytes.abs_diff(count * truth.size) > truth.size {
+            problems.push(format!(
+                "{}: estimated {bytes} B for {count} blocks of {} B",
+                truth.function, truth.size
+            ));
+        }
+    }
+    problems.extend(tests::check_no_loss(&report.stats));
+    assert!(
+        problems.is_empty(),
+        "the report sampled by window does not match sampled.c's ground truth:\n- {}\n\n\
+         report:\n{described}",
+        problems.join("\n- "),
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains(&format!(
+            "ESTIMATES from sampling windows (1/{scale:.1} of the run)"
+        )),
+        "the SVG does not say how it was sampled"
+    );
+}

@@ -9,8 +9,10 @@
  *   2. two threads each make PAIRS malloc/free pairs of 16 B..4 KiB (the size
  *      varies deterministically with the pair's index), with no work between
  *      the pairs; the main thread times them with CLOCK_MONOTONIC;
- *   3. leaks a known amount: 100 x malloc(1000) in bench_leak, after the
- *      threads are joined and outside the timed part;
+ *   3. leaks a known amount on the way: 100 x malloc(1000) in bench_leak,
+ *      50 per thread, one every PAIRS/50 pairs, so that the leak is spread
+ *      over the run as a real leak is (a sampler that records calls made at
+ *      some moments only, `--sample-by window`, sees it in proportion);
  *   4. prints "done <ns_per_pair>", the wall time of step 2 divided by the
  *      pairs both threads made (2 x PAIRS), and waits for EOF on stdin
  *      before exiting, so a profiler can report while the process lives.
@@ -28,6 +30,7 @@
 
 #define THREADS 2
 #define LEAK_COUNT 100
+#define LEAKS_PER_THREAD (LEAK_COUNT / THREADS)
 #define LEAK_SIZE 1000
 #define MIN_SIZE 16
 #define MAX_SIZE 4096
@@ -38,11 +41,23 @@ static void *volatile leaked[LEAK_COUNT];
 
 static unsigned long pairs;
 
+NOINLINE void bench_leak(unsigned slot)
+{
+	leaked[slot] = malloc(LEAK_SIZE);
+}
+
 static void *churn(void *arg)
 {
 	/* A different but fixed sequence of sizes per thread (xorshift32). */
 	uint32_t x = 2463534242u + (uint32_t)(uintptr_t)arg;
+	unsigned slot = (unsigned)(uintptr_t)arg * LEAKS_PER_THREAD;
+	unsigned leaks = 0;
+	unsigned long every = pairs / LEAKS_PER_THREAD;
+	if (every == 0)
+		every = 1;
 	for (unsigned long i = 0; i < pairs; i++) {
+		if (i % every == every / 2 && leaks < LEAKS_PER_THREAD)
+			bench_leak(slot + leaks++);
 		x ^= x << 13;
 		x ^= x >> 17;
 		x ^= x << 5;
@@ -51,14 +66,12 @@ static void *churn(void *arg)
 		sink = p;
 		free(p);
 	}
+	/* Fewer pairs than leaks: the rest now. */
+	while (leaks < LEAKS_PER_THREAD)
+		bench_leak(slot + leaks++);
 	return NULL;
 }
 
-NOINLINE void bench_leak(void)
-{
-	for (int i = 0; i < LEAK_COUNT; i++)
-		leaked[i] = malloc(LEAK_SIZE);
-}
 
 int main(int argc, char **argv)
 {
@@ -80,8 +93,6 @@ int main(int argc, char **argv)
 	for (int t = 0; t < THREADS; t++)
 		pthread_join(threads[t], NULL);
 	uint64_t elapsed = now_ns() - start;
-
-	bench_leak();
 
 	bench_done((double)elapsed / (double)(THREADS * pairs));
 	return 0;

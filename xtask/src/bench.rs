@@ -104,18 +104,21 @@ enum Mode {
     Full,
     /// `memprof --sample-rate 64`.
     Sampled,
+    /// `memprof --sample-rate 64 --sample-by window`.
+    Windowed,
     /// A memleak-style bpftrace script.
     Bpftrace,
 }
 
 /// The order of the modes within a round.
-const MODES: [Mode; 7] = [
+const MODES: [Mode; 8] = [
     Mode::None,
     Mode::FloorEntry,
     Mode::Floor,
     Mode::FullEntry,
     Mode::Full,
     Mode::Sampled,
+    Mode::Windowed,
     Mode::Bpftrace,
 ];
 
@@ -128,6 +131,7 @@ impl Mode {
             Mode::FullEntry => "full-entry",
             Mode::Full => "full",
             Mode::Sampled => "sampled",
+            Mode::Windowed => "windowed",
             Mode::Bpftrace => "bpftrace",
         }
     }
@@ -141,6 +145,7 @@ impl Mode {
             Mode::FullEntry => "(c')",
             Mode::Full => "(c)",
             Mode::Sampled => "(d)",
+            Mode::Windowed => "(d')",
             Mode::Bpftrace => "(e)",
         }
     }
@@ -155,6 +160,10 @@ impl Mode {
             Mode::FullEntry => "`memprof --probe-at-entry`",
             Mode::Full => "`memprof`",
             Mode::Sampled => "`memprof --sample-rate 64`: 1 allocation call in 64 recorded",
+            Mode::Windowed => {
+                "`memprof --sample-rate 64 --sample-by window`: every call in 2 ms windows \
+                 covering 1/64 of the run"
+            }
             Mode::Bpftrace => "bpftrace, memleak-style script",
         }
     }
@@ -168,6 +177,7 @@ impl Mode {
             Mode::FullEntry => Some(&["--probe-at-entry"]),
             Mode::Full => Some(&[]),
             Mode::Sampled => Some(&["--sample-rate", SAMPLE_RATE_ARG]),
+            Mode::Windowed => Some(&["--sample-rate", SAMPLE_RATE_ARG, "--sample-by", "window"]),
         }
     }
 
@@ -176,7 +186,7 @@ impl Mode {
         match self {
             Mode::None => base * NONE_SCALE,
             Mode::FloorEntry | Mode::FullEntry => (base / ENTRY_DIVISOR).max(1),
-            Mode::Floor | Mode::Full | Mode::Sampled | Mode::Bpftrace => base,
+            Mode::Floor | Mode::Full | Mode::Sampled | Mode::Windowed | Mode::Bpftrace => base,
         }
     }
 
@@ -184,8 +194,12 @@ impl Mode {
     fn checks_leak(self) -> bool {
         matches!(
             self,
-            Mode::FullEntry | Mode::Full | Mode::Sampled | Mode::Bpftrace
+            Mode::FullEntry | Mode::Full | Mode::Sampled | Mode::Windowed | Mode::Bpftrace
         )
+    }
+
+    fn sampled(self) -> bool {
+        matches!(self, Mode::Sampled | Mode::Windowed)
     }
 }
 
@@ -217,10 +231,13 @@ impl LeakCheck {
         }
     }
 
-    /// A sampled report's check: `count` blocks of `LEAK_SIZE` bytes each, within
-    /// [`SAMPLE_SIGMAS`] standard deviations of the truth.
-    fn sampled(count: u64, bytes: u64, stacks: usize) -> Self {
-        if bytes == count * LEAK_SIZE && count.abs_diff(LEAK_COUNT) as f64 <= sampled_bound() {
+    /// A sampled report's check: `count` blocks of `LEAK_SIZE` bytes each (to the
+    /// rounding of a fractional `scale`), within [`SAMPLE_SIGMAS`] standard deviations of
+    /// the truth for a report that multiplied what it recorded by `scale`.
+    fn sampled(count: u64, bytes: u64, stacks: usize, scale: f64) -> Self {
+        if bytes.abs_diff(count * LEAK_SIZE) < LEAK_SIZE
+            && count.abs_diff(LEAK_COUNT) as f64 <= sampled_bound(scale)
+        {
             LeakCheck::Estimated { count }
         } else {
             LeakCheck::Wrong {
@@ -263,7 +280,7 @@ impl ModeResults {
         if !self.mode.checks_leak() {
             return "-".into();
         }
-        if self.mode == Mode::Sampled && !self.leak.is_empty() {
+        if self.mode.sampled() && !self.leak.is_empty() {
             let estimates: Vec<String> = self.leak.iter().map(LeakCheck::describe).collect();
             let ok = self
                 .leak
@@ -274,7 +291,7 @@ impl ModeResults {
                  of {LEAK_COUNT} expected)",
                 mark(ok),
                 estimates.join(", "),
-                sampled_bound()
+                sampled_bound(SAMPLE_RATE as f64)
             );
         }
         let wrong: Vec<String> = self
@@ -464,7 +481,7 @@ impl Bench {
                 let stopped = memprof.stop()?;
                 mode.checks_leak()
                     .then(|| match mode {
-                        Mode::Sampled => sampled_leak_in_report(&stopped.report),
+                        Mode::Sampled | Mode::Windowed => sampled_leak_in_report(&stopped.report),
                         _ => leak_in_report(&stopped.report),
                     })
                     .transpose()
@@ -480,8 +497,8 @@ impl Bench {
                  (expected {LEAK_COUNT} x {LEAK_SIZE} B{})",
                 mode.name(),
                 leak.as_ref().map(LeakCheck::describe).unwrap_or_default(),
-                if mode == Mode::Sampled {
-                    format!(" within ±{:.0} blocks", sampled_bound())
+                if mode.sampled() {
+                    format!(" within ±{:.0} blocks", sampled_bound(SAMPLE_RATE as f64))
                 } else {
                     String::new()
                 }
@@ -581,6 +598,14 @@ fn print_churn(results: &[ModeResults], rounds: u32, pairs: u64) {
         (
             "(c)/(d)  full / sampled: how much cheaper sampling is",
             ratio(full, median(Mode::Sampled)),
+        ),
+        (
+            "(d')/(a) sampled by window / none: memprof's slowdown with --sample-by window",
+            ratio(median(Mode::Windowed), none),
+        ),
+        (
+            "(c)/(d') full / sampled by window: how much cheaper sampling by window is",
+            ratio(full, median(Mode::Windowed)),
         ),
         (
             "(d)/(b)  sampled / floor: sampling against the traps of full tracking",
@@ -733,11 +758,13 @@ fn leak_in_report(report: &Value) -> Result<LeakCheck> {
     Ok(LeakCheck::new(count, bytes, stacks))
 }
 
-/// [`SAMPLE_SIGMAS`] standard deviations of a 1-in-[`SAMPLE_RATE`] estimate of
-/// [`LEAK_COUNT`] blocks: sqrt(n (N - 1)) each. At 1 in 64 a 100-block leak has
-/// about 1.6 blocks recorded, so the bound is wide (and includes 0).
-fn sampled_bound() -> f64 {
-    SAMPLE_SIGMAS * ((LEAK_COUNT * (SAMPLE_RATE - 1)) as f64).sqrt()
+/// [`SAMPLE_SIGMAS`] standard deviations of an estimate of [`LEAK_COUNT`] blocks that
+/// recorded each with probability 1/`scale`: sqrt(n (scale - 1)) each. At 1 in 64 a 100-block
+/// leak has about 1.6 blocks recorded, so the bound is wide (and includes 0). With
+/// `--sample-by window` the leak's blocks are made PAIRS/50 pairs apart, far more than a
+/// window lasts, so they are recorded one by one as well.
+fn sampled_bound(scale: f64) -> f64 {
+    SAMPLE_SIGMAS * (LEAK_COUNT as f64 * (scale - 1.0).max(0.0)).sqrt()
 }
 
 /// The leak in a sampled report, which must say it is sampled at [`SAMPLE_RATE`].
@@ -746,8 +773,12 @@ fn sampled_leak_in_report(report: &Value) -> Result<LeakCheck> {
     if rate != Some(SAMPLE_RATE) {
         bail!("the report of a sampled run does not say 1-in-{SAMPLE_RATE} sampling: {rate:?}");
     }
+    let scale = report["sampling"]["scale"]
+        .as_f64()
+        .filter(|&s| s > 0.0)
+        .unwrap_or(SAMPLE_RATE as f64);
     let (count, bytes, stacks) = held_by(report, &[LEAK_FUNCTION])?;
-    Ok(LeakCheck::sampled(count, bytes, stacks))
+    Ok(LeakCheck::sampled(count, bytes, stacks, scale))
 }
 
 fn stat(report: &Value, name: &str) -> u64 {
@@ -1502,6 +1533,16 @@ mod tests {
             LeakCheck::Wrong { .. }
         ));
         assert!(sampled_leak_in_report(&serde_json::json!({"stacks": []})).is_err());
+        // By window: a fractional scale, bytes rounded apart from count x size.
+        let windowed = serde_json::json!({
+            "sampling": {"rate": SAMPLE_RATE, "method": "window", "scale": 70.4},
+            "stacks": [{"bytes": 140_800, "count": 141,
+                        "frames": [{"function": "bench_leak"}]}]
+        });
+        assert_eq!(
+            sampled_leak_in_report(&windowed).unwrap(),
+            LeakCheck::Estimated { count: 141 }
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod text;
 use std::io::Write;
 use std::path::Path;
 
-use crate::model::Report;
+use crate::model::{Report, SampleMethod, Sampling};
 
 /// The output formats of a report.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,25 +174,57 @@ fn relative(stderr: f64, value: u64) -> String {
 fn sampling_statement(report: &Report) -> Option<String> {
     let s = report.sampling?;
     let totals = report.totals;
-    Some(format!(
-        "ESTIMATES from 1-in-{rate} sampling: each allocation call was recorded with \
-         probability 1/{rate} and every byte and allocation figure is the recorded one times \
-         {rate} ({recorded} outstanding {blocks} recorded). Standard error of the totals: {} \
-         ({}) in bytes, {:.0} ({}) in allocations; a stack with k recorded blocks is off by \
-         about 1/sqrt(k) (one standard error, more if its sizes vary), and stacks holding far \
-         fewer than {rate} blocks may be missing. The stats below are not scaled.",
+    let blocks = if s.sampled_count == 1 {
+        "block"
+    } else {
+        "blocks"
+    };
+    let errors = format!(
+        "Standard error of the totals: {} ({}) in bytes, {:.0} ({}) in allocations",
         human_bytes(s.bytes_stderr.round() as u64),
         relative(s.bytes_stderr, totals.bytes),
         s.count_stderr,
         relative(s.count_stderr, totals.count),
+    );
+    if s.method == SampleMethod::Window {
+        let windows = s.windows.unwrap_or_default();
+        return Some(format!(
+            "ESTIMATES from sampling by windows: every allocation call made during {count} \
+             {windows_word} at random times ({open} in all, 1/{scale:.1} of the run) was \
+             recorded, and every byte and allocation figure is the recorded one times \
+             {scale:.1} ({recorded} outstanding {blocks} recorded). {errors}, counting the \
+             blocks of one window together; each stack shows its own, and stacks that allocate \
+             rarely may be missing. The stats below are not scaled.",
+            count = windows.count,
+            windows_word = if windows.count == 1 {
+                "window"
+            } else {
+                "windows"
+            },
+            open = human_secs(windows.open_secs),
+            scale = s.factor(),
+            recorded = s.sampled_count,
+        ));
+    }
+    Some(format!(
+        "ESTIMATES from 1-in-{rate} sampling: each allocation call was recorded with \
+         probability 1/{rate} and every byte and allocation figure is the recorded one times \
+         {rate} ({recorded} outstanding {blocks} recorded). {errors}; a stack with k recorded \
+         blocks is off by about 1/sqrt(k) (one standard error, more if its sizes vary), and \
+         stacks holding far fewer than {rate} blocks may be missing. The stats below are not \
+         scaled.",
         rate = s.rate,
         recorded = s.sampled_count,
-        blocks = if s.sampled_count == 1 {
-            "block"
-        } else {
-            "blocks"
-        },
     ))
+}
+
+/// A sampled report's method in a few words, for titles: "1-in-64
+/// sampling", "sampling windows (1/63.2 of the run)".
+fn sampling_short(s: &Sampling) -> String {
+    match s.method {
+        SampleMethod::Call => format!("1-in-{} sampling", s.rate),
+        SampleMethod::Window => format!("sampling windows (1/{:.1} of the run)", s.factor()),
+    }
 }
 
 /// One optional source of a report, as the renderers show it.
@@ -295,6 +327,7 @@ mod tests {
             sampled_count: 100,
             bytes_stderr: 634_980.0,
             count_stderr: 634.98,
+            ..Default::default()
         });
         let text = sampling_statement(&report).unwrap();
         assert!(
@@ -307,6 +340,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1/sqrt(k)"), "{text}");
+        report.sampling = Some(Sampling {
+            rate: 64,
+            method: SampleMethod::Window,
+            scale: 63.25,
+            windows: Some(crate::model::SampleWindows {
+                count: 12,
+                open_secs: 0.025,
+            }),
+            sampled_count: 100,
+            bytes_stderr: 634_980.0,
+            count_stderr: 634.98,
+        });
+        let text = sampling_statement(&report).unwrap();
+        assert!(
+            text.starts_with(
+                "ESTIMATES from sampling by windows: every allocation call made during 12 \
+                 windows at random times (0.03 s in all, 1/63.2 of the run) was recorded"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("times 63.2 (100 outstanding blocks"),
+            "{text}"
+        );
+        assert!(
+            text.contains("counting the blocks of one window together"),
+            "{text}"
+        );
+        assert_eq!(
+            sampling_short(&report.sampling.unwrap()),
+            "sampling windows (1/63.2 of the run)"
+        );
     }
 
     #[test]

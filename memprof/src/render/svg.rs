@@ -152,8 +152,8 @@ fn subtitle_notes(report: &Report) -> String {
     }
     if let Some(sampling) = report.sampling {
         s.push_str(&format!(
-            "; ESTIMATES from 1-in-{} sampling ({} in bytes)",
-            sampling.rate,
+            "; ESTIMATES from {} ({} in bytes)",
+            super::sampling_short(&sampling),
             super::relative(sampling.bytes_stderr, report.totals.bytes)
         ));
     }
@@ -325,6 +325,7 @@ mod tests {
             sampled_count: 1,
             bytes_stderr: 1024.0,
             count_stderr: 63.5,
+            ..Default::default()
         });
         assert_eq!(
             subtitle(&report),

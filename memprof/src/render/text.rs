@@ -568,11 +568,17 @@ fn stack_block(
     let error = report
         .sampling
         .and_then(|s| {
-            let rse = s.relative_error(stack.count)?;
-            let recorded = stack.count / s.rate.max(1);
+            let (stderr, recorded) = match stack.estimate {
+                Some(e) => (e.count_stderr, e.recorded),
+                // A report from before per-stack estimates.
+                None => (
+                    s.relative_error(stack.count)? * stack.count as f64,
+                    stack.count / s.rate.max(1),
+                ),
+            };
             Some(format!(
                 "; estimate {} ({recorded} recorded)",
-                relative(rse * stack.count as f64, stack.count)
+                relative(stderr, stack.count)
             ))
         })
         .unwrap_or_default();
@@ -848,6 +854,7 @@ mod tests {
                 sampled_count: 100,
                 bytes_stderr: 634_980.0,
                 count_stderr: 634.98,
+                ..Default::default()
             }),
             ..Report::default()
         };

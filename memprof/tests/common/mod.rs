@@ -58,6 +58,7 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
         frames,
         growth: None,
         pid: None,
+        estimate: None,
     }
 }
 
