@@ -41,17 +41,40 @@ pub struct AllocInfo {
 }
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 24);
 
-/// Outstanding bytes and allocations of one stack, in the `AGG` map.
+/// Outstanding bytes and allocations of one stack, in the per-CPU `AGG`
+/// map: each CPU adds what is allocated on it and subtracts what is freed on
+/// it, so a CPU's own figures may wrap below zero; their wrapping sum over the
+/// CPUs is the stack's ([`StackAgg::sum`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackAgg {
     pub bytes: u64,
     pub count: u64,
-    /// `bpf_ktime_get_ns()` of the latest allocation from this stack. User
-    /// space frees a stack only when it has had nothing outstanding for a while.
+    /// `bpf_ktime_get_ns()` of the latest allocation from this stack on this
+    /// CPU. User space frees a stack only when it has had nothing outstanding
+    /// for a while.
     pub last_ns: u64,
+    /// Allocations from this stack on this CPU since the entry was made
+    /// (never decreases): the first one on a CPU makes sure the frames are
+    /// stored.
+    pub allocs: u64,
 }
-const _: () = assert!(core::mem::size_of::<StackAgg>() == 24);
+const _: () = assert!(core::mem::size_of::<StackAgg>() == 32);
+
+impl StackAgg {
+    /// The stack's figures from its per-CPU values: bytes and count added
+    /// up (wrapping), the latest time, every allocation.
+    pub fn sum<'a>(values: impl IntoIterator<Item = &'a StackAgg>) -> StackAgg {
+        values
+            .into_iter()
+            .fold(StackAgg::default(), |s, v| StackAgg {
+                bytes: s.bytes.wrapping_add(v.bytes),
+                count: s.count.wrapping_add(v.count),
+                last_ns: s.last_ns.max(v.last_ns),
+                allocs: s.allocs.wrapping_add(v.allocs),
+            })
+    }
+}
 
 /// An allocator call between its entry and its return, keyed by thread in `PENDING`.
 #[repr(C)]

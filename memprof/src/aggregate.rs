@@ -48,46 +48,54 @@ pub fn by_stack_in<K>(
     struct Group {
         bytes: u64,
         ages: Vec<u64>,
-        /// Bytes and count by unit of sampling.
-        units: HashMap<u64, (u64, u64)>,
+        /// Each block's squared size (blocks are the units of sampling).
+        size_squares: u128,
+        /// By window, when windows are the units: bytes and count.
+        windows: HashMap<u64, (u64, u64)>,
     }
+    let square = |x: u64| u128::from(x) * u128::from(x);
     let mut groups: HashMap<i64, Group> = HashMap::new();
-    for (i, (_, info)) in live.iter().enumerate() {
+    for (_, info) in live {
         let group = groups.entry(info.stack_id).or_default();
         group.bytes += info.size;
         group.ages.push(now_ns.saturating_sub(info.timestamp_ns));
-        let unit = match windows {
-            Some(w) => w.window_of(info.timestamp_ns) as u64,
-            None => i as u64,
-        };
-        let sums = group.units.entry(unit).or_default();
-        sums.0 += info.size;
-        sums.1 += 1;
+        match windows {
+            Some(w) => {
+                let sums = group
+                    .windows
+                    .entry(w.window_of(info.timestamp_ns) as u64)
+                    .or_default();
+                sums.0 += info.size;
+                sums.1 += 1;
+            }
+            None => group.size_squares = group.size_squares.saturating_add(square(info.size)),
+        }
     }
     let mut stacks: Vec<StackTotals> = groups
         .into_iter()
         .map(|(stack_id, mut group)| {
             group.ages.sort_unstable();
-            let square = |x: u64| u128::from(x) * u128::from(x);
-            let (size_squares, count_squares) = group
-                .units
-                .values()
-                .fold((0u128, 0u128), |(b, c), &(bytes, count)| {
-                    (b.saturating_add(square(bytes)), c + square(count))
-                });
-            let mut by_window = Vec::new();
-            if windows.is_some() {
-                by_window = group
-                    .units
-                    .iter()
-                    .map(|(&w, &(bytes, count))| (w, bytes, count))
-                    .collect();
-                by_window.sort_unstable();
-            }
+            let count = group.ages.len() as u64;
+            let (size_squares, count_squares) = if windows.is_some() {
+                group
+                    .windows
+                    .values()
+                    .fold((0u128, 0u128), |(b, c), &(bytes, count)| {
+                        (b.saturating_add(square(bytes)), c + square(count))
+                    })
+            } else {
+                (group.size_squares, u128::from(count))
+            };
+            let mut by_window: Vec<(u64, u64, u64)> = group
+                .windows
+                .iter()
+                .map(|(&w, &(bytes, count))| (w, bytes, count))
+                .collect();
+            by_window.sort_unstable();
             StackTotals {
                 stack_id,
                 bytes: group.bytes,
-                count: group.ages.len() as u64,
+                count,
                 oldest_age_ns: group.ages.last().copied().unwrap_or(0),
                 median_age_ns: group.ages.get(group.ages.len() / 2).copied().unwrap_or(0),
                 size_squares,

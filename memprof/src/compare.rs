@@ -22,7 +22,8 @@ use crate::render::{human_bytes, RenderOptions};
 ///   oldest age is the maximum, the median age is the count-weighted median of
 ///   the medians (an approximation: the individual ages are gone), and the frames
 ///   (with their addresses) are those of the largest contributing stack.
-///   Stacks the kernel could not walk are joined together.
+///   Stacks the kernel could not walk are joined together. Sampled stacks add
+///   their recorded blocks and combine their standard errors as independent.
 /// - Totals and every counter of the stats are summed.
 /// - The target is the common pid, or 0 when the reports are of several
 ///   processes; `comm`, `cmdline` and `allocator` list the distinct values.
@@ -131,6 +132,13 @@ impl Group {
         self.stack.count = self.stack.count.saturating_add(stack.count);
         self.stack.oldest_age_secs = self.stack.oldest_age_secs.max(stack.oldest_age_secs);
         self.medians.push((stack.median_age_secs, stack.count));
+        // Sampled: recorded blocks add up, errors of independent runs combine.
+        if let Some(e) = stack.estimate {
+            let sum = self.stack.estimate.get_or_insert_with(Default::default);
+            sum.recorded = sum.recorded.saturating_add(e.recorded);
+            sum.bytes_stderr = sum.bytes_stderr.hypot(e.bytes_stderr);
+            sum.count_stderr = sum.count_stderr.hypot(e.count_stderr);
+        }
     }
 
     fn finish(mut self) -> Group {

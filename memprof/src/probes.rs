@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuHashMap};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
@@ -511,12 +511,13 @@ impl Probes {
         let (Some(agg), Some(stacks)) = (agg, stacks) else {
             anyhow::bail!("BPF maps AGG and STACKS missing from the object");
         };
-        let mut agg = BpfHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
+        let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
         let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
         let idle: Vec<i64> = agg
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, a)| {
+            .filter(|(_, values)| {
+                let a = StackAgg::sum(values.iter());
                 a.count == 0 && a.bytes == 0 && now.saturating_sub(a.last_ns) >= idle_ns
             })
             .map(|(id, _)| id)
@@ -528,7 +529,9 @@ impl Probes {
             if trace.is_some() {
                 let _ = stacks.remove(&id);
             }
-            let in_use = agg.get(&id, 0).is_ok_and(|a| a.count != 0);
+            let in_use = agg
+                .get(&id, 0)
+                .is_ok_and(|values| StackAgg::sum(values.iter()).count != 0);
             match trace {
                 Some(trace) if in_use => {
                     // EEXIST: the allocation's program stored it again first.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use memprof_common::{stat, AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, STACK_LOST};
 
 use crate::model::Stats;
@@ -46,13 +46,20 @@ pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
     })
 }
 
-/// Reads the per-stack aggregates (cheap: one entry per stack).
+/// Reads the per-stack aggregates (cheap: one entry per stack), each summed
+/// over the CPUs.
 pub fn read_agg(map: &Map) -> anyhow::Result<HashMap<i64, StackAgg>> {
-    let agg = BpfHashMap::<&MapData, i64, StackAgg>::try_from(map).context("AGG map")?;
+    let agg = PerCpuHashMap::<&MapData, i64, StackAgg>::try_from(map).context("AGG map")?;
     let mut out = HashMap::new();
     for entry in agg.iter() {
-        let (id, value) = entry.context("reading AGG")?;
-        out.insert(id, value);
+        match entry {
+            Ok((id, values)) => {
+                out.insert(id, StackAgg::sum(values.iter()));
+            }
+            // Deleted (freed as idle) while this ran.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).context("reading AGG"),
+        }
     }
     Ok(out)
 }

@@ -13,9 +13,10 @@
 //! recorded in a window must be seen leaving, whenever it leaves.
 //!
 //! # Estimates
-//! The gaps between windows are drawn from an exponential distribution (no
-//! memory: a program that allocates on a timer does not fall into or out of
-//! step with them), with a mean that makes the windows cover 1/N of the run.
+//! Windows start at the times of a Poisson process (exponential intervals,
+//! without memory: a program that allocates on a timer does not fall into or
+//! out of step with them) of one window per N window lengths, so that they
+//! cover 1/N of the run, busy spells of the target as much as quiet ones.
 //! Every recorded figure is multiplied by the run's length over the windows'
 //! total length as measured ([`WindowLog::scale`]).
 //!
@@ -40,6 +41,10 @@ use crate::snapshot::monotonic_ns;
 
 /// How long a window stays open by default.
 pub const DEFAULT_WINDOW: Duration = Duration::from_millis(2);
+
+/// How far behind its schedule the window thread may fall before it skips
+/// the windows it missed.
+const BEHIND: Duration = Duration::from_secs(1);
 
 /// Most windows whose links are still being closed; beyond it the next
 /// window waits for them.
@@ -189,11 +194,13 @@ fn run(
         ..WindowLog::default()
     };
     let mut rng = fastrand::Rng::new();
-    let window_ns = window.as_nanos() as f64;
-    // The off time that makes the windows cover 1/rate of the run; attaching
-    // and detaching are part of it.
-    let off_ns = window_ns * f64::from(rate - 1);
-    let mut overhead_ns = 0.0;
+    // Windows start at the times of a Poisson process of one window per
+    // `rate` window lengths, whatever attaching takes: attaching is slower
+    // while the target is busy (it waits for the target's memory map lock),
+    // and windows that came later when the target is busy would cover its
+    // busy spells less than the rest of the run.
+    let interval_ns = window.as_nanos() as f64 * f64::from(rate);
+    let mut next = log.start_ns + exponential(&mut rng, interval_ns) as u64;
     let mut number: u32 = 0;
     // Closing a link takes the breakpoints out at once, then waits for the
     // kernel's RCU grace periods (100 ms or more). Each window's links are
@@ -201,11 +208,16 @@ fn run(
     // and the waits overlap (one grace period serves them all).
     let mut closing: Vec<JoinHandle<()>> = Vec::new();
     loop {
-        let gap = exponential(&mut rng, (off_ns - overhead_ns).max(0.0));
-        match stopped.recv_timeout(Duration::from_nanos(gap as u64)) {
+        let now = monotonic_ns();
+        if now > next + BEHIND.as_nanos() as u64 {
+            // Stopped or starved for a long while: no flood of windows to catch up.
+            next = now;
+        }
+        match stopped.recv_timeout(Duration::from_nanos(next.saturating_sub(now))) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => break,
         }
+        next += exponential(&mut rng, interval_ns) as u64;
         closing.retain(|handle| !handle.is_finished());
         if closing.len() >= MAX_CLOSING {
             // The kernel is slower than the windows: wait for it.
@@ -252,19 +264,11 @@ fn run(
             // Dropped with the closure: closed here, waiting.
             Err(err) => log::debug!("window: closing its links here: {err}"),
         }
-        let end = monotonic_ns();
         log::trace!(
             "window {number}: attached in {} us, open {} us",
             (open - begin) / 1000,
             (close - open) / 1000,
         );
-        // A running mean of what attaching and detaching cost.
-        let cost = (open - begin + end - close) as f64;
-        overhead_ns = if log.spans.len() == 1 {
-            cost
-        } else {
-            0.9 * overhead_ns + 0.1 * cost
-        };
         if stop {
             break;
         }

@@ -15,7 +15,8 @@
  *      some moments only, `--sample-by window`, sees it in proportion);
  *   4. prints "done <ns_per_pair>", the wall time of step 2 divided by the
  *      pairs both threads made (2 x PAIRS), and waits for EOF on stdin
- *      before exiting, so a profiler can report while the process lives.
+ *      before exiting (the threads too), so a profiler can report while the
+ *      process lives.
  *
  * Built with gcc -O2 -g -fno-omit-frame-pointer -pthread: frame pointers so
  * stacks can be walked, bench_leak noinline so it names the leak's stack.
@@ -40,6 +41,7 @@ static void *volatile sink;
 static void *volatile leaked[LEAK_COUNT];
 
 static unsigned long pairs;
+static pthread_barrier_t churned, reported;
 
 NOINLINE void bench_leak(unsigned slot)
 {
@@ -69,6 +71,10 @@ static void *churn(void *arg)
 	/* Fewer pairs than leaks: the rest now. */
 	while (leaks < LEAKS_PER_THREAD)
 		bench_leak(slot + leaks++);
+	/* Churned; then alive until the profiler reported (bpftrace names a
+	 * thread's frames through /proc/TID, which goes with the thread). */
+	pthread_barrier_wait(&churned);
+	pthread_barrier_wait(&reported);
 	return NULL;
 }
 
@@ -83,6 +89,11 @@ int main(int argc, char **argv)
 		return 0;
 
 	pthread_t threads[THREADS];
+	if (pthread_barrier_init(&churned, NULL, THREADS + 1) != 0 ||
+	    pthread_barrier_init(&reported, NULL, THREADS + 1) != 0) {
+		fprintf(stderr, "churn: pthread_barrier_init failed\n");
+		return 1;
+	}
 	uint64_t start = now_ns();
 	for (uintptr_t t = 0; t < THREADS; t++) {
 		if (pthread_create(&threads[t], NULL, churn, (void *)t) != 0) {
@@ -90,10 +101,12 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	for (int t = 0; t < THREADS; t++)
-		pthread_join(threads[t], NULL);
+	pthread_barrier_wait(&churned);
 	uint64_t elapsed = now_ns() - start;
 
 	bench_done((double)elapsed / (double)(THREADS * pairs));
+	pthread_barrier_wait(&reported);
+	for (int t = 0; t < THREADS; t++)
+		pthread_join(threads[t], NULL);
 	return 0;
 }
