@@ -1054,9 +1054,9 @@ pub fn memalign_sampled(ctx: *mut c_void) -> u32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn alloc_windowed(ctx: *mut c_void) -> u32 {
-    // SAFETY: the helper only reads the run's context.
-    let kind = unsafe { bpf_get_attach_cookie(ctx) };
     let ctx = ProbeContext::new(ctx);
+    // SAFETY: the helper only reads the run's context.
+    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     if is_return(&ctx) {
         if let Some(call) = sample_leave() {
             if kind == window_cookie::POSIX_MEMALIGN {
