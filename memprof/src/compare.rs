@@ -549,6 +549,37 @@ mod tests {
     }
 
     #[test]
+    fn merge_combines_the_estimates_of_sampled_stacks() {
+        let sampled = |recorded: u64, stderr: f64| {
+            let mut s = stack(
+                64 * recorded * 10,
+                64 * recorded,
+                1.0,
+                &["leak", "main"],
+                0x10,
+            );
+            s.estimate = Some(crate::model::StackEstimate {
+                recorded,
+                bytes_stderr: stderr * 10.0,
+                count_stderr: stderr,
+            });
+            s
+        };
+        let m = merge(&[
+            report(1, 100.0, vec![sampled(9, 3.0)]),
+            report(2, 100.0, vec![sampled(16, 4.0)]),
+        ]);
+        assert_eq!(m.stacks.len(), 1);
+        let e = m.stacks[0].estimate.unwrap();
+        assert_eq!(e.recorded, 25);
+        assert!((e.count_stderr - 5.0).abs() < 1e-12, "{e:?}");
+        assert!((e.bytes_stderr - 50.0).abs() < 1e-9, "{e:?}");
+        // Stacks of full tracking stay without one.
+        let full = merge(&[report(1, 100.0, vec![stack(10, 1, 1.0, &["f"], 1)])]);
+        assert_eq!(full.stacks[0].estimate, None);
+    }
+
+    #[test]
     fn merge_joins_by_names_and_sums() {
         // Same names at different addresses (another run): joined.
         let a = report(
