@@ -156,6 +156,7 @@ impl Estimator {
             windows: Some(SampleWindows {
                 count: log.spans.len() as u64,
                 open_secs: log.open_ns() as f64 / 1e9,
+                failed_links: log.failed_links,
             }),
         }
     }
@@ -535,7 +536,8 @@ mod tests {
             sampling.windows,
             Some(SampleWindows {
                 count: 2,
-                open_secs: 1e-7
+                open_secs: 1e-7,
+                failed_links: 0,
             })
         );
         // Totals: windows 0 and 1 recorded 3 and 2 blocks (not 3, 1 and 1).

@@ -714,14 +714,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         younger,
         interval_secs: args.interval,
         released,
-        sampling: Sampling::merged(samplings).map(|mut sampling| {
-            // One set of windows served every process.
-            if let Some(log) = &maps.windows {
-                sampling.windows =
-                    aggregate::Estimator::by_window(sampling.rate as u32, log).windows;
-            }
-            sampling
-        }),
+        sampling: sampling_of_run(args, Sampling::merged(samplings), maps.windows.as_ref()),
         mmap: found.mmap,
         kernel: found.kernel,
     })
@@ -807,6 +800,34 @@ fn add_totals(a: Totals, b: Totals) -> Totals {
 fn add_released(sum: &mut Released, one: &Released) {
     sum.at_exec = add_totals(sum.at_exec, one.at_exec);
     sum.at_exit = add_totals(sum.at_exit, one.at_exit);
+}
+
+/// How a run over many processes was sampled: what its processes' reports
+/// say, with the windows of the run (one set served every process), and said
+/// even when nothing was recorded.
+fn sampling_of_run(
+    args: &ProfileArgs,
+    merged: Option<Sampling>,
+    windows: Option<&crate::windows::WindowLog>,
+) -> Option<Sampling> {
+    let rate = args.sample_rate?;
+    let estimator = match windows {
+        Some(log) => Some(aggregate::Estimator::by_window(rate, log)),
+        None => aggregate::Estimator::by_call(rate),
+    };
+    let mut sampling = merged.or_else(|| {
+        aggregate::scale_sampled(
+            estimator,
+            &mut [],
+            &mut None,
+            &mut Released::default(),
+            None,
+        )
+    })?;
+    if let Some(e) = estimator.filter(|e| e.windows.is_some()) {
+        sampling.windows = e.windows;
+    }
+    Some(sampling)
 }
 
 #[cfg(test)]

@@ -197,6 +197,10 @@ pub struct SampleWindows {
     pub count: u64,
     /// How long they were open in all, in seconds.
     pub open_secs: f64,
+    /// Links that could not be made for a window (a process that exited
+    /// meanwhile, or a kernel error): those windows recorded nothing there.
+    #[serde(default)]
+    pub failed_links: u64,
 }
 
 /// How one stack's figures were estimated, in a sampled run.
@@ -246,6 +250,7 @@ impl Sampling {
                 (Some(x), Some(y)) => Some(SampleWindows {
                     count: x.count + y.count,
                     open_secs: x.open_secs + y.open_secs,
+                    failed_links: x.failed_links + y.failed_links,
                 }),
                 (x, y) => x.or(y),
             },

@@ -227,26 +227,33 @@ fn run(
         }
         let begin = monotonic_ns();
         let links: Vec<OwnedFd> = {
-            let specs = specs
+            let mut specs = specs
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            specs
-                .iter()
-                .filter_map(|spec| {
-                    session_link::attach(
-                        &spec.program,
-                        &spec.path,
-                        &spec.offsets,
-                        &spec.cookies,
-                        spec.pid,
-                    )
-                    .inspect_err(|err| {
+            let mut links = Vec::with_capacity(specs.len());
+            specs.retain(|spec| {
+                let made = session_link::attach(
+                    &spec.program,
+                    &spec.path,
+                    &spec.offsets,
+                    &spec.cookies,
+                    spec.pid,
+                );
+                match made {
+                    Ok(link) => links.push(link),
+                    // The process the link is for is gone: nothing to record there any more.
+                    Err(err) if spec.pid != 0 && gone(&err) => {
+                        log::debug!("window: {} gone ({err}): no more links", spec.what);
+                        return false;
+                    }
+                    Err(err) => {
                         log::debug!("window: no link on {}: {err}", spec.what);
                         log.failed_links += 1;
-                    })
-                    .ok()
-                })
-                .collect()
+                    }
+                }
+                true
+            });
+            links
         };
         number = number.wrapping_add(1).max(1);
         set(control, control::WINDOW, number);
@@ -279,6 +286,11 @@ fn run(
         let _ = handle.join();
     }
     log
+}
+
+/// True for the errors of a link bound to a process that exited.
+fn gone(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ESRCH | libc::ENOENT))
 }
 
 /// A draw from the exponential distribution of mean `mean`.

@@ -269,6 +269,7 @@ fn windows_estimates_are_within_their_stated_error() {
     assert_eq!(sampling.method, memprof::model::SampleMethod::Window);
     assert_eq!(sampling.rate, WINDOW_RATE);
     let windows = sampling.windows.expect("the windows are reported");
+    assert_eq!(windows.failed_links, 0, "{windows:?}");
     // About 2.5 s of leaking at a window every 8 ms or so.
     assert!(windows.count >= 100, "{windows:?}");
     let scale = sampling.factor();

@@ -188,13 +188,21 @@ fn sampling_statement(report: &Report) -> Option<String> {
     );
     if s.method == SampleMethod::Window {
         let windows = s.windows.unwrap_or_default();
+        let failed = match windows.failed_links {
+            0 => String::new(),
+            n => format!(
+                " WARNING: {n} of the windows' probe links could not be made (a process \
+                 that exited, or a kernel error; see -v): those windows recorded nothing there, \
+                 so the figures of what those links probe are low."
+            ),
+        };
         return Some(format!(
             "ESTIMATES from sampling by windows: every allocation call made during {count} \
              {windows_word} at random times ({open} in all, 1/{scale:.1} of the run) was \
              recorded, and every byte and allocation figure is the recorded one times \
              {scale:.1} ({recorded} outstanding {blocks} recorded). {errors}, counting the \
              blocks of one window together; each stack shows its own, and stacks that allocate \
-             rarely may be missing. The stats below are not scaled.",
+             rarely may be missing. The stats below are not scaled.{failed}",
             count = windows.count,
             windows_word = if windows.count == 1 {
                 "window"
@@ -347,6 +355,7 @@ mod tests {
             windows: Some(crate::model::SampleWindows {
                 count: 12,
                 open_secs: 0.025,
+                failed_links: 0,
             }),
             sampled_count: 100,
             bytes_stderr: 634_980.0,
@@ -371,6 +380,15 @@ mod tests {
         assert_eq!(
             sampling_short(&report.sampling.unwrap()),
             "sampling windows (1/63.2 of the run)"
+        );
+        assert!(!text.contains("WARNING"), "{text}");
+        if let Some(w) = report.sampling.as_mut().and_then(|s| s.windows.as_mut()) {
+            w.failed_links = 3;
+        }
+        let text = sampling_statement(&report).unwrap();
+        assert!(
+            text.contains("WARNING: 3 of the windows' probe links could not be made"),
+            "{text}"
         );
     }
 
