@@ -161,6 +161,16 @@ impl Estimator {
         }
     }
 
+    /// How a run with `--sample-rate` `rate` (if any) and these sampling
+    /// windows (with `--sample-by window`) was sampled; `None` when every
+    /// call was recorded.
+    pub fn of_run(rate: Option<u32>, windows: Option<&WindowLog>) -> Option<Estimator> {
+        match (rate, windows) {
+            (Some(rate), Some(windows)) => Some(Estimator::by_window(rate, windows)),
+            (rate, _) => Estimator::by_call(rate.unwrap_or(0)),
+        }
+    }
+
     /// `x` times the scale: exact for a whole scale, rounded otherwise.
     fn times(&self, x: u64) -> u64 {
         if self.scale.fract() == 0.0 {

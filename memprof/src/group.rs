@@ -810,11 +810,7 @@ fn sampling_of_run(
     merged: Option<Sampling>,
     windows: Option<&crate::windows::WindowLog>,
 ) -> Option<Sampling> {
-    let rate = args.sample_rate?;
-    let estimator = match windows {
-        Some(log) => Some(aggregate::Estimator::by_window(rate, log)),
-        None => aggregate::Estimator::by_call(rate),
-    };
+    let estimator = aggregate::Estimator::of_run(args.sample_rate, windows);
     let mut sampling = merged.or_else(|| {
         aggregate::scale_sampled(
             estimator,

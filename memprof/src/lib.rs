@@ -303,12 +303,8 @@ pub(crate) fn outstanding(
         .interval
         .map(|_| growth_by_stack(recorded.samples, recorded.all, clock.duration_secs));
     // With --sample-rate: estimates from what was recorded (no-op otherwise).
-    let estimator = match (args.sample_rate, recorded.windows) {
-        (Some(rate), Some(windows)) => Some(aggregate::Estimator::by_window(rate, windows)),
-        (rate, _) => aggregate::Estimator::by_call(rate.unwrap_or(0)),
-    };
     let sampling = aggregate::scale_sampled(
-        estimator,
+        aggregate::Estimator::of_run(args.sample_rate, recorded.windows),
         &mut stacks,
         &mut younger,
         released,

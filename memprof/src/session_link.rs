@@ -107,14 +107,23 @@ pub enum SessionError {
     },
 }
 
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+/// `bpf(cmd, attr)`: its return value, or the error.
+///
+/// `T` must be a properly laid out prefix of `union bpf_attr`, every pointer
+/// in which points to memory that lives across the call.
+pub(crate) fn bpf_call<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     let size = u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX);
-    // SAFETY: `attr` is a properly laid out prefix of `union bpf_attr` that
-    // lives across the call; every pointer in it points to memory that does too.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
-    if fd < 0 {
+    // SAFETY: as the caller promises (see above).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
+    if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(rc)
+}
+
+/// [`bpf_call`] for the commands that return a new file descriptor.
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    let fd = bpf_call(cmd, attr)?;
     let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("bpf() returned no fd"))?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -302,6 +302,7 @@ fn exponential(rng: &mut fastrand::Rng, mean: f64) -> f64 {
 /// `CONTROL[key] = value`, through the raw `bpf(2)` call (the map is aya's,
 /// owned by the main thread).
 fn set(control: &OwnedFd, key: u32, value: u32) {
+    /// `union bpf_attr` as `BPF_MAP_UPDATE_ELEM` reads it.
     #[repr(C)]
     struct UpdateAttr {
         map_fd: u32,
@@ -311,28 +312,15 @@ fn set(control: &OwnedFd, key: u32, value: u32) {
         flags: u64,
     }
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    let attr = UpdateAttr {
+    let mut attr = UpdateAttr {
         map_fd: u32::try_from(control.as_raw_fd()).unwrap_or(u32::MAX),
         _pad: 0,
         key: std::ptr::from_ref(&key) as u64,
         value: std::ptr::from_ref(&value) as u64,
         flags: 0,
     };
-    // SAFETY: `attr` is the kernel's layout for BPF_MAP_UPDATE_ELEM, and the
-    // key and value it points to live across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            std::ptr::from_ref(&attr),
-            std::mem::size_of::<UpdateAttr>(),
-        )
-    };
-    if rc != 0 {
-        log::warn!(
-            "switching sampling window {value}: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(err) = session_link::bpf_call(BPF_MAP_UPDATE_ELEM, &mut attr) {
+        log::warn!("switching sampling window {value}: {err}");
     }
 }
 
