@@ -4,6 +4,8 @@
 //! padding (asserted at compile time), so both sides agree on the layout.
 #![no_std]
 
+pub mod unwind;
+
 /// Key of the `LIVE` map: a block is named by its process and its address
 /// (one run may record many processes, whose address spaces overlap).
 #[repr(C)]
@@ -113,8 +115,9 @@ const _: () = assert!(core::mem::size_of::<PendingCall>() == 72);
 /// `AllocInfo::stack_id` of allocations whose user stack could not be captured.
 pub const STACK_LOST: i64 = -1;
 
-/// Most frames kept of a user stack (the kernel's `PERF_MAX_STACK_DEPTH`).
-pub const MAX_FRAMES: usize = 127;
+/// Most frames kept of a user stack (the kernel's `PERF_MAX_STACK_DEPTH`
+/// less the word that says how the stack was walked).
+pub const MAX_FRAMES: usize = 126;
 
 /// A captured user stack, in the `STACKS` map keyed by a hash of its frames.
 #[repr(C)]
@@ -122,6 +125,8 @@ pub const MAX_FRAMES: usize = 127;
 pub struct StackTrace {
     /// Number of valid entries in `ips`.
     pub len: u64,
+    /// How the stack was walked and whether it is complete: see [`unwind::walk`].
+    pub walk: u64,
     /// Instruction pointers, innermost first; zero past `len`.
     pub ips: [u64; MAX_FRAMES],
 }
@@ -244,8 +249,18 @@ pub mod stat {
     pub const PENDING_STALE: u32 = 11;
     pub const STACK_COLLISIONS: u32 = 12;
     pub const FORKS_NOT_FOLLOWED: u32 = 13;
+    /// Stacks walked from call frame information (in part at least).
+    pub const UNWIND_CFI: u32 = 14;
+    /// Stacks of processes without an unwind table yet, walked by frame pointer.
+    pub const UNWIND_NO_TABLE: u32 = 15;
+    /// Stacks cut short, by cause (see `unwind::walk::end`).
+    pub const UNWIND_NOT_MAPPED: u32 = 16;
+    pub const UNWIND_NO_CFI: u32 = 17;
+    pub const UNWIND_UNSUPPORTED: u32 = 18;
+    pub const UNWIND_READ_FAILED: u32 = 19;
+    pub const UNWIND_TOO_DEEP: u32 = 20;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 21;
 }
 
 /// Optional sources besides the heap (`--mmap`, `--kernel`): their maps,
@@ -375,4 +390,12 @@ mod pod {
     unsafe impl aya::Pod for super::StackTrace {}
     // SAFETY: repr(C), integers only, no padding (asserted above).
     unsafe impl aya::Pod for super::MmapEvent {}
+    // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
+    unsafe impl aya::Pod for super::unwind::UnwindRow {}
+    // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
+    unsafe impl aya::Pod for super::unwind::ExecMapping {}
+    // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
+    unsafe impl aya::Pod for super::unwind::RowChunk {}
+    // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
+    unsafe impl aya::Pod for super::unwind::ProcMappings {}
 }

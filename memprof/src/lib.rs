@@ -20,6 +20,7 @@ pub mod snapshot;
 pub mod sources;
 pub mod symbolize;
 pub mod target;
+pub mod unwind;
 pub mod windows;
 
 use std::collections::HashMap;

@@ -1,0 +1,367 @@
+//! Puts unwind tables into the kernel and keeps each recorded process's
+//! table of executable mappings current: a thread that rereads the
+//! processes' memory maps a few times a second and compiles each object it
+//! has not met yet (libraries that `dlopen` brings, a new program after
+//! `exec`). An object is compiled once per run, whatever the number of
+//! processes that map it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use memprof_common::unwind::{
+    ExecMapping, ProcMappings, RowChunk, UnwindRow, MAX_MAPPINGS, ROWS_PER_CHUNK,
+};
+
+use super::compile;
+
+/// How often the processes' memory maps are reread.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+
+/// What the tables cost, for the report and the bench.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TableStats {
+    /// Objects with a table.
+    pub objects: u64,
+    /// Objects whose call frame information could not be compiled (walked by frame pointer).
+    pub failed: u64,
+    /// Rows in the kernel.
+    pub rows: u64,
+    /// Rows with a rule the BPF unwinder cannot follow.
+    pub unsupported_rows: u64,
+    /// Kernel memory the rows take, bytes (whole chunks).
+    pub kernel_bytes: u64,
+    /// Time spent compiling and loading, microseconds.
+    pub build_us: u64,
+    /// Processes whose mappings did not all fit a table.
+    pub mappings_dropped: u64,
+}
+
+/// Where an object's rows are, and how its file offsets map to its addresses.
+#[derive(Debug, Clone)]
+struct Object {
+    /// `(start, len)` in `UNWIND_ROWS` rows; None: no table (frame pointers).
+    rows: Option<(u32, u32)>,
+    /// Loadable segments: (file offset, file size, address).
+    segments: Vec<(u64, u64, u64)>,
+}
+
+/// The maps and what is in them.
+struct Inner {
+    rows: Array<MapData, RowChunk>,
+    procs: BpfHashMap<MapData, u32, ProcMappings>,
+    /// Next free chunk of `rows`.
+    next_chunk: u32,
+    max_chunks: u32,
+    /// By (device, inode).
+    objects: HashMap<(u64, u64), Object>,
+    /// Each process's executable mappings as last written.
+    written: HashMap<u32, Vec<(u64, u64, u64, (u64, u64))>>,
+    stats: TableStats,
+}
+
+/// The unwind tables of a run, and the thread that keeps them current.
+pub struct UnwindTables {
+    inner: Arc<Mutex<Inner>>,
+    pids: Arc<Mutex<Vec<u32>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UnwindTables {
+    /// Takes over the maps `UNWIND_ROWS` and `UNWIND_PROCS` and starts the
+    /// thread that keeps them current.
+    pub fn new(rows: Map, procs: Map) -> anyhow::Result<UnwindTables> {
+        let rows = Array::<MapData, RowChunk>::try_from(rows).context("UNWIND_ROWS map")?;
+        let procs = BpfHashMap::<MapData, u32, ProcMappings>::try_from(procs)
+            .context("UNWIND_PROCS map")?;
+        let max_chunks = rows.len();
+        let inner = Arc::new(Mutex::new(Inner {
+            rows,
+            procs,
+            next_chunk: 0,
+            max_chunks,
+            objects: HashMap::new(),
+            written: HashMap::new(),
+            stats: TableStats::default(),
+        }));
+        let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (inner, pids, stop) = (inner.clone(), pids.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("memprof-unwind".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(REFRESH_EVERY);
+                        let list = pids.lock().map(|p| p.clone()).unwrap_or_default();
+                        let Ok(mut inner) = inner.lock() else { return };
+                        for pid in list {
+                            // A process that is gone keeps its old table
+                            // until the run ends; nothing to report.
+                            let _ = inner.update(pid);
+                        }
+                    }
+                })
+                .context("starting the thread that keeps unwind tables current")?
+        };
+        Ok(UnwindTables {
+            inner,
+            pids,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Builds the tables of `pid` now and keeps them current from then on.
+    pub fn add_process(&self, pid: u32) -> anyhow::Result<()> {
+        {
+            let mut inner = self
+                .inner
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the unwind table thread panicked"))?;
+            inner.update(pid)?;
+        }
+        if let Ok(mut pids) = self.pids.lock() {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the tables cost so far.
+    pub fn stats(&self) -> TableStats {
+        self.inner.lock().map(|i| i.stats).unwrap_or_default()
+    }
+}
+
+impl Drop for UnwindTables {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One executable mapping of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MapsLine {
+    start: u64,
+    end: u64,
+    offset: u64,
+    dev: u64,
+    inode: u64,
+    path: String,
+}
+
+/// The executable file mappings of `pid`, sorted by start.
+fn exec_mappings(pid: u32) -> anyhow::Result<Vec<MapsLine>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps (is process {pid} gone?)"))?;
+    Ok(text.lines().filter_map(parse_maps_line).collect())
+}
+
+fn parse_maps_line(line: &str) -> Option<MapsLine> {
+    let mut fields = line.split_ascii_whitespace();
+    let (range, perms, offset, dev, inode) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    if perms.as_bytes().get(2) != Some(&b'x') {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    let (major, minor) = dev.split_once(':')?;
+    Some(MapsLine {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: (u64::from_str_radix(major, 16).ok()? << 32) | u64::from_str_radix(minor, 16).ok()?,
+        inode: inode.parse().ok()?,
+        path: fields.collect::<Vec<_>>().join(" "),
+    })
+}
+
+impl Inner {
+    /// Writes `pid`'s mapping table if its executable mappings changed,
+    /// compiling the objects met for the first time.
+    fn update(&mut self, pid: u32) -> anyhow::Result<()> {
+        let lines = exec_mappings(pid)?;
+        let key: Vec<_> = lines
+            .iter()
+            .map(|l| (l.start, l.end, l.offset, (l.dev, l.inode)))
+            .collect();
+        if self.written.get(&pid) == Some(&key) {
+            return Ok(());
+        }
+        let mut table = ProcMappings {
+            len: 0,
+            maps: [ExecMapping::default(); MAX_MAPPINGS],
+        };
+        let mut n = 0;
+        for line in &lines {
+            if n == MAX_MAPPINGS {
+                self.stats.mappings_dropped += 1;
+                log::warn!("process {pid} has more than {MAX_MAPPINGS} executable mappings: frames in the others end its stacks");
+                break;
+            }
+            let mut entry = ExecMapping {
+                start: line.start,
+                end: line.end,
+                ..ExecMapping::default()
+            };
+            if line.inode != 0 {
+                let object = self.object(pid, line);
+                let address = object.segments.iter().find_map(|&(off, size, addr)| {
+                    (off <= line.offset && line.offset < off + size)
+                        .then(|| addr + (line.offset - off))
+                });
+                if let (Some((start, len)), Some(address)) = (object.rows, address) {
+                    entry.bias = line.start.wrapping_sub(address);
+                    entry.rows_start = start;
+                    entry.rows_len = len;
+                }
+            }
+            table.maps[n] = entry;
+            n += 1;
+        }
+        table.len = n as u64;
+        self.procs
+            .insert(pid, table, 0)
+            .with_context(|| format!("writing the mapping table of process {pid}"))?;
+        self.written.insert(pid, key);
+        Ok(())
+    }
+
+    /// The object of `line`, compiled and loaded the first time it is met.
+    fn object(&mut self, pid: u32, line: &MapsLine) -> Object {
+        let key = (line.dev, line.inode);
+        if let Some(object) = self.objects.get(&key) {
+            return object.clone();
+        }
+        let began = Instant::now();
+        // The file that is mapped, even if deleted or in another mount namespace.
+        let path = PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            line.start, line.end
+        ));
+        let object = match std::fs::read(&path)
+            .or_else(|_| std::fs::read(format!("/proc/{pid}/root{}", line.path)))
+        {
+            Ok(data) => self.load(&data, &line.path),
+            Err(e) => {
+                log::warn!("{}: {e}: its frames are walked by frame pointer", line.path);
+                self.stats.failed += 1;
+                Object {
+                    rows: None,
+                    segments: Vec::new(),
+                }
+            }
+        };
+        self.stats.build_us += began.elapsed().as_micros() as u64;
+        self.objects.insert(key, object.clone());
+        object
+    }
+
+    /// Compiles `data` and writes its rows.
+    fn load(&mut self, data: &[u8], name: &str) -> Object {
+        let segments = segments(data);
+        let rows = match compile::compile(data) {
+            Ok(compiled) => match self.write_rows(&compiled.rows) {
+                Ok(place) => {
+                    self.stats.objects += 1;
+                    self.stats.rows += compiled.rows.len() as u64;
+                    self.stats.unsupported_rows += compiled.unsupported;
+                    log::debug!(
+                        "{name}: {} FDEs, {} rows ({} unsupported, {} PLT)",
+                        compiled.fdes,
+                        compiled.rows.len(),
+                        compiled.unsupported,
+                        compiled.plt
+                    );
+                    Some(place)
+                }
+                Err(e) => {
+                    log::warn!("{name}: {e:#}: its frames are walked by frame pointer");
+                    self.stats.failed += 1;
+                    None
+                }
+            },
+            Err(e) => {
+                log::info!("{name}: {e:#}: its frames are walked by frame pointer");
+                self.stats.failed += 1;
+                None
+            }
+        };
+        Object { rows, segments }
+    }
+
+    /// Writes `rows` from the next free chunk; returns (first row, count).
+    fn write_rows(&mut self, rows: &[UnwindRow]) -> anyhow::Result<(u32, u32)> {
+        let chunks = rows.len().div_ceil(ROWS_PER_CHUNK) as u32;
+        if rows.is_empty() || self.next_chunk + chunks > self.max_chunks {
+            anyhow::bail!(
+                "no room for {} unwind rows ({} of {} used): raise --unwind-rows",
+                rows.len(),
+                u64::from(self.next_chunk) * ROWS_PER_CHUNK as u64,
+                u64::from(self.max_chunks) * ROWS_PER_CHUNK as u64
+            );
+        }
+        let first = self.next_chunk;
+        for (i, part) in rows.chunks(ROWS_PER_CHUNK).enumerate() {
+            let mut chunk = RowChunk {
+                rows: [UnwindRow::default(); ROWS_PER_CHUNK],
+            };
+            chunk.rows[..part.len()].copy_from_slice(part);
+            self.rows
+                .set(first + i as u32, chunk, 0)
+                .context("writing unwind rows")?;
+        }
+        self.next_chunk += chunks;
+        self.stats.kernel_bytes += u64::from(chunks) * std::mem::size_of::<RowChunk>() as u64;
+        Ok((first * ROWS_PER_CHUNK as u32, rows.len() as u32))
+    }
+}
+
+/// The loadable segments of the ELF object `data`: (file offset, file size, address).
+fn segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
+    use object::{Object as _, ObjectSegment as _};
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    file.segments()
+        .map(|s| {
+            let (off, size) = s.file_range();
+            (off, size, s.address())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_keep_executable_mappings_only() {
+        let text = "55d0c8a00000-55d0c8a22000 r--p 00000000 fd:01 1234 /usr/bin/x\n\
+                    55d0c8a22000-55d0c8b00000 r-xp 00022000 fd:01 1234 /usr/bin/x\n\
+                    7ffd1000-7ffd3000 r-xp 00000000 00:00 0 [vdso]\n";
+        let lines: Vec<_> = text.lines().filter_map(parse_maps_line).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].start, 0x55d0_c8a2_2000);
+        assert_eq!(lines[0].offset, 0x22000);
+        assert_eq!(lines[0].dev, (0xfd << 32) | 1);
+        assert_eq!(lines[0].inode, 1234);
+        assert_eq!(lines[0].path, "/usr/bin/x");
+        assert_eq!(lines[1].inode, 0);
+    }
+}
