@@ -397,5 +397,5 @@ mod pod {
     // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
     unsafe impl aya::Pod for super::unwind::RowChunk {}
     // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
-    unsafe impl aya::Pod for super::unwind::ProcMappings {}
+    unsafe impl aya::Pod for super::unwind::ProcSlot {}
 }

@@ -8,8 +8,13 @@
 /// `pc` and shared by every process that maps it. Row `i` is
 /// `UNWIND_ROWS[i / ROWS_PER_CHUNK].rows[i % ROWS_PER_CHUNK]`.
 pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
-/// `HashMap<u32, ProcMappings>`: each recorded process's executable mappings.
+/// `HashMap<u32, ProcSlot>`: where each recorded process's executable
+/// mappings are in [`UNWIND_MAPPINGS`].
 pub const UNWIND_PROCS: &str = "UNWIND_PROCS";
+/// `Array<ExecMapping>`: [`MAX_MAPPINGS`] entries per slot. A process's new
+/// mappings go to a free slot before its [`ProcSlot`] points there, so a
+/// walk never sees a table half written.
+pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
 /// Global `u32`, one of [`mode`].
 pub const UNWIND_MODE: &str = "UNWIND_MODE";
 
@@ -27,8 +32,8 @@ pub const ROWS_PER_CHUNK: usize = 256;
 /// Default number of rows of [`UNWIND_ROWS`] (8 bytes each).
 pub const DEFAULT_MAX_ROWS: u32 = 1 << 21;
 /// Most executable mappings of one process that get tables.
-pub const MAX_MAPPINGS: usize = 384;
-/// Entries of [`UNWIND_PROCS`].
+pub const MAX_MAPPINGS: usize = 512;
+/// Entries of [`UNWIND_PROCS`] (the loader sets the number of slots).
 pub const MAX_UNWIND_PROCS: u32 = 1024;
 
 /// How the canonical frame address (CFA, the caller's stack pointer) of a row
@@ -89,14 +94,15 @@ pub struct ExecMapping {
 }
 const _: () = assert!(core::mem::size_of::<ExecMapping>() == 32);
 
-/// A process's executable mappings, sorted by `start`, not overlapping.
+/// Where a process's executable mappings are: `UNWIND_MAPPINGS[slot *
+/// MAX_MAPPINGS ..][..len]`, sorted by `start`, not overlapping.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcMappings {
-    pub len: u64,
-    pub maps: [ExecMapping; MAX_MAPPINGS],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcSlot {
+    pub slot: u32,
+    pub len: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProcMappings>() == 8 + 32 * MAX_MAPPINGS);
+const _: () = assert!(core::mem::size_of::<ProcSlot>() == 8);
 
 /// `StackTrace::walk`: bits saying how the stack was walked, and in the
 /// second byte why it ended early (0: it is complete).

@@ -90,6 +90,8 @@ use memprof_common::{
     LiveKey, MmapEvent, PendingCall, ProcEvents, StackAgg, StackTrace, MAX_FRAMES, STACK_LOST,
 };
 
+mod unwind;
+
 const EEXIST: i32 = 17;
 
 /// Which processes are recorded: one of [`filter`]; set by the loader, as
@@ -556,8 +558,20 @@ fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32) -> i64 {
     if ip == 0 {
         return STACK_LOST;
     }
+    let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(tgid);
+    let mut how = memprof_common::unwind::walk::FP;
+    if unwind::enabled() {
+        match unwind::capture(regs, tgid, seed) {
+            Some((_, 0)) => return STACK_LOST,
+            Some((hash, len)) => return (unwind::mix(hash, len) >> 1) as i64,
+            None => {
+                bump(stat::UNWIND_NO_TABLE);
+                how |= memprof_common::unwind::walk::NO_TABLE;
+            }
+        }
+    }
     buf.ips[0] = ip;
-    let mut hash: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(tgid);
+    let mut hash: u64 = seed;
     hash = (hash ^ ip).wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 32;
     let mut len: u64 = 1;
@@ -583,6 +597,7 @@ fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32) -> i64 {
         fp = next;
     }
     buf.len = len;
+    buf.walk = how;
     // The length is part of the identity, as the frames are.
     hash = (hash ^ len).wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 32;
@@ -1113,6 +1128,7 @@ pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
     if target_thread().is_none() {
         return 0;
     }
+    unwind::forget(tgid);
     if let Some(events) = PROCS.get_ptr_mut(tgid) {
         // SAFETY: points into the map value; only this process's exec writes it.
         unsafe {
@@ -1379,6 +1395,7 @@ fn capture_syscall_stack(regs: &pt_regs) -> i64 {
         fp = next;
     }
     buf.len = len as u64;
+    buf.walk = memprof_common::unwind::walk::FP;
     hash = mix(hash, len as u64);
     (hash >> 1) as i64
 }

@@ -157,6 +157,17 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_STACKS)]
     pub max_stacks: u32,
 
+    /// How user stacks are walked. `auto`/`dwarf`: from each object's call frame
+    /// information (.eh_frame), so code built without frame pointers (most distribution
+    /// packages) gets full stacks; objects without it by frame pointer. `fp`: frame
+    /// pointers only.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = crate::unwind::Mode::Auto)]
+    pub unwind: crate::unwind::Mode,
+
+    /// Most unwind-table rows in the kernel (8 bytes each), for all objects together.
+    #[arg(long, value_name = "N", default_value_t = memprof_common::unwind::DEFAULT_MAX_ROWS)]
+    pub unwind_rows: u32,
+
     /// Record 1 allocation call in N (N >= 2) instead of every call: cheaper for the
     /// target, and the report gives estimates (bytes and counts scaled up) with their
     /// statistical error. Which calls: see --sample-by. Needs Linux 6.13 or later (uprobe

@@ -181,6 +181,7 @@ fn add_stats(a: &Stats, b: &Stats) -> Stats {
         stack_collisions: a.stack_collisions.saturating_add(b.stack_collisions),
         stacks_freed: a.stacks_freed.saturating_add(b.stacks_freed),
         forks_not_followed: a.forks_not_followed.saturating_add(b.forks_not_followed),
+        unwind: a.unwind.merged(&b.unwind),
     }
 }
 

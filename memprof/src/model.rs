@@ -527,6 +527,70 @@ pub struct Stats {
     /// added to the recorded set (it was full): their allocations are missing.
     #[serde(default)]
     pub forks_not_followed: u64,
+    /// How stacks were walked (`--unwind`): see [`UnwindStats`].
+    #[serde(flatten)]
+    pub unwind: UnwindStats,
+}
+
+/// Stacks walked from unwind tables, and why some ended early (each such
+/// stack is complete up to its last frame, and marked truncated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwindStats {
+    /// Allocations whose stack was walked from unwind tables.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwind_cfi: u64,
+    /// Allocations of processes without tables yet, walked by frame pointer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwind_no_table: u64,
+    /// Walks ended at a return address in no executable mapping.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwind_not_mapped: u64,
+    /// Walks ended at code without call frame information.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwind_no_cfi: u64,
+    /// Walks ended at a rule the unwinder cannot follow.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwind_unsupported: u64,
+    /// Walks ended because the stack could not be read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwind_read_failed: u64,
+    /// Walks ended at the most frames a stack keeps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwind_too_deep: u64,
+}
+
+impl UnwindStats {
+    /// Every counter with its name, for renderers.
+    pub fn named(&self) -> [(&'static str, u64); 7] {
+        [
+            ("unwind_cfi", self.unwind_cfi),
+            ("unwind_no_table", self.unwind_no_table),
+            ("unwind_not_mapped", self.unwind_not_mapped),
+            ("unwind_no_cfi", self.unwind_no_cfi),
+            ("unwind_unsupported", self.unwind_unsupported),
+            ("unwind_read_failed", self.unwind_read_failed),
+            ("unwind_too_deep", self.unwind_too_deep),
+        ]
+    }
+
+    /// The sum of both, counter by counter.
+    pub fn merged(&self, other: &UnwindStats) -> UnwindStats {
+        UnwindStats {
+            unwind_cfi: self.unwind_cfi.saturating_add(other.unwind_cfi),
+            unwind_no_table: self.unwind_no_table.saturating_add(other.unwind_no_table),
+            unwind_not_mapped: self
+                .unwind_not_mapped
+                .saturating_add(other.unwind_not_mapped),
+            unwind_no_cfi: self.unwind_no_cfi.saturating_add(other.unwind_no_cfi),
+            unwind_unsupported: self
+                .unwind_unsupported
+                .saturating_add(other.unwind_unsupported),
+            unwind_read_failed: self
+                .unwind_read_failed
+                .saturating_add(other.unwind_read_failed),
+            unwind_too_deep: self.unwind_too_deep.saturating_add(other.unwind_too_deep),
+        }
+    }
 }
 
 impl Stats {

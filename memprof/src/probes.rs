@@ -55,6 +55,8 @@ pub struct ProbeConfig {
     pub sample_window: Option<std::time::Duration>,
     /// Optional sources besides the heap (`--mmap`, `--kernel`).
     pub sources: crate::sources::Sources,
+    /// Walk stacks from unwind tables (`--unwind`), with room for this many rows.
+    pub unwind_rows: Option<u32>,
 }
 
 impl ProbeConfig {
@@ -72,6 +74,7 @@ impl ProbeConfig {
                 mmap: args.mmap,
                 kernel: args.kernel,
             },
+            unwind_rows: args.unwind.uses_tables().then_some(args.unwind_rows),
         }
     }
 
@@ -154,6 +157,8 @@ pub struct Probes {
     pub attached: usize,
     /// The optional sources (`--mmap`, `--kernel`).
     sources: crate::sources::Attached,
+    /// The unwind tables, when stacks are walked from them.
+    unwind: Option<crate::unwind::UnwindTables>,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -199,6 +204,7 @@ impl Probes {
     pub fn attach(target: &Target, config: ProbeConfig) -> anyhow::Result<Probes> {
         let sites = target.probe_sites(!config.at_entry)?;
         let mut probes = Probes::load(config, &Filter::one(target.pid))?;
+        probes.unwind_process(target.pid);
         probes
             .attach_sites(&sites, Scope::Process(target.pid))
             .map_err(|e| match e.downcast::<SiteError>() {
@@ -255,6 +261,7 @@ impl Probes {
                 .map_max_entries(maps::PROCS, 64);
         }
         crate::sources::configure(&mut loader, config.sources, &offsets, config.max_stacks);
+        crate::unwind::configure(&mut loader, config.unwind_rows);
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
@@ -309,6 +316,7 @@ impl Probes {
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
+        let unwind = crate::unwind::tables_of(&mut ebpf, config.unwind_rows)?;
         let windows = match config.sample_window {
             Some(window) if config.by_window() => {
                 let control = match ebpf.map(maps::CONTROL) {
@@ -328,6 +336,7 @@ impl Probes {
             sites: Vec::new(),
             attached: 0,
             sources,
+            unwind,
         })
     }
 
@@ -397,7 +406,25 @@ impl Probes {
                 .insert(tgid, 1, 0)
                 .with_context(|| format!("adding pid {tgid} to the recorded processes"))?;
         }
+        for &tgid in tgids {
+            self.unwind_process(tgid);
+        }
         Ok(())
+    }
+
+    /// Builds the unwind tables of `tgid` and keeps them current; a process
+    /// without them has its stacks walked by frame pointer (and counted).
+    pub fn unwind_process(&self, tgid: u32) {
+        if let Some(tables) = &self.unwind {
+            if let Err(e) = tables.add_process(tgid) {
+                log::warn!("{e:#}: stacks of process {tgid} are walked by frame pointer");
+            }
+        }
+    }
+
+    /// What the unwind tables cost, when stacks are walked from them.
+    pub fn unwind_stats(&self) -> Option<crate::unwind::TableStats> {
+        self.unwind.as_ref().map(|t| t.stats())
     }
 
     /// Takes a process out of the recorded set.

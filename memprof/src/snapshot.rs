@@ -43,6 +43,15 @@ pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
         stack_collisions: counter(stat::STACK_COLLISIONS)?,
         forks_not_followed: counter(stat::FORKS_NOT_FOLLOWED)?,
         stacks_freed: 0,
+        unwind: crate::model::UnwindStats {
+            unwind_cfi: counter(stat::UNWIND_CFI)?,
+            unwind_no_table: counter(stat::UNWIND_NO_TABLE)?,
+            unwind_not_mapped: counter(stat::UNWIND_NOT_MAPPED)?,
+            unwind_no_cfi: counter(stat::UNWIND_NO_CFI)?,
+            unwind_unsupported: counter(stat::UNWIND_UNSUPPORTED)?,
+            unwind_read_failed: counter(stat::UNWIND_READ_FAILED)?,
+            unwind_too_deep: counter(stat::UNWIND_TOO_DEEP)?,
+        },
     })
 }
 

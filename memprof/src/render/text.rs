@@ -655,6 +655,7 @@ fn stats(stats: &Stats, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         writeln!(out, "{line}")?;
     }
+    crate::unwind::render_stats(&stats.unwind, out)?;
     if stats.lost_data() {
         writeln!(out)?;
         writeln!(out, "{}", lost_data_warning(stats))?;

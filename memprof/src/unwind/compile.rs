@@ -31,6 +31,9 @@ type Rule = (u8, u16, i8);
 
 const UNSUPPORTED: Rule = (cfa::UNSUPPORTED, 0, 0);
 
+/// One FDE: its start and end address, and its rows (address, rule).
+type FdeRows = (u64, u64, Vec<(u64, Rule)>);
+
 /// Compiles the object at `path` (see the module comment).
 pub fn compile_file(path: &Path) -> anyhow::Result<Compiled> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -44,7 +47,7 @@ pub fn compile(data: &[u8]) -> anyhow::Result<Compiled> {
         anyhow::bail!("not an x86-64 object: only x86-64 stacks can be unwound");
     }
     let section_addr = |name: &str| file.section_by_name(name).map(|s| s.address());
-    let mut ranges: Vec<(u64, u64, Vec<(u64, Rule)>)> = Vec::new();
+    let mut ranges: Vec<FdeRows> = Vec::new();
     let mut out = Compiled::default();
     if let Some(section) = file.section_by_name(".eh_frame") {
         let bytes = section.data().context(".eh_frame unreadable")?;
@@ -114,7 +117,7 @@ pub fn compile(data: &[u8]) -> anyhow::Result<Compiled> {
 fn collect<'a, S: UnwindSection<gimli::EndianSlice<'a, LittleEndian>>>(
     section: &S,
     bases: &BaseAddresses,
-    ranges: &mut Vec<(u64, u64, Vec<(u64, Rule)>)>,
+    ranges: &mut Vec<FdeRows>,
     out: &mut Compiled,
 ) -> anyhow::Result<()>
 where

@@ -37,3 +37,105 @@ pub mod compile;
 pub mod tables;
 
 pub use tables::{TableStats, UnwindTables};
+
+/// How user stacks are walked (`--unwind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// From call frame information wherever an object has it, frame
+    /// pointers elsewhere (the same as `dwarf`).
+    #[default]
+    Auto,
+    /// Frame pointers only: the cheapest, and one frame deep in code built
+    /// without them.
+    Fp,
+    /// From call frame information (`.eh_frame`) wherever an object has it.
+    Dwarf,
+}
+
+impl Mode {
+    /// True when the BPF programs walk stacks from unwind tables.
+    pub fn uses_tables(self) -> bool {
+        self != Mode::Fp
+    }
+}
+
+/// Mapping tables in the kernel at once: two per process (a new one is
+/// written before the old one is let go), 16 KiB each.
+const MAPPING_SLOTS: u32 = 128;
+
+/// Sets the BPF object's unwind mode and sizes its tables: `rows` is the
+/// room for rows when stacks are walked from tables (None: frame pointers,
+/// and the tables take no kernel memory).
+pub fn configure(loader: &mut aya::EbpfLoader<'_>, rows: Option<u32>) {
+    static FP: u32 = memprof_common::unwind::mode::FP;
+    static DWARF: u32 = memprof_common::unwind::mode::DWARF;
+    use memprof_common::unwind::{
+        MAX_MAPPINGS, ROWS_PER_CHUNK, UNWIND_MAPPINGS, UNWIND_MODE, UNWIND_PROCS, UNWIND_ROWS,
+    };
+    let (walk, chunks, procs, mappings) = match rows {
+        Some(rows) => (
+            &DWARF,
+            rows.div_ceil(ROWS_PER_CHUNK as u32).max(1),
+            memprof_common::unwind::MAX_UNWIND_PROCS,
+            MAPPING_SLOTS * MAX_MAPPINGS as u32,
+        ),
+        None => (&FP, 1, 1, 1),
+    };
+    loader
+        .override_global(UNWIND_MODE, walk, true)
+        .map_max_entries(UNWIND_ROWS, chunks)
+        .map_max_entries(UNWIND_PROCS, procs)
+        .map_max_entries(UNWIND_MAPPINGS, mappings);
+}
+
+/// Takes the unwind maps out of `ebpf` when stacks are walked from tables.
+pub fn tables_of(ebpf: &mut aya::Ebpf, rows: Option<u32>) -> anyhow::Result<Option<UnwindTables>> {
+    use memprof_common::unwind::{UNWIND_MAPPINGS, UNWIND_PROCS, UNWIND_ROWS};
+    if rows.is_none() {
+        return Ok(None);
+    }
+    let (Some(rows), Some(procs), Some(mappings)) = (
+        ebpf.take_map(UNWIND_ROWS),
+        ebpf.take_map(UNWIND_PROCS),
+        ebpf.take_map(UNWIND_MAPPINGS),
+    ) else {
+        anyhow::bail!(
+            "BPF maps {UNWIND_ROWS}, {UNWIND_PROCS} and {UNWIND_MAPPINGS} missing from the object"
+        );
+    };
+    UnwindTables::new(rows, procs, mappings).map(Some)
+}
+
+/// The unwinding counters of a text report, when stacks were walked from
+/// tables (nothing otherwise).
+pub fn render_stats(
+    stats: &crate::model::UnwindStats,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let named = stats.named();
+    if named.iter().all(|&(_, v)| v == 0) {
+        return Ok(());
+    }
+    let width = named
+        .iter()
+        .map(|(_, v)| v.to_string().len())
+        .max()
+        .unwrap_or(1);
+    for (name, value) in named {
+        let why = match name {
+            "unwind_cfi" => "stacks walked from call frame information (.eh_frame)",
+            "unwind_no_table" => {
+                "stacks walked by frame pointer: the process had no unwind table yet"
+            }
+            "unwind_not_mapped" => "stacks ended at a return address outside the process's code",
+            "unwind_no_cfi" => "stacks ended in code without call frame information",
+            "unwind_unsupported" => "stacks ended at a frame rule memprof cannot follow",
+            "unwind_read_failed" => "stacks ended where the stack could not be read",
+            _ => "stacks ended at the most frames kept",
+        };
+        if value != 0 {
+            writeln!(out, "  {name:<21} {value:>width$}  {why}")?;
+        }
+    }
+    Ok(())
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use memprof_common::unwind::{
-    ExecMapping, ProcMappings, RowChunk, UnwindRow, MAX_MAPPINGS, ROWS_PER_CHUNK,
+    ExecMapping, ProcSlot, RowChunk, UnwindRow, MAX_MAPPINGS, ROWS_PER_CHUNK,
 };
 
 use super::compile;
@@ -50,17 +50,25 @@ struct Object {
     segments: Vec<(u64, u64, u64)>,
 }
 
+/// What identifies an executable mapping: start, end, file offset, (device, inode).
+type MappingKey = (u64, u64, u64, (u64, u64));
+
 /// The maps and what is in them.
 struct Inner {
     rows: Array<MapData, RowChunk>,
-    procs: BpfHashMap<MapData, u32, ProcMappings>,
+    procs: BpfHashMap<MapData, u32, ProcSlot>,
+    mappings: Array<MapData, ExecMapping>,
+    /// Slots of `mappings` no process uses.
+    free_slots: Vec<u32>,
+    /// Each process's slot.
+    slots: HashMap<u32, u32>,
     /// Next free chunk of `rows`.
     next_chunk: u32,
     max_chunks: u32,
     /// By (device, inode).
     objects: HashMap<(u64, u64), Object>,
     /// Each process's executable mappings as last written.
-    written: HashMap<u32, Vec<(u64, u64, u64, (u64, u64))>>,
+    written: HashMap<u32, Vec<MappingKey>>,
     stats: TableStats,
 }
 
@@ -73,16 +81,22 @@ pub struct UnwindTables {
 }
 
 impl UnwindTables {
-    /// Takes over the maps `UNWIND_ROWS` and `UNWIND_PROCS` and starts the
-    /// thread that keeps them current.
-    pub fn new(rows: Map, procs: Map) -> anyhow::Result<UnwindTables> {
+    /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PROCS` and
+    /// `UNWIND_MAPPINGS` and starts the thread that keeps them current.
+    pub fn new(rows: Map, procs: Map, mappings: Map) -> anyhow::Result<UnwindTables> {
         let rows = Array::<MapData, RowChunk>::try_from(rows).context("UNWIND_ROWS map")?;
-        let procs = BpfHashMap::<MapData, u32, ProcMappings>::try_from(procs)
-            .context("UNWIND_PROCS map")?;
+        let procs =
+            BpfHashMap::<MapData, u32, ProcSlot>::try_from(procs).context("UNWIND_PROCS map")?;
+        let mappings =
+            Array::<MapData, ExecMapping>::try_from(mappings).context("UNWIND_MAPPINGS map")?;
         let max_chunks = rows.len();
+        let slots = mappings.len() / MAX_MAPPINGS as u32;
         let inner = Arc::new(Mutex::new(Inner {
             rows,
             procs,
+            mappings,
+            free_slots: (0..slots).rev().collect(),
+            slots: HashMap::new(),
             next_chunk: 0,
             max_chunks,
             objects: HashMap::new(),
@@ -203,13 +217,9 @@ impl Inner {
         if self.written.get(&pid) == Some(&key) {
             return Ok(());
         }
-        let mut table = ProcMappings {
-            len: 0,
-            maps: [ExecMapping::default(); MAX_MAPPINGS],
-        };
-        let mut n = 0;
+        let mut table = Vec::new();
         for line in &lines {
-            if n == MAX_MAPPINGS {
+            if table.len() == MAX_MAPPINGS {
                 self.stats.mappings_dropped += 1;
                 log::warn!("process {pid} has more than {MAX_MAPPINGS} executable mappings: frames in the others end its stacks");
                 break;
@@ -231,13 +241,32 @@ impl Inner {
                     entry.rows_len = len;
                 }
             }
-            table.maps[n] = entry;
-            n += 1;
+            table.push(entry);
         }
-        table.len = n as u64;
-        self.procs
-            .insert(pid, table, 0)
-            .with_context(|| format!("writing the mapping table of process {pid}"))?;
+        // A fresh slot, then the pointer to it: a walk sees the old table
+        // or the new one, never half of each.
+        let Some(slot) = self.free_slots.pop() else {
+            anyhow::bail!("no room for the mapping table of process {pid} (too many processes)");
+        };
+        let base = slot * MAX_MAPPINGS as u32;
+        for (i, entry) in table.iter().enumerate() {
+            if let Err(e) = self.mappings.set(base + i as u32, *entry, 0) {
+                self.free_slots.push(slot);
+                return Err(e)
+                    .with_context(|| format!("writing the mapping table of process {pid}"));
+            }
+        }
+        let header = ProcSlot {
+            slot,
+            len: table.len() as u32,
+        };
+        if let Err(e) = self.procs.insert(pid, header, 0) {
+            self.free_slots.push(slot);
+            return Err(e).with_context(|| format!("writing the mapping table of process {pid}"));
+        }
+        if let Some(old) = self.slots.insert(pid, slot) {
+            self.free_slots.push(old);
+        }
         self.written.insert(pid, key);
         Ok(())
     }

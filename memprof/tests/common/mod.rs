@@ -165,6 +165,7 @@ pub fn sample_report() -> Report {
             stack_collisions: 0,
             stacks_freed: 12,
             forks_not_followed: 0,
+            unwind: Default::default(),
         },
         min_age_secs: None,
         younger: None,
