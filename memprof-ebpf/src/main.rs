@@ -55,6 +55,16 @@ mod settings;
 mod stack;
 mod task;
 
+/// The license the loader hands the kernel with every program. Helpers the
+/// programs call (`bpf_probe_read_user`, `bpf_probe_read_kernel`,
+/// `bpf_get_current_task_btf`, `bpf_task_pt_regs`, `bpf_get_stackid`) are
+/// GPL-only: the kernel refuses them to a program whose license is not
+/// GPL-compatible. Without this section aya assumes "GPL"; saying it here
+/// keeps the object correct for any loader.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
