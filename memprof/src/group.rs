@@ -32,9 +32,10 @@ use crate::cli::ProfileArgs;
 use crate::error::Error;
 use crate::model::{self, Released, Report, Sampling, Totals, SCHEMA_VERSION};
 use crate::probes::{self, Filter, ProbeConfig, Probes, Scope};
+use crate::procfs;
 use crate::session::{End, Plan, Session, Waited};
 use crate::symbolize::Symbolizer;
-use crate::target::{self, ProbeSite, Target};
+use crate::target::{ProbeSite, TargetProcess};
 use crate::{aggregate, snapshot, sources, take_older, Clock, Outstanding, Recorded};
 
 /// Which processes a run over many records.
@@ -286,7 +287,7 @@ impl Discovery<'_> {
         if pid == std::process::id() {
             return Ok(());
         }
-        let start = target::start_ticks(pid);
+        let start = procfs::start_ticks(pid);
         if self.probed.get(&pid) == Some(&(start, execs))
             || self.skipped.contains(&(pid, start, execs))
         {
@@ -322,15 +323,10 @@ impl Discovery<'_> {
                 let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|c| c.trim_end().to_string())
                     .unwrap_or_default();
-                (
-                    allocator.clone(),
-                    sites.clone(),
-                    comm,
-                    target::cmdline_of(pid),
-                )
+                (allocator.clone(), sites.clone(), comm, procfs::cmdline(pid))
             }
             None => {
-                let target = Target::open(pid)?;
+                let target = TargetProcess::open(pid)?;
                 let sites = target.probe_sites(self.placed)?;
                 let allocator = target.allocator_description();
                 self.by_objects
@@ -348,7 +344,7 @@ impl Discovery<'_> {
             log::debug!("pid {pid} ({comm}): {attached} probes attached in {allocator}");
         }
         Ok(Seen {
-            start_ticks: target::start_ticks(pid),
+            start_ticks: procfs::start_ticks(pid),
             comm,
             cmdline,
             allocator,
@@ -571,7 +567,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     let mut groups = Vec::new();
     for (pid, mut live) in by_process {
         let seen = discovery.seen.get(&pid);
-        let now_start = target::start_ticks(pid);
+        let now_start = procfs::start_ticks(pid);
         let running = is_running_process(pid);
         let same = running && seen.is_none_or(|s| s.start_ticks == now_start);
         let mut mine = Released::default();
@@ -639,7 +635,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
                 fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|c| c.trim_end().to_string())
                     .unwrap_or_else(|_| "?".to_string()),
-                target::cmdline_of(pid),
+                procfs::cmdline(pid),
                 String::new(),
                 now_start,
             ),
@@ -649,7 +645,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             comm,
             cmdline,
             allocator,
-            started_unix_secs: start_ticks.and_then(target::started_unix_secs),
+            started_unix_secs: start_ticks.and_then(procfs::started_unix_secs),
             exited,
             execs: events.execs,
             totals,
@@ -808,7 +804,7 @@ fn add_released(sum: &mut Released, one: &Released) {
 fn sampling_of_run(
     args: &ProfileArgs,
     merged: Option<Sampling>,
-    windows: Option<&crate::windows::WindowLog>,
+    windows: Option<&crate::window_log::WindowLog>,
 ) -> Option<Sampling> {
     let estimator = aggregate::Estimator::of_run(args.sample_rate, windows);
     let mut sampling = merged.or_else(|| {

@@ -32,7 +32,8 @@ const BPF_NOEXIST: u32 = 1;
 
 use crate::error::Error;
 use crate::session_link::{self, SessionPrograms};
-use crate::target::{Kind, ProbeSite, Target};
+use crate::target::{Kind, ProbeSite, TargetProcess};
+use crate::tracefs;
 use crate::windows::{self, Windows};
 
 /// The BPF object, built by build.rs from the memprof-ebpf crate.
@@ -133,7 +134,7 @@ pub struct Maps {
     /// The optional sources, to be read by [`crate::sources::collect`].
     pub sources: crate::sources::Attached,
     /// With sampling by windows: when they were open.
-    pub windows: Option<crate::windows::WindowLog>,
+    pub windows: Option<crate::window_log::WindowLog>,
 }
 
 /// Loaded and attached programs.
@@ -196,7 +197,7 @@ pub fn check_kernel() -> Result<(), Error> {
 
 impl Probes {
     /// Loads the BPF object for `target` and attaches every allocator probe.
-    pub fn attach(target: &Target, config: ProbeConfig) -> anyhow::Result<Probes> {
+    pub fn attach(target: &TargetProcess, config: ProbeConfig) -> anyhow::Result<Probes> {
         let sites = target.probe_sites(!config.at_entry)?;
         let mut probes = Probes::load(config, &Filter::one(target.pid))?;
         probes
@@ -676,24 +677,9 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 /// Offset of `child_pid` in the `sched_process_fork` record, from the
 /// tracepoint's format file (it moved when the comm fields became dynamic).
 fn fork_child_pid_offset() -> Option<u32> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|root| {
-            fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok()
-        })
-        .and_then(|format| parse_field_offset(&format, "child_pid"))
-}
-
-/// The offset of the field `name` in a tracepoint format file.
-fn parse_field_offset(format: &str, name: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let field = parts.next()?.strip_prefix("field:")?;
-        if field.rsplit(' ').next()? != name {
-            return None;
-        }
-        parts.next()?.strip_prefix("offset:")?.parse().ok()
-    })
+    let events = tracefs::events_dir()?;
+    let format = fs::read_to_string(events.join("sched/sched_process_fork/format")).ok()?;
+    tracefs::parse_field(&format, "child_pid").map(|f| f.offset)
 }
 
 /// A probe site that could not be attached.
@@ -752,21 +738,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_field_offsets_of_tracepoint_formats() {
-        let format = "name: sched_process_fork
-ID: 366
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;
-\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;
-\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
-\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;
-";
-        assert_eq!(parse_field_offset(format, "child_pid"), Some(20));
-        assert_eq!(parse_field_offset(format, "parent_pid"), Some(12));
-        assert_eq!(parse_field_offset(format, "pid"), None);
+    fn this_kernel_has_the_fork_tracepoint() {
         assert!(
             fork_child_pid_offset().is_some(),
             "this kernel has the tracepoint"
