@@ -163,12 +163,7 @@ const CAP_BPF: u32 = 39;
 
 /// Fails with a clear message when this process may not load BPF programs.
 pub fn check_permissions() -> Result<(), Error> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
+    let caps = crate::procfs::own_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());

@@ -208,17 +208,31 @@ pub fn is_running_process(pid: u32) -> bool {
     fs::read_to_string(dir(pid).join("status")).is_ok_and(|s| is_running_status(&s, pid))
 }
 
+/// The value of the field `name` (with its colon) of a `/proc/PID/status`
+/// text; "" when it has none.
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
 /// True when a `/proc/PID/status` text is that of process `pid` (its thread
 /// group leader) and not a zombie.
 fn is_running_status(status: &str, pid: u32) -> bool {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-    };
-    field("Tgid:") == pid.to_string() && !field("State:").starts_with('Z')
+    status_field(status, "Tgid:") == pid.to_string()
+        && !status_field(status, "State:").starts_with('Z')
+}
+
+/// memprof's effective capabilities (`CapEff` of `/proc/self/status`), one
+/// bit per capability; 0 when unreadable.
+pub fn own_capabilities() -> u64 {
+    parse_capabilities(&fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+fn parse_capabilities(status: &str) -> u64 {
+    u64::from_str_radix(status_field(status, "CapEff:"), 16).unwrap_or(0)
 }
 
 /// Every process now (the numeric entries of `/proc`), memprof aside.
@@ -364,6 +378,11 @@ mod tests {
             "State:\tZ (zombie)\nTgid:\t4242\n",
             4242
         ));
+        assert_eq!(
+            parse_capabilities("Name:\tmemprof\nCapEff:\t000001ffffffffff\n"),
+            0x1ff_ffff_ffff
+        );
+        assert_eq!(parse_capabilities(status), 0);
         let cgroup = "12:cpu,cpuacct:/old\n0::/system.slice/app.service\n";
         assert_eq!(
             parse_cgroup(cgroup).collect::<Vec<_>>(),
