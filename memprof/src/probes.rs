@@ -217,14 +217,19 @@ impl Probes {
             (filter.mode, filter.tgid)
         };
         let (cgroup_id, cgroup_level) = filter.cgroup.unwrap_or((0, 0));
-        let fork_offset = fork_child_pid_offset();
+        // Read (and tracefs mounted) only when needed.
+        let fork_offset = if filter.follow_forks {
+            fork_child_pid_offset().map(Some)
+        } else {
+            Ok(None)
+        };
         let offsets = crate::sources::TraceOffsets::read(config.sources)?;
         let sample_rate = config.sample_rate.max(1);
         let by_window = u32::from(config.by_window());
         let self_tgid = std::process::id();
-        let follow_forks = u32::from(filter.follow_forks && fork_offset.is_some());
+        let follow_forks = u32::from(filter.follow_forks && matches!(fork_offset, Ok(Some(_))));
         let watch_execs = u32::from(filter.watch_execs);
-        let fork_child_pid_offset = fork_offset.unwrap_or(0);
+        let fork_child_pid_offset = fork_offset.as_ref().ok().copied().flatten().unwrap_or(0);
         let mut loader = EbpfLoader::new();
         loader
             // PENDING is task-local storage, which aya 0.14 creates but has no type for.
@@ -290,12 +295,7 @@ impl Probes {
                 .with_context(|| format!("attaching to the {tracepoint} raw tracepoint"))?;
         }
         if filter.follow_forks {
-            if fork_offset.is_none() {
-                anyhow::bail!(
-                    "--follow-forks: the format of the sched/sched_process_fork tracepoint \
-                     has no child_pid field (is tracefs mounted?)"
-                );
-            }
+            fork_offset?;
             let tp: &mut TracePoint = ebpf
                 .program_mut("process_fork")
                 .context("BPF program process_fork missing from the object")?
@@ -671,10 +671,11 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 
 /// Offset of `child_pid` in the `sched_process_fork` record, from the
 /// tracepoint's format file (it moved when the comm fields became dynamic).
-fn fork_child_pid_offset() -> Option<u32> {
-    let events = tracefs::events_dir()?;
-    let format = fs::read_to_string(events.join("sched/sched_process_fork/format")).ok()?;
-    tracefs::parse_field(&format, "child_pid").map(|f| f.offset)
+fn fork_child_pid_offset() -> anyhow::Result<u32> {
+    let events = tracefs::Events::mounted("--follow-forks")?;
+    Ok(events
+        .field("sched/sched_process_fork", "child_pid")?
+        .offset)
 }
 
 /// A probe site that could not be attached.
@@ -734,9 +735,7 @@ mod tests {
 
     #[test]
     fn this_kernel_has_the_fork_tracepoint() {
-        assert!(
-            fork_child_pid_offset().is_some(),
-            "this kernel has the tracepoint"
-        );
+        let offset = fork_child_pid_offset().unwrap();
+        assert!(offset >= 8, "after the common fields: {offset}");
     }
 }

@@ -1,22 +1,78 @@
-//! The one reader of tracefs: where it is mounted, and where a field sits in
-//! a tracepoint's record (its `format` file). The BPF programs read records at
-//! fixed offsets; the running kernel's offsets are read here at load time and
-//! passed to them as globals, since fields move between kernel versions.
+//! The one reader of tracefs: where it is mounted (mounting it when nothing
+//! has), and where a field sits in a tracepoint's record (its `format` file).
+//! The BPF programs read records at fixed offsets; the running kernel's
+//! offsets are read here at load time and passed to them as globals, since
+//! fields move between kernel versions.
+//!
+//! Attaching a tracepoint program reads tracefs too (aya looks up the
+//! tracepoint's id there, in the same two places as [`ROOTS`], once per
+//! process): every user of tracepoints calls [`events_dir`] first.
 
+use std::ffi::CString;
 use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-/// Where tracefs is mounted, newest place first.
+/// Where tracefs is mounted, newest place first; memprof mounts it at the
+/// first when nothing is mounted at either.
 const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// The `events` directory of the mounted tracefs; None when tracefs is not mounted.
-pub fn events_dir() -> Option<PathBuf> {
-    ROOTS
-        .into_iter()
-        .map(|root| Path::new(root).join("events"))
+/// The `events` directory of the first of `roots` that has one.
+fn events_in(roots: &[&Path]) -> Option<PathBuf> {
+    roots
+        .iter()
+        .map(|root| root.join("events"))
         .find(|dir| dir.is_dir())
+}
+
+/// The `events` directory of the mounted tracefs. When tracefs is not
+/// mounted (a fresh machine may not have it), mounts it at
+/// `/sys/kernel/tracing` (root may) and says how to when that fails.
+pub fn events_dir() -> anyhow::Result<PathBuf> {
+    let roots = ROOTS.map(Path::new);
+    if let Some(dir) = events_in(&roots) {
+        return Ok(dir);
+    }
+    let at = roots[0];
+    mount_tracefs(at).with_context(|| {
+        format!(
+            "tracefs is not mounted, and mounting it at {} failed: run memprof as root, or \
+             mount it (mount -t tracefs nodev {})",
+            at.display(),
+            at.display()
+        )
+    })?;
+    log::info!("mounted tracefs at {} (it was not mounted)", at.display());
+    events_in(&roots).with_context(|| {
+        format!(
+            "tracefs mounted at {} has no events directory: the kernel has no tracepoints",
+            at.display()
+        )
+    })
+}
+
+/// `mount -t tracefs nodev AT`.
+fn mount_tracefs(at: &Path) -> io::Result<()> {
+    let target = CString::new(at.as_os_str().as_bytes())?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the
+    // call; tracefs takes no mount data (null).
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// One field of a tracepoint record.
@@ -55,15 +111,10 @@ pub struct Events {
 }
 
 impl Events {
-    /// The mounted tracefs, or an error that says how to mount it; `what`
-    /// names what needs the tracepoints (e.g. `--mmap and --kernel`).
+    /// The mounted tracefs (mounted now if need be, see [`events_dir`]);
+    /// `what` names what needs the tracepoints (e.g. `--mmap and --kernel`).
     pub fn mounted(what: &str) -> anyhow::Result<Events> {
-        let dir = events_dir().with_context(|| {
-            format!(
-                "{what} need tracepoints, and /sys/kernel/tracing/events is missing: mount \
-                 tracefs (mount -t tracefs nodev /sys/kernel/tracing)"
-            )
-        })?;
+        let dir = events_dir().with_context(|| format!("reading tracepoints for {what}"))?;
         Ok(Events { dir })
     }
 
@@ -120,5 +171,26 @@ format:
         assert_eq!(parse_field(fork, "child_pid"), at(20, 4));
         assert_eq!(parse_field(fork, "parent_pid"), at(12, 4));
         assert_eq!(parse_field(fork, "pid"), None);
+    }
+
+    #[test]
+    fn finds_the_first_root_with_events() {
+        let base = std::env::temp_dir().join(format!("memprof-tracefs-{}", std::process::id()));
+        let (empty, mounted) = (base.join("empty"), base.join("mounted"));
+        fs::create_dir_all(&empty).unwrap();
+        fs::create_dir_all(mounted.join("events")).unwrap();
+        assert_eq!(events_in(&[&empty, &mounted]), Some(mounted.join("events")));
+        assert_eq!(events_in(&[&empty]), None);
+        assert_eq!(events_in(&[]), None);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn mounting_on_a_missing_directory_fails() {
+        let err = mount_tracefs(Path::new("/nonexistent/memprof/tracing")).unwrap_err();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EPERM)),
+            "{err}"
+        );
     }
 }
