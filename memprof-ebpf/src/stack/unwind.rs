@@ -31,7 +31,8 @@ use memprof_common::{
     MAX_FRAMES,
 };
 
-use crate::{bump, SCRATCH};
+use super::{mix, scratch};
+use crate::maps::bump;
 
 /// One of [`mode`], set by the loader.
 #[unsafe(no_mangle)]
@@ -107,12 +108,6 @@ pub fn forget(tgid: u32) {
     }
 }
 
-#[inline(always)]
-pub fn mix(hash: u64, value: u64) -> u64 {
-    let hash = (hash ^ value).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^ (hash >> 32)
-}
-
 /// Walks the stack of `regs` of the process `tgid` into this CPU's scratch
 /// buffer; returns the hash of its frames (as `capture_stack` computes it
 /// before the length) and their number, or None when the process has no
@@ -162,9 +157,7 @@ pub fn capture(regs: *const pt_regs, tgid: u32, seed: u64) -> Option<(u64, u64)>
         walk::end::TOO_DEEP => bump(stat::UNWIND_TOO_DEEP),
         _ => {}
     }
-    let buf = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch value; programs do not migrate while running.
-    let buf = unsafe { &mut *buf };
+    let buf = scratch()?;
     buf.len = state.len;
     buf.walk = state.walk;
     Some((state.hash, state.len))
@@ -236,11 +229,9 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         return stop(st, walk::end::NOT_MAPPED);
     };
     // The pc is in the process's code: a frame.
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+    let Some(buf) = scratch() else {
         return stop(st, walk::end::READ_FAILED);
     };
-    // SAFETY: this CPU's scratch value; programs do not migrate while running.
-    let buf = unsafe { &mut *buf };
     let Some(slot) = buf.ips.get_mut(st.len as usize) else {
         return stop(st, walk::end::TOO_DEEP);
     };
