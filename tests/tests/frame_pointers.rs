@@ -1,6 +1,6 @@
-//! Stacks of code built without frame pointers: memprof cannot walk past
-//! the first frame reliably, so it must say so instead of presenting short
-//! or wrong stacks as complete. The same leaky.c, built with and without
+//! Stacks of code built without frame pointers walked by frame pointer
+//! (`--unwind fp`): memprof cannot walk past the first frame reliably, so it
+//! must say so instead of presenting short or wrong stacks as complete. The same leaky.c, built with and without
 //! frame pointers. Needs root (run through `cargo xtask test`).
 
 use tests::{describe_report, profile_fixture, root_or_skip, total, Kind, LEAKY_C};
@@ -10,7 +10,10 @@ fn stacks_cut_short_by_missing_frame_pointers_are_flagged() {
     if !root_or_skip() {
         return;
     }
-    let (output, _) = profile_fixture(Kind::LeakyNoFramePointers, &["--format", "json"]);
+    let (output, _) = profile_fixture(
+        Kind::LeakyNoFramePointers,
+        &["--format", "json", "--unwind", "fp"],
+    );
     let report = output.report();
     let dump = describe_report(&report);
     // Attribution suffers; the counting does not.
@@ -22,7 +25,10 @@ fn stacks_cut_short_by_missing_frame_pointers_are_flagged() {
         report.stacks.len()
     );
 
-    let (output, _) = profile_fixture(Kind::LeakyNoFramePointers, &["--format", "text"]);
+    let (output, _) = profile_fixture(
+        Kind::LeakyNoFramePointers,
+        &["--format", "text", "--unwind", "fp"],
+    );
     let text = output.stdout_text();
     assert!(
         text.contains("built without frame pointers") && text.contains("the walk ended here"),

@@ -221,17 +221,6 @@ fn plt_rule(expr: &[u8]) -> Option<Rule> {
     }
 }
 
-/// Where the code at file offset `offset` of `data` is in the object's
-/// addresses: `runtime address - returned value` is the load bias of a
-/// mapping of that offset. None when no loadable segment holds it.
-pub fn file_address_of_offset(data: &[u8], offset: u64) -> Option<u64> {
-    let file = object::File::parse(data).ok()?;
-    file.segments().find_map(|seg| {
-        let (start, size) = seg.file_range();
-        (start <= offset && offset < start + size).then(|| seg.address() + (offset - start))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

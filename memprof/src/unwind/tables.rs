@@ -46,8 +46,8 @@ pub struct TableStats {
 struct Object {
     /// `(start, len)` in `UNWIND_ROWS` rows; None: no table (frame pointers).
     rows: Option<(u32, u32)>,
-    /// Loadable segments: (file offset, file size, address).
-    segments: Vec<(u64, u64, u64)>,
+    /// Loadable segments.
+    segments: Vec<Segment>,
 }
 
 /// What identifies an executable mapping: start, end, file offset, (device, inode).
@@ -231,12 +231,10 @@ impl Inner {
             };
             if line.inode != 0 {
                 let object = self.object(pid, line);
-                let address = object.segments.iter().find_map(|&(off, size, addr)| {
-                    (off <= line.offset && line.offset < off + size)
-                        .then(|| addr + (line.offset - off))
-                });
-                if let (Some((start, len)), Some(address)) = (object.rows, address) {
-                    entry.bias = line.start.wrapping_sub(address);
+                if let (Some((start, len)), Some(bias)) =
+                    (object.rows, bias_of(&object.segments, line))
+                {
+                    entry.bias = bias;
                     entry.rows_start = start;
                     entry.rows_len = len;
                 }
@@ -361,23 +359,89 @@ impl Inner {
     }
 }
 
-/// The loadable segments of the ELF object `data`: (file offset, file size, address).
-fn segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
-    use object::{Object as _, ObjectSegment as _};
+/// A loadable segment of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    offset: u64,
+    file_size: u64,
+    address: u64,
+    executable: bool,
+}
+
+/// The loadable segments of the ELF object `data`.
+fn segments(data: &[u8]) -> Vec<Segment> {
+    use object::{Object as _, ObjectSegment as _, SegmentFlags};
     let Ok(file) = object::File::parse(data) else {
         return Vec::new();
     };
     file.segments()
         .map(|s| {
-            let (off, size) = s.file_range();
-            (off, size, s.address())
+            let (offset, file_size) = s.file_range();
+            Segment {
+                offset,
+                file_size,
+                address: s.address(),
+                executable: matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & 1 != 0),
+            }
         })
         .collect()
+}
+
+/// The load bias of the mapping `line` of an object with `segments`:
+/// runtime address - object address. The segment is the executable one that
+/// begins in the mapped range: a linker that packs segments (lld) starts the
+/// code in the middle of a page whose start belongs to the segment before.
+fn bias_of(segments: &[Segment], line: &MapsLine) -> Option<u64> {
+    let len = line.end - line.start;
+    let in_range = |s: &&Segment| line.offset <= s.offset && s.offset < line.offset + len;
+    let segment = segments
+        .iter()
+        .filter(|s| s.executable)
+        .find(in_range)
+        .or_else(|| segments.iter().find(in_range))?;
+    // runtime(address) = line.start + (segment.offset - line.offset)
+    Some(
+        line.start
+            .wrapping_add(segment.offset - line.offset)
+            .wrapping_sub(segment.address),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bias_comes_from_the_executable_segment_of_a_packed_object() {
+        // lld's layout: the code begins mid-page, in a page that starts in
+        // the read-only segment.
+        let segments = [
+            Segment {
+                offset: 0,
+                file_size: 0x1a360,
+                address: 0,
+                executable: false,
+            },
+            Segment {
+                offset: 0x1a360,
+                file_size: 0x4a460,
+                address: 0x1b360,
+                executable: true,
+            },
+        ];
+        let line = MapsLine {
+            start: 0x5600_0001_b000,
+            end: 0x5600_0006_5000,
+            offset: 0x1a000,
+            dev: 0,
+            inode: 1,
+            path: String::new(),
+        };
+        let bias = bias_of(&segments, &line).unwrap();
+        // The segment's first byte, 0x1b360 in the object, is mapped at
+        // start + 0x360.
+        assert_eq!(0x1b360 + bias, 0x5600_0001_b360);
+    }
 
     #[test]
     fn maps_lines_keep_executable_mappings_only() {
