@@ -56,3 +56,197 @@ fn stacks_without_frame_pointers_reach_main_by_default() {
     }
     assert_full_stacks(&[]);
 }
+
+/// A Python program that grows a list of 1,000-byte `bytearray`s (their
+/// buffers come from malloc: more than pymalloc's 512 bytes) after "go".
+const PYTHON_GROWS_A_LIST: &str = r#"
+import os, sys
+os.write(1, b"ready %d\n" % os.getpid())
+sys.stdin.readline()
+def grow(n):
+    return [bytearray(1000) for _ in range(n)]
+kept = grow(5000)
+os.write(1, b"done\n")
+sys.stdin.read()
+"#;
+
+/// Debian's own python3.11 (built without frame pointers), attached while
+/// it grows a list: the stack of the leak runs through the interpreter's
+/// loop (`_PyEval_EvalFrameDefault`) to `Py_BytesMain`, `main` and libc's
+/// start, and is not truncated.
+#[test]
+fn debian_python_stacks_reach_the_interpreter_loop_and_main() {
+    if !root_or_skip() {
+        return;
+    }
+    let python = std::path::Path::new("/usr/bin/python3.11");
+    if !python.exists() {
+        tests::skip("/usr/bin/python3.11 is not installed (apt-get install python3)");
+        return;
+    }
+    let (report, _) = profile_program(python, &["-c", PYTHON_GROWS_A_LIST], &[]);
+    let dump = describe_report(&report);
+    // The list's 5,000 buffers, all from one Python line.
+    let stack = report
+        .stacks
+        .iter()
+        .filter(|s| frame_index(s, "_PyEval_EvalFrameDefault").is_some())
+        .max_by_key(|s| s.bytes)
+        .unwrap_or_else(|| panic!("no stack reaches _PyEval_EvalFrameDefault\n{dump}"));
+    assert!(stack.count >= 5000, "{}\n{dump}", describe_stack(stack));
+    let eval = frame_index(stack, "_PyEval_EvalFrameDefault").unwrap();
+    let bytes_main = frame_index(stack, "Py_BytesMain");
+    assert!(
+        bytes_main.is_some_and(|m| m > eval),
+        "the stack does not reach Py_BytesMain: {}\n{dump}",
+        describe_stack(stack)
+    );
+    // main has no symbol in Debian's binary: the frame after Py_BytesMain
+    // is in python3.11 itself, and libc's start follows.
+    let after = &stack.frames[bytes_main.unwrap() + 1..];
+    assert!(
+        after
+            .first()
+            .and_then(|f| f.module.as_deref())
+            .is_some_and(|m| m.ends_with("python3.11")),
+        "{}",
+        describe_stack(stack)
+    );
+    assert!(
+        frame_index(stack, "__libc_start_call_main").is_some(),
+        "{}",
+        describe_stack(stack)
+    );
+    assert!(!stack.truncated, "{}", describe_stack(stack));
+}
+
+/// Runs `program` with `args` (a fixture speaking the ready/go/done
+/// protocol) under `memprof -p PID --format json` and `memprof_args`;
+/// returns the report and the program's executable mappings at "done".
+fn profile_program(
+    program: &std::path::Path,
+    args: &[&str],
+    memprof_args: &[&str],
+) -> (memprof::model::Report, Vec<(u64, u64)>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    let pid = ready.strip_prefix("ready ").unwrap().trim().to_owned();
+    let mut all = vec!["-p", &pid, "--format", "json", "--top", "1000"];
+    all.extend_from_slice(memprof_args);
+    let mut memprof = tests::Memprof::spawn(&all);
+    memprof.wait_attached(tests::ATTACH_TIMEOUT);
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap().trim(), "done");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let code = maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect();
+    memprof.interrupt();
+    let output = memprof.finish(tests::FINISH_TIMEOUT);
+    drop(stdin);
+    let _ = child.wait();
+    output.assert_success();
+    (output.report(), code)
+}
+
+/// Every frame of every stack of `report` lies in `code`.
+fn assert_frames_in_code(report: &memprof::model::Report, code: &[(u64, u64)]) {
+    for stack in &report.stacks {
+        for frame in &stack.frames {
+            assert!(
+                code.iter().any(|&(s, e)| s <= frame.addr && frame.addr < e),
+                "frame {:#x} lies in no executable mapping: {}\n{}",
+                frame.addr,
+                describe_stack(stack),
+                describe_report(report)
+            );
+        }
+    }
+}
+
+/// `tests/fixtures/unwind.c` at -O2 without frame pointers.
+fn unwind_fixture() -> std::path::PathBuf {
+    let path = tests::c_fixtures_dir().join("unwind-nofp");
+    assert!(
+        path.exists(),
+        "the unwind-nofp fixture was not built: see {}.error",
+        path.display()
+    );
+    path
+}
+
+/// A recursion deeper than the frames a stack keeps: the stack is marked
+/// truncated (and counted), and every frame is real code.
+#[test]
+fn a_recursion_deeper_than_a_stack_is_marked_truncated_never_wrong() {
+    if !root_or_skip() {
+        return;
+    }
+    let (report, code) = profile_program(&unwind_fixture(), &[], &[]);
+    let dump = describe_report(&report);
+    assert_frames_in_code(&report, &code);
+    let deep: Vec<_> = report
+        .stacks
+        .iter()
+        .filter(|s| frame_index(s, "deep_alloc") == Some(0))
+        .collect();
+    assert_eq!(deep.len(), 1, "{dump}");
+    let stack = deep[0];
+    assert_eq!((stack.bytes, stack.count), (3000, 1), "{dump}");
+    // Every frame kept is deep_alloc, and the stack says it is cut short.
+    assert!(
+        stack
+            .frames
+            .iter()
+            .all(|f| tests::function_is(f, "deep_alloc")),
+        "{}",
+        describe_stack(stack)
+    );
+    assert!(stack.truncated, "{}", describe_stack(stack));
+    assert!(report.stats.unwind.unwind_too_deep >= 1, "{dump}");
+}
+
+/// rbp holding text at the allocation: the walk from call frame
+/// information does not need it, and reaches main.
+#[test]
+fn a_junk_frame_pointer_does_not_derail_the_walk() {
+    if !root_or_skip() {
+        return;
+    }
+    let (report, code) = profile_program(&unwind_fixture(), &[], &[]);
+    let dump = describe_report(&report);
+    assert_frames_in_code(&report, &code);
+    let stack = report
+        .stacks
+        .iter()
+        .find(|s| frame_index(s, "junk_rbp_alloc") == Some(0))
+        .unwrap_or_else(|| panic!("no stack from junk_rbp_alloc\n{dump}"));
+    assert_eq!((stack.bytes, stack.count), (8000, 4), "{dump}");
+    assert!(
+        frame_index(stack, "main").is_some(),
+        "{}",
+        describe_stack(stack)
+    );
+    assert!(!stack.truncated, "{}", describe_stack(stack));
+    // By frame pointer the same stack ends at its first frame, and still
+    // shows nothing outside the process's code.
+    let (report, code) = profile_program(&unwind_fixture(), &[], &["--unwind", "fp"]);
+    assert_frames_in_code(&report, &code);
+}
