@@ -313,7 +313,7 @@ impl Probes {
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
-        let unwind = crate::unwind::tables_of(&mut ebpf, config.unwind_rows)?;
+        let unwind = crate::unwind::tables_of(&ebpf, config.unwind_rows)?;
         let windows = match config.sample_window {
             Some(window) if config.by_window() => {
                 let control = match ebpf.map(maps::CONTROL) {

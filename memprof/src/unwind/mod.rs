@@ -33,6 +33,8 @@
 //!   whose CFI could not be read) take a frame-pointer step. A pc outside
 //!   every executable mapping is never recorded: the walk ends before it.
 
+use anyhow::Context as _;
+
 pub mod compile;
 pub mod tables;
 
@@ -88,24 +90,34 @@ pub fn configure(loader: &mut aya::EbpfLoader<'_>, rows: Option<u32>) {
         .map_max_entries(UNWIND_MAPPINGS, mappings);
 }
 
-/// Takes the unwind maps out of `ebpf` when stacks are walked from tables.
-pub fn tables_of(ebpf: &mut aya::Ebpf, rows: Option<u32>) -> anyhow::Result<Option<UnwindTables>> {
+/// Opens the unwind maps of `ebpf` when stacks are walked from tables. They
+/// stay in `ebpf` too: the uprobe session programs are relocated against
+/// its maps later.
+pub fn tables_of(ebpf: &aya::Ebpf, rows: Option<u32>) -> anyhow::Result<Option<UnwindTables>> {
     use memprof_common::unwind::{UNWIND_MAPPINGS, UNWIND_PROCS, UNWIND_ROWS};
+    use std::os::fd::AsFd as _;
     if rows.is_none() {
         return Ok(None);
     }
-    let (Some(rows), Some(procs), Some(mappings)) = (
-        ebpf.take_map(UNWIND_ROWS),
-        ebpf.take_map(UNWIND_PROCS),
-        ebpf.take_map(UNWIND_MAPPINGS),
-    ) else {
-        anyhow::bail!(
-            "BPF maps {UNWIND_ROWS}, {UNWIND_PROCS} and {UNWIND_MAPPINGS} missing from the object"
-        );
+    let open = |name: &str| -> anyhow::Result<aya::maps::MapData> {
+        let data = match ebpf.map(name) {
+            Some(aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data)) => data,
+            _ => anyhow::bail!("BPF map {name} missing from the object"),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating the descriptor of BPF map {name}"))?;
+        aya::maps::MapData::from_fd(fd).with_context(|| format!("opening BPF map {name}"))
     };
-    UnwindTables::new(rows, procs, mappings).map(Some)
+    UnwindTables::new(
+        aya::maps::Map::Array(open(UNWIND_ROWS)?),
+        aya::maps::Map::HashMap(open(UNWIND_PROCS)?),
+        aya::maps::Map::Array(open(UNWIND_MAPPINGS)?),
+    )
+    .map(Some)
 }
-
 /// The unwinding counters of a text report, when stacks were walked from
 /// tables (nothing otherwise).
 pub fn render_stats(
