@@ -76,7 +76,7 @@ impl ProbeConfig {
                 mmap: args.mmap,
                 kernel: args.kernel,
             },
-            unwind_rows: args.unwind.uses_tables().then_some(args.unwind_rows),
+            unwind_rows: crate::unwind::rows_for(args),
         }
     }
 

@@ -61,6 +61,23 @@ impl Mode {
     }
 }
 
+/// The room for unwind rows `args` ask for, or None when stacks are walked
+/// by frame pointer: with `--unwind fp`, and with `--sample-rate`, whose
+/// programs are loaded without BTF (uprobe sessions, see `session_link`),
+/// which the kernel needs for the unwinder's `bpf_loop` callback.
+pub fn rows_for(args: &crate::cli::ProfileArgs) -> Option<u32> {
+    if !args.unwind.uses_tables() {
+        return None;
+    }
+    if args.sample_rate.is_some_and(|n| n > 1) {
+        if args.unwind == Mode::Dwarf {
+            log::warn!("--unwind dwarf is not available with --sample-rate yet: stacks are walked by frame pointer");
+        }
+        return None;
+    }
+    Some(args.unwind_rows)
+}
+
 /// Mapping tables in the kernel at once: two per process (a new one is
 /// written before the old one is let go), 16 KiB each.
 const MAPPING_SLOTS: u32 = 128;
