@@ -28,7 +28,7 @@ use anyhow::{bail, Context as _};
 use memprof_common::{filter, AllocInfo, LiveKey};
 use regex::Regex;
 
-use crate::cli::ProfileArgs;
+use crate::config::Config;
 use crate::error::Error;
 use crate::model::{self, Released, Report, Sampling, Totals, SCHEMA_VERSION};
 use crate::probes::{self, Filter, ProbeConfig, Probes, Scope};
@@ -53,10 +53,10 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The selection of `args`, or None when they name one process (or a command).
-    pub fn from_args(args: &ProfileArgs) -> anyhow::Result<Option<Selection>> {
-        if !args.command.is_empty() {
-            return Ok(args.follow_forks.then_some(Selection {
+    /// The selection of `config`, or None when they name one process (or a command).
+    pub fn from_config(config: &Config) -> anyhow::Result<Option<Selection>> {
+        if !config.select.command.is_empty() {
+            return Ok(config.select.follow_forks.then_some(Selection {
                 pids: Vec::new(),
                 comm: None,
                 cgroup: None,
@@ -64,20 +64,29 @@ impl Selection {
                 launch: true,
             }));
         }
-        if args.pid.len() == 1 && args.comm.is_none() && args.cgroup.is_none() && !args.follow_forks
+        if config.select.pids.len() == 1
+            && config.select.comm.is_none()
+            && config.select.cgroup.is_none()
+            && !config.select.follow_forks
         {
             return Ok(None);
         }
-        let comm = args
+        let comm = config
+            .select
             .comm
             .as_deref()
             .map(|re| Regex::new(re).with_context(|| format!("--comm {re:?} is not a regex")))
             .transpose()?;
-        let cgroup = args.cgroup.as_deref().map(Cgroup::resolve).transpose()?;
-        let mut pids = args.pid.clone();
+        let cgroup = config
+            .select
+            .cgroup
+            .as_deref()
+            .map(Cgroup::resolve)
+            .transpose()?;
+        let mut pids = config.select.pids.clone();
         pids.sort_unstable();
         pids.dedup();
-        if args.follow_forks && pids.is_empty() && comm.is_none() {
+        if config.select.follow_forks && pids.is_empty() && comm.is_none() {
             bail!(
                 "--follow-forks follows the children of the processes given with -p or --comm \
                  (without them, every process is recorded anyway)"
@@ -87,7 +96,7 @@ impl Selection {
             pids,
             comm,
             cgroup,
-            follow_forks: args.follow_forks,
+            follow_forks: config.select.follow_forks,
             launch: false,
         }))
     }
@@ -405,7 +414,7 @@ fn is_running_process(pid: u32) -> bool {
 }
 
 /// Records the processes of `selection` and returns what each still holds.
-pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow::Result<Report> {
+pub fn profile(config: &Config, selection: &Selection, quiet: bool) -> anyhow::Result<Report> {
     probes::check_permissions()?;
     for &pid in &selection.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -414,29 +423,29 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     }
     let mut session = Session::new()?;
     let mut launched = if selection.launch {
-        Some(crate::launch::spawn(&args.command)?)
+        Some(crate::launch::spawn(&config.select.command)?)
     } else {
         None
     };
     let launched_pid = launched.as_ref().map(|l| l.pid);
-    if args.mmap {
+    if config.sources.mmap {
         bail!(
             "--mmap records one process (-p PID, or a command); it does not work over many \
              processes yet (--kernel does)"
         );
     }
-    let config = ProbeConfig::from_args(args);
+    let probe_config = ProbeConfig::of(config);
     let filter = selection.filter();
-    let mut probes = Probes::load(config, &filter)?;
+    let mut probes = Probes::load(probe_config, &filter)?;
     let mut discovery = Discovery {
         selection,
-        placed: !args.probe_at_entry,
+        placed: !config.bench.probe_at_entry,
         probed: HashMap::new(),
         seen: HashMap::new(),
         by_objects: HashMap::new(),
         skipped: HashSet::new(),
         // What a launched command holds at its exit is the report.
-        symbolizers: (args.at_exit || launched.is_some()).then(|| {
+        symbolizers: (config.at_exit || launched.is_some()).then(|| {
             raise_open_files_limit();
             HashMap::new()
         }),
@@ -486,7 +495,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         } else {
             "processes"
         },
-        match (args.duration, launched_pid) {
+        match (config.duration, launched_pid) {
             (Some(d), _) => format!("recording for {d} s (Ctrl-C to stop early)"),
             (None, Some(_)) => "running the command until it and its children exit".to_string(),
             (None, None) => "recording until Ctrl-C".to_string(),
@@ -494,8 +503,8 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     );
 
     let plan = Plan {
-        duration: args.duration,
-        interval: args.interval,
+        duration: config.duration,
+        interval: config.interval,
         quiet,
     };
     let mut housekeeping = |probes: &mut Probes, exiting: bool| {
@@ -526,7 +535,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         End::Signal(name) => log::info!("{name} received: detaching and reporting"),
         End::TargetExited(after) => log::info!(
             "the last recorded process exited after {after:.1} s: reporting{}",
-            if args.at_exit {
+            if config.at_exit {
                 " what they held then"
             } else {
                 " (what they held went with them; --at-exit reports it)"
@@ -546,7 +555,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         sources::Ending {
             end_ns,
             released_before_ns: 0,
-            min_size: args.min_size,
+            min_size: config.min_size,
         },
     )?;
     let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
@@ -585,7 +594,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             events.execs = events.execs.saturating_sub(1);
         }
         let exited = !same;
-        if exited && !args.at_exit && !is_command {
+        if exited && !config.at_exit && !is_command {
             // With the pid taken by a newer process, its blocks are those made
             // since it started.
             let cutoff = match (running, now_start) {
@@ -621,7 +630,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             totals,
             younger: young,
             sampling,
-        } = crate::outstanding(args, &recorded, &clock, &mut mine, &symbolizer, Some(pid));
+        } = crate::outstanding(config, &recorded, &clock, &mut mine, &symbolizer, Some(pid));
         add_released(&mut released, &mine);
         younger = match (younger, young) {
             (Some(a), Some(b)) => Some(add_totals(a, b)),
@@ -710,11 +719,11 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         totals,
         stacks,
         stats: snap.stats,
-        min_age_secs: args.min_age,
+        min_age_secs: config.min_age,
         younger,
-        interval_secs: args.interval,
+        interval_secs: config.interval,
         released,
-        sampling: sampling_of_run(args, Sampling::merged(samplings), maps.windows.as_ref()),
+        sampling: sampling_of_run(config, Sampling::merged(samplings), maps.windows.as_ref()),
         mmap: found.mmap,
         kernel: found.kernel,
     })
@@ -806,11 +815,11 @@ fn add_released(sum: &mut Released, one: &Released) {
 /// say, with the windows of the run (one set served every process), and said
 /// even when nothing was recorded.
 fn sampling_of_run(
-    args: &ProfileArgs,
+    config: &Config,
     merged: Option<Sampling>,
     windows: Option<&crate::windows::WindowLog>,
 ) -> Option<Sampling> {
-    let estimator = aggregate::Estimator::of_run(args.sample_rate, windows);
+    let estimator = aggregate::Estimator::of_run(config.sampling.map(|s| s.rate), windows);
     let mut sampling = merged.or_else(|| {
         aggregate::scale_sampled(
             estimator,

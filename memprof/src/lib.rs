@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod compare;
+pub mod config;
 pub mod error;
 pub mod group;
 pub mod launch;
@@ -25,7 +26,7 @@ pub mod windows;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::cli::ProfileArgs;
+use crate::config::Config;
 use memprof_common::{AllocInfo, LiveKey};
 
 use crate::model::{Released, Report, Sampling, Stack, Totals, SCHEMA_VERSION};
@@ -34,51 +35,51 @@ use crate::session::{End, Plan, Sample, Session, Waited};
 use crate::symbolize::Symbolizer;
 use crate::target::Target;
 
-/// Profiles what `args` select (one process, a command, or many processes)
+/// Profiles what `config` selects (one process, a command, or many processes)
 /// and returns what they still hold.
-pub fn profile_selected(args: &ProfileArgs, quiet: bool) -> anyhow::Result<Report> {
-    if let Some(selection) = group::Selection::from_args(args)? {
-        return group::profile(args, &selection, quiet);
+pub fn profile_selected(config: &Config, quiet: bool) -> anyhow::Result<Report> {
+    if let Some(selection) = group::Selection::from_config(config)? {
+        return group::profile(config, &selection, quiet);
     }
-    match args.pid.first() {
-        Some(&pid) => profile(args, pid, quiet),
-        None => launch(args, quiet),
+    match config.select.pids.first() {
+        Some(&pid) => profile(config, pid, quiet),
+        None => launch(config, quiet),
     }
 }
 
 /// Profiles the running process `pid` and returns what it still holds.
-pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Report> {
+pub fn profile(config: &Config, pid: u32, quiet: bool) -> anyhow::Result<Report> {
     // First: without the capabilities nothing else can work, and reading the
     // target's memory map would fail with a less helpful message.
     probes::check_permissions()?;
     let target = Target::open(pid)?;
-    run(args, target, None, quiet)
+    run(config, target, None, quiet)
 }
 
-/// Runs `args.command` under memprof from its first allocation and returns
+/// Runs `config.select.command` under memprof from its first allocation and returns
 /// what it still held at its exit (or at `--duration`).
-pub fn launch(args: &ProfileArgs, quiet: bool) -> anyhow::Result<Report> {
+pub fn launch(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     probes::check_permissions()?;
-    let launched = launch::spawn(&args.command)?;
+    let launched = launch::spawn(&config.select.command)?;
     // Held before exec, the child is a copy of memprof: it maps the libc
     // that the command will load, and its pid is the command's.
     let mut target = Target::open(launched.pid)?;
     target.comm = launched.comm.clone();
     target.cmdline = launched.cmdline.clone();
-    run(args, target, Some(launched), quiet)
+    run(config, target, Some(launched), quiet)
 }
 
 fn run(
-    args: &ProfileArgs,
+    config: &Config,
     target: Target,
     mut launched: Option<launch::Launched>,
     quiet: bool,
 ) -> anyhow::Result<Report> {
     let mut session = Session::new()?;
     let mut symbolizer = Symbolizer::new(target.pid);
-    let config = ProbeConfig::from_args(args);
+    let probe_config = ProbeConfig::of(config);
     log::info!("attaching to pid {} ({}) ...", target.pid, target.comm);
-    let mut probes = Probes::attach(&target, config)?;
+    let mut probes = Probes::attach(&target, probe_config)?;
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -91,7 +92,7 @@ fn run(
         target.pid,
         target.comm,
         target.allocator_description(),
-        match (args.duration, &launched) {
+        match (config.duration, &launched) {
             (Some(d), _) => format!("recording for {d} s (Ctrl-C to stop early)"),
             (None, Some(_)) => "running the command until it exits".to_string(),
             (None, None) => "recording until Ctrl-C".to_string(),
@@ -102,8 +103,8 @@ fn run(
     }
 
     let plan = Plan {
-        duration: args.duration,
-        interval: args.interval,
+        duration: config.duration,
+        interval: config.interval,
         quiet,
     };
     let Waited {
@@ -118,7 +119,7 @@ fn run(
         plan,
     )?;
     // In launch mode, what the command holds at its exit is the report.
-    let at_exit = args.at_exit || launched.is_some();
+    let at_exit = config.at_exit || launched.is_some();
     // Freeze the maps at the end of the run; detaching takes longer.
     probes.set_recording(false)?;
     let (mut execs, last_exec_ns) = probes.execs(target.pid)?;
@@ -177,7 +178,7 @@ fn run(
         younger,
         sampling,
     } = outstanding(
-        args,
+        config,
         &Recorded {
             live: &snap.live,
             all: &all,
@@ -205,7 +206,7 @@ fn run(
             } else {
                 last_exec_ns
             },
-            min_size: args.min_size,
+            min_size: config.min_size,
         },
     )?;
 
@@ -231,9 +232,9 @@ fn run(
         totals,
         stacks,
         stats: snap.stats,
-        min_age_secs: args.min_age,
+        min_age_secs: config.min_age,
         younger,
-        interval_secs: args.interval,
+        interval_secs: config.interval,
         released,
         sampling,
         selection: None,
@@ -281,7 +282,7 @@ pub(crate) struct Outstanding {
 /// `released` too) and `--min-size` to what one process held, and symbolizes
 /// the stacks shown; each carries `pid` when given.
 pub(crate) fn outstanding(
-    args: &ProfileArgs,
+    config: &Config,
     recorded: &Recorded<'_>,
     clock: &Clock,
     released: &mut Released,
@@ -289,7 +290,7 @@ pub(crate) fn outstanding(
     pid: Option<u32>,
 ) -> Outstanding {
     let end_ns = clock.end_ns;
-    let (mut stacks, mut younger) = match args.min_age {
+    let (mut stacks, mut younger) = match config.min_age {
         Some(secs) => {
             let (old, younger) = aggregate::older_than(recorded.live, end_ns, (secs * 1e9) as u64);
             (
@@ -299,12 +300,12 @@ pub(crate) fn outstanding(
         }
         None => (recorded.all.to_vec(), None),
     };
-    let mut growth = args
+    let mut growth = config
         .interval
         .map(|_| growth_by_stack(recorded.samples, recorded.all, clock.duration_secs));
     // With --sample-rate: estimates from what was recorded (no-op otherwise).
     let sampling = aggregate::scale_sampled(
-        aggregate::Estimator::of_run(args.sample_rate, recorded.windows),
+        aggregate::Estimator::of_run(config.sampling.map(|s| s.rate), recorded.windows),
         &mut stacks,
         &mut younger,
         released,
@@ -313,7 +314,7 @@ pub(crate) fn outstanding(
     let totals = aggregate::totals(&stacks);
     let shown: Vec<_> = stacks
         .into_iter()
-        .filter(|s| s.bytes >= args.min_size)
+        .filter(|s| s.bytes >= config.min_size)
         .collect();
     let traces: HashMap<i64, Vec<u64>> = shown
         .iter()
