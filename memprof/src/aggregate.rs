@@ -322,6 +322,20 @@ fn slope(ys: &[u64], xs: &[f64]) -> f64 {
     }
 }
 
+/// Removes the allocations made before `ns` (`CLOCK_MONOTONIC`) and returns their totals.
+pub fn take_older<K>(live: &mut Vec<(K, AllocInfo)>, ns: u64) -> Totals {
+    let mut taken = Totals::default();
+    live.retain(|(_, info)| {
+        let older = info.timestamp_ns < ns;
+        if older {
+            taken.bytes = taken.bytes.saturating_add(info.size);
+            taken.count += 1;
+        }
+        !older
+    });
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ const BPF_NOEXIST: u32 = 1;
 use crate::config::{Bench, Config, Limits, SampleBy, Sampling};
 use crate::error::Error;
 use crate::session_link::{self, SessionPrograms};
-use crate::target::{Kind, ProbeSite, Target};
+use crate::target::{Kind, ProbeSite};
 use crate::windows::{self, Windows};
 
 /// The BPF object, built by build.rs from the memprof-ebpf crate.
@@ -184,20 +184,6 @@ pub fn check_kernel() -> Result<(), Error> {
 }
 
 impl Probes {
-    /// Loads the BPF object for `target` and attaches every allocator probe.
-    pub fn attach(target: &Target, config: ProbeConfig) -> anyhow::Result<Probes> {
-        let sites = target.probe_sites(!config.bench.probe_at_entry)?;
-        let mut probes = Probes::load(config, &Filter::one(target.pid))?;
-        probes
-            .attach_sites(&sites, Scope::Process(target.pid))
-            .map_err(|e| match e.downcast::<SiteError>() {
-                Ok(site) => site.explain(Some(target.pid)),
-                Err(e) => e,
-            })?;
-        probes.set_recording(true)?;
-        Ok(probes)
-    }
-
     /// Loads the BPF object and attaches its tracepoints; no allocator probe
     /// yet ([`Probes::attach_sites`]), and not recording.
     pub fn load(config: ProbeConfig, filter: &Filter) -> anyhow::Result<Probes> {
@@ -545,12 +531,6 @@ impl Probes {
             .map(maps::PROCS)
             .context("BPF map PROCS missing from the object")?;
         crate::snapshot::read_procs(map)
-    }
-
-    /// How many times `tgid` called exec, and when it last did (`CLOCK_MONOTONIC` ns).
-    pub fn execs(&self, tgid: u32) -> anyhow::Result<(u64, u64)> {
-        let events = self.procs()?.remove(&tgid).unwrap_or_default();
-        Ok((events.execs, events.last_exec_ns))
     }
 }
 

@@ -532,7 +532,7 @@ pub fn collect(
             .map_err(|_| anyhow::anyhow!("the thread reading mmap events panicked"))??;
         ledger.settle();
         let mut live = ledger.live();
-        let released = crate::take_older(&mut live, ending.released_before_ns);
+        let released = aggregate::take_older(&mut live, ending.released_before_ns);
         let c = ledger.counts;
         let stats = BTreeMap::from([
             ("maps".to_string(), c.maps),
