@@ -19,6 +19,7 @@ pub mod model;
 pub mod pipeline;
 pub mod placement;
 pub mod probes;
+pub mod procfs;
 pub mod render;
 pub mod report;
 pub mod select;
@@ -27,7 +28,9 @@ pub mod snapshot;
 pub mod sources;
 pub mod symbolize;
 pub mod target;
+pub mod tracefs;
 pub mod wait;
+pub mod window_log;
 pub mod windows;
 
 use crate::config::Config;

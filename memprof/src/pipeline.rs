@@ -13,10 +13,10 @@ use crate::launch;
 use crate::model::{Released, Report};
 use crate::probes::{self, ProbeConfig, Probes};
 use crate::report::{self, Clock, Held, Recorded, Run, Shape};
-use crate::select::{self, Processes, Selection};
+use crate::select::{Processes, Selection};
 use crate::symbolize::Symbolizer;
 use crate::wait::{End, Plan, Waited, Waiter};
-use crate::{aggregate, snapshot, sources, target};
+use crate::{aggregate, procfs, snapshot, sources};
 
 /// Records what `config` selects and returns what it still holds.
 pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
@@ -140,8 +140,8 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             Some(_) => processes.one().map(|(_, seen)| seen.clone()),
             None => processes.seen(pid).cloned(),
         };
-        let now_start = target::start_ticks(pid);
-        let running = select::is_running_process(pid);
+        let now_start = procfs::start_ticks(pid);
+        let running = procfs::is_running_process(pid);
         let same = running && seen.as_ref().is_none_or(|s| s.start_ticks == now_start);
         let mut mine = Released::default();
         let mut events = procs.get(&pid).copied().unwrap_or_default();
@@ -162,7 +162,7 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             // With the pid taken by a newer process, its blocks are those
             // made since it started.
             cutoff = match (running, now_start) {
-                (true, Some(ticks)) => select::ticks_to_monotonic_ns(ticks),
+                (true, Some(ticks)) => procfs::ticks_to_monotonic_ns(ticks),
                 _ => u64::MAX,
             };
             mine.at_exit = aggregate::take_older(&mut live, cutoff);
@@ -199,10 +199,8 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         let (comm, cmdline, allocator, start_ticks) = match seen {
             Some(s) => (s.comm, s.cmdline, s.allocator, s.start_ticks),
             None => (
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_else(|_| "?".to_string()),
-                target::cmdline_of(pid),
+                procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
+                procfs::cmdline(pid),
                 String::new(),
                 now_start,
             ),
@@ -212,7 +210,7 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             comm,
             cmdline,
             allocator,
-            started_unix_secs: start_ticks.and_then(target::started_unix_secs),
+            started_unix_secs: start_ticks.and_then(procfs::started_unix_secs),
             exited,
             execs: events.execs,
             last_exec_ns: events.last_exec_ns,

@@ -15,7 +15,7 @@ use crate::snapshot::Snapshot;
 use crate::sources::Found;
 use crate::symbolize::{self, Symbolizer};
 use crate::wait::Sample;
-use crate::windows::WindowLog;
+use crate::window_log::WindowLog;
 
 /// What one process held at the end of the run, and what it is.
 #[derive(Debug)]

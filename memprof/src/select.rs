@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -35,8 +35,9 @@ use crate::config::Select;
 use crate::error::Error;
 use crate::launch::Launched;
 use crate::probes::{self, Filter, Probes, Scope};
+use crate::procfs;
 use crate::symbolize::Symbolizer;
-use crate::target::{self, ProbeSite, Target};
+use crate::target::{ProbeSite, TargetProcess};
 use crate::wait::Follow;
 
 /// How often the mappings of the processes whose symbolizers are kept are
@@ -87,7 +88,7 @@ impl Selection {
             );
         }
         for &pid in &pids {
-            if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            if pid == 0 || !procfs::exists(pid) {
                 return Err(Error::NoSuchProcess(pid).into());
             }
         }
@@ -167,10 +168,9 @@ impl Selection {
 
     /// True when `pid`'s command name matches `--comm`.
     fn comm_matches(&self, pid: u32) -> bool {
-        self.comm.as_ref().is_some_and(|re| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| re.is_match(comm.trim_end()))
-        })
+        self.comm
+            .as_ref()
+            .is_some_and(|re| procfs::comm(pid).is_some_and(|comm| re.is_match(&comm)))
     }
 }
 
@@ -185,23 +185,12 @@ pub struct Cgroup {
     pub level: u32,
 }
 
-/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` beside cgroup v1.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
-}
-
 impl Cgroup {
     /// The cgroup at `given`: its directory in the cgroup v2 hierarchy, or
     /// its path from the hierarchy's root (as `/proc/PID/cgroup` shows it,
     /// with or without the leading `/`).
     pub fn resolve(given: &Path) -> anyhow::Result<Cgroup> {
-        let Some(root) = cgroup2_root() else {
+        let Some(root) = procfs::cgroup2_mount() else {
             bail!("--cgroup: this machine has no cgroup v2 hierarchy mounted");
         };
         let full = if given.starts_with(&root) {
@@ -230,11 +219,8 @@ impl Cgroup {
 
     /// True when `pid` is in this cgroup or below it.
     fn contains(&self, pid: u32) -> bool {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            return false;
-        };
-        text.lines()
-            .filter_map(|line| line.strip_prefix("0::"))
+        procfs::cgroup_paths(pid)
+            .iter()
             .any(|path| self.holds(path))
     }
 
@@ -389,13 +375,13 @@ impl<'a> Processes<'a> {
         let mut initial = self.roots.clone();
         if selection.comm.is_some() {
             initial.extend(
-                all_pids()
+                procfs::all_pids()
                     .into_iter()
                     .filter(|&p| selection.comm_matches(p)),
             );
         }
         if filter.mode == filter::ALL {
-            for pid in all_pids() {
+            for pid in procfs::all_pids() {
                 if selection.cgroup.as_ref().is_none_or(|c| c.contains(pid)) {
                     self.probe(probes, pid, 0, false)?;
                 }
@@ -425,7 +411,7 @@ impl<'a> Processes<'a> {
         if pid == std::process::id() {
             return Ok(());
         }
-        let start = target::start_ticks(pid);
+        let start = procfs::start_ticks(pid);
         let before = self.probed.get(&pid).copied();
         if before == Some((start, execs)) || self.skipped.contains(&(pid, start, execs)) {
             return Ok(());
@@ -478,35 +464,32 @@ impl<'a> Processes<'a> {
     /// opens it even when a process with the same mapped files was read
     /// already, and returns its pidfd.
     fn read(&mut self, pid: u32, fresh: bool) -> anyhow::Result<(Opened, Option<OwnedFd>)> {
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(|_| Error::NoSuchProcess(pid))?;
-        let objects = object_ids(&maps);
+        let maps = procfs::maps(pid).map_err(|_| Error::NoSuchProcess(pid))?;
+        let objects = procfs::object_ids(&maps);
         if objects.is_empty() {
             bail!("pid {pid} maps no file (a kernel thread?)");
         }
         if !fresh {
             if let Some((allocator, sites)) = self.by_objects.get(&objects) {
-                let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_default();
+                let comm = procfs::comm(pid).unwrap_or_default();
                 let seen = Seen {
-                    start_ticks: target::start_ticks(pid),
+                    start_ticks: procfs::start_ticks(pid),
                     comm,
-                    cmdline: target::cmdline_of(pid),
+                    cmdline: procfs::cmdline(pid),
                     allocator: allocator.clone(),
                 };
                 let sites = sites.clone();
                 return Ok((Opened { seen, sites }, None));
             }
         }
-        let target = Target::open(pid)?;
+        let target = TargetProcess::open(pid)?;
         let sites = target.probe_sites(self.placed)?;
         let allocator = target.allocator_description();
         self.by_objects
             .insert(objects, (allocator.clone(), sites.clone()));
         let pidfd = target.pidfd().and_then(|fd| fd.try_clone().ok());
         let seen = Seen {
-            start_ticks: target::start_ticks(pid),
+            start_ticks: procfs::start_ticks(pid),
             comm: target.comm,
             cmdline: target.cmdline,
             allocator,
@@ -549,7 +532,7 @@ impl<'a> Processes<'a> {
             .collect();
         let filter = self.filter();
         if filter.mode == filter::ALL {
-            for pid in all_pids() {
+            for pid in procfs::all_pids() {
                 if selection.cgroup.as_ref().is_none_or(|c| c.contains(pid)) {
                     let n = execs.get(&pid).copied().unwrap_or(0);
                     self.probe(probes, pid, n, false)?;
@@ -580,7 +563,7 @@ impl<'a> Processes<'a> {
         };
         let mut running = 0;
         for pid in recorded {
-            if is_running_process(pid) {
+            if procfs::is_running_process(pid) {
                 running += 1;
                 let n = execs.get(&pid).copied().unwrap_or(0);
                 self.probe(probes, pid, n, false)?;
@@ -620,62 +603,6 @@ impl Follow for Processes<'_> {
         }
         Ok(())
     }
-}
-
-/// The (device, inode) of every file the process maps executable: two
-/// processes with the same set use the same allocator at the same offsets.
-fn object_ids(maps: &str) -> ObjectSet {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let perms = fields.nth(1)?;
-            let dev = fields.nth(1)?;
-            let inode: u64 = fields.next()?.parse().ok()?;
-            if !perms.contains('x') || inode == 0 {
-                return None;
-            }
-            let (major, minor) = dev.split_once(':')?;
-            let dev = (u64::from_str_radix(major, 16).ok()? << 32)
-                | u64::from_str_radix(minor, 16).ok()?;
-            Some((dev, inode))
-        })
-        .collect()
-}
-
-/// Every process now (numeric entries of /proc), memprof aside.
-fn all_pids() -> Vec<u32> {
-    let me = std::process::id();
-    fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|&pid| pid != me)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// True when `pid` names a running process (not a zombie, not a thread).
-pub fn is_running_process(pid: u32) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-            .to_string()
-    };
-    field("Tgid:") == pid.to_string() && !field("State:").starts_with('Z')
-}
-
-/// Process start time (clock ticks after boot) -> `CLOCK_MONOTONIC` ns. The
-/// two clocks differ by the time the machine was suspended.
-pub fn ticks_to_monotonic_ns(ticks: u64) -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks.saturating_mul(1_000_000_000 / hz)
 }
 
 /// Raises the soft limit of open files to the hard one: with `--at-exit`
@@ -725,25 +652,10 @@ mod tests {
         let cgroup = Cgroup::resolve(Path::new(path.trim_start_matches('/'))).unwrap();
         assert_eq!(cgroup.path, path);
         assert!(cgroup.contains(std::process::id()));
-        let root = cgroup2_root().unwrap();
+        let root = procfs::cgroup2_mount().unwrap();
         assert_eq!(Cgroup::resolve(&root).unwrap().level, 0);
         assert!(Cgroup::resolve(Path::new("/tmp")).is_err());
         assert!(Cgroup::resolve(Path::new("no/such/cgroup")).is_err());
-    }
-
-    #[test]
-    fn sets_of_mapped_objects_ignore_anonymous_memory() {
-        let maps = "\
-55d0c2a00000-55d0c2a01000 r--p 00000000 fe:01 1234 /usr/bin/leaky
-55d0c2a01000-55d0c2a02000 r-xp 00001000 fe:01 1234 /usr/bin/leaky
-7f1c2a028000-7f1c2a19d000 r-xp 00028000 103:02 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
-7ffd1c100000-7ffd1c102000 r-xp 00000000 00:00 0 [vdso]
-";
-        let ids: Vec<_> = object_ids(maps).into_iter().collect();
-        assert_eq!(
-            ids,
-            vec![((0xfe << 32) | 1, 1234), ((0x103 << 32) | 2, 5678)]
-        );
     }
 
     #[test]

@@ -3,15 +3,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use memprof_common::programs;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::Error;
 use crate::placement;
+use crate::procfs;
 
 /// What an allocator entry point does with its arguments and its result; picks
 /// the pair of BPF programs attached to it.
@@ -46,19 +48,22 @@ impl Kind {
     /// Names of the entry and return programs in the BPF object.
     pub fn programs(self) -> (&'static str, Option<&'static str>) {
         match self {
-            Kind::Malloc => ("malloc_enter", Some("alloc_exit")),
-            Kind::Calloc => ("calloc_enter", Some("alloc_exit")),
-            Kind::Realloc => ("realloc_enter", Some("realloc_exit")),
-            Kind::ReallocArray => ("reallocarray_enter", Some("realloc_exit")),
-            Kind::PosixMemalign => ("posix_memalign_enter", Some("posix_memalign_exit")),
-            Kind::Memalign => ("memalign_enter", Some("alloc_exit")),
-            Kind::Free => ("free_enter", None),
+            Kind::Malloc => (programs::MALLOC_ENTER, Some(programs::ALLOC_EXIT)),
+            Kind::Calloc => (programs::CALLOC_ENTER, Some(programs::ALLOC_EXIT)),
+            Kind::Realloc => (programs::REALLOC_ENTER, Some(programs::REALLOC_EXIT)),
+            Kind::ReallocArray => (programs::REALLOCARRAY_ENTER, Some(programs::REALLOC_EXIT)),
+            Kind::PosixMemalign => (
+                programs::POSIX_MEMALIGN_ENTER,
+                Some(programs::POSIX_MEMALIGN_EXIT),
+            ),
+            Kind::Memalign => (programs::MEMALIGN_ENTER, Some(programs::ALLOC_EXIT)),
+            Kind::Free => (programs::FREE_ENTER, None),
         }
     }
 }
 
 /// Which libraries a function is looked for in, after the target's own
-/// allocator (see [`Target::probe_sites`]).
+/// allocator (see [`TargetProcess::probe_sites`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// The C allocator API: else in libc.
@@ -200,9 +205,10 @@ pub struct ProbeSite {
     pub library: Arc<Library>,
 }
 
-/// A running process chosen as target.
+/// A running process chosen as target (its description in a report is
+/// [`crate::model::Target`]).
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct TargetProcess {
     pub pid: u32,
     pub comm: String,
     pub cmdline: String,
@@ -221,18 +227,15 @@ pub struct Target {
     pidfd: Option<Arc<OwnedFd>>,
 }
 
-impl Target {
+impl TargetProcess {
     /// Finds the process and the libc it maps.
-    pub fn open(pid: u32) -> Result<Target, anyhow::Error> {
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        if pid == 0 || !proc_dir.exists() {
+    pub fn open(pid: u32) -> Result<TargetProcess, anyhow::Error> {
+        if pid == 0 || !procfs::exists(pid) {
             return Err(Error::NoSuchProcess(pid).into());
         }
-        let comm = fs::read_to_string(proc_dir.join("comm"))
-            .map(|s| s.trim_end().to_string())
-            .map_err(|_| Error::NoSuchProcess(pid))?;
-        let cmdline = cmdline_of(pid);
-        let maps = fs::read_to_string(proc_dir.join("maps")).map_err(|e| {
+        let comm = procfs::comm(pid).ok_or(Error::NoSuchProcess(pid))?;
+        let cmdline = procfs::cmdline(pid);
+        let maps = procfs::maps(pid).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 ": memprof needs root, or CAP_SYS_PTRACE over the target (a process in \
                  another user namespace cannot be read even by root)"
@@ -241,7 +244,7 @@ impl Target {
             };
             anyhow::anyhow!("reading /proc/{pid}/maps: {e}{hint}")
         })?;
-        if is_go_program(&proc_dir.join("exe")) {
+        if is_go_program(&procfs::exe(pid)) {
             return Err(Error::GoProgram {
                 what: format!("pid {pid} ({comm})"),
             }
@@ -250,13 +253,11 @@ impl Target {
         let objects: Vec<Library> = mapped_objects(&maps)
             .into_iter()
             .map(|path| Library {
-                host_path: proc_dir.join("root").join(path.trim_start_matches('/')),
+                host_path: procfs::host_path(pid, &path),
                 path,
             })
             .collect();
-        let exe = fs::read_link(proc_dir.join("exe"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let exe = procfs::exe_path(pid);
         let (libc, allocator) = match find_libc(&maps) {
             Some(libc) => {
                 let allocator = find_allocator(&objects, &exe, &libc);
@@ -281,19 +282,19 @@ impl Target {
                 (own.path.clone(), allocator)
             }
         };
-        let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
+        let libc_host_path = procfs::host_path(pid, &libc);
         let cxx = objects
             .iter()
             .find(|o| base_name(&o.path).starts_with("libstdc++.so"))
             .cloned();
-        let started = start_ticks(pid);
-        let pidfd = pidfd_open(pid);
+        let started = procfs::start_ticks(pid);
+        let pidfd = procfs::pidfd_open(pid);
         // The pid was read first, the pidfd taken after: the same process
         // only if it started at the same time.
-        if pidfd.is_some() && start_ticks(pid) != started {
+        if pidfd.is_some() && procfs::start_ticks(pid) != started {
             return Err(Error::NoSuchProcess(pid).into());
         }
-        Ok(Target {
+        Ok(TargetProcess {
             pid,
             comm,
             cmdline,
@@ -301,7 +302,7 @@ impl Target {
             libc_host_path,
             allocator,
             cxx,
-            started_unix_secs: started.and_then(started_unix_secs),
+            started_unix_secs: started.and_then(procfs::started_unix_secs),
             pidfd: pidfd.map(Arc::new),
         })
     }
@@ -386,70 +387,12 @@ impl Target {
 
     /// True while the process is still running.
     pub fn is_alive(&self) -> bool {
-        if let Some(fd) = &self.pidfd {
-            // Readable once the process has exited (zombie or reaped).
-            let mut poll = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, no waiting.
-            let n = unsafe { libc::poll(&mut poll, 1, 0) };
-            return n == 0;
+        match &self.pidfd {
+            Some(fd) => !procfs::pidfd_exited(fd),
+            // A zombie still has /proc/PID but no memory map.
+            None => procfs::is_alive(self.pid),
         }
-        // A zombie still has /proc/PID but no memory map.
-        fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .map(|stat| {
-                let state = stat
-                    .rsplit_once(") ")
-                    .and_then(|(_, rest)| rest.chars().next());
-                !matches!(state, Some('Z') | Some('X') | None)
-            })
-            .unwrap_or(false)
     }
-}
-
-/// The command line of `pid`, arguments joined by spaces ("" when unreadable).
-pub(crate) fn cmdline_of(pid: u32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
-/// A pidfd for `pid`, or None on kernels without pidfd_open (before 5.3).
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a nonnegative return is a new fd that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
-pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and parentheses.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Start time in clock ticks after boot -> seconds since the Unix epoch.
-pub(crate) fn started_unix_secs(ticks: u64) -> Option<f64> {
-    let boot: f64 = fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| boot + ticks as f64 / hz as f64)
 }
 
 /// True for an executable built by the Go toolchain (it has a
@@ -471,8 +414,8 @@ pub fn is_go_program(exe: &Path) -> bool {
 /// Debian, `/usr/local/musl/lib/libc.so`). glibc's `libc.so` is a linker
 /// script, never mapped.
 pub fn find_libc(maps: &str) -> Option<String> {
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
+    procfs::parse_maps(maps)
+        .filter_map(|m| m.path)
         .find(|path| {
             let base = base_name(path);
             base == "libc.so.6"
@@ -591,12 +534,12 @@ fn sites_in(
 
 /// The file-backed objects with executable mappings, in address order, once each.
 fn mapped_objects(maps: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let perms = fields.nth(1).unwrap_or("");
-        let Some(path) = fields.nth(3) else { continue };
-        if perms.contains('x') && path.starts_with('/') && !seen.iter().any(|p| p == path) {
+    let mut seen: Vec<String> = Vec::new();
+    for path in procfs::parse_maps(maps)
+        .filter(procfs::MapsEntry::executable)
+        .filter_map(|m| m.file())
+    {
+        if !seen.iter().any(|p| p == path) {
             seen.push(path.to_string());
         }
     }
@@ -783,7 +726,7 @@ mod tests {
 
     #[test]
     fn this_process_uses_glibcs_malloc() {
-        let target = Target::open(std::process::id()).unwrap();
+        let target = TargetProcess::open(std::process::id()).unwrap();
         assert_eq!(target.allocator.name, "glibc");
         assert_eq!(target.allocator_description(), target.libc);
         let sites = target.probe_sites(true).unwrap();
@@ -793,22 +736,8 @@ mod tests {
     }
 
     #[test]
-    fn this_process_started_before_now() {
-        let pid = std::process::id();
-        let started = start_ticks(pid).and_then(started_unix_secs).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        assert!(
-            started <= now + 1.0 && started > now - 86_400.0 * 365.0,
-            "{started} vs {now}"
-        );
-    }
-
-    #[test]
     fn a_missing_pid_is_named() {
-        let err = Target::open(u32::MAX - 1).unwrap_err();
+        let err = TargetProcess::open(u32::MAX - 1).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }
