@@ -8,6 +8,10 @@
 //! [`wait`] (the only async module), [`snapshot`] (read the maps),
 //! [`aggregate`] (pure), [`symbolize`] and [`report`] (assembly of the
 //! [`model::Report`]) -> [`render`].
+//!
+//! Below them, [`procfs`] and [`tracefs`] read the system; [`session_link`]
+//! and [`windows`] hold the kernel's uprobe sessions; [`sources`] records
+//! what the heap does not show (`--mmap`, `--kernel`).
 
 pub mod aggregate;
 pub mod cli;
