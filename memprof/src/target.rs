@@ -201,6 +201,20 @@ pub struct ProbeSite {
     pub library: Arc<Library>,
 }
 
+impl ProbeSite {
+    /// Where this site's probes went, for the report.
+    pub fn placement_report(&self) -> crate::model::ProbePlacement {
+        crate::model::ProbePlacement {
+            library: self.library.path.clone(),
+            functions: self.names.iter().map(|n| n.to_string()).collect(),
+            offset: self.placement.offset,
+            instruction: self.placement.mnemonic.clone(),
+            emulated: self.placement.emulated,
+            why: self.placement.why.clone(),
+        }
+    }
+}
+
 /// A running process chosen as target.
 #[derive(Clone, Debug)]
 pub struct Target {
