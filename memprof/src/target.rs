@@ -804,6 +804,38 @@ mod tests {
     }
 
     #[test]
+    fn placed_probes_stay_inside_their_functions_and_are_reported() {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let libc = find_libc(&maps).expect("the test binary maps glibc");
+        let at_entry = probe_sites(Path::new(&libc), false).unwrap();
+        let placed = probe_sites(Path::new(&libc), true).unwrap();
+        assert_eq!(at_entry.len(), placed.len());
+        for (entry, placed) in at_entry.iter().zip(&placed) {
+            assert_eq!(entry.names, placed.names);
+            assert_eq!(entry.placement.offset, 0);
+            assert_eq!(
+                placed.file_offset,
+                entry.file_offset + placed.placement.offset,
+                "{:?}",
+                placed.names
+            );
+            assert_eq!(placed.placement.why.is_none(), placed.placement.emulated);
+            let report = placed.placement_report();
+            assert_eq!(report.library, libc);
+            assert_eq!(report.offset, placed.placement.offset);
+            assert_eq!(report.emulated, placed.placement.emulated);
+            assert_eq!(
+                report.functions,
+                placed
+                    .names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
     fn lists_each_executable_object_once() {
         let maps = "\
 55d0c2a00000-55d0c2a01000 r-xp 00001000 fe:01 1234 /usr/bin/leaky
