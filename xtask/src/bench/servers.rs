@@ -300,11 +300,25 @@ fn print_table(title: &str, tests: &[&str], results: &[Results], check_title: &s
                 .and_then(|r| median(&r.rps[t]))
         })
         .collect();
+    let none_runs: Option<&Results> = results.iter().find(|r| r.column.mode == Mode::None);
+    // Each round's none / this, paired within the round: steadier than the ratio of the
+    // medians when the machine's speed drifts from round to round.
+    let paired = |result: &Results, t: usize| -> Option<f64> {
+        let ratios: Vec<f64> = none_runs?.rps[t]
+            .iter()
+            .zip(&result.rps[t])
+            .filter(|(_, &this)| this > 0.0)
+            .map(|(none, this)| none / this)
+            .collect();
+        median(&ratios)
+    };
     let mut header = "| mode | what runs |".to_string();
     let mut rule = "|---|---|".to_string();
     for test in tests {
-        header.push_str(&format!(" {test} req/s | none / this |"));
-        rule.push_str("---:|---:|");
+        header.push_str(&format!(
+            " {test} req/s | none / this | median of rounds' none / this |"
+        ));
+        rule.push_str("---:|---:|---:|");
     }
     header.push_str(&format!(" {check_title} |"));
     rule.push_str("---|");
@@ -318,10 +332,11 @@ fn print_table(title: &str, tests: &[&str], results: &[Results], check_title: &s
         for (t, none) in none.iter().enumerate() {
             let rps = median(&result.rps[t]);
             row.push_str(&format!(
-                " {} | {} |",
+                " {} | {} | {} |",
                 rps.map(|r| thousands(r.round() as u64))
                     .unwrap_or_else(|| "-".into()),
-                ratio(*none, rps)
+                ratio(*none, rps),
+                ratio(paired(result, t), Some(1.0))
             ));
         }
         let check = if result.checks.is_empty() {
