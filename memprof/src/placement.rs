@@ -18,15 +18,17 @@
 //! with one. An instruction with an es, cs, ss, ds or lock prefix cannot be
 //! probed at all.
 //!
-//! [`place`] follows a function's straight-line code from its entry while the
-//! probes would still see what they read at the entry (the watched argument
-//! registers and the stack pointer untouched, the return address still at
-//! `[rsp]` for a return probe), and stops at the first instruction the
-//! kernel emulates. Every call must reach that instruction exactly once, so
-//! it is refused when any branch of the function (or, with
-//! [`Landings`], of the whole file) lands between the entry and it. When
-//! there is no such instruction, the probe stays at the entry and the
-//! [`Placement`] says why.
+//! [`place_in_file`] follows a function's straight-line code from its entry
+//! while the probes would still see what they read at the entry (the watched
+//! argument registers and the stack pointer untouched, the return address
+//! still at `[rsp]` for a return probe), and stops at the first instruction
+//! the kernel emulates. Every call must reach that instruction exactly once,
+//! so it is refused when a direct branch of the function or of the whole file
+//! ([`Landings`]), or a symbol, lands between the entry and it. Indirect
+//! branches (jump tables) are not followed: compilers dispatch them after a
+//! function's first branch, which the walk never passes. When there is no
+//! such instruction, the probe stays at the entry and the [`Placement`] says
+//! why.
 
 use std::{
     ops::RangeInclusive,
@@ -53,7 +55,7 @@ const ARGS: [Register; 6] = [
 type FileId = (u64, u64, u64, i64, i64);
 
 /// How many bytes of a function whose size is unknown are read.
-pub const UNSIZED_BYTES: usize = 256;
+const UNSIZED_BYTES: usize = 256;
 
 /// Where a probe goes in one function, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +101,7 @@ pub struct Needs {
 /// entry (its size from the symbol table). `sized` is false when the size is
 /// not known: `function` is then only its first bytes, branches later in it
 /// cannot be ruled out, and the probe stays at the entry.
-pub fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
+fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
     let found = first_emulated(function, needs);
     let Some(entry) = found.entry else {
         return Placement {
@@ -277,7 +279,7 @@ impl Landings {
     /// Decodes every executable section of an ELF file from its start
     /// (linear sweep: bytes that are data may add targets, which only makes
     /// placement more careful), and adds every symbol's address.
-    pub fn of_file(data: &[u8], file: &object::File<'_>) -> Landings {
+    fn of_file(data: &[u8], file: &object::File<'_>) -> Landings {
         use object::{
             Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionFlags, SectionKind,
         };
@@ -353,7 +355,7 @@ impl Landings {
 
     /// The first target in `range` (file offsets), if any. A probe's own
     /// entry is never in its range.
-    pub fn any_in(&self, range: RangeInclusive<u64>) -> Option<u64> {
+    fn any_in(&self, range: RangeInclusive<u64>) -> Option<u64> {
         let from = self.targets.partition_point(|&t| t < *range.start());
         self.targets
             .get(from)
@@ -451,7 +453,7 @@ const NOPS: [&[u8]; 8] = [
 /// True for the instructions that x86-64 uprobes emulate instead of
 /// single-stepping (see the module's documentation), `bytes` being all of
 /// `insn`'s bytes.
-pub fn emulated(insn: &Instruction, bytes: &[u8]) -> bool {
+fn emulated(insn: &Instruction, bytes: &[u8]) -> bool {
     // Legacy prefixes, then at most one REX prefix, then the opcode.
     let legacy = bytes
         .iter()
