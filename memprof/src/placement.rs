@@ -328,7 +328,7 @@ impl Landings {
         Landings { targets }
     }
 
-    /// [`Landings::of_file`] of the file at `path` (whose bytes are `data`),
+    /// The landings of the file at `path` (whose bytes are `data`),
     /// computed once per file (device, inode, size, modification time) for
     /// the life of the process: runs over many processes place probes in
     /// the same libraries again and again.
