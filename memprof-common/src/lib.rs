@@ -196,6 +196,37 @@ pub mod globals {
     pub const SAMPLE_BY_WINDOW: &str = "SAMPLE_BY_WINDOW";
 }
 
+/// Names of the programs that record every call (plain uprobes and
+/// uretprobes), and of the process-event programs that every mode loads.
+pub mod programs {
+    /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`: entry.
+    pub const MALLOC_ENTER: &str = "malloc_enter";
+    /// `calloc(nmemb, size)`: entry.
+    pub const CALLOC_ENTER: &str = "calloc_enter";
+    /// `realloc(ptr, size)`: entry.
+    pub const REALLOC_ENTER: &str = "realloc_enter";
+    /// `reallocarray(ptr, nmemb, size)`: entry.
+    pub const REALLOCARRAY_ENTER: &str = "reallocarray_enter";
+    /// `posix_memalign(memptr, alignment, size)`: entry.
+    pub const POSIX_MEMALIGN_ENTER: &str = "posix_memalign_enter";
+    /// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`: entry.
+    pub const MEMALIGN_ENTER: &str = "memalign_enter";
+    /// `free(ptr)`, in every mode (sampled ones too).
+    pub const FREE_ENTER: &str = "free_enter";
+    /// Return of the functions that return the new block.
+    pub const ALLOC_EXIT: &str = "alloc_exit";
+    /// Return of realloc and reallocarray.
+    pub const REALLOC_EXIT: &str = "realloc_exit";
+    /// Return of posix_memalign.
+    pub const POSIX_MEMALIGN_EXIT: &str = "posix_memalign_exit";
+    /// Raw tracepoint `sched_process_exit`.
+    pub const THREAD_EXIT: &str = "thread_exit";
+    /// Raw tracepoint `sched_process_exec`.
+    pub const PROCESS_EXEC: &str = "process_exec";
+    /// Tracepoint `sched/sched_process_fork` (`--follow-forks`).
+    pub const PROCESS_FORK: &str = "process_fork";
+}
+
 /// The sampled-mode programs: one uprobe *session* program per kind of
 /// allocation function, run at its entry and (when the entry asks for it) at
 /// its return. `free` keeps its plain uprobe (`free_enter`).

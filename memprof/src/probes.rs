@@ -25,7 +25,8 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
-    control, filter, globals, maps, sampled, window_cookie, ProcEvents, StackAgg, StackTrace,
+    control, filter, globals, maps, programs, sampled, window_cookie, ProcEvents, StackAgg,
+    StackTrace,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -260,19 +261,19 @@ impl Probes {
             .context("loading the BPF programs into the kernel")?;
 
         let aya_programs: &[&str] = if config.sampled() {
-            &["free_enter"]
+            &[programs::FREE_ENTER]
         } else {
             &[
-                "malloc_enter",
-                "calloc_enter",
-                "realloc_enter",
-                "reallocarray_enter",
-                "posix_memalign_enter",
-                "memalign_enter",
-                "free_enter",
-                "alloc_exit",
-                "realloc_exit",
-                "posix_memalign_exit",
+                programs::MALLOC_ENTER,
+                programs::CALLOC_ENTER,
+                programs::REALLOC_ENTER,
+                programs::REALLOCARRAY_ENTER,
+                programs::POSIX_MEMALIGN_ENTER,
+                programs::MEMALIGN_ENTER,
+                programs::FREE_ENTER,
+                programs::ALLOC_EXIT,
+                programs::REALLOC_EXIT,
+                programs::POSIX_MEMALIGN_EXIT,
             ]
         };
         for &name in aya_programs {
@@ -281,8 +282,8 @@ impl Probes {
                 .with_context(|| format!("loading BPF program {name}"))?;
         }
         for (program, tracepoint) in [
-            ("thread_exit", "sched_process_exit"),
-            ("process_exec", "sched_process_exec"),
+            (programs::THREAD_EXIT, "sched_process_exit"),
+            (programs::PROCESS_EXEC, "sched_process_exec"),
         ] {
             let tp: &mut RawTracePoint = ebpf
                 .program_mut(program)
@@ -301,7 +302,7 @@ impl Probes {
                 );
             }
             let tp: &mut TracePoint = ebpf
-                .program_mut("process_fork")
+                .program_mut(programs::PROCESS_FORK)
                 .context("BPF program process_fork missing from the object")?
                 .try_into()?;
             tp.load().context("loading BPF program process_fork")?;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use memprof_common::programs;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::Error;
@@ -46,13 +47,16 @@ impl Kind {
     /// Names of the entry and return programs in the BPF object.
     pub fn programs(self) -> (&'static str, Option<&'static str>) {
         match self {
-            Kind::Malloc => ("malloc_enter", Some("alloc_exit")),
-            Kind::Calloc => ("calloc_enter", Some("alloc_exit")),
-            Kind::Realloc => ("realloc_enter", Some("realloc_exit")),
-            Kind::ReallocArray => ("reallocarray_enter", Some("realloc_exit")),
-            Kind::PosixMemalign => ("posix_memalign_enter", Some("posix_memalign_exit")),
-            Kind::Memalign => ("memalign_enter", Some("alloc_exit")),
-            Kind::Free => ("free_enter", None),
+            Kind::Malloc => (programs::MALLOC_ENTER, Some(programs::ALLOC_EXIT)),
+            Kind::Calloc => (programs::CALLOC_ENTER, Some(programs::ALLOC_EXIT)),
+            Kind::Realloc => (programs::REALLOC_ENTER, Some(programs::REALLOC_EXIT)),
+            Kind::ReallocArray => (programs::REALLOCARRAY_ENTER, Some(programs::REALLOC_EXIT)),
+            Kind::PosixMemalign => (
+                programs::POSIX_MEMALIGN_ENTER,
+                Some(programs::POSIX_MEMALIGN_EXIT),
+            ),
+            Kind::Memalign => (programs::MEMALIGN_ENTER, Some(programs::ALLOC_EXIT)),
+            Kind::Free => (programs::FREE_ENTER, None),
         }
     }
 }

@@ -1,0 +1,75 @@
+//! `free`: one plain uprobe, attached in every mode (sampled ones too). A
+//! tracked block leaves `LIVE`; a release of an untracked one is counted.
+
+use aya_ebpf::{
+    macros::{map, uprobe},
+    maps::PerCpuArray,
+    programs::ProbeContext,
+};
+use memprof_common::stat;
+
+use crate::maps::bump;
+use crate::record::{forget, live_key};
+use crate::settings::{target_thread, SAMPLE_RATE};
+use crate::task::{inside_allocator, stack_pointer};
+
+/// The thread and address of this CPU's last release (see [`count_unknown`]).
+#[map]
+static LAST_RELEASE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Notes this CPU's last release, for [`count_unknown`].
+#[inline(always)]
+fn note_release(tid: u64, addr: u64) {
+    if let Some(last) = LAST_RELEASE.get_ptr_mut(0) {
+        // SAFETY: this CPU's value; programs do not migrate while running.
+        unsafe { *last = [tid, addr] };
+    }
+}
+
+/// Counts the release of a block that was not tracked.
+///
+/// One release can reach two probes: a sized `operator delete` that jumps to
+/// `free` (mimalloc's), or another wrapper. The second sees a block already
+/// forgotten; it is told apart from a free of an unknown block by this CPU's
+/// last release (same thread, same address), and counted as nested.
+#[inline(always)]
+fn count_unknown(tid: u64, addr: u64) {
+    // SAFETY: this CPU's value; programs do not migrate while running.
+    let again = LAST_RELEASE
+        .get_ptr_mut(0)
+        .is_some_and(|last| unsafe { *last } == [tid, addr]);
+    bump(if again {
+        stat::NESTED_CALLS
+    } else {
+        stat::FREES_UNKNOWN
+    });
+}
+
+/// `free(ptr)`: no return probe needed.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    if ptr == 0 {
+        return 0;
+    }
+    // A tracked block leaves, whoever frees it (a block an allocator call
+    // releases itself, realloc's old one, left `LIVE` at that call's entry).
+    if forget(&live_key(tid, ptr)).is_some() {
+        bump(stat::FREES);
+        note_release(tid, ptr);
+        return 0;
+    }
+    if SAMPLE_RATE.load() > 1 {
+        // Sampled mode: most blocks were not sampled, and their frees are
+        // expected; not counted.
+        return 0;
+    }
+    if inside_allocator(stack_pointer(ctx.regs)) {
+        // e.g. realloc(p, 0) freeing p: accounted at realloc's return.
+        bump(stat::NESTED_CALLS);
+        return 0;
+    }
+    count_unknown(tid, ptr);
+    0
+}

@@ -1,0 +1,78 @@
+//! Process events: a thread exits, a process calls exec, a task forks. They
+//! keep the set of recorded processes (`TARGETS`) and what happened to each
+//! (`PROCS`, `EXECS`) true while the run lasts.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use memprof_common::{filter, stat, ProcEvents};
+
+use crate::maps::{bump, EXECS, PROCS, TARGETS};
+use crate::settings::{target_thread, FILTER, FOLLOW_FORKS, FORK_CHILD_PID_OFFSET, WATCH_EXECS};
+
+/// A thread exits: with [`filter::SET`], its id leaves `TARGETS`: a thread
+/// id a fork put there, or the process itself when its main thread exits, so
+/// that a later process given the same pid is not recorded. (Its pending
+/// call, if it died inside the allocator, goes with its task storage.)
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn thread_exit(_ctx: RawTracePointContext) -> u32 {
+    if FILTER.load() == filter::SET {
+        let _ = TARGETS.remove(bpf_get_current_pid_tgid() as u32);
+    }
+    0
+}
+
+/// A process calls exec: the allocations of the program it replaces are gone.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if WATCH_EXECS.load() != 0 {
+        let _ = EXECS.insert(tgid, now, BPF_ANY as u64);
+    }
+    if target_thread().is_none() {
+        return 0;
+    }
+    if let Some(events) = PROCS.get_ptr_mut(tgid) {
+        // SAFETY: points into the map value; only this process's exec writes it.
+        unsafe {
+            (*events).execs += 1;
+            (*events).last_exec_ns = now;
+        }
+    } else {
+        let first = ProcEvents {
+            execs: 1,
+            last_exec_ns: now,
+        };
+        let _ = PROCS.insert(tgid, first, BPF_ANY as u64);
+    }
+    0
+}
+
+/// A task forks or starts a thread: with [`FOLLOW_FORKS`], the child of a
+/// recorded process is recorded too (a thread's id is put in `TARGETS` as
+/// well, harmlessly: ids are looked up by tgid, and it leaves at its exit).
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    if FOLLOW_FORKS.load() == 0 || FILTER.load() != filter::SET {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: only tested for presence.
+    if unsafe { TARGETS.get(parent) }.is_none() {
+        return 0;
+    }
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(FORK_CHILD_PID_OFFSET.load() as usize) }) else {
+        bump(stat::FORKS_NOT_FOLLOWED);
+        return 0;
+    };
+    if TARGETS.insert(child as u32, 1, BPF_ANY as u64).is_err() {
+        bump(stat::FORKS_NOT_FOLLOWED);
+    }
+    0
+}
