@@ -467,6 +467,11 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         "detaching {} probes and reading the maps ...",
         probes.attached
     );
+    // Sites are attached once per file and offset, whatever the processes.
+    let mut placements: Vec<model::ProbePlacement> =
+        probes.sites.iter().map(|s| s.placement_report()).collect();
+    let mut seen = HashSet::new();
+    placements.retain(|p| seen.insert((p.library.clone(), p.functions.clone())));
     let maps = probes.detach()?;
     // --kernel: kernel stacks need no process's symbols.
     let found = sources::collect(
@@ -645,6 +650,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         sampling: sampling_of_run(args, Sampling::merged(samplings), maps.windows.as_ref()),
         mmap: found.mmap,
         kernel: found.kernel,
+        probes: placements,
     })
 }
 

@@ -83,6 +83,7 @@ fn run(
     let config = ProbeConfig::from_args(args);
     log::info!("attaching to pid {} ({}) ...", target.pid, target.comm);
     let mut probes = Probes::attach(&target, config)?;
+    let placements = probes.sites.iter().map(|s| s.placement_report()).collect();
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -244,6 +245,7 @@ fn run(
         processes: Vec::new(),
         mmap: found.mmap,
         kernel: found.kernel,
+        probes: placements,
     })
 }
 
