@@ -2,7 +2,7 @@
 //! cgroup, the whole machine or a launched command): check, select, load,
 //! attach, record, wait, stop, detach, read, report.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
@@ -10,7 +10,7 @@ use memprof_common::{AllocInfo, LiveKey};
 
 use crate::config::Config;
 use crate::launch;
-use crate::model::{Released, Report};
+use crate::model::{ProbePlacement, Released, Report};
 use crate::probes::{self, ProbeConfig, Probes};
 use crate::report::{self, Clock, Held, Recorded, Run, Shape};
 use crate::select::{Processes, Selection};
@@ -103,6 +103,11 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         "detaching {} probes and reading the maps ...",
         probes.attached
     );
+    // Sites are attached once per file and offset, whatever the processes.
+    let mut placements: Vec<ProbePlacement> =
+        probes.sites.iter().map(|s| s.placement_report()).collect();
+    let mut distinct = HashSet::new();
+    placements.retain(|p| distinct.insert((p.library.clone(), p.functions.clone())));
     let maps = probes.detach()?;
     log::debug!("detached; reading maps");
     let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
@@ -261,6 +266,7 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         found,
         windows,
         released,
+        probes: placements,
     };
     Ok(report::assemble(config, shape, held, run))
 }

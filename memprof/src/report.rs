@@ -9,7 +9,7 @@ use memprof_common::{AllocInfo, LiveKey};
 use crate::aggregate;
 use crate::config::Config;
 use crate::model::{
-    self, Growth, Released, Report, Sampling, Stack, Stats, Totals, SCHEMA_VERSION,
+    self, Growth, ProbePlacement, Released, Report, Sampling, Stack, Stats, Totals, SCHEMA_VERSION,
 };
 use crate::snapshot::Snapshot;
 use crate::sources::Found;
@@ -66,6 +66,8 @@ pub struct Run<'a> {
     pub windows: Option<&'a WindowLog>,
     /// What processes that held nothing any more released.
     pub released: Released,
+    /// Where the probes went.
+    pub probes: Vec<ProbePlacement>,
 }
 
 /// The report of a run.
@@ -79,6 +81,7 @@ pub fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<'_>) ->
         found,
         windows,
         mut released,
+        probes,
     } = run;
     let mut younger: Option<Totals> = None;
     let mut samplings = Vec::new();
@@ -179,6 +182,7 @@ pub fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<'_>) ->
         sampling,
         mmap: found.mmap,
         kernel: found.kernel,
+        probes,
     }
 }
 

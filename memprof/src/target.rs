@@ -199,10 +199,25 @@ pub struct ProbeSite {
     /// All probed names that share this address (e.g. `aligned_alloc` and
     /// `memalign` in some glibc versions): one probe serves them all.
     pub names: Vec<&'static str>,
-    /// How far into the function the probes sit (see [`crate::placement`]).
-    pub offset_in_function: u64,
+    /// Where in the function the probes sit, and whether the kernel
+    /// emulates the instruction there (see [`crate::placement`]).
+    pub placement: placement::Placement,
     /// The file the offset is in.
     pub library: Arc<Library>,
+}
+
+impl ProbeSite {
+    /// Where this site's probes went, for the report.
+    pub fn placement_report(&self) -> crate::model::ProbePlacement {
+        crate::model::ProbePlacement {
+            library: self.library.path.clone(),
+            functions: self.names.iter().map(|n| n.to_string()).collect(),
+            offset: self.placement.offset,
+            instruction: self.placement.mnemonic.clone(),
+            emulated: self.placement.emulated,
+            why: self.placement.why.clone(),
+        }
+    }
 }
 
 /// A running process chosen as target (its description in a report is
@@ -497,39 +512,67 @@ fn sites_in(
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("parsing {} as ELF", path.display()))?;
-    let defined: HashMap<&str, u64> = file
+    // Name -> (address, size).
+    let defined: HashMap<&str, (u64, u64)> = file
         .dynamic_symbols()
         .chain(file.symbols())
         .filter(|s| s.is_definition() && s.address() != 0)
-        .filter_map(|s| Some((s.name().ok()?, s.address())))
+        .filter_map(|s| Some((s.name().ok()?, (s.address(), s.size()))))
         .collect();
-    let mut by_addr: BTreeMap<u64, ProbeSite> = BTreeMap::new();
+    let mut by_addr: BTreeMap<u64, (ProbeSite, u64)> = BTreeMap::new();
     for &(name, kind) in wanted {
-        let Some(file_offset) = defined.get(name).and_then(|&a| file_offset(&file, a)) else {
+        let Some((file_offset, size)) = defined
+            .get(name)
+            .and_then(|&(a, size)| Some((file_offset(&file, a)?, size)))
+        else {
             continue;
         };
+        let function = data
+            .get(usize::try_from(file_offset).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
         by_addr
             .entry(file_offset)
-            .and_modify(|site| site.names.push(name))
-            .or_insert_with(|| ProbeSite {
-                file_offset,
-                kind,
-                names: vec![name],
-                offset_in_function: 0,
-                library: library.clone(),
+            .and_modify(|(site, _)| site.names.push(name))
+            .or_insert_with(|| {
+                let placement =
+                    placement::at_entry(function, "placement is off (--probe-at-entry)");
+                (
+                    ProbeSite {
+                        file_offset,
+                        kind,
+                        names: vec![name],
+                        placement,
+                        library: library.clone(),
+                    },
+                    size,
+                )
             });
     }
-    for site in by_addr.values_mut().filter(|_| placed) {
-        let start = usize::try_from(site.file_offset).unwrap_or(usize::MAX);
-        let code = data
-            .get(start..)
-            .map(|c| &c[..c.len().min(64)])
-            .unwrap_or_default();
-        let delta = placement::cheap_offset(code, site.kind.arguments());
-        site.offset_in_function = delta;
-        site.file_offset += delta;
+    let landings = if placed && !by_addr.is_empty() {
+        placement::Landings::cached(path, &data, &file)
+    } else {
+        Arc::default()
+    };
+    let mut sites = Vec::with_capacity(by_addr.len());
+    for (mut site, size) in by_addr.into_values() {
+        if placed {
+            let needs = placement::Needs {
+                args: site.kind.arguments(),
+                returns: site.kind != Kind::Free,
+            };
+            site.placement =
+                placement::place_in_file(&data, &landings, site.file_offset, size, needs);
+            site.file_offset += site.placement.offset;
+        }
+        log::debug!(
+            "probe on {} in {}: {}",
+            site.names.join("/"),
+            library.path,
+            site.placement.describe()
+        );
+        sites.push(site);
     }
-    Ok(by_addr.into_values().collect())
+    Ok(sites)
 }
 
 /// The file-backed objects with executable mappings, in address order, once each.
@@ -701,6 +744,38 @@ mod tests {
         let mut offsets: Vec<_> = sites.iter().map(|s| s.file_offset).collect();
         offsets.dedup();
         assert_eq!(offsets.len(), sites.len(), "one site per address");
+    }
+
+    #[test]
+    fn placed_probes_stay_inside_their_functions_and_are_reported() {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let libc = find_libc(&maps).expect("the test binary maps glibc");
+        let at_entry = probe_sites(Path::new(&libc), false).unwrap();
+        let placed = probe_sites(Path::new(&libc), true).unwrap();
+        assert_eq!(at_entry.len(), placed.len());
+        for (entry, placed) in at_entry.iter().zip(&placed) {
+            assert_eq!(entry.names, placed.names);
+            assert_eq!(entry.placement.offset, 0);
+            assert_eq!(
+                placed.file_offset,
+                entry.file_offset + placed.placement.offset,
+                "{:?}",
+                placed.names
+            );
+            assert_eq!(placed.placement.why.is_none(), placed.placement.emulated);
+            let report = placed.placement_report();
+            assert_eq!(report.library, libc);
+            assert_eq!(report.offset, placed.placement.offset);
+            assert_eq!(report.emulated, placed.placement.emulated);
+            assert_eq!(
+                report.functions,
+                placed
+                    .names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

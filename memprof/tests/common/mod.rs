@@ -179,6 +179,7 @@ pub fn sample_report() -> Report {
         sampling: None,
         mmap: None,
         kernel: None,
+        probes: Vec::new(),
     }
 }
 
