@@ -3,10 +3,7 @@
 //! full stack down to `main`, the same bytes as with frame pointers, and no
 //! frame outside the process's code. Needs root (run through `cargo xtask test`).
 
-use tests::{
-    check_leaks, describe_report, describe_stack, frame_index, profile_fixture, root_or_skip,
-    total, Kind, LEAKY_C, LEAKY_C_CLEAN,
-};
+use tests::{describe_report, describe_stack, frame_index, profile_fixture, root_or_skip, Kind};
 
 /// leaky.c at `-O2 -fomit-frame-pointer`: each leak's stack, from the
 /// leaking function (frames[0], or [1] for reallocarray's tail call) through
@@ -17,10 +14,11 @@ fn assert_full_stacks(args: &[&str]) {
     let (output, _) = profile_fixture(Kind::LeakyNoFramePointers, &all);
     let report = output.report();
     let dump = describe_report(&report);
-    assert_eq!(report.totals, total(LEAKY_C), "{dump}");
-    let problems = check_leaks(&report, LEAKY_C, LEAKY_C_CLEAN, Some(2));
+    let truth = Kind::LeakyNoFramePointers.truth();
+    assert_eq!(report.totals, truth.total(), "{dump}");
+    let problems = truth.check_leaks(&report);
     assert!(problems.is_empty(), "{problems:?}\n{dump}");
-    for leak in LEAKY_C {
+    for leak in truth.leaks {
         for stack in report
             .stacks
             .iter()
