@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Bench, Config, Limits, SampleBy, Sampling, Select};
+use crate::config::{Bench, Config, Limits, SampleBy, Sampling, Select, Unwind};
 use crate::render::{ColorScheme, Format, RenderOptions};
 use crate::sources::Sources;
 
@@ -163,8 +163,8 @@ pub struct ProfileArgs {
     /// information (.eh_frame), so code built without frame pointers (most distribution
     /// packages) gets full stacks; objects without it by frame pointer. `fp`: frame
     /// pointers only.
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = crate::unwind::Mode::Auto)]
-    pub unwind: crate::unwind::Mode,
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = UnwindArg::Auto)]
+    pub unwind: UnwindArg,
 
     /// Most unwind-table rows in the kernel (8 bytes each), for all objects together.
     #[arg(long, value_name = "N", default_value_t = memprof_common::unwind::DEFAULT_MAX_ROWS)]
@@ -258,7 +258,7 @@ impl ProfileArgs {
                 floor: self.bench.floor,
                 probe_at_entry: self.bench.probe_at_entry,
             },
-            unwind_rows: crate::unwind::rows_for(self),
+            unwind: self.unwind_config(),
         }
     }
 }
@@ -372,6 +372,42 @@ fn parse_secs(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err("must be a positive number of seconds".into())
+    }
+}
+
+/// `--unwind`: how user stacks are walked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindArg {
+    /// From call frame information wherever an object has it, frame
+    /// pointers elsewhere (the same as `dwarf`).
+    #[default]
+    Auto,
+    /// Frame pointers only: the cheapest, and one frame deep in code built
+    /// without them.
+    Fp,
+    /// From call frame information (`.eh_frame`) wherever an object has it.
+    Dwarf,
+}
+
+impl ProfileArgs {
+    /// `--unwind` and `--unwind-rows`. With `--sample-rate` stacks are walked
+    /// by frame pointer: the uprobe session programs are loaded without BTF,
+    /// which the kernel needs for the unwinder's `bpf_loop` callback.
+    fn unwind_config(&self) -> Unwind {
+        if self.unwind == UnwindArg::Fp {
+            return Unwind::FramePointers;
+        }
+        if self.sample_rate.is_some_and(|n| n > 1) {
+            if self.unwind == UnwindArg::Dwarf {
+                log::warn!(
+                    "--unwind dwarf is not available with --sample-rate yet: stacks are walked by frame pointer"
+                );
+            }
+            return Unwind::FramePointers;
+        }
+        Unwind::Tables {
+            rows: self.unwind_rows,
+        }
     }
 }
 

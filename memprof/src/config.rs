@@ -32,9 +32,37 @@ pub struct Config {
     pub sources: crate::sources::Sources,
     /// Knobs for benchmarks only.
     pub bench: Bench,
-    /// Room for unwind-table rows when stacks are walked from call frame
-    /// information; None: by frame pointer (`--unwind`).
-    pub unwind_rows: Option<u32>,
+    /// How user stacks are walked (`--unwind`).
+    pub unwind: Unwind,
+}
+
+/// How user stacks are walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwind {
+    /// From each object's call frame information (`.eh_frame`), with room
+    /// for this many unwind-table rows; by frame pointer where an object
+    /// has none.
+    Tables { rows: u32 },
+    /// By frame pointer only.
+    FramePointers,
+}
+
+impl Default for Unwind {
+    fn default() -> Self {
+        Unwind::Tables {
+            rows: memprof_common::unwind::DEFAULT_MAX_ROWS,
+        }
+    }
+}
+
+impl Unwind {
+    /// The room for unwind rows, or None when stacks are walked by frame pointer.
+    pub fn rows(self) -> Option<u32> {
+        match self {
+            Unwind::Tables { rows } => Some(rows),
+            Unwind::FramePointers => None,
+        }
+    }
 }
 
 /// Which processes a run records. Nothing given: every process on the machine.

@@ -33,7 +33,7 @@ mod sources;
 mod symbolize;
 mod target;
 mod tracefs;
-pub mod unwind;
+mod unwind;
 mod wait;
 mod window_log;
 mod windows;

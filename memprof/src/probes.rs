@@ -65,7 +65,7 @@ impl ProbeConfig {
             sampling: config.sampling,
             sources: config.sources,
             bench: config.bench,
-            unwind_rows: config.unwind_rows,
+            unwind_rows: config.unwind.rows(),
         }
     }
 
@@ -469,6 +469,27 @@ impl Probes {
     /// keeping the maps for reading.
     pub(crate) fn detach(mut self) -> anyhow::Result<Maps> {
         self.set_recording(false)?;
+        if let Some(tables) = &self.unwind {
+            let s = tables.stats();
+            log::info!(
+                "unwind tables: {} objects ({} without usable call frame information), {} rows \
+                 ({} unsupported), {:.1} MiB of kernel memory, built in {:.2} s{}",
+                s.objects,
+                s.failed,
+                s.rows,
+                s.unsupported_rows,
+                s.kernel_bytes as f64 / (1024.0 * 1024.0),
+                s.build_us as f64 / 1e6,
+                if s.mappings_dropped > 0 {
+                    format!(
+                        "; {} processes had more mappings than a table holds",
+                        s.mappings_dropped
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         let mut take = |name: &str| {
             self.ebpf
                 .take_map(name)

@@ -655,7 +655,7 @@ fn stats(stats: &Stats, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         writeln!(out, "{line}")?;
     }
-    crate::unwind::render_stats(&stats.unwind, out)?;
+    render_unwind_stats(&stats.unwind, out)?;
     if stats.lost_data() {
         writeln!(out)?;
         writeln!(out, "{}", lost_data_warning(stats))?;
@@ -781,6 +781,40 @@ fn utc_timestamp(secs: f64) -> Option<String> {
         (rem % 3600) / 60,
         rem % 60
     ))
+}
+
+/// The unwinding counters of a text report, when stacks were walked from
+/// tables (nothing otherwise).
+fn render_unwind_stats(
+    stats: &crate::model::UnwindStats,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let named = stats.named();
+    if named.iter().all(|&(_, v)| v == 0) {
+        return Ok(());
+    }
+    let width = named
+        .iter()
+        .map(|(_, v)| v.to_string().len())
+        .max()
+        .unwrap_or(1);
+    for (name, value) in named {
+        let why = match name {
+            "unwind_cfi" => "stacks walked from call frame information (.eh_frame)",
+            "unwind_no_table" => {
+                "stacks walked by frame pointer: the process had no unwind table yet"
+            }
+            "unwind_not_mapped" => "stacks ended at a return address outside the process's code",
+            "unwind_no_cfi" => "stacks ended in code without call frame information",
+            "unwind_unsupported" => "stacks ended at a frame rule memprof cannot follow",
+            "unwind_read_failed" => "stacks ended where the stack could not be read",
+            _ => "stacks ended at the most frames kept",
+        };
+        if value != 0 {
+            writeln!(out, "  {name:<21} {value:>width$}  {why}")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

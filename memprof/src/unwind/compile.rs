@@ -3,7 +3,6 @@
 //! unwinder searches: sorted by address, one row per change of rule, a
 //! [`cfa::NONE`] row wherever a gap between functions begins.
 
-use std::path::Path;
 
 use anyhow::Context as _;
 use gimli::{
@@ -15,7 +14,7 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
 /// An object's rows and what went into them.
 #[derive(Debug, Default, Clone)]
-pub struct Compiled {
+pub(crate) struct Compiled {
     /// Sorted by `pc`, no two neighbours with the same rule.
     pub rows: Vec<UnwindRow>,
     /// Function descriptions (FDEs) read.
@@ -34,14 +33,8 @@ const UNSUPPORTED: Rule = (cfa::UNSUPPORTED, 0, 0);
 /// One FDE: its start and end address, and its rows (address, rule).
 type FdeRows = (u64, u64, Vec<(u64, Rule)>);
 
-/// Compiles the object at `path` (see the module comment).
-pub fn compile_file(path: &Path) -> anyhow::Result<Compiled> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    compile(&data).with_context(|| format!("compiling the unwind table of {}", path.display()))
-}
-
 /// Compiles the ELF object `data` (see the module comment).
-pub fn compile(data: &[u8]) -> anyhow::Result<Compiled> {
+pub(crate) fn compile(data: &[u8]) -> anyhow::Result<Compiled> {
     let file = object::File::parse(data).context("not an ELF object")?;
     if file.architecture() != object::Architecture::X86_64 {
         anyhow::bail!("not an x86-64 object: only x86-64 stacks can be unwound");

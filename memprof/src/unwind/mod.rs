@@ -35,48 +35,10 @@
 
 use anyhow::Context as _;
 
-pub mod compile;
-pub mod tables;
+pub(crate) mod compile;
+pub(crate) mod tables;
 
-pub use tables::{TableStats, UnwindTables};
-
-/// How user stacks are walked (`--unwind`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// From call frame information wherever an object has it, frame
-    /// pointers elsewhere (the same as `dwarf`).
-    #[default]
-    Auto,
-    /// Frame pointers only: the cheapest, and one frame deep in code built
-    /// without them.
-    Fp,
-    /// From call frame information (`.eh_frame`) wherever an object has it.
-    Dwarf,
-}
-
-impl Mode {
-    /// True when the BPF programs walk stacks from unwind tables.
-    pub fn uses_tables(self) -> bool {
-        self != Mode::Fp
-    }
-}
-
-/// The room for unwind rows `args` ask for, or None when stacks are walked
-/// by frame pointer: with `--unwind fp`, and with `--sample-rate`, whose
-/// programs are loaded without BTF (uprobe sessions, see `session_link`),
-/// which the kernel needs for the unwinder's `bpf_loop` callback.
-pub fn rows_for(args: &crate::cli::ProfileArgs) -> Option<u32> {
-    if !args.unwind.uses_tables() {
-        return None;
-    }
-    if args.sample_rate.is_some_and(|n| n > 1) {
-        if args.unwind == Mode::Dwarf {
-            log::warn!("--unwind dwarf is not available with --sample-rate yet: stacks are walked by frame pointer");
-        }
-        return None;
-    }
-    Some(args.unwind_rows)
-}
+pub(crate) use tables::UnwindTables;
 
 /// Mapping tables in the kernel at once: two per process (a new one is
 /// written before the old one is let go), 16 KiB each.
@@ -85,7 +47,7 @@ const MAPPING_SLOTS: u32 = 128;
 /// Sets the BPF object's unwind mode and sizes its tables: `rows` is the
 /// room for rows when stacks are walked from tables (None: frame pointers,
 /// and the tables take no kernel memory).
-pub fn configure(loader: &mut aya::EbpfLoader<'_>, rows: Option<u32>) {
+pub(crate) fn configure(loader: &mut aya::EbpfLoader<'_>, rows: Option<u32>) {
     static FP: u32 = memprof_common::unwind::mode::FP;
     static DWARF: u32 = memprof_common::unwind::mode::DWARF;
     use memprof_common::unwind::{
@@ -110,7 +72,10 @@ pub fn configure(loader: &mut aya::EbpfLoader<'_>, rows: Option<u32>) {
 /// Opens the unwind maps of `ebpf` when stacks are walked from tables. They
 /// stay in `ebpf` too: the uprobe session programs are relocated against
 /// its maps later.
-pub fn tables_of(ebpf: &aya::Ebpf, rows: Option<u32>) -> anyhow::Result<Option<UnwindTables>> {
+pub(crate) fn tables_of(
+    ebpf: &aya::Ebpf,
+    rows: Option<u32>,
+) -> anyhow::Result<Option<UnwindTables>> {
     use memprof_common::unwind::{UNWIND_MAPPINGS, UNWIND_PROCS, UNWIND_ROWS};
     use std::os::fd::AsFd as _;
     if rows.is_none() {
@@ -134,37 +99,4 @@ pub fn tables_of(ebpf: &aya::Ebpf, rows: Option<u32>) -> anyhow::Result<Option<U
         aya::maps::Map::Array(open(UNWIND_MAPPINGS)?),
     )
     .map(Some)
-}
-/// The unwinding counters of a text report, when stacks were walked from
-/// tables (nothing otherwise).
-pub fn render_stats(
-    stats: &crate::model::UnwindStats,
-    out: &mut dyn std::io::Write,
-) -> std::io::Result<()> {
-    let named = stats.named();
-    if named.iter().all(|&(_, v)| v == 0) {
-        return Ok(());
-    }
-    let width = named
-        .iter()
-        .map(|(_, v)| v.to_string().len())
-        .max()
-        .unwrap_or(1);
-    for (name, value) in named {
-        let why = match name {
-            "unwind_cfi" => "stacks walked from call frame information (.eh_frame)",
-            "unwind_no_table" => {
-                "stacks walked by frame pointer: the process had no unwind table yet"
-            }
-            "unwind_not_mapped" => "stacks ended at a return address outside the process's code",
-            "unwind_no_cfi" => "stacks ended in code without call frame information",
-            "unwind_unsupported" => "stacks ended at a frame rule memprof cannot follow",
-            "unwind_read_failed" => "stacks ended where the stack could not be read",
-            _ => "stacks ended at the most frames kept",
-        };
-        if value != 0 {
-            writeln!(out, "  {name:<21} {value:>width$}  {why}")?;
-        }
-    }
-    Ok(())
 }

@@ -24,7 +24,7 @@ const REFRESH_EVERY: Duration = Duration::from_millis(100);
 
 /// What the tables cost, for the report and the bench.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TableStats {
+pub(crate) struct TableStats {
     /// Objects with a table.
     pub objects: u64,
     /// Objects whose call frame information could not be compiled (walked by frame pointer).
@@ -73,7 +73,7 @@ struct Inner {
 }
 
 /// The unwind tables of a run, and the thread that keeps them current.
-pub struct UnwindTables {
+pub(crate) struct UnwindTables {
     inner: Arc<Mutex<Inner>>,
     pids: Arc<Mutex<Vec<u32>>>,
     stop: Arc<AtomicBool>,
@@ -83,7 +83,7 @@ pub struct UnwindTables {
 impl UnwindTables {
     /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PROCS` and
     /// `UNWIND_MAPPINGS` and starts the thread that keeps them current.
-    pub fn new(rows: Map, procs: Map, mappings: Map) -> anyhow::Result<UnwindTables> {
+    pub(crate) fn new(rows: Map, procs: Map, mappings: Map) -> anyhow::Result<UnwindTables> {
         let rows = Array::<MapData, RowChunk>::try_from(rows).context("UNWIND_ROWS map")?;
         let procs =
             BpfHashMap::<MapData, u32, ProcSlot>::try_from(procs).context("UNWIND_PROCS map")?;
@@ -132,7 +132,7 @@ impl UnwindTables {
     }
 
     /// Builds the tables of `pid` now and keeps them current from then on.
-    pub fn add_process(&self, pid: u32) -> anyhow::Result<()> {
+    pub(crate) fn add_process(&self, pid: u32) -> anyhow::Result<()> {
         {
             let mut inner = self
                 .inner
@@ -149,7 +149,7 @@ impl UnwindTables {
     }
 
     /// What the tables cost so far.
-    pub fn stats(&self) -> TableStats {
+    pub(crate) fn stats(&self) -> TableStats {
         self.inner.lock().map(|i| i.stats).unwrap_or_default()
     }
 }
