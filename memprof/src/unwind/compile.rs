@@ -3,7 +3,6 @@
 //! unwinder searches: sorted by address, one row per change of rule, a
 //! [`cfa::NONE`] row wherever a gap between functions begins.
 
-
 use anyhow::Context as _;
 use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, LittleEndian, Register, RegisterRule,
