@@ -144,6 +144,21 @@ pub mod maps {
     /// process, while [`super::globals::WATCH_EXECS`] is set: user space checks
     /// their new command name (`--comm`).
     pub const EXECS: &str = "EXECS";
+    /// Per-CPU `u64` counters of the target's frees with sampling by
+    /// windows, indices in [`super::window_frees`].
+    pub const WINDOW_FREES: &str = "WINDOW_FREES";
+}
+
+/// Entries of the [`maps::WINDOW_FREES`] counters: how fast the target ran
+/// in the sampling windows against the whole run. `free` stays probed
+/// between windows, so its calls are counted everywhere.
+pub mod window_frees {
+    /// The target's calls of `free` (and the other releases) while recording.
+    pub const ALL: u32 = 0;
+    /// Those made while a window was open.
+    pub const IN_WINDOWS: u32 = 1;
+    /// Number of entries.
+    pub const LEN: u32 = 2;
 }
 
 /// Entries of the [`maps::CONTROL`] array.
