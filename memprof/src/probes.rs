@@ -31,9 +31,10 @@ use memprof_common::{
 
 const BPF_NOEXIST: u32 = 1;
 
+use crate::config::{Bench, Config, Limits, SampleBy, Sampling};
 use crate::error::Error;
 use crate::session_link::{self, SessionPrograms};
-use crate::target::{Kind, ProbeSite, TargetProcess};
+use crate::target::{Kind, ProbeSite};
 use crate::tracefs;
 use crate::windows::{self, Windows};
 
@@ -42,55 +43,43 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// How to load and attach the probes.
 #[derive(Clone, Copy, Debug)]
-pub struct ProbeConfig {
-    pub max_live: u32,
-    pub max_stacks: u32,
-    /// Record nothing: the programs return at once (for measuring the floor).
-    pub floor: bool,
-    /// Probe each function's first instruction instead of the cheapest equivalent one.
-    pub at_entry: bool,
-    /// Record each allocation call with probability 1/`sample_rate` (through
-    /// uprobe session links); 0 or 1 records every call.
-    pub sample_rate: u32,
-    /// With `sample_rate`: sample by time windows instead of by call
-    /// (see [`crate::windows`]), each window this long.
-    pub sample_window: Option<std::time::Duration>,
+pub(crate) struct ProbeConfig {
+    pub limits: Limits,
+    /// `None`: every allocation call is recorded. Else through uprobe
+    /// session links, and with [`SampleBy::Window`] by time windows (see
+    /// [`crate::windows`]).
+    pub sampling: Option<Sampling>,
     /// Optional sources besides the heap (`--mmap`, `--kernel`).
     pub sources: crate::sources::Sources,
+    /// Record nothing ([`Bench::floor`]); probes at entry ([`Bench::probe_at_entry`]).
+    pub bench: Bench,
 }
 
 impl ProbeConfig {
-    /// The configuration the command line asks for.
-    pub fn from_args(args: &crate::cli::ProfileArgs) -> ProbeConfig {
+    /// The probes a run asks for.
+    pub(crate) fn of(config: &Config) -> ProbeConfig {
         ProbeConfig {
-            max_live: args.max_live,
-            max_stacks: args.max_stacks,
-            floor: args.floor,
-            at_entry: args.probe_at_entry,
-            sample_rate: args.sample_rate.unwrap_or(0),
-            sample_window: (args.sample_by == crate::cli::SampleBy::Window)
-                .then(|| std::time::Duration::from_secs_f64(args.sample_window_ms / 1e3)),
-            sources: crate::sources::Sources {
-                mmap: args.mmap,
-                kernel: args.kernel,
-            },
+            limits: config.limits,
+            sampling: config.sampling,
+            sources: config.sources,
+            bench: config.bench,
         }
     }
 
     /// True when allocation calls are sampled.
-    pub fn sampled(&self) -> bool {
-        self.sample_rate > 1
+    pub(crate) fn sampled(&self) -> bool {
+        self.sampling.is_some()
     }
 
     /// True when sampling by time windows.
-    pub fn by_window(&self) -> bool {
-        self.sampled() && self.sample_window.is_some()
+    pub(crate) fn by_window(&self) -> bool {
+        self.sampling.is_some_and(|s| s.by == SampleBy::Window)
     }
 }
 
 /// Which processes the probes record (see [`memprof_common::filter`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// One of [`memprof_common::filter`].
     pub mode: u32,
     /// With [`filter::ONE`]: the process.
@@ -105,7 +94,7 @@ pub struct Filter {
 
 impl Filter {
     /// Only the process `tgid`.
-    pub fn one(tgid: u32) -> Filter {
+    pub(crate) fn one(tgid: u32) -> Filter {
         Filter {
             mode: filter::ONE,
             tgid,
@@ -118,7 +107,7 @@ impl Filter {
 
 /// Which processes a probe fires for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Only this process: others that map the library never trap.
     Process(u32),
     /// Every process that maps the library (the programs filter).
@@ -126,12 +115,11 @@ pub enum Scope {
 }
 
 /// The maps that outlive the probes, read after detaching.
-pub struct Maps {
+pub(crate) struct Maps {
     pub live: Map,
     pub agg: Map,
     pub stacks: Map,
     pub stats: Map,
-    pub procs: Map,
     /// The optional sources, to be read by [`crate::sources::collect`].
     pub sources: crate::sources::Attached,
     /// With sampling by windows: when they were open.
@@ -139,7 +127,7 @@ pub struct Maps {
 }
 
 /// Loaded and attached programs.
-pub struct Probes {
+pub(crate) struct Probes {
     /// With sampling by windows: the thread that attaches the probes of the
     /// functions that only allocate for each window. Stopped first on drop.
     windows: Option<Windows>,
@@ -163,7 +151,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Fails with a clear message when this process may not load BPF programs.
-pub fn check_permissions() -> Result<(), Error> {
+pub(crate) fn check_permissions() -> Result<(), Error> {
     let caps = crate::procfs::own_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
@@ -180,7 +168,7 @@ pub fn check_permissions() -> Result<(), Error> {
 }
 
 /// Fails with a clear message when the kernel cannot attach uprobes.
-pub fn check_kernel() -> Result<(), Error> {
+pub(crate) fn check_kernel() -> Result<(), Error> {
     let path = Path::new("/sys/bus/event_source/devices/uprobe/type");
     if path.exists() {
         Ok(())
@@ -192,27 +180,13 @@ pub fn check_kernel() -> Result<(), Error> {
 }
 
 impl Probes {
-    /// Loads the BPF object for `target` and attaches every allocator probe.
-    pub fn attach(target: &TargetProcess, config: ProbeConfig) -> anyhow::Result<Probes> {
-        let sites = target.probe_sites(!config.at_entry)?;
-        let mut probes = Probes::load(config, &Filter::one(target.pid))?;
-        probes
-            .attach_sites(&sites, Scope::Process(target.pid))
-            .map_err(|e| match e.downcast::<SiteError>() {
-                Ok(site) => site.explain(Some(target.pid)),
-                Err(e) => e,
-            })?;
-        probes.set_recording(true)?;
-        Ok(probes)
-    }
-
     /// Loads the BPF object and attaches its tracepoints; no allocator probe
     /// yet ([`Probes::attach_sites`]), and not recording.
-    pub fn load(config: ProbeConfig, filter: &Filter) -> anyhow::Result<Probes> {
+    pub(crate) fn load(config: ProbeConfig, filter: &Filter) -> anyhow::Result<Probes> {
         check_permissions()?;
         check_kernel()?;
         // A tgid that no process has makes every program return at once.
-        let (mode, tgid) = if config.floor {
+        let (mode, tgid) = if config.bench.floor {
             (filter::ONE, u32::MAX)
         } else {
             (filter.mode, filter.tgid)
@@ -225,7 +199,8 @@ impl Probes {
             Ok(None)
         };
         let offsets = crate::sources::TraceOffsets::read(config.sources)?;
-        let sample_rate = config.sample_rate.max(1);
+        // The programs record every call at rate 1.
+        let sample_rate = config.sampling.map_or(1, |s| s.rate);
         let by_window = u32::from(config.by_window());
         let self_tgid = std::process::id();
         let follow_forks = u32::from(filter.follow_forks && matches!(fork_offset, Ok(Some(_))));
@@ -245,9 +220,9 @@ impl Probes {
             .override_global(globals::FORK_CHILD_PID_OFFSET, &fork_child_pid_offset, true)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::SAMPLE_BY_WINDOW, &by_window, true)
-            .map_max_entries(maps::LIVE, config.max_live)
-            .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
-            .map_max_entries(maps::STACKS, config.max_stacks);
+            .map_max_entries(maps::LIVE, config.limits.max_live)
+            .map_max_entries(maps::AGG, config.limits.max_stacks.saturating_add(1))
+            .map_max_entries(maps::STACKS, config.limits.max_stacks);
         if mode == filter::ONE {
             // One process: no set to fill, and few execs to note; the
             // default sizes serve runs over many processes.
@@ -256,7 +231,12 @@ impl Probes {
                 .map_max_entries(maps::EXECS, 1)
                 .map_max_entries(maps::PROCS, 64);
         }
-        crate::sources::configure(&mut loader, config.sources, &offsets, config.max_stacks);
+        crate::sources::configure(
+            &mut loader,
+            config.sources,
+            &offsets,
+            config.limits.max_stacks,
+        );
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
@@ -306,13 +286,13 @@ impl Probes {
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
-        let windows = match config.sample_window {
-            Some(window) if config.by_window() => {
+        let windows = match config.sampling.and_then(|s| Some((s.rate, s.window()?))) {
+            Some((rate, window)) => {
                 let control = match ebpf.map(maps::CONTROL) {
                     Some(Map::Array(data)) => data.fd().as_fd().try_clone_to_owned()?,
                     _ => anyhow::bail!("BPF map CONTROL missing from the object"),
                 };
-                Some(Windows::new(control, config.sample_rate, window))
+                Some(Windows::new(control, rate, window))
             }
             _ => None,
         };
@@ -332,7 +312,11 @@ impl Probes {
     /// already (the same file, by device and inode, and offset). Returns how
     /// many probes were attached. A site that fails comes back as a
     /// [`SiteError`] inside the error.
-    pub fn attach_sites(&mut self, sites: &[ProbeSite], scope: Scope) -> anyhow::Result<usize> {
+    pub(crate) fn attach_sites(
+        &mut self,
+        sites: &[ProbeSite],
+        scope: Scope,
+    ) -> anyhow::Result<usize> {
         let sites: Vec<ProbeSite> = sites
             .iter()
             .filter(|site| match file_id(&site.library.host_path) {
@@ -387,7 +371,7 @@ impl Probes {
     }
 
     /// Adds processes to the recorded set ([`filter::SET`]).
-    pub fn add_targets(&mut self, tgids: &[u32]) -> anyhow::Result<()> {
+    pub(crate) fn add_targets(&mut self, tgids: &[u32]) -> anyhow::Result<()> {
         let mut targets = self.targets_map()?;
         for &tgid in tgids {
             targets
@@ -398,13 +382,13 @@ impl Probes {
     }
 
     /// Takes a process out of the recorded set.
-    pub fn remove_target(&mut self, tgid: u32) -> anyhow::Result<()> {
+    pub(crate) fn remove_target(&mut self, tgid: u32) -> anyhow::Result<()> {
         let _ = self.targets_map()?.remove(&tgid);
         Ok(())
     }
 
     /// The recorded set: processes, and threads of theirs started lately.
-    pub fn targets(&mut self) -> anyhow::Result<Vec<u32>> {
+    pub(crate) fn targets(&mut self) -> anyhow::Result<Vec<u32>> {
         Ok(self.targets_map()?.keys().filter_map(Result::ok).collect())
     }
 
@@ -418,7 +402,7 @@ impl Probes {
 
     /// The processes that called exec since the last call, noted with
     /// [`Filter::watch_execs`]; they are taken out of the map.
-    pub fn take_execs(&mut self) -> anyhow::Result<Vec<u32>> {
+    pub(crate) fn take_execs(&mut self) -> anyhow::Result<Vec<u32>> {
         let map = self
             .ebpf
             .map_mut(maps::EXECS)
@@ -434,7 +418,7 @@ impl Probes {
     /// Turns recording on or off for every probe at once. With sampling by
     /// windows, the windows start with recording and stop (the open one
     /// closed, its probes detached) before it ends.
-    pub fn set_recording(&mut self, on: bool) -> anyhow::Result<()> {
+    pub(crate) fn set_recording(&mut self, on: bool) -> anyhow::Result<()> {
         if !on {
             if let Some(windows) = &mut self.windows {
                 windows.stop();
@@ -458,7 +442,7 @@ impl Probes {
 
     /// Stops recording, detaches every probe and unloads the programs,
     /// keeping the maps for reading.
-    pub fn detach(mut self) -> anyhow::Result<Maps> {
+    pub(crate) fn detach(mut self) -> anyhow::Result<Maps> {
         self.set_recording(false)?;
         let mut take = |name: &str| {
             self.ebpf
@@ -470,7 +454,6 @@ impl Probes {
             agg: take(maps::AGG)?,
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
-            procs: take(maps::PROCS)?,
             sources: std::mem::take(&mut self.sources),
             windows: match self.windows.take() {
                 Some(mut windows) => {
@@ -493,7 +476,7 @@ impl Probes {
     }
 
     /// The maps while the probes stay attached (for snapshots during the run).
-    pub fn ebpf(&self) -> &Ebpf {
+    pub(crate) fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
 
@@ -508,7 +491,7 @@ impl Probes {
     /// count turned nonzero meanwhile, the frames are put back here. The idle
     /// time keeps a stack in use from being deleted between an allocation's
     /// lookup of its count and its update.
-    pub fn free_idle_stacks(&mut self, idle_ns: u64) -> anyhow::Result<u64> {
+    pub(crate) fn free_idle_stacks(&mut self, idle_ns: u64) -> anyhow::Result<u64> {
         let now = crate::snapshot::monotonic_ns();
         let (mut agg, mut stacks) = (None, None);
         for (name, map) in self.ebpf.maps_mut() {
@@ -554,18 +537,12 @@ impl Probes {
     }
 
     /// The execs of the recorded processes, by tgid.
-    pub fn procs(&self) -> anyhow::Result<HashMap<u32, ProcEvents>> {
+    pub(crate) fn procs(&self) -> anyhow::Result<HashMap<u32, ProcEvents>> {
         let map = self
             .ebpf
             .map(maps::PROCS)
             .context("BPF map PROCS missing from the object")?;
         crate::snapshot::read_procs(map)
-    }
-
-    /// How many times `tgid` called exec, and when it last did (`CLOCK_MONOTONIC` ns).
-    pub fn execs(&self, tgid: u32) -> anyhow::Result<(u64, u64)> {
-        let events = self.procs()?.remove(&tgid).unwrap_or_default();
-        Ok((events.execs, events.last_exec_ns))
     }
 }
 
@@ -712,7 +689,7 @@ fn fork_child_pid_offset() -> anyhow::Result<u32> {
 
 /// A probe site that could not be attached.
 #[derive(Debug)]
-pub struct SiteError {
+pub(crate) struct SiteError {
     pub error: ProgramError,
     pub site: ProbeSite,
 }
@@ -733,7 +710,7 @@ impl std::error::Error for SiteError {}
 
 impl SiteError {
     /// The error for the user: a conflict with another tracer, or the target gone.
-    pub fn explain(self, pid: Option<u32>) -> anyhow::Error {
+    pub(crate) fn explain(self, pid: Option<u32>) -> anyhow::Error {
         let SiteError { error, site } = self;
         let einval = match &error {
             ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::EINVAL),

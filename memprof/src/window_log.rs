@@ -6,11 +6,11 @@
 /// A busy target's allocations and frees rise and fall together from one
 /// window to the next, so the ratio's error is mostly already in each
 /// stack's stated one; a target that hardly frees is scaled by time.
-pub const MIN_FREES_IN_WINDOWS: u64 = 100;
+pub(crate) const MIN_FREES_IN_WINDOWS: u64 = 100;
 
 /// When the windows of a run were open.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct WindowLog {
+pub(crate) struct WindowLog {
     /// `CLOCK_MONOTONIC` ns when sampling started and ended.
     pub start_ns: u64,
     pub end_ns: u64,
@@ -25,7 +25,7 @@ pub struct WindowLog {
 
 impl WindowLog {
     /// Total time the windows were open, in ns.
-    pub fn open_ns(&self) -> u64 {
+    pub(crate) fn open_ns(&self) -> u64 {
         self.spans.iter().map(|&(open, close)| close - open).sum()
     }
 
@@ -39,7 +39,7 @@ impl WindowLog {
     /// a busy target makes fewer allocations in a window than in the same
     /// time outside, and the run's length over the windows' under-estimates
     /// what it allocates by that factor.
-    pub fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         if self.scaled_by_frees() {
             self.frees as f64 / self.frees_in_windows as f64
         } else {
@@ -48,13 +48,13 @@ impl WindowLog {
     }
 
     /// True when [`Self::scale`] counts frees.
-    pub fn scaled_by_frees(&self) -> bool {
+    pub(crate) fn scaled_by_frees(&self) -> bool {
         self.frees_in_windows >= MIN_FREES_IN_WINDOWS && self.frees > self.frees_in_windows
     }
 
     /// The run's length over the windows' (1.0 when no window opened, when
     /// nothing was recorded either).
-    pub fn time_scale(&self) -> f64 {
+    pub(crate) fn time_scale(&self) -> f64 {
         let open = self.open_ns();
         if open == 0 {
             return 1.0;
@@ -66,7 +66,7 @@ impl WindowLog {
     /// the run (frees per second in windows over frees per second outside);
     /// None without frees on either side. Below 1 when recording in the
     /// windows slowed the target down.
-    pub fn window_pace(&self) -> Option<f64> {
+    pub(crate) fn window_pace(&self) -> Option<f64> {
         let open = self.open_ns();
         let closed = self
             .end_ns
@@ -82,7 +82,7 @@ impl WindowLog {
     /// The window that a block recorded at `ns` belongs to: the last one
     /// opened at or before it (a call that entered during a window may
     /// return, and be timed, just after it closed).
-    pub fn window_of(&self, ns: u64) -> usize {
+    pub(crate) fn window_of(&self, ns: u64) -> usize {
         self.spans
             .partition_point(|&(open, _)| open <= ns)
             .saturating_sub(1)
@@ -119,7 +119,7 @@ mod tests {
         let mut log = run_log(&[(2_000, 2_100), (5_000, 5_150)]);
         log.frees = 100_000;
         log.frees_in_windows = 1_250;
-        assert!(MIN_FREES_IN_WINDOWS <= 1_250);
+        const { assert!(MIN_FREES_IN_WINDOWS <= 1_250) };
         assert!(log.scaled_by_frees());
         assert!((log.scale() - 80.0).abs() < 1e-9);
         assert!((log.time_scale() - 40.0).abs() < 1e-9);
