@@ -149,6 +149,21 @@ pub mod maps {
     /// process, while [`super::globals::WATCH_EXECS`] is set: user space checks
     /// their new command name (`--comm`).
     pub const EXECS: &str = "EXECS";
+    /// Per-CPU `u64` counters of the target's frees with sampling by
+    /// windows, indices in [`super::window_frees`].
+    pub const WINDOW_FREES: &str = "WINDOW_FREES";
+}
+
+/// Entries of the [`maps::WINDOW_FREES`] counters: how fast the target ran
+/// in the sampling windows against the whole run. `free` stays probed
+/// between windows, so its calls are counted everywhere.
+pub mod window_frees {
+    /// The target's calls of `free` (and the other releases) while recording.
+    pub const ALL: u32 = 0;
+    /// Those made while a window was open.
+    pub const IN_WINDOWS: u32 = 1;
+    /// Number of entries.
+    pub const LEN: u32 = 2;
 }
 
 /// Entries of the [`maps::CONTROL`] array.
@@ -249,11 +264,33 @@ pub mod sampled {
 
 /// The cookies of [`sampled::ALLOC_WINDOWED`]'s link: which function each
 /// probed address is.
+///
+/// A cookie also carries, in its upper 32 bits, the number of the window its
+/// link was made for ([`window_cookie::for_window`]). Closing a link takes
+/// the kernel 100 ms or more, during which its program still runs on every
+/// call; the next windows often open meanwhile, and every link still open
+/// would run the program again on each of their calls. A program whose link
+/// is not the open window's returns at once.
 pub mod window_cookie {
     pub const MALLOC: u64 = 0;
     pub const CALLOC: u64 = 1;
     pub const POSIX_MEMALIGN: u64 = 2;
     pub const MEMALIGN: u64 = 3;
+
+    /// The cookie of `kind` (one of the above) in a link made for window `window`.
+    pub const fn for_window(kind: u64, window: u32) -> u64 {
+        (kind & 0xffff_ffff) | ((window as u64) << 32)
+    }
+
+    /// The kind a cookie names.
+    pub const fn kind(cookie: u64) -> u64 {
+        cookie & 0xffff_ffff
+    }
+
+    /// The window whose link a cookie belongs to.
+    pub const fn window(cookie: u64) -> u32 {
+        (cookie >> 32) as u32
+    }
 }
 
 /// Default sizes of the maps; each has a command-line flag.

@@ -56,7 +56,7 @@ impl Kind {
     /// [`window_cookie`]); an unknown cookie is malloc.
     #[inline(always)]
     pub(crate) fn from_window_cookie(cookie: u64) -> Kind {
-        match cookie {
+        match window_cookie::kind(cookie) {
             window_cookie::CALLOC => Kind::Calloc,
             window_cookie::POSIX_MEMALIGN => Kind::PosixMemalign,
             window_cookie::MEMALIGN => Kind::Memalign,

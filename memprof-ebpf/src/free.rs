@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use memprof_common::stat;
 
-use crate::maps::bump;
+use crate::maps::{bump, count_window_free};
 use crate::record::{forget, live_key};
-use crate::settings::{target_thread, SAMPLE_RATE};
+use crate::settings::{current_window, target_thread, SAMPLE_BY_WINDOW, SAMPLE_RATE};
 use crate::task::{inside_allocator, stack_pointer};
 
 /// The thread and address of this CPU's last release (see [`count_unknown`]).
@@ -52,6 +52,10 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     let ptr: u64 = ctx.arg(0).unwrap_or(0);
     if ptr == 0 {
         return 0;
+    }
+    if SAMPLE_BY_WINDOW.load() != 0 {
+        // How fast the target runs in windows against the whole run.
+        count_window_free(current_window() != 0);
     }
     // A tracked block leaves, whoever frees it (a block an allocator call
     // releases itself, realloc's old one, left `LIVE` at that call's entry).

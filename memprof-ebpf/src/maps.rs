@@ -17,7 +17,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use memprof_common::{
-    control, defaults, source_stat, stat, AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace,
+    control, defaults, source_stat, stat, window_frees, AllocInfo, LiveKey, ProcEvents, StackAgg,
+    StackTrace,
 };
 
 /// The error a map insert with `BPF_NOEXIST` returns (negated) when the key is there.
@@ -71,6 +72,24 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 /// [`crate::sampled`].
 #[map]
 pub(crate) static CONTROL: Array<u32> = Array::with_max_entries(control::LEN, 0);
+
+/// With sampling by windows: the target's frees, all and those in windows
+/// (indices in [`window_frees`]).
+#[map]
+static WINDOW_FREES: PerCpuArray<u64> = PerCpuArray::with_max_entries(window_frees::LEN, 0);
+
+/// Counts one free of the target with sampling by windows.
+#[inline(always)]
+pub(crate) fn count_window_free(in_window: bool) {
+    if let Some(counter) = WINDOW_FREES.get_ptr_mut(window_frees::ALL) {
+        add(counter, 1);
+    }
+    if in_window {
+        if let Some(counter) = WINDOW_FREES.get_ptr_mut(window_frees::IN_WINDOWS) {
+            add(counter, 1);
+        }
+    }
+}
 
 /// The counters of `--mmap` and `--kernel`, apart from the heap's.
 #[map]

@@ -55,7 +55,7 @@ use aya_ebpf::{
     programs::ProbeContext,
     EbpfContext,
 };
-use memprof_common::{stat, AllocInfo, PendingCall};
+use memprof_common::{stat, window_cookie, AllocInfo, PendingCall};
 
 use crate::decode::{Call, Kind};
 use crate::maps::bump;
@@ -231,5 +231,12 @@ pub fn memalign_sampled(ctx: *mut c_void) -> u32 {
 pub fn alloc_windowed(ctx: *mut c_void) -> u32 {
     // SAFETY: the helper only reads the run's context.
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
+    if window_cookie::window(cookie) != current_window() && !is_return(&ProbeContext::new(ctx)) {
+        // A link of an earlier window, still being closed (see
+        // `window_cookie`): the open window's link, if any, sees this call.
+        // Nothing is dropped: the call is recorded there, or falls outside
+        // every window. A return run is always the link's own call's.
+        return SKIP_RETURN;
+    }
     session(ctx, Kind::from_window_cookie(cookie))
 }

@@ -173,6 +173,11 @@ impl Estimator {
                 count: log.spans.len() as u64,
                 open_secs: log.open_ns() as f64 / 1e9,
                 failed_links: log.failed_links,
+                time_scale: log.time_scale(),
+                frees: log.frees,
+                frees_in_windows: log.frees_in_windows,
+                pace: log.window_pace(),
+                scaled_by_frees: log.scaled_by_frees(),
             }),
         }
     }
@@ -525,6 +530,8 @@ mod tests {
             end_ns: 10_000,
             spans: vec![(1_000, 1_050), (6_000, 6_050)],
             failed_links: 0,
+            frees: 0,
+            frees_in_windows: 0,
         };
         let live = vec![
             (1, alloc(10, 1_010, 1)),
@@ -564,6 +571,8 @@ mod tests {
                 count: 2,
                 open_secs: 1e-7,
                 failed_links: 0,
+                time_scale: 100.0,
+                ..SampleWindows::default()
             })
         );
         // Totals: windows 0 and 1 recorded 3 and 2 blocks (not 3, 1 and 1).
@@ -577,6 +586,8 @@ mod tests {
             end_ns: 1_000,
             spans: vec![(0, 300)],
             failed_links: 0,
+            frees: 0,
+            frees_in_windows: 0,
         };
         let live = vec![(1, alloc(10, 5, 1))];
         let mut stacks = by_stack_in(&live, 1_000, Some(&log));

@@ -187,9 +187,12 @@ pub struct Sampling {
     /// How calls were chosen.
     #[serde(default)]
     pub method: SampleMethod,
-    /// What every recorded figure was multiplied by: N by call; the run's
-    /// length over the windows' by window. 0 in reports older than this
-    /// field, where it is `rate`.
+    /// What every recorded figure was multiplied by: N by call; by window,
+    /// the target's frees over those it made in windows (what the windows
+    /// saw of its work, however much recording slowed it down there), or
+    /// with too few frees the run's length over the windows' (see
+    /// [`SampleWindows`]). 0 in reports older than this field, where it is
+    /// `rate`.
     #[serde(default)]
     pub scale: f64,
     /// By window: how many there were and how long they were open.
@@ -225,6 +228,27 @@ pub struct SampleWindows {
     /// meanwhile, or a kernel error): those windows recorded nothing there.
     #[serde(default)]
     pub failed_links: u64,
+    /// The run's length over the windows': the scale of a target that runs
+    /// as fast in the windows as outside them, or of allocations that follow
+    /// the clock. 0 in reports older than this field.
+    #[serde(default)]
+    pub time_scale: f64,
+    /// The target's frees while recording, and those made in windows (`free`
+    /// stays probed between windows). 0 in reports older than these fields.
+    #[serde(default)]
+    pub frees: u64,
+    #[serde(default)]
+    pub frees_in_windows: u64,
+    /// How fast the target ran in the windows against outside them (its
+    /// frees per second in windows over outside): below 1 when recording
+    /// slowed it down. None without frees on either side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace: Option<f64>,
+    /// True when [`Sampling::scale`] is the target's frees over its frees in
+    /// windows (enough frees were seen in the windows), false when it is
+    /// `time_scale`.
+    #[serde(default)]
+    pub scaled_by_frees: bool,
 }
 
 /// How one stack's figures were estimated, in a sampled run.
@@ -275,6 +299,11 @@ impl Sampling {
                     count: x.count + y.count,
                     open_secs: x.open_secs + y.open_secs,
                     failed_links: x.failed_links + y.failed_links,
+                    time_scale: x.time_scale.max(y.time_scale),
+                    frees: x.frees + y.frees,
+                    frees_in_windows: x.frees_in_windows + y.frees_in_windows,
+                    pace: None,
+                    scaled_by_frees: x.scaled_by_frees || y.scaled_by_frees,
                 }),
                 (x, y) => x.or(y),
             },

@@ -25,8 +25,8 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
-    control, filter, globals, maps, programs, sampled, window_cookie, ProcEvents, StackAgg,
-    StackTrace,
+    control, filter, globals, maps, programs, sampled, window_cookie, window_frees, ProcEvents,
+    StackAgg, StackTrace,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -501,7 +501,20 @@ impl Probes {
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
             sources: std::mem::take(&mut self.sources),
-            windows: self.windows.take().map(|mut w| w.stop()),
+            windows: match self.windows.take() {
+                Some(mut windows) => {
+                    let mut log = windows.stop();
+                    (log.frees, log.frees_in_windows) = window_frees(&self.ebpf)?;
+                    log::debug!(
+                        "{} of the target's {} frees in the windows; pace in windows {:?}",
+                        log.frees_in_windows,
+                        log.frees,
+                        log.window_pace()
+                    );
+                    Some(log)
+                }
+                None => None,
+            },
         };
         drop(std::mem::take(&mut self.session));
         drop(self.ebpf);
@@ -590,6 +603,24 @@ fn session_program(kind: Kind) -> Option<&'static str> {
         Kind::Memalign => Some(sampled::MEMALIGN),
         Kind::Free => None,
     }
+}
+
+/// The counters of `WINDOW_FREES`: the target's frees while recording, and
+/// those made in sampling windows.
+fn window_frees(ebpf: &Ebpf) -> anyhow::Result<(u64, u64)> {
+    let map = ebpf
+        .map(maps::WINDOW_FREES)
+        .context("BPF map WINDOW_FREES missing from the object")?;
+    let array =
+        aya::maps::PerCpuArray::<&MapData, u64>::try_from(map).context("WINDOW_FREES map")?;
+    let sum = |index: u32| -> anyhow::Result<u64> {
+        Ok(array
+            .get(&index, 0)
+            .context("reading WINDOW_FREES")?
+            .iter()
+            .sum())
+    };
+    Ok((sum(window_frees::ALL)?, sum(window_frees::IN_WINDOWS)?))
 }
 
 /// Loads the session programs and links each to all of its sites; the

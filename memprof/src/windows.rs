@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use memprof_common::control;
+use memprof_common::{control, window_cookie};
 
 use crate::session_link;
 use crate::snapshot::monotonic_ns;
@@ -61,7 +61,8 @@ pub(crate) struct Spec {
     pub path: PathBuf,
     /// File offsets of the probed functions.
     pub offsets: Vec<u64>,
-    /// Each offset's cookie (which function it is).
+    /// Each offset's cookie (which function it is, one of
+    /// [`window_cookie`]); each window's link adds the window's number.
     pub cookies: Vec<u64>,
     /// The process the link is bound to; 0 for every process.
     pub pid: u32,
@@ -187,17 +188,25 @@ fn run(
             });
         }
         let begin = monotonic_ns();
+        number = number.wrapping_add(1).max(1);
         let links: Vec<OwnedFd> = {
             let mut specs = specs
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut links = Vec::with_capacity(specs.len());
             specs.retain(|spec| {
+                // The window's number in every cookie: this link does
+                // nothing in later windows, while it is being closed.
+                let cookies: Vec<u64> = spec
+                    .cookies
+                    .iter()
+                    .map(|&kind| window_cookie::for_window(kind, number))
+                    .collect();
                 let made = session_link::attach(
                     &spec.program,
                     &spec.path,
                     &spec.offsets,
-                    &spec.cookies,
+                    &cookies,
                     spec.pid,
                 );
                 match made {
@@ -216,7 +225,6 @@ fn run(
             });
             links
         };
-        number = number.wrapping_add(1).max(1);
         set(control, control::WINDOW, number);
         let open = monotonic_ns();
         let stop = !matches!(stopped.recv_timeout(window), Err(RecvTimeoutError::Timeout));

@@ -196,13 +196,32 @@ fn sampling_statement(report: &Report) -> Option<String> {
                  so the figures of what those links probe are low."
             ),
         };
+        let scaled = if windows.scaled_by_frees {
+            format!(
+                ", the share of the target's frees made in them (1 in {scale:.1}; it ran at \
+                 {pace:.0}% of its speed outside while every call was recorded). Allocations \
+                 that follow the clock rather than the target's work are over-estimated by \
+                 {over:.2}x (the run over the windows: 1 in {time:.1})",
+                scale = s.factor(),
+                pace = windows.pace.unwrap_or(1.0) * 100.0,
+                over = s.factor() / windows.time_scale.max(f64::MIN_POSITIVE),
+                time = windows.time_scale,
+            )
+        } else {
+            String::new()
+        };
         return Some(format!(
             "ESTIMATES from sampling by windows: every allocation call made during {count} \
-             {windows_word} at random times ({open} in all, 1/{scale:.1} of the run) was \
+             {windows_word} at random times ({open} in all, 1/{time_scale:.1} of the run) was \
              recorded, and every byte and allocation figure is the recorded one times \
-             {scale:.1} ({recorded} outstanding {blocks} recorded). {errors}, counting the \
-             blocks of one window together; each stack shows its own, and stacks that allocate \
-             rarely may be missing. The stats below are not scaled.{failed}",
+             {scale:.1}{scaled} ({recorded} outstanding {blocks} recorded). {errors}, counting \
+             the blocks of one window together; each stack shows its own, and stacks that \
+             allocate rarely may be missing. The stats below are not scaled.{failed}",
+            time_scale = if windows.time_scale > 0.0 {
+                windows.time_scale
+            } else {
+                s.factor()
+            },
             count = windows.count,
             windows_word = if windows.count == 1 {
                 "window"
@@ -231,7 +250,14 @@ fn sampling_statement(report: &Report) -> Option<String> {
 fn sampling_short(s: &Sampling) -> String {
     match s.method {
         SampleMethod::Call => format!("1-in-{} sampling", s.rate),
-        SampleMethod::Window => format!("sampling windows (1/{:.1} of the run)", s.factor()),
+        SampleMethod::Window => match s.windows {
+            Some(w) if w.scaled_by_frees => format!(
+                "sampling windows (1/{:.1} of the run, x{:.1} by frees)",
+                w.time_scale,
+                s.factor()
+            ),
+            _ => format!("sampling windows (1/{:.1} of the run)", s.factor()),
+        },
     }
 }
 
@@ -356,6 +382,7 @@ mod tests {
                 count: 12,
                 open_secs: 0.025,
                 failed_links: 0,
+                ..crate::model::SampleWindows::default()
             }),
             sampled_count: 100,
             bytes_stderr: 634_980.0,
