@@ -113,6 +113,16 @@ const _: () = assert!(core::mem::size_of::<PendingCall>() == 72);
 /// `AllocInfo::stack_id` of allocations whose user stack could not be captured.
 pub const STACK_LOST: i64 = -1;
 
+/// `AllocInfo::stack_id` of allocations whose stack found no room in the
+/// stack maps (`AGG` was full): they are still counted, for their process,
+/// under this id. User space reserves its `AGG` entry (and
+/// [`STACK_LOST`]'s) at load time, so that these two always have room.
+pub const STACK_NO_ROOM: i64 = -2;
+
+/// `AGG` entries reserved for [`STACK_LOST`] and [`STACK_NO_ROOM`], on top
+/// of the stacks it holds.
+pub const AGG_RESERVED: u32 = 2;
+
 /// Most frames kept of a user stack (the kernel's `PERF_MAX_STACK_DEPTH`).
 pub const MAX_FRAMES: usize = 127;
 
@@ -275,8 +285,11 @@ pub mod stat {
     pub const PENDING_STALE: u32 = 11;
     pub const STACK_COLLISIONS: u32 = 12;
     pub const FORKS_NOT_FOLLOWED: u32 = 13;
+    /// Allocations counted under [`super::STACK_NO_ROOM`]: their stack found
+    /// no room in the stack maps.
+    pub const STACK_NO_ROOM: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Optional sources besides the heap (`--mmap`, `--kernel`): their maps,

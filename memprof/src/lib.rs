@@ -328,9 +328,13 @@ pub(crate) fn outstanding(
     let mut stacks: Vec<Stack> = shown
         .into_iter()
         .map(|s| {
+            if s.stack_id == memprof_common::STACK_NO_ROOM {
+                frames.insert(s.stack_id, vec![model::Frame::no_room()]);
+            }
+            let no_room = s.stack_id == memprof_common::STACK_NO_ROOM;
             let frames = frames.remove(&s.stack_id).unwrap_or_default();
             Stack {
-                truncated: !frames.is_empty() && !symbolize::reaches_start(&frames),
+                truncated: !no_room && !frames.is_empty() && !symbolize::reaches_start(&frames),
                 frames,
                 bytes: s.bytes,
                 count: s.count,

@@ -438,6 +438,9 @@ pub struct Growth {
     pub growing: bool,
 }
 
+/// The name of [`Frame::no_room`].
+pub const NO_ROOM_FRAME: &str = "[no room for the stack: raise --max-stacks]";
+
 /// One symbolized frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
@@ -461,6 +464,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The one frame of the allocations counted without their stack because
+    /// the stack maps had no room for it (`stats.stack_no_room`).
+    pub fn no_room() -> Frame {
+        Frame {
+            addr: 0,
+            function: Some(NO_ROOM_FRAME.to_string()),
+            module: None,
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+
     /// The name shown for this frame: the function, else `module+0xaddr`, else the address.
     pub fn display_name(&self) -> String {
         match (&self.function, &self.module) {
@@ -507,6 +523,10 @@ pub struct Stats {
     pub stack_lost: u64,
     /// Allocations not aggregated because the per-stack map was full.
     pub stack_map_full: u64,
+    /// Allocations counted without their stack (under a stack that says
+    /// so) because the stack maps had no room for it: in the totals.
+    #[serde(default)]
+    pub stack_no_room: u64,
     /// Return probes that fired without a matching entry (attached mid-call).
     pub return_without_entry: u64,
     /// Allocator entries not tracked because the kernel could not allocate
@@ -539,7 +559,7 @@ impl Stats {
     }
 
     /// Every counter with its name, in a fixed order, for renderers.
-    pub fn named(&self) -> [(&'static str, u64); 15] {
+    pub fn named(&self) -> [(&'static str, u64); 16] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -550,6 +570,7 @@ impl Stats {
             ("live_map_full_bytes", self.live_map_full_bytes),
             ("stack_lost", self.stack_lost),
             ("stack_map_full", self.stack_map_full),
+            ("stack_no_room", self.stack_no_room),
             ("return_without_entry", self.return_without_entry),
             ("pending_map_full", self.pending_map_full),
             ("pending_stale", self.pending_stale),

@@ -26,7 +26,7 @@ use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
     control, filter, globals, maps, programs, sampled, window_cookie, ProcEvents, StackAgg,
-    StackTrace,
+    StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -245,7 +245,7 @@ impl Probes {
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::SAMPLE_BY_WINDOW, &by_window, true)
             .map_max_entries(maps::LIVE, config.max_live)
-            .map_max_entries(maps::AGG, config.max_stacks.saturating_add(1))
+            .map_max_entries(maps::AGG, config.max_stacks.saturating_add(AGG_RESERVED))
             .map_max_entries(maps::STACKS, config.max_stacks);
         if mode == filter::ONE {
             // One process: no set to fill, and few execs to note; the
@@ -259,6 +259,7 @@ impl Probes {
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
+        reserve_agg_entries(&mut ebpf)?;
 
         let aya_programs: &[&str] = if config.sampled() {
             &[programs::FREE_ENTER]
@@ -517,6 +518,8 @@ impl Probes {
         let idle: Vec<i64> = agg
             .iter()
             .filter_map(Result::ok)
+            // The reserved entries stay.
+            .filter(|(id, _)| *id >= 0)
             .filter(|(_, values)| {
                 let a = StackAgg::sum(values.iter());
                 a.count == 0 && a.bytes == 0 && now.saturating_sub(a.last_ns) >= idle_ns
@@ -746,6 +749,24 @@ impl SiteError {
             _ => err.context(what),
         }
     }
+}
+
+/// Puts the `AGG` entries of [`STACK_LOST`] and [`STACK_NO_ROOM`] in before
+/// any program runs: the map holds [`AGG_RESERVED`] entries more than the
+/// stacks, so an allocation whose stack finds no room still has these.
+fn reserve_agg_entries(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(maps::AGG)
+        .context("BPF map AGG missing from the object")?;
+    let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(map)?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("reading {what}: {e}"))?;
+    for id in [STACK_LOST, STACK_NO_ROOM] {
+        let zeros = aya::maps::PerCpuValues::try_from(vec![StackAgg::default(); cpus])
+            .context("per-CPU values of AGG")?;
+        agg.insert(id, zeros, 0)
+            .with_context(|| format!("reserving the entry of stack {id} in AGG"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::{
     default_title, human_bytes, human_secs, relative, sampling_statement, stacks_by_bytes,
     RenderOptions,
 };
-use crate::model::{Frame, Growth, Report, Stack, Stats, Totals};
+use crate::model::{Frame, Growth, Report, Stack, Stats, Totals, NO_ROOM_FRAME};
 
 /// Indentation of the frames under a stack's heading.
 const FRAME_INDENT: &str = "      ";
@@ -242,6 +242,9 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     }
     if report.stats.lost_data() {
         writeln!(out, "{}", lost_data_warning(&report.stats))?;
+    }
+    if let Some(note) = no_room_note(report) {
+        writeln!(out, "{note}")?;
     }
     if let Some(warning) = truncated_warning(report) {
         writeln!(out, "{warning}")?;
@@ -679,6 +682,10 @@ fn explain(name: &str) -> Option<&'static str> {
             "allocations whose stack could not be walked or stored, shown as [stack lost]"
         }
         "stack_map_full" => "allocations NOT counted: the stack map was full (--max-stacks)",
+        "stack_no_room" => {
+            "allocations counted without their stack, under [no room for the stack]: the \
+             stack map was full (--max-stacks)"
+        }
         "return_without_entry" => {
             "allocator returns without a matching entry (calls in flight at attach time)"
         }
@@ -695,7 +702,28 @@ fn explain(name: &str) -> Option<&'static str> {
     })
 }
 
-/// The warning printed when some allocations were not counted at all.
+/// The note printed when some allocations are counted without their stack,
+/// or None.
+fn no_room_note(report: &Report) -> Option<String> {
+    let n = report.stats.stack_no_room;
+    if n == 0 {
+        return None;
+    }
+    let (bytes, count) = report
+        .stacks
+        .iter()
+        .filter(|s| s.frames.first().and_then(|f| f.function.as_deref()) == Some(NO_ROOM_FRAME))
+        .fold((0u64, 0u64), |(b, c), s| {
+            (b.saturating_add(s.bytes), c.saturating_add(s.count))
+        });
+    Some(format!(
+        "NOTE: {n} {} found no room in the stack map and are counted without their stack \
+         (outstanding of them: {bytes} bytes in {count} blocks, shown as {NO_ROOM_FRAME}); the totals \
+         are exact. Raise --max-stacks to see their stacks.",
+        plural(n, "allocation", "allocations"),
+    ))
+}
+
 /// The warning printed when stacks look cut short, or None.
 fn truncated_warning(report: &Report) -> Option<String> {
     let cut: Vec<&Stack> = report.stacks.iter().filter(|s| s.truncated).collect();
