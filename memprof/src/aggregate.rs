@@ -7,7 +7,7 @@ use memprof_common::AllocInfo;
 use crate::model::{
     Growth, Released, SampleMethod, SampleWindows, Sampling, StackEstimate, Totals,
 };
-use crate::windows::WindowLog;
+use crate::window_log::WindowLog;
 
 /// Outstanding memory of one stack id, before symbolization.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,6 +29,22 @@ pub struct StackTotals {
     pub windows: Vec<(u64, u64, u64)>,
     /// Set by [`scale_sampled`].
     pub estimate: Option<StackEstimate>,
+}
+
+/// Takes the blocks made before `ns` (`CLOCK_MONOTONIC`) out of `live` and
+/// returns what they add up to: what a program replaced by an exec, or one
+/// that exited, held.
+pub fn take_older<K>(live: &mut Vec<(K, AllocInfo)>, ns: u64) -> Totals {
+    let mut taken = Totals::default();
+    live.retain(|(_, info)| {
+        let older = info.timestamp_ns < ns;
+        if older {
+            taken.bytes = taken.bytes.saturating_add(info.size);
+            taken.count += 1;
+        }
+        !older
+    });
+    taken
 }
 
 /// Groups live allocations by stack id, largest `bytes` first (ties: larger

@@ -102,6 +102,7 @@ pub fn merge(reports: &[Report]) -> Report {
         // are apart from the heap's and a merge of them is yet to be written.
         mmap: None,
         kernel: None,
+        probes: Vec::new(),
     }
 }
 

@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -32,9 +32,10 @@ use crate::cli::ProfileArgs;
 use crate::error::Error;
 use crate::model::{self, Released, Report, Sampling, Totals, SCHEMA_VERSION};
 use crate::probes::{self, Filter, ProbeConfig, Probes, Scope};
+use crate::procfs;
 use crate::session::{End, Plan, Session, Waited};
 use crate::symbolize::Symbolizer;
-use crate::target::{self, ProbeSite, Target};
+use crate::target::{ProbeSite, TargetProcess};
 use crate::{aggregate, snapshot, sources, take_older, Clock, Outstanding, Recorded};
 
 /// Which processes a run over many records.
@@ -150,10 +151,9 @@ impl Selection {
 
     /// True when `pid`'s command name matches `--comm`.
     fn comm_matches(&self, pid: u32) -> bool {
-        self.comm.as_ref().is_some_and(|re| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| re.is_match(comm.trim_end()))
-        })
+        self.comm
+            .as_ref()
+            .is_some_and(|re| procfs::comm(pid).is_some_and(|comm| re.is_match(&comm)))
     }
 }
 
@@ -168,23 +168,12 @@ pub struct Cgroup {
     pub level: u32,
 }
 
-/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` beside cgroup v1.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
-}
-
 impl Cgroup {
     /// The cgroup at `given`: its directory in the cgroup v2 hierarchy, or
     /// its path from the hierarchy's root (as `/proc/PID/cgroup` shows it,
     /// with or without the leading `/`).
     pub fn resolve(given: &Path) -> anyhow::Result<Cgroup> {
-        let Some(root) = cgroup2_root() else {
+        let Some(root) = procfs::cgroup2_mount() else {
             bail!("--cgroup: this machine has no cgroup v2 hierarchy mounted");
         };
         let full = if given.starts_with(&root) {
@@ -213,11 +202,8 @@ impl Cgroup {
 
     /// True when `pid` is in this cgroup or below it.
     fn contains(&self, pid: u32) -> bool {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            return false;
-        };
-        text.lines()
-            .filter_map(|line| line.strip_prefix("0::"))
+        procfs::cgroup_paths(pid)
+            .iter()
             .any(|path| self.holds(path))
     }
 
@@ -286,7 +272,7 @@ impl Discovery<'_> {
         if pid == std::process::id() {
             return Ok(());
         }
-        let start = target::start_ticks(pid);
+        let start = procfs::start_ticks(pid);
         if self.probed.get(&pid) == Some(&(start, execs))
             || self.skipped.contains(&(pid, start, execs))
         {
@@ -311,26 +297,18 @@ impl Discovery<'_> {
     }
 
     fn read(&mut self, probes: &mut Probes, pid: u32) -> anyhow::Result<Seen> {
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(|_| Error::NoSuchProcess(pid))?;
-        let objects = object_ids(&maps);
+        let maps = procfs::maps(pid).map_err(|_| Error::NoSuchProcess(pid))?;
+        let objects = procfs::object_ids(&maps);
         if objects.is_empty() {
             bail!("pid {pid} maps no file (a kernel thread?)");
         }
         let (allocator, sites, comm, cmdline) = match self.by_objects.get(&objects) {
             Some((allocator, sites)) => {
-                let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_default();
-                (
-                    allocator.clone(),
-                    sites.clone(),
-                    comm,
-                    target::cmdline_of(pid),
-                )
+                let comm = procfs::comm(pid).unwrap_or_default();
+                (allocator.clone(), sites.clone(), comm, procfs::cmdline(pid))
             }
             None => {
-                let target = Target::open(pid)?;
+                let target = TargetProcess::open(pid)?;
                 let sites = target.probe_sites(self.placed)?;
                 let allocator = target.allocator_description();
                 self.by_objects
@@ -348,7 +326,7 @@ impl Discovery<'_> {
             log::debug!("pid {pid} ({comm}): {attached} probes attached in {allocator}");
         }
         Ok(Seen {
-            start_ticks: target::start_ticks(pid),
+            start_ticks: procfs::start_ticks(pid),
             comm,
             cmdline,
             allocator,
@@ -356,59 +334,11 @@ impl Discovery<'_> {
     }
 }
 
-/// The (device, inode) of every file the process maps executable: two
-/// processes with the same set use the same allocator at the same offsets.
-fn object_ids(maps: &str) -> ObjectSet {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let perms = fields.nth(1)?;
-            let dev = fields.nth(1)?;
-            let inode: u64 = fields.next()?.parse().ok()?;
-            if !perms.contains('x') || inode == 0 {
-                return None;
-            }
-            let (major, minor) = dev.split_once(':')?;
-            let dev = (u64::from_str_radix(major, 16).ok()? << 32)
-                | u64::from_str_radix(minor, 16).ok()?;
-            Some((dev, inode))
-        })
-        .collect()
-}
-
-/// Every process now (numeric entries of /proc), memprof aside.
-fn all_pids() -> Vec<u32> {
-    let me = std::process::id();
-    fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|&pid| pid != me)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// True when `pid` names a running process (not a zombie, not a thread).
-fn is_running_process(pid: u32) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-            .to_string()
-    };
-    field("Tgid:") == pid.to_string() && !field("State:").starts_with('Z')
-}
-
 /// Records the processes of `selection` and returns what each still holds.
 pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow::Result<Report> {
     probes::check_permissions()?;
     for &pid in &selection.pids {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !procfs::exists(pid) {
             return Err(Error::NoSuchProcess(pid).into());
         }
     }
@@ -450,7 +380,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     initial.extend(launched_pid);
     if selection.comm.is_some() {
         initial.extend(
-            all_pids()
+            procfs::all_pids()
                 .into_iter()
                 .filter(|&p| selection.comm_matches(p)),
         );
@@ -462,7 +392,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             discovery.probe(&mut probes, pid, 0, required)?;
         }
     } else {
-        for pid in all_pids() {
+        for pid in procfs::all_pids() {
             if selection.cgroup.as_ref().is_none_or(|c| c.contains(pid)) {
                 discovery.probe(&mut probes, pid, 0, false)?;
             }
@@ -537,6 +467,11 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         "detaching {} probes and reading the maps ...",
         probes.attached
     );
+    // Sites are attached once per file and offset, whatever the processes.
+    let mut placements: Vec<model::ProbePlacement> =
+        probes.sites.iter().map(|s| s.placement_report()).collect();
+    let mut seen = HashSet::new();
+    placements.retain(|p| seen.insert((p.library.clone(), p.functions.clone())));
     let maps = probes.detach()?;
     // --kernel: kernel stacks need no process's symbols.
     let found = sources::collect(
@@ -571,8 +506,8 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     let mut groups = Vec::new();
     for (pid, mut live) in by_process {
         let seen = discovery.seen.get(&pid);
-        let now_start = target::start_ticks(pid);
-        let running = is_running_process(pid);
+        let now_start = procfs::start_ticks(pid);
+        let running = procfs::is_running_process(pid);
         let same = running && seen.is_none_or(|s| s.start_ticks == now_start);
         let mut mine = Released::default();
         let mut events = procs.get(&pid).copied().unwrap_or_default();
@@ -589,7 +524,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             // With the pid taken by a newer process, its blocks are those made
             // since it started.
             let cutoff = match (running, now_start) {
-                (true, Some(ticks)) => ticks_to_monotonic_ns(ticks),
+                (true, Some(ticks)) => procfs::ticks_to_monotonic_ns(ticks),
                 _ => u64::MAX,
             };
             mine.at_exit = take_older(&mut live, cutoff);
@@ -636,10 +571,8 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
                 s.start_ticks,
             ),
             None => (
-                fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_else(|_| "?".to_string()),
-                target::cmdline_of(pid),
+                procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
+                procfs::cmdline(pid),
                 String::new(),
                 now_start,
             ),
@@ -649,7 +582,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             comm,
             cmdline,
             allocator,
-            started_unix_secs: start_ticks.and_then(target::started_unix_secs),
+            started_unix_secs: start_ticks.and_then(procfs::started_unix_secs),
             exited,
             execs: events.execs,
             totals,
@@ -717,6 +650,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         sampling: sampling_of_run(args, Sampling::merged(samplings), maps.windows.as_ref()),
         mmap: found.mmap,
         kernel: found.kernel,
+        probes: placements,
     })
 }
 
@@ -730,7 +664,7 @@ fn follow(probes: &mut Probes, discovery: &mut Discovery<'_>) -> anyhow::Result<
         .map(|(pid, e)| (pid, e.execs))
         .collect();
     if selection.filter().mode == filter::ALL {
-        for pid in all_pids() {
+        for pid in procfs::all_pids() {
             if selection.cgroup.as_ref().is_none_or(|c| c.contains(pid)) {
                 let n = execs.get(&pid).copied().unwrap_or(0);
                 discovery.probe(probes, pid, n, false)?;
@@ -756,7 +690,7 @@ fn follow(probes: &mut Probes, discovery: &mut Discovery<'_>) -> anyhow::Result<
     }
     let mut running = 0;
     for pid in probes.targets()? {
-        if is_running_process(pid) {
+        if procfs::is_running_process(pid) {
             running += 1;
             let n = execs.get(&pid).copied().unwrap_or(0);
             discovery.probe(probes, pid, n, false)?;
@@ -782,14 +716,6 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Process start time (clock ticks after boot) -> `CLOCK_MONOTONIC` ns. The
-/// two clocks differ by the time the machine was suspended.
-fn ticks_to_monotonic_ns(ticks: u64) -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks.saturating_mul(1_000_000_000 / hz)
-}
-
 fn add_totals(a: Totals, b: Totals) -> Totals {
     Totals {
         bytes: a.bytes.saturating_add(b.bytes),
@@ -808,7 +734,7 @@ fn add_released(sum: &mut Released, one: &Released) {
 fn sampling_of_run(
     args: &ProfileArgs,
     merged: Option<Sampling>,
-    windows: Option<&crate::windows::WindowLog>,
+    windows: Option<&crate::window_log::WindowLog>,
 ) -> Option<Sampling> {
     let estimator = aggregate::Estimator::of_run(args.sample_rate, windows);
     let mut sampling = merged.or_else(|| {
@@ -856,25 +782,10 @@ mod tests {
         let cgroup = Cgroup::resolve(Path::new(path.trim_start_matches('/'))).unwrap();
         assert_eq!(cgroup.path, path);
         assert!(cgroup.contains(std::process::id()));
-        let root = cgroup2_root().unwrap();
+        let root = procfs::cgroup2_mount().unwrap();
         assert_eq!(Cgroup::resolve(&root).unwrap().level, 0);
         assert!(Cgroup::resolve(Path::new("/tmp")).is_err());
         assert!(Cgroup::resolve(Path::new("no/such/cgroup")).is_err());
-    }
-
-    #[test]
-    fn sets_of_mapped_objects_ignore_anonymous_memory() {
-        let maps = "\
-55d0c2a00000-55d0c2a01000 r--p 00000000 fe:01 1234 /usr/bin/leaky
-55d0c2a01000-55d0c2a02000 r-xp 00001000 fe:01 1234 /usr/bin/leaky
-7f1c2a028000-7f1c2a19d000 r-xp 00028000 103:02 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
-7ffd1c100000-7ffd1c102000 r-xp 00000000 00:00 0 [vdso]
-";
-        let ids: Vec<_> = object_ids(maps).into_iter().collect();
-        assert_eq!(
-            ids,
-            vec![((0xfe << 32) | 1, 1234), ((0x103 << 32) | 2, 5678)]
-        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod launch;
 pub mod model;
 pub mod placement;
 pub mod probes;
+pub mod procfs;
 pub mod render;
 pub mod session;
 pub mod session_link;
@@ -20,6 +21,8 @@ pub mod snapshot;
 pub mod sources;
 pub mod symbolize;
 pub mod target;
+pub mod tracefs;
+pub mod window_log;
 pub mod windows;
 
 use std::collections::HashMap;
@@ -28,11 +31,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::cli::ProfileArgs;
 use memprof_common::{AllocInfo, LiveKey};
 
+use crate::aggregate::take_older;
 use crate::model::{Released, Report, Sampling, Stack, Totals, SCHEMA_VERSION};
 use crate::probes::{ProbeConfig, Probes};
 use crate::session::{End, Plan, Sample, Session, Waited};
 use crate::symbolize::Symbolizer;
-use crate::target::Target;
+use crate::target::TargetProcess;
 
 /// Profiles what `args` select (one process, a command, or many processes)
 /// and returns what they still hold.
@@ -51,7 +55,7 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
     // First: without the capabilities nothing else can work, and reading the
     // target's memory map would fail with a less helpful message.
     probes::check_permissions()?;
-    let target = Target::open(pid)?;
+    let target = TargetProcess::open(pid)?;
     run(args, target, None, quiet)
 }
 
@@ -62,7 +66,7 @@ pub fn launch(args: &ProfileArgs, quiet: bool) -> anyhow::Result<Report> {
     let launched = launch::spawn(&args.command)?;
     // Held before exec, the child is a copy of memprof: it maps the libc
     // that the command will load, and its pid is the command's.
-    let mut target = Target::open(launched.pid)?;
+    let mut target = TargetProcess::open(launched.pid)?;
     target.comm = launched.comm.clone();
     target.cmdline = launched.cmdline.clone();
     run(args, target, Some(launched), quiet)
@@ -70,7 +74,7 @@ pub fn launch(args: &ProfileArgs, quiet: bool) -> anyhow::Result<Report> {
 
 fn run(
     args: &ProfileArgs,
-    target: Target,
+    target: TargetProcess,
     mut launched: Option<launch::Launched>,
     quiet: bool,
 ) -> anyhow::Result<Report> {
@@ -79,6 +83,7 @@ fn run(
     let config = ProbeConfig::from_args(args);
     log::info!("attaching to pid {} ({}) ...", target.pid, target.comm);
     let mut probes = Probes::attach(&target, config)?;
+    let placements = probes.sites.iter().map(|s| s.placement_report()).collect();
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -240,6 +245,7 @@ fn run(
         processes: Vec::new(),
         mmap: found.mmap,
         kernel: found.kernel,
+        probes: placements,
     })
 }
 
@@ -254,7 +260,7 @@ pub(crate) struct Recorded<'a> {
     /// The `--interval` snapshots.
     samples: &'a [Sample],
     /// With sampling by window: when the windows were open.
-    windows: Option<&'a crate::windows::WindowLog>,
+    windows: Option<&'a crate::window_log::WindowLog>,
 }
 
 /// When a run ended.
@@ -355,20 +361,6 @@ pub(crate) fn outstanding(
         younger,
         sampling,
     }
-}
-
-/// Removes the allocations made before `ns` (`CLOCK_MONOTONIC`) and returns their totals.
-pub(crate) fn take_older<K>(live: &mut Vec<(K, memprof_common::AllocInfo)>, ns: u64) -> Totals {
-    let mut taken = Totals::default();
-    live.retain(|(_, info)| {
-        let older = info.timestamp_ns < ns;
-        if older {
-            taken.bytes = taken.bytes.saturating_add(info.size);
-            taken.count += 1;
-        }
-        !older
-    });
-    taken
 }
 
 /// Each stack's bytes at every sample, then at the end of the run.

@@ -75,6 +75,30 @@ pub struct Report {
     /// not freed at the end, by kernel stack. Absent without `--kernel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<SourceReport>,
+    /// Where each allocator probe went (absent from reports of earlier
+    /// builds, and from merged reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbePlacement>,
+}
+
+/// Where the probes of one allocator function went, and whether the kernel
+/// emulates the probed instruction (cheap) or single-steps it (a second
+/// trap per call).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbePlacement {
+    /// The file, as the target sees it.
+    pub library: String,
+    /// The probed names at that address.
+    pub functions: Vec<String>,
+    /// Bytes from the function's entry to the probed instruction.
+    pub offset: u64,
+    /// The probed instruction's mnemonic (`jne`, `push`, ...).
+    pub instruction: String,
+    /// True when the kernel emulates the probed instruction.
+    pub emulated: bool,
+    /// Why the probe could not go to a later, emulated instruction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// What one optional source (`--mmap`, `--kernel`) found, reported apart

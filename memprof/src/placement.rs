@@ -1,26 +1,45 @@
 //! Where to put a probe inside an allocator function so that it is cheap.
 //!
 //! A uprobe replaces one instruction with a breakpoint. After the BPF
-//! programs ran, the kernel must execute the displaced instruction: a few
-//! kinds (push of a register, relative jumps, conditional jumps and calls,
-//! `nop`) it emulates in a fraction of a microsecond; every other instruction
-//! is single-stepped out of line, which costs several times more (glibc 2.36's
-//! `free` begins with `test %rdi,%rdi`: a probe there costs several
-//! microseconds per call, see the benchmark).
+//! programs ran, the kernel must execute the displaced instruction. Linux
+//! (arch/x86/kernel/uprobes.c, as of 6.18) emulates a few kinds in a
+//! fraction of a microsecond and single-steps every other one out of line,
+//! which costs several times more (a second trap):
+//! - `branch_setup_xol_ops`: the canonical nops of 1 to 8 bytes
+//!   (`x86_nops[len]`), opcode 0x90 after any prefixes (`nop`, `pause`),
+//!   `jmp rel8`/`jmp rel32`, `call rel32`, and the conditional jumps (`jcc`
+//!   rel8 and rel32), each refused with an operand-size (0x66) prefix;
+//! - `push_setup_xol_ops`: `push %reg` of one byte (0x50-0x57) or with the
+//!   REX prefix 0x41 only (`push %r8`..`push %r15`).
 //!
-//! [`cheap_offset`] walks the first instructions of a function and returns the
-//! first one the kernel emulates, provided that every call reaches it and the
-//! probes still see what they read at the entry: no instruction before it
-//! branches, writes an argument register, or moves the stack pointer (a return
-//! probe finds the return address at the stack pointer). When unsure, it
-//! returns 0: the function's first instruction.
+//! Nothing else: not `mov %reg,%reg`, not `sub $imm,%rsp`, not `endbr64`,
+//! not the longer nops with a segment prefix. 6.18 can also turn a probe on a
+//! 5-byte nop into a call (USDT sites); allocator functions do not start
+//! with one. An instruction with an es, cs, ss, ds or lock prefix cannot be
+//! probed at all.
+//!
+//! [`place_in_file`] follows a function's straight-line code from its entry
+//! while the probes would still see what they read at the entry (the watched
+//! argument registers and the stack pointer untouched, the return address
+//! still at `[rsp]` for a return probe), and stops at the first instruction
+//! the kernel emulates. Every call must reach that instruction exactly once,
+//! so it is refused when a direct branch of the function or of the whole file
+//! ([`Landings`]), or a symbol, lands between the entry and it. Indirect
+//! branches (jump tables) are not followed: compilers dispatch them after a
+//! function's first branch, which the walk never passes. When there is no
+//! such instruction, the probe stays at the entry and the [`Placement`] says
+//! why.
 
-use iced_x86::{
-    Code, Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, Register,
+use std::{
+    ops::RangeInclusive,
+    path::Path,
+    sync::{Arc, Mutex},
 };
 
-/// How far into a function [`cheap_offset`] looks.
-const MAX_INSTRUCTIONS: usize = 8;
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    OpKind, Register,
+};
 
 /// The argument registers of the System V x86-64 calling convention, in order.
 const ARGS: [Register; 6] = [
@@ -32,59 +51,446 @@ const ARGS: [Register; 6] = [
     Register::R9,
 ];
 
-/// Offset from the start of `code` (a function's first bytes) of the first
-/// instruction that is cheap to probe and equivalent to the entry for a probe
-/// reading the first `args` argument registers. 0 when there is none.
-pub fn cheap_offset(code: &[u8], args: usize) -> u64 {
-    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
-    let mut info = InstructionInfoFactory::new();
-    let watched = &ARGS[..args.min(ARGS.len())];
-    for _ in 0..MAX_INSTRUCTIONS {
-        if !decoder.can_decode() {
-            break;
-        }
-        let insn = decoder.decode();
-        if insn.is_invalid() {
-            break;
-        }
-        let start = insn.ip() as usize;
-        let bytes = &code[start..start + insn.len()];
-        if emulated(&insn, bytes) {
-            return insn.ip();
-        }
-        if insn.flow_control() != FlowControl::Next {
-            break;
-        }
-        let writes = info.info(&insn).used_registers().iter().any(|used| {
-            let reg = used.register().full_register();
-            let written = !matches!(
-                used.access(),
-                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
-            );
-            written && (reg == Register::RSP || watched.contains(&reg))
-        });
-        if writes || insn.stack_pointer_increment() != 0 {
-            break;
-        }
-    }
-    0
+/// A file as (device, inode, size, modification time in s and ns).
+type FileId = (u64, u64, u64, i64, i64);
+
+/// How many bytes of a function whose size is unknown are read.
+const UNSIZED_BYTES: usize = 256;
+
+/// Where a probe goes in one function, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Offset of the probed instruction from the function's entry.
+    pub offset: u64,
+    /// Its mnemonic (`jne`, `push`, `mov`), `?` when it could not be decoded.
+    pub mnemonic: String,
+    /// True when the kernel emulates it; false when it single-steps it.
+    pub emulated: bool,
+    /// Why the probe is not on a later, emulated instruction: set whenever
+    /// it is not emulated or sits at the entry for lack of a better place.
+    pub why: Option<String>,
 }
 
-/// True for the instructions that x86 uprobes emulate instead of single-stepping.
-fn emulated(insn: &iced_x86::Instruction, bytes: &[u8]) -> bool {
-    match bytes {
-        // push %rax..%rdi, push %r8..%r15
-        [0x50..=0x57] | [0x41, 0x50..=0x57] => true,
-        // nop
-        [0x90] => true,
-        _ => {
-            // Relative jmp, jcc and call without prefixes.
-            let plain = matches!(bytes.first(), Some(0x70..=0x7f | 0xe8 | 0xe9 | 0xeb | 0x0f));
-            plain
-                && (insn.is_jcc_short_or_near()
-                    || insn.is_jmp_short_or_near()
-                    || insn.code() == Code::Call_rel32_64)
+impl Placement {
+    /// One line for the log: `+0x30 (jne, emulated)`, or `+0 (mov,
+    /// single-stepped: mov at +0x3 writes rdi)`.
+    pub fn describe(&self) -> String {
+        let how = if self.emulated {
+            "emulated"
+        } else {
+            "single-stepped"
+        };
+        match &self.why {
+            Some(why) => format!("+{:#x} ({}, {how}: {why})", self.offset, self.mnemonic),
+            None => format!("+{:#x} ({}, {how})", self.offset, self.mnemonic),
         }
+    }
+}
+
+/// What the probes at a function read when they fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// How many argument registers the entry program reads.
+    pub args: usize,
+    /// True when a return probe (or a session's return half) is attached
+    /// too: it takes the return address from `[rsp]` when the entry fires.
+    pub returns: bool,
+}
+
+/// The probe's place in `function`, all of the function's bytes from its
+/// entry (its size from the symbol table). `sized` is false when the size is
+/// not known: `function` is then only its first bytes, branches later in it
+/// cannot be ruled out, and the probe stays at the entry.
+fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
+    let found = first_emulated(function, needs);
+    let Some(entry) = found.entry else {
+        return Placement {
+            offset: 0,
+            mnemonic: "?".to_string(),
+            emulated: false,
+            why: Some("the entry could not be decoded".to_string()),
+        };
+    };
+    let at_entry = |why: String| Placement {
+        offset: 0,
+        mnemonic: entry.0.clone(),
+        emulated: entry.1,
+        why: Some(why),
+    };
+    let Some((offset, mnemonic)) = found.chosen else {
+        return at_entry(found.why);
+    };
+    if offset == 0 {
+        return Placement {
+            offset,
+            mnemonic,
+            emulated: true,
+            why: None,
+        };
+    }
+    if !sized {
+        return at_entry(format!(
+            "{mnemonic} at +{offset:#x} is emulated, but the function's size is unknown, \
+             so a branch into the instructions before it cannot be ruled out"
+        ));
+    }
+    if let Some((from, to)) = branch_into(function, 1..=offset) {
+        return at_entry(format!(
+            "{mnemonic} at +{offset:#x} is emulated, but the branch at +{from:#x} lands at \
+             +{to:#x}, before it"
+        ));
+    }
+    Placement {
+        offset,
+        mnemonic,
+        emulated: true,
+        why: None,
+    }
+}
+
+/// What the straight-line walk from the entry found.
+struct Walk {
+    /// The entry instruction's mnemonic and whether it is emulated.
+    entry: Option<(String, bool)>,
+    /// The first emulated instruction every call reaches with the watched
+    /// state intact: its offset and mnemonic.
+    chosen: Option<(u64, String)>,
+    /// Why the walk stopped before finding one.
+    why: String,
+}
+
+fn first_emulated(code: &[u8], needs: Needs) -> Walk {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut info = InstructionInfoFactory::new();
+    let watched = &ARGS[..needs.args.min(ARGS.len())];
+    let mut walk = Walk {
+        entry: None,
+        chosen: None,
+        why: String::new(),
+    };
+    loop {
+        if !decoder.can_decode() {
+            walk.why = format!(
+                "no instruction the kernel emulates in the {} bytes read",
+                code.len()
+            );
+            return walk;
+        }
+        let insn = decoder.decode();
+        let at = insn.ip();
+        if insn.is_invalid() {
+            walk.why = format!("undecodable bytes at +{at:#x}");
+            return walk;
+        }
+        let start = at as usize;
+        let bytes = code.get(start..start + insn.len()).unwrap_or_default();
+        let name = mnemonic(&insn);
+        let emulated = emulated(&insn, bytes);
+        if walk.entry.is_none() {
+            walk.entry = Some((name.clone(), emulated));
+        }
+        if emulated {
+            walk.chosen = Some((at, name));
+            return walk;
+        }
+        if insn.flow_control() != FlowControl::Next {
+            walk.why = format!("{name} at +{at:#x} branches and the kernel does not emulate it");
+            return walk;
+        }
+        if let Some(reg) = clobbers(&mut info, &insn, watched, needs.returns) {
+            walk.why = format!(
+                "{name} at +{at:#x} writes {reg} before any instruction the kernel emulates"
+            );
+            return walk;
+        }
+    }
+}
+
+/// What `insn` changes that the probes read: an argument register in
+/// `watched`, the stack pointer, or (with `returns`) the return address at
+/// `[rsp]`.
+fn clobbers(
+    info: &mut InstructionInfoFactory,
+    insn: &Instruction,
+    watched: &[Register],
+    returns: bool,
+) -> Option<String> {
+    if insn.stack_pointer_increment() != 0 {
+        return Some("rsp".to_string());
+    }
+    let info = info.info(insn);
+    for used in info.used_registers() {
+        let reg = used.register().full_register();
+        let written = !matches!(
+            used.access(),
+            OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
+        );
+        if written && (reg == Register::RSP || watched.contains(&reg)) {
+            return Some(format!("{reg:?}").to_lowercase());
+        }
+    }
+    let writes_stack = info.used_memory().iter().any(|mem| {
+        mem.base() == Register::RSP
+            && !matches!(
+                mem.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
+            )
+    });
+    (returns && writes_stack).then(|| "the stack (the return address may be there)".to_string())
+}
+
+/// A near branch of `code` that lands in `range` (offsets from the start of
+/// `code`), found by decoding all of it: (where from, where to).
+fn branch_into(code: &[u8], range: RangeInclusive<u64>) -> Option<(u64, u64)> {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        if let Some(to) = near_target(&insn) {
+            if range.contains(&to) {
+                return Some((insn.ip(), to));
+            }
+        }
+    }
+    None
+}
+
+/// The target of a direct near branch (jmp, jcc, call, loop, jrcxz, xbegin).
+fn near_target(insn: &Instruction) -> Option<u64> {
+    (insn.op_count() > 0
+        && matches!(
+            insn.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        ))
+    .then(|| insn.near_branch_target())
+}
+
+/// The direct branch targets in a file's executable code, as file offsets:
+/// a branch from anywhere (a function's cold part, another function's tail
+/// jump) into the instructions a probe was moved past would reach the probe
+/// without the entry, or reach it twice.
+#[derive(Clone, Debug, Default)]
+pub struct Landings {
+    /// Sorted, deduplicated.
+    targets: Vec<u64>,
+}
+
+impl Landings {
+    /// Decodes every executable section of an ELF file from its start
+    /// (linear sweep: bytes that are data may add targets, which only makes
+    /// placement more careful), and adds every symbol's address.
+    fn of_file(data: &[u8], file: &object::File<'_>) -> Landings {
+        use object::{
+            Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionFlags, SectionKind,
+        };
+        const SHF_EXECINSTR: u64 = 0x4;
+        let mut targets = Vec::new();
+        for section in file.sections() {
+            let executable = section.kind() == SectionKind::Text
+                || matches!(section.flags(), SectionFlags::Elf { sh_flags } if sh_flags & SHF_EXECINSTR != 0);
+            let Some((offset, size)) = section.file_range() else {
+                continue;
+            };
+            if !executable {
+                continue;
+            }
+            let (Ok(start), Ok(len)) = (usize::try_from(offset), usize::try_from(size)) else {
+                continue;
+            };
+            let Some(code) = data.get(start..start.saturating_add(len)) else {
+                continue;
+            };
+            let mut decoder = Decoder::with_ip(64, code, offset, DecoderOptions::NONE);
+            let mut insn = Instruction::default();
+            while decoder.can_decode() {
+                decoder.decode_out(&mut insn);
+                if let Some(to) = near_target(&insn) {
+                    targets.push(to);
+                }
+            }
+        }
+        // Every other symbol is an entry too: a function that falls through
+        // into the next one would reach a probe moved past that one's entry.
+        for symbol in file.dynamic_symbols().chain(file.symbols()) {
+            if !symbol.is_definition() || symbol.address() == 0 {
+                continue;
+            }
+            let address = symbol.address();
+            let offset = file.segments().find_map(|seg| {
+                let (offset, size) = seg.file_range();
+                (address >= seg.address() && address < seg.address() + size)
+                    .then(|| address - seg.address() + offset)
+            });
+            targets.extend(offset);
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        Landings { targets }
+    }
+
+    /// The landings of the file at `path` (whose bytes are `data`),
+    /// computed once per file (device, inode, size, modification time) for
+    /// the life of the process: runs over many processes place probes in
+    /// the same libraries again and again.
+    pub fn cached(path: &Path, data: &[u8], file: &object::File<'_>) -> Arc<Landings> {
+        use std::os::unix::fs::MetadataExt as _;
+        static CACHE: Mutex<Vec<(FileId, Arc<Landings>)>> = Mutex::new(Vec::new());
+        let id = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+        let Some(id) = id else {
+            return Arc::new(Landings::of_file(data, file));
+        };
+        if let Ok(cache) = CACHE.lock() {
+            if let Some((_, found)) = cache.iter().find(|(known, _)| *known == id) {
+                return found.clone();
+            }
+        }
+        let landings = Arc::new(Landings::of_file(data, file));
+        if let Ok(mut cache) = CACHE.lock() {
+            cache.push((id, landings.clone()));
+        }
+        landings
+    }
+
+    /// The first target in `range` (file offsets), if any. A probe's own
+    /// entry is never in its range.
+    fn any_in(&self, range: RangeInclusive<u64>) -> Option<u64> {
+        let from = self.targets.partition_point(|&t| t < *range.start());
+        self.targets
+            .get(from)
+            .copied()
+            .filter(|t| range.contains(t))
+    }
+}
+
+/// The probe's place in the function at `file_offset` of an ELF file's
+/// bytes `data`, of `size` bytes (0: unknown), checked against the branches
+/// of the whole file.
+pub fn place_in_file(
+    data: &[u8],
+    landings: &Landings,
+    file_offset: u64,
+    size: u64,
+    needs: Needs,
+) -> Placement {
+    let start = usize::try_from(file_offset).unwrap_or(usize::MAX);
+    let len = match usize::try_from(size) {
+        Ok(0) | Err(_) => UNSIZED_BYTES,
+        Ok(n) => n,
+    };
+    let function = data
+        .get(start..)
+        .map(|c| &c[..c.len().min(len)])
+        .unwrap_or_default();
+    let placed = place(function, size > 0, needs);
+    if placed.offset == 0 {
+        return placed;
+    }
+    match landings.any_in(file_offset + 1..=file_offset + placed.offset) {
+        None => placed,
+        Some(to) => {
+            let (mnemonic, emulated) = entry_of(function);
+            Placement {
+                offset: 0,
+                mnemonic,
+                emulated,
+                why: Some(format!(
+                    "{} at +{:#x} is emulated, but a branch elsewhere in the file lands at \
+                     +{:#x}, before it",
+                    placed.mnemonic,
+                    placed.offset,
+                    to - file_offset
+                )),
+            }
+        }
+    }
+}
+
+/// A probe left at the entry of `function` (its first bytes) on purpose.
+pub fn at_entry(function: &[u8], why: &str) -> Placement {
+    let (mnemonic, emulated) = entry_of(function);
+    Placement {
+        offset: 0,
+        mnemonic,
+        emulated,
+        why: Some(why.to_string()),
+    }
+}
+
+/// The mnemonic of the entry instruction of `function` and whether the
+/// kernel emulates it.
+fn entry_of(function: &[u8]) -> (String, bool) {
+    let mut decoder = Decoder::with_ip(64, function, 0, DecoderOptions::NONE);
+    if !decoder.can_decode() {
+        return ("?".to_string(), false);
+    }
+    let insn = decoder.decode();
+    if insn.is_invalid() {
+        return ("?".to_string(), false);
+    }
+    let bytes = function.get(..insn.len()).unwrap_or_default();
+    (mnemonic(&insn), emulated(&insn, bytes))
+}
+
+/// The lowercase mnemonic of `insn`.
+fn mnemonic(insn: &Instruction) -> String {
+    format!("{:?}", insn.mnemonic()).to_lowercase()
+}
+
+/// The canonical nops of `x86_nops[]` (arch/x86/include/asm/nops.h, 64-bit).
+const NOPS: [&[u8]; 8] = [
+    &[0x90],
+    &[0x66, 0x90],
+    &[0x0f, 0x1f, 0x00],
+    &[0x0f, 0x1f, 0x40, 0x00],
+    &[0x0f, 0x1f, 0x44, 0x00, 0x00],
+    &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
+    &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
+    &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+];
+
+/// True for the instructions that x86-64 uprobes emulate instead of
+/// single-stepping (see the module's documentation), `bytes` being all of
+/// `insn`'s bytes.
+fn emulated(insn: &Instruction, bytes: &[u8]) -> bool {
+    // Legacy prefixes, then at most one REX prefix, then the opcode.
+    let legacy = bytes
+        .iter()
+        .take_while(|b| {
+            matches!(
+                b,
+                0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3
+            )
+        })
+        .count();
+    let prefixes = &bytes[..legacy];
+    // is_prefix_bad(): es, cs, ss, ds and lock cannot be probed at all.
+    if prefixes
+        .iter()
+        .any(|b| matches!(b, 0x26 | 0x2e | 0x36 | 0x3e | 0xf0))
+    {
+        return false;
+    }
+    if NOPS.contains(&bytes) {
+        return true;
+    }
+    let rest = &bytes[legacy..];
+    let (rex, opcode) = match rest {
+        [rex @ 0x40..=0x4f, opcode @ ..] => (Some(*rex), opcode),
+        opcode => (None, opcode),
+    };
+    let operand_size = prefixes.contains(&0x66);
+    match opcode {
+        // push %reg: one byte, or 0x41 and one byte, nothing else.
+        [0x50..=0x57] => bytes.len() == 1 || (bytes.len() == 2 && rex == Some(0x41)),
+        // 0x90 after any prefixes: the kernel skips it as a nop. With a REX.B
+        // it is `xchg %eax,%r8d`, which it would skip as well: never chosen.
+        [0x90] => matches!(insn.mnemonic(), Mnemonic::Nop | Mnemonic::Pause),
+        // jmp rel8 / rel32, call rel32, jcc rel8 / rel32.
+        [0xeb, _] | [0xe9, _, _, _, _] | [0xe8, _, _, _, _] | [0x70..=0x7f, _] => !operand_size,
+        [0x0f, 0x80..=0x8f, _, _, _, _] => !operand_size,
+        _ => false,
     }
 }
 
@@ -92,58 +498,340 @@ fn emulated(insn: &iced_x86::Instruction, bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    const FREE: Needs = Needs {
+        args: 1,
+        returns: false,
+    };
+
+    const fn alloc(args: usize) -> Needs {
+        Needs {
+            args,
+            returns: true,
+        }
+    }
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        hex.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    fn offset(hex: &str, needs: Needs) -> u64 {
+        place(&bytes(hex), true, needs).offset
+    }
+
+    /// (function, what its probes read, its first bytes, the probe's
+    /// offset, whether the kernel emulates the instruction there).
+    type Real = (&'static str, Needs, &'static str, u64, bool);
+
+    /// glibc 2.36 (Debian 12 `libc6` 2.36-9+deb12u14), /usr/lib/x86_64-linux-gnu/libc.so.6: each function's first bytes, up to the
+    /// instruction the walk stops at, and where the probe goes.
+    #[rustfmt::skip]
+    const GLIBC_2_36: &[Real] = &[
+        ("malloc", alloc(1), "41 54", 0x0, true),
+        ("calloc", alloc(2), "41 55", 0x0, true),
+        ("realloc", alloc(2), "41 57", 0x0, true),
+        ("reallocarray", alloc(3), "48 89 f0 48 f7 e2", 0x0, false),
+        ("posix_memalign", alloc(3), "80 3d 01 02 14 00 00 41 54", 0x7, true),
+        ("aligned_alloc", alloc(2), "80 3d 71 0e 14 00 00 74 07", 0x7, true),
+        ("valloc", alloc(1), "80 3d 31 0e 14 00 00 53", 0x7, true),
+        ("pvalloc", alloc(1), "80 3d 01 0e 14 00 00 53", 0x7, true),
+        ("free", FREE, "48 85 ff 0f 84 bf 00 00 00", 0x3, true),
+    ];
+
+    /// musl 1.2.3 (Debian 12 `musl` 1.2.3-1), /lib/x86_64-linux-musl/libc.so: each function's first bytes, up to the
+    /// instruction the walk stops at, and where the probe goes.
+    #[rustfmt::skip]
+    const MUSL_1_2_3: &[Real] = &[
+        ("malloc", alloc(1), "e9 6b 19 00 00", 0x0, true),
+        ("calloc", alloc(2), "41 54", 0x0, true),
+        ("realloc", alloc(2), "e9 fb fa ff ff", 0x0, true),
+        ("reallocarray", alloc(3), "48 89 d1 48 85 d2 74 08", 0x6, true),
+        ("posix_memalign", alloc(3), "53", 0x0, true),
+        ("aligned_alloc", alloc(2), "55", 0x0, true),
+        ("valloc", alloc(1), "48 89 fe bf 00 10 00 00", 0x0, false),
+        ("free", FREE, "e9 bb 0a 00 00", 0x0, true),
+    ];
+
+    /// jemalloc 5.3.0 (Debian 12 `libjemalloc2` 5.3.0-1), libjemalloc.so.2: each function's first bytes, up to the
+    /// instruction the walk stops at, and where the probe goes.
+    #[rustfmt::skip]
+    const JEMALLOC_5_3_0: &[Real] = &[
+        ("malloc", alloc(1), "48 81 ff 00 10 00 00 0f 87 93 00 00 00", 0x7, true),
+        ("calloc", alloc(2), "41 57", 0x0, true),
+        ("realloc", alloc(2), "41 57", 0x0, true),
+        ("posix_memalign", alloc(3), "41 57", 0x0, true),
+        ("aligned_alloc", alloc(2), "41 57", 0x0, true),
+        ("valloc", alloc(1), "41 57", 0x0, true),
+        ("free", FREE, "48 89 f8 48 8b 15 0e 53 0a 00 48 89 f9 48 c1 e8 1a 48 81 e1 00 00 00 c0 25 f0 00 00 00 64 48 03 04 25 00 00 00 00 48 01 d0 48 3b 88 b0 01 00 00 0f 85 8a 00 00 00", 0x30, true),
+        ("mallocx", alloc(1), "41 57", 0x0, true),
+        ("rallocx", alloc(2), "31 c9 e9 e9 1c ff ff", 0x2, true),
+        ("dallocx", FREE, "41 57", 0x0, true),
+        ("sdallocx", FREE, "49 89 f8 48 81 fe 00 10 00 00 77 0c", 0xa, true),
+        ("_Znwm", alloc(1), "48 81 ff 00 10 00 00 0f 87 93 00 00 00", 0x7, true),
+        ("_Znam", alloc(1), "e9 1b ff ff ff", 0x0, true),
+        ("_ZnwmRKSt9nothrow_t", alloc(1), "48 81 ff 00 10 00 00 0f 87 93 00 00 00", 0x7, true),
+        ("_ZnwmSt11align_val_t", alloc(1), "53", 0x0, true),
+        ("_ZdlPv", FREE, "e9 eb af f5 ff", 0x0, true),
+        ("_ZdaPv", FREE, "e9 db af f5 ff", 0x0, true),
+        ("_ZdlPvm", FREE, "48 85 ff 74 13", 0x3, true),
+        ("_ZdlPvSt11align_val_t", FREE, "e9 6b af f5 ff", 0x0, true),
+        ("_ZdlPvmSt11align_val_t", FREE, "48 85 ff 74 4b", 0x3, true),
+        ("_ZdlPvRKSt9nothrow_t", FREE, "e9 cb af f5 ff", 0x0, true),
+    ];
+
+    /// gperftools 2.10 (Debian 12 `libgoogle-perftools4` 2.10-1), libtcmalloc.so.4: each function's first bytes, up to the
+    /// instruction the walk stops at, and where the probe goes.
+    #[rustfmt::skip]
+    const TCMALLOC_2_10: &[Real] = &[
+        ("malloc", alloc(1), "48 8b 05 f9 32 01 00 49 89 f8 48 85 c0 0f 85 8e 00 00 00", 0xd, true),
+        ("calloc", alloc(2), "48 8b 0d 19 39 01 00 64 80 79 10 00 0f 85 7e 01 00 00", 0xc, true),
+        ("realloc", alloc(2), "41 57", 0x0, true),
+        ("posix_memalign", alloc(3), "48 8d 46 ff 48 83 c8 07 48 85 f0 75 2b", 0xb, true),
+        ("aligned_alloc", alloc(2), "49 89 f8 48 81 ff 00 20 00 00 0f 87 f8 00 00 00", 0xa, true),
+        ("valloc", alloc(1), "55", 0x0, true),
+        ("pvalloc", alloc(1), "53", 0x0, true),
+        ("free", FREE, "48 8b 05 99 41 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+        ("tc_free_sized", FREE, "48 8b 05 19 40 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+        ("_Znwm", alloc(1), "48 8b 05 39 3b 01 00 49 89 f8 48 85 c0 0f 85 8e 00 00 00", 0xd, true),
+        ("_Znam", alloc(1), "48 8b 05 39 3b 01 00 49 89 f8 48 85 c0 0f 85 8e 00 00 00", 0xd, true),
+        ("_ZnwmRKSt9nothrow_t", alloc(1), "48 8b 05 39 37 01 00 49 89 f8 48 85 c0 0f 85 8e 00 00 00", 0xd, true),
+        ("_ZnwmSt11align_val_t", alloc(1), "49 89 f9 49 89 f0 48 81 fe 00 20 00 00 0f 87 c5 00 00 00", 0xd, true),
+        ("_ZdlPv", FREE, "48 8b 05 99 41 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+        ("_ZdaPv", FREE, "48 8b 05 99 41 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+        ("_ZdlPvm", FREE, "48 8b 05 19 40 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+        ("_ZdlPvSt11align_val_t", FREE, "48 8b 05 19 3c 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+        ("_ZdlPvmSt11align_val_t", FREE, "48 8b 05 a9 3a 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+        ("_ZdlPvRKSt9nothrow_t", FREE, "48 8b 05 89 3d 1c 00 48 85 c0 0f 85 90 00 00 00", 0xa, true),
+    ];
+
+    /// mimalloc 2.0.9 (Debian 12 `libmimalloc2.0` 2.0.9+ds-2), libmimalloc.so.2: each function's first bytes, up to the
+    /// instruction the walk stops at, and where the probe goes.
+    #[rustfmt::skip]
+    const MIMALLOC_2_0_9: &[Real] = &[
+        ("malloc", alloc(1), "48 8b 05 49 b4 00 00 48 89 fe 64 48 8b 38", 0x0, false),
+        ("calloc", alloc(2), "48 8b 15 c9 ad 00 00 48 89 f8 64 48 8b 3a", 0x0, false),
+        ("realloc", alloc(2), "48 8b 05 49 a9 00 00 48 89 f2 48 89 fe", 0x0, false),
+        ("reallocarray", alloc(3), "e9 5b 5c ff ff", 0x0, true),
+        ("posix_memalign", alloc(3), "e9 6b 5c ff ff", 0x0, true),
+        ("aligned_alloc", alloc(2), "e9 eb 59 ff ff", 0x0, true),
+        ("valloc", alloc(1), "e9 7b 58 ff ff", 0x0, true),
+        ("pvalloc", alloc(1), "e9 ab 5b ff ff", 0x0, true),
+        ("free", FREE, "48 89 f9 48 85 ff 74 5d", 0x6, true),
+        ("mi_free_size", FREE, "e9 3b 52 ff ff", 0x0, true),
+        ("_Znwm", alloc(1), "55", 0x0, true),
+        ("_Znam", alloc(1), "55", 0x0, true),
+        ("_ZnwmRKSt9nothrow_t", alloc(1), "e9 eb 43 ff ff", 0x0, true),
+        ("_ZnwmSt11align_val_t", alloc(1), "41 54", 0x0, true),
+        ("_ZdlPv", FREE, "48 89 f9 48 85 ff 74 5d", 0x6, true),
+        ("_ZdaPv", FREE, "48 89 f9 48 85 ff 74 5d", 0x6, true),
+        ("_ZdlPvm", FREE, "e9 3b 52 ff ff", 0x0, true),
+        ("_ZdlPvSt11align_val_t", FREE, "e9 1b 55 ff ff", 0x0, true),
+        ("_ZdlPvmSt11align_val_t", FREE, "e9 bb 50 ff ff", 0x0, true),
+    ];
+
+    /// libstdc++ of GCC 12.2 (Debian 12 `libstdc++6` 12.2.0-14+deb12u1), libstdc++.so.6: each function's first bytes, up to the
+    /// instruction the walk stops at, and where the probe goes.
+    #[rustfmt::skip]
+    const LIBSTDCXX_12: &[Real] = &[
+        ("_Znwm", alloc(1), "f3 0f 1e fa 48 85 ff b8 01 00 00 00 53", 0xc, true),
+        ("_Znam", alloc(1), "f3 0f 1e fa e9 f7 02 ff ff", 0x4, true),
+        ("_ZnwmRKSt9nothrow_t", alloc(1), "f3 0f 1e fa 48 83 ec 08", 0x0, false),
+        ("_ZnwmSt11align_val_t", alloc(1), "f3 0f 1e fa 55", 0x4, true),
+    ];
+
+    #[test]
+    fn real_allocators_of_debian_12() {
+        for (allocator, table) in [
+            ("GLIBC_2_36", GLIBC_2_36),
+            ("MUSL_1_2_3", MUSL_1_2_3),
+            ("JEMALLOC_5_3_0", JEMALLOC_5_3_0),
+            ("TCMALLOC_2_10", TCMALLOC_2_10),
+            ("MIMALLOC_2_0_9", MIMALLOC_2_0_9),
+            ("LIBSTDCXX_12", LIBSTDCXX_12),
+        ] {
+            for &(function, needs, code, offset, emulated) in table {
+                let placed = place(&bytes(code), true, needs);
+                assert_eq!(
+                    (placed.offset, placed.emulated),
+                    (offset, emulated),
+                    "{allocator} {function}: {placed:?}"
+                );
+                assert_eq!(placed.why.is_some(), !emulated, "{allocator} {function}");
+            }
+        }
+    }
+
+    #[test]
+    fn jemalloc_free_goes_past_twelve_instructions() {
+        // The walk is not bounded by a count: jemalloc 5.3.0's free reaches its
+        // first branch after 12 instructions that leave rdi alone.
+        let (_, needs, code, _, _) = JEMALLOC_5_3_0
+            .iter()
+            .find(|(f, ..)| *f == "free")
+            .copied()
+            .unwrap();
+        let placed = place(&bytes(code), true, needs);
+        assert_eq!(placed.describe(), "+0x30 (jne, emulated)");
+    }
+
+    #[test]
+    fn says_why_a_function_is_single_stepped() {
+        let (_, needs, code, _, _) = LIBSTDCXX_12
+            .iter()
+            .find(|(f, ..)| *f == "_ZnwmRKSt9nothrow_t")
+            .copied()
+            .unwrap();
+        assert_eq!(
+            place(&bytes(code), true, needs).describe(),
+            "+0x0 (endbr64, single-stepped: sub at +0x4 writes rsp before any instruction \
+             the kernel emulates)"
+        );
+    }
+
+    #[test]
+    fn the_kernels_emulated_instructions() {
+        let emulated_at_0 = |hex: &str| {
+            let code = bytes(hex);
+            let insn = Decoder::with_ip(64, &code, 0, DecoderOptions::NONE).decode();
+            emulated(&insn, &code[..insn.len()])
+        };
+        for yes in [
+            "90",
+            "66 90",
+            "f3 90", // pause
+            "0f 1f 00",
+            "0f 1f 40 00",
+            "0f 1f 44 00 00",
+            "66 0f 1f 44 00 00",
+            "0f 1f 80 00 00 00 00",
+            "0f 1f 84 00 00 00 00 00",
+            "55",
+            "41 57",
+            "eb 10",
+            "e9 00 01 00 00",
+            "e8 00 01 00 00",
+            "74 05",
+            "0f 85 8a 00 00 00",
+            "f2 e9 00 01 00 00", // bnd jmp
+        ] {
+            assert!(emulated_at_0(yes), "{yes} is emulated");
+        }
+        for no in [
+            "f3 0f 1e fa",                   // endbr64
+            "48 89 f8",                      // mov %rdi,%rax
+            "48 83 ec 18",                   // sub $0x18,%rsp
+            "48 85 ff",                      // test %rdi,%rdi
+            "41 90",                         // xchg %eax,%r8d
+            "48 55",                         // push %rbp with REX.W
+            "66 2e 0f 1f 84 00 00 00 00 00", // cs nopw: not probeable at all
+            "66 0f 1f 84 00 00 00 00 00",    // not in x86_nops[]
+            "2e 74 05",                      // jcc with a cs hint: refused
+            "66 e9 00 01",                   // jmp rel16
+            "c3",                            // ret
+            "ff e0",                         // jmp *%rax
+        ] {
+            assert!(!emulated_at_0(no), "{no} is single-stepped");
+        }
+    }
+
     #[test]
     fn glibc_236_free_moves_past_the_null_test() {
         // test %rdi,%rdi; je +0xbf; push %rbp; lea -0x10(%rdi),%rsi
-        let code = [
-            0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0, 0x55, 0x48, 0x8d, 0x77, 0xf0,
-        ];
-        assert_eq!(
-            cheap_offset(&code, 1),
-            3,
-            "the je is emulated and every call reaches it"
+        let placed = place(
+            &bytes("48 85 ff 0f 84 bf 00 00 00 55 48 8d 77 f0"),
+            true,
+            FREE,
         );
+        assert_eq!(placed.offset, 3);
+        assert_eq!(placed.mnemonic, "je");
+        assert!(placed.emulated);
+        assert_eq!(placed.why, None);
     }
 
     #[test]
     fn a_push_first_stays_at_zero() {
         // glibc 2.36 malloc: push %r12; push %rbp; push %rbx; mov %rdi,%rbx
-        let code = [0x41, 0x54, 0x55, 0x53, 0x48, 0x89, 0xfb];
-        assert_eq!(cheap_offset(&code, 1), 0);
-    }
-
-    #[test]
-    fn skips_a_compare_to_reach_a_push() {
-        // glibc 2.36 posix_memalign: cmpb $0x0,0x140201(%rip); push %r12; mov %rdx,%r12
-        let code = [
-            0x80, 0x3d, 0x01, 0x02, 0x14, 0x00, 0x00, 0x41, 0x54, 0x49, 0x89, 0xd4,
-        ];
-        assert_eq!(cheap_offset(&code, 3), 7);
+        let placed = place(&bytes("41 54 55 53 48 89 fb"), true, alloc(1));
+        assert_eq!((placed.offset, placed.emulated), (0, true));
+        assert_eq!(placed.why, None);
     }
 
     #[test]
     fn stops_when_an_argument_is_overwritten() {
         // glibc 2.36 reallocarray: mov %rsi,%rax; mul %rdx (writes rdx); mov %rax,%rsi; jo; jmp
-        let code = [
-            0x48, 0x89, 0xf0, 0x48, 0xf7, 0xe2, 0x48, 0x89, 0xc6, 0x70, 0x05, 0xe9, 0, 0, 0, 0,
-        ];
-        assert_eq!(cheap_offset(&code, 3), 0);
+        let placed = place(
+            &bytes("48 89 f0 48 f7 e2 48 89 c6 70 05 e9 00 00 00 00"),
+            true,
+            alloc(3),
+        );
+        assert_eq!((placed.offset, placed.emulated), (0, false));
+        assert_eq!(
+            placed.why.as_deref(),
+            Some("mul at +0x3 writes rdx before any instruction the kernel emulates")
+        );
+        // A probe that reads rdi only may go past both writes, to the jo.
+        assert_eq!(
+            offset("48 89 f0 48 f7 e2 48 89 c6 70 05 e9 00 00 00 00", FREE),
+            9
+        );
     }
 
     #[test]
     fn stops_at_a_stack_change_or_a_branch_it_cannot_take() {
         // sub $0x18,%rsp; push %rbx
-        assert_eq!(cheap_offset(&[0x48, 0x83, 0xec, 0x18, 0x53], 1), 0);
+        assert_eq!(offset("48 83 ec 18 53", FREE), 0);
         // ret
-        assert_eq!(cheap_offset(&[0xc3, 0x53], 1), 0);
+        assert_eq!(offset("c3 53", FREE), 0);
         // endbr64; push %rbp: endbr64 is not emulated but harmless
-        assert_eq!(cheap_offset(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55], 1), 4);
+        assert_eq!(offset("f3 0f 1e fa 55", FREE), 4);
+        // A store to the return address's slot before a push: not for a return probe.
+        assert_eq!(offset("48 89 3c 24 55", alloc(1)), 0);
+        assert_eq!(offset("48 89 3c 24 55", FREE), 4);
+    }
+
+    #[test]
+    fn a_branch_back_before_the_chosen_instruction_keeps_the_entry() {
+        // 0: mov %rdi,%rax; 3: add $1,%rax; 7: jne 3 (a loop back to +3)
+        let placed = place(&bytes("48 89 f8 48 83 c0 01 75 fa"), true, FREE);
+        assert_eq!(placed.offset, 0);
+        assert_eq!(
+            placed.why.as_deref(),
+            Some("jne at +0x7 is emulated, but the branch at +0x7 lands at +0x3, before it")
+        );
+        // The same, with the loop further away: 9: jmp 3.
+        let placed = place(&bytes("48 89 f8 48 83 c0 01 74 02 eb f8 c3"), true, FREE);
+        assert_eq!(placed.offset, 0);
+        // A branch to the entry itself or past the probe is fine.
+        assert_eq!(offset("48 89 f8 74 02 eb f9 c3", FREE), 3);
+        // Unknown size: the rest of the function cannot be checked.
+        let placed = place(&bytes("48 89 f8 74 02 c3"), false, FREE);
+        assert_eq!(placed.offset, 0);
+        assert!(placed.why.unwrap().contains("size is unknown"));
+    }
+
+    #[test]
+    fn branches_from_elsewhere_in_the_file_keep_the_entry() {
+        let landings = Landings {
+            targets: vec![0x1003],
+        };
+        // At file offset 0x1000: mov %rdi,%rax; mov %rax,%rcx; jne
+        let mut data = vec![0xcc; 0x1000];
+        data.extend(bytes("48 89 f8 48 89 c1 75 02 c3 c3"));
+        let placed = place_in_file(&data, &landings, 0x1000, 10, FREE);
+        assert_eq!(placed.offset, 0);
+        assert!(placed
+            .why
+            .unwrap()
+            .contains("elsewhere in the file lands at +0x3"));
+        let placed = place_in_file(&data, &Landings::default(), 0x1000, 10, FREE);
+        assert_eq!(placed.offset, 6);
     }
 
     #[test]
     fn garbage_falls_back_to_the_entry() {
-        assert_eq!(cheap_offset(&[], 1), 0);
-        assert_eq!(cheap_offset(&[0x0f, 0x0b], 1), 0); // ud2
-        assert_eq!(cheap_offset(&[0xff; 3], 1), 0);
+        assert_eq!(offset("", FREE), 0);
+        assert_eq!(offset("0f 0b", FREE), 0); // ud2
+        assert_eq!(offset("ff ff ff", FREE), 0);
     }
 }

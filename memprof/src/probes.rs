@@ -33,7 +33,8 @@ const BPF_NOEXIST: u32 = 1;
 
 use crate::error::Error;
 use crate::session_link::{self, SessionPrograms};
-use crate::target::{Kind, ProbeSite, Target};
+use crate::target::{Kind, ProbeSite, TargetProcess};
+use crate::tracefs;
 use crate::windows::{self, Windows};
 
 /// The BPF object, built by build.rs from the memprof-ebpf crate.
@@ -134,7 +135,7 @@ pub struct Maps {
     /// The optional sources, to be read by [`crate::sources::collect`].
     pub sources: crate::sources::Attached,
     /// With sampling by windows: when they were open.
-    pub windows: Option<crate::windows::WindowLog>,
+    pub windows: Option<crate::window_log::WindowLog>,
 }
 
 /// Loaded and attached programs.
@@ -163,12 +164,7 @@ const CAP_BPF: u32 = 39;
 
 /// Fails with a clear message when this process may not load BPF programs.
 pub fn check_permissions() -> Result<(), Error> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
+    let caps = crate::procfs::own_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
@@ -197,7 +193,7 @@ pub fn check_kernel() -> Result<(), Error> {
 
 impl Probes {
     /// Loads the BPF object for `target` and attaches every allocator probe.
-    pub fn attach(target: &Target, config: ProbeConfig) -> anyhow::Result<Probes> {
+    pub fn attach(target: &TargetProcess, config: ProbeConfig) -> anyhow::Result<Probes> {
         let sites = target.probe_sites(!config.at_entry)?;
         let mut probes = Probes::load(config, &Filter::one(target.pid))?;
         probes
@@ -222,14 +218,19 @@ impl Probes {
             (filter.mode, filter.tgid)
         };
         let (cgroup_id, cgroup_level) = filter.cgroup.unwrap_or((0, 0));
-        let fork_offset = fork_child_pid_offset();
+        // Read (and tracefs mounted) only when needed.
+        let fork_offset = if filter.follow_forks {
+            fork_child_pid_offset().map(Some)
+        } else {
+            Ok(None)
+        };
         let offsets = crate::sources::TraceOffsets::read(config.sources)?;
         let sample_rate = config.sample_rate.max(1);
         let by_window = u32::from(config.by_window());
         let self_tgid = std::process::id();
-        let follow_forks = u32::from(filter.follow_forks && fork_offset.is_some());
+        let follow_forks = u32::from(filter.follow_forks && matches!(fork_offset, Ok(Some(_))));
         let watch_execs = u32::from(filter.watch_execs);
-        let fork_child_pid_offset = fork_offset.unwrap_or(0);
+        let fork_child_pid_offset = fork_offset.as_ref().ok().copied().flatten().unwrap_or(0);
         let mut loader = EbpfLoader::new();
         loader
             // PENDING is task-local storage, which aya 0.14 creates but has no type for.
@@ -296,12 +297,7 @@ impl Probes {
                 .with_context(|| format!("attaching to the {tracepoint} raw tracepoint"))?;
         }
         if filter.follow_forks {
-            if fork_offset.is_none() {
-                anyhow::bail!(
-                    "--follow-forks: the format of the sched/sched_process_fork tracepoint \
-                     has no child_pid field (is tracefs mounted?)"
-                );
-            }
+            fork_offset?;
             let tp: &mut TracePoint = ebpf
                 .program_mut(programs::PROCESS_FORK)
                 .context("BPF program process_fork missing from the object")?
@@ -679,25 +675,11 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 
 /// Offset of `child_pid` in the `sched_process_fork` record, from the
 /// tracepoint's format file (it moved when the comm fields became dynamic).
-fn fork_child_pid_offset() -> Option<u32> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|root| {
-            fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok()
-        })
-        .and_then(|format| parse_field_offset(&format, "child_pid"))
-}
-
-/// The offset of the field `name` in a tracepoint format file.
-fn parse_field_offset(format: &str, name: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let field = parts.next()?.strip_prefix("field:")?;
-        if field.rsplit(' ').next()? != name {
-            return None;
-        }
-        parts.next()?.strip_prefix("offset:")?.parse().ok()
-    })
+fn fork_child_pid_offset() -> anyhow::Result<u32> {
+    let events = tracefs::Events::mounted("--follow-forks")?;
+    Ok(events
+        .field("sched/sched_process_fork", "child_pid")?
+        .offset)
 }
 
 /// A probe site that could not be attached.
@@ -774,24 +756,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_field_offsets_of_tracepoint_formats() {
-        let format = "name: sched_process_fork
-ID: 366
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;
-\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;
-\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
-\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;
-";
-        assert_eq!(parse_field_offset(format, "child_pid"), Some(20));
-        assert_eq!(parse_field_offset(format, "parent_pid"), Some(12));
-        assert_eq!(parse_field_offset(format, "pid"), None);
-        assert!(
-            fork_child_pid_offset().is_some(),
-            "this kernel has the tracepoint"
-        );
+    fn this_kernel_has_the_fork_tracepoint() {
+        let offset = fork_child_pid_offset().unwrap();
+        assert!(offset >= 8, "after the common fields: {offset}");
     }
 }

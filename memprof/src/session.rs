@@ -12,9 +12,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::launch::ChildEvent;
 use crate::probes::Probes;
+use crate::procfs;
 use crate::snapshot;
 use crate::symbolize::Symbolizer;
-use crate::target::Target;
+use crate::target::TargetProcess;
 
 /// How often stacks that nothing outstanding uses are looked for and freed.
 const FREE_STACKS_EVERY: Duration = Duration::from_secs(1);
@@ -104,7 +105,7 @@ impl Session {
     pub fn wait(
         &mut self,
         probes: &mut Probes,
-        target: &Target,
+        target: &TargetProcess,
         symbolizer: &mut Symbolizer,
         child: Option<&mut UnboundedReceiver<ChildEvent>>,
         plan: Plan,
@@ -156,7 +157,7 @@ impl Session {
 struct Watch<'a> {
     probes: &'a mut Probes,
     /// The one target process and its symbolizer (not in a run over many).
-    target: Option<&'a Target>,
+    target: Option<&'a TargetProcess>,
     symbolizer: Option<&'a mut Symbolizer>,
     /// A launched command's tracer: it stops the command at its exit so that
     /// its mappings can be read one last time.
@@ -174,7 +175,7 @@ async fn child_event(child: &mut Option<&mut UnboundedReceiver<ChildEvent>>) -> 
 }
 
 /// Resolves when the target exits (never, without a pidfd: then the
-/// periodic check of [`Target::is_alive`] notices).
+/// periodic check of [`TargetProcess::is_alive`] notices).
 async fn target_exit(pidfd: Option<&AsyncFd<std::os::fd::OwnedFd>>) {
     match pidfd {
         Some(fd) => {
@@ -220,7 +221,7 @@ async fn wait_async(
     let status_line = !quiet && std::io::stderr().is_terminal();
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let pidfd = target
-        .and_then(Target::pidfd)
+        .and_then(TargetProcess::pidfd)
         .and_then(|fd| fd.try_clone().ok())
         // SAFETY: an OwnedFd is open and names one file until it is dropped,
         // and the AsyncFd owns it.
@@ -278,12 +279,10 @@ async fn wait_async(
                 let execs = probes.execs(target.pid).map(|(n, _)| n).unwrap_or(execs_seen);
                 if execs > execs_seen || (exec_pending && execs > 0) {
                     if execs > execs_seen {
-                        let comm = std::fs::read_to_string(format!("/proc/{}/comm", target.pid))
-                            .unwrap_or_default();
+                        let comm = procfs::comm(target.pid).unwrap_or_default();
                         log::info!(
-                            "pid {} called exec (now {}): what the program before held is left out",
+                            "pid {} called exec (now {comm}): what the program before held is left out",
                             target.pid,
-                            comm.trim_end()
                         );
                     }
                     // The old program's mappings are gone (for a launched

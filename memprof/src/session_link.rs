@@ -146,9 +146,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
 
 /// The running kernel's release (`uname -r`), and whether it is older than [`MIN_KERNEL`].
 fn kernel_release() -> (String, bool) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string());
+    let release = crate::procfs::kernel_release().unwrap_or_else(|| "unknown".to_string());
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().ok());

@@ -3,8 +3,10 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
-use memprof_common::{stat, AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, STACK_LOST};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use memprof_common::{
+    source_stat, stat, AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, STACK_LOST,
+};
 
 use crate::model::Stats;
 
@@ -95,26 +97,7 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
             Err(e) => return Err(e).context("reading LIVE"),
         }
     }
-    let stack_map =
-        BpfHashMap::<&MapData, i64, StackTrace>::try_from(stacks).context("STACKS map")?;
-    let mut traces = HashMap::new();
-    let mut tried = std::collections::HashSet::new();
-    for (_, info) in &entries {
-        if info.stack_id < 0 || !tried.insert(info.stack_id) {
-            continue;
-        }
-        match stack_map.get(&info.stack_id, 0) {
-            Ok(trace) => {
-                let len = usize::try_from(trace.len).unwrap_or(0).min(trace.ips.len());
-                traces.insert(info.stack_id, trace.ips[..len].to_vec());
-            }
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => log::warn!(
-                "stack {} could not be read ({e}): its allocations are shown as [stack lost]",
-                info.stack_id
-            ),
-        }
-    }
+    let traces = read_traces(stacks, entries.iter().map(|(_, info)| info.stack_id))?;
     // The stacks the kernel could not store (the map was full): counted as
     // stack_lost by the programs, shown as such here.
     for (_, info) in &mut entries {
@@ -128,6 +111,87 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
         traces,
         stats: read_stats(stats)?,
     })
+}
+
+/// The user stacks `ids` from the `STACKS` map, instruction pointers
+/// innermost first. Negative ids (no stack) and stacks missing from the map
+/// are left out.
+pub fn read_traces(
+    stacks: &Map,
+    ids: impl IntoIterator<Item = i64>,
+) -> anyhow::Result<HashMap<i64, Vec<u64>>> {
+    let stack_map =
+        BpfHashMap::<&MapData, i64, StackTrace>::try_from(stacks).context("STACKS map")?;
+    let mut traces = HashMap::new();
+    let mut tried = std::collections::HashSet::new();
+    for id in ids {
+        if id < 0 || !tried.insert(id) {
+            continue;
+        }
+        match stack_map.get(&id, 0) {
+            Ok(trace) => {
+                let len = usize::try_from(trace.len).unwrap_or(0).min(trace.ips.len());
+                traces.insert(id, trace.ips[..len].to_vec());
+            }
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => log::warn!("stack {id} could not be read: {e}"),
+        }
+    }
+    Ok(traces)
+}
+
+/// The counters of the optional sources (`SOURCE_STATS`, indexed by
+/// [`source_stat`]), summed over CPUs.
+pub fn read_source_stats(map: &Map) -> anyhow::Result<[u64; source_stat::COUNT as usize]> {
+    let array = PerCpuArray::<&MapData, u64>::try_from(map).context("SOURCE_STATS map")?;
+    let mut out = [0; source_stat::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = array
+            .get(&(i as u32), 0)
+            .context("reading SOURCE_STATS")?
+            .iter()
+            .sum();
+    }
+    Ok(out)
+}
+
+/// The kernel objects (`--kernel`) still live, and their kernel stacks.
+#[derive(Clone, Debug, Default)]
+pub struct KernelObjects {
+    /// Address -> info; an object whose stack could not be read has
+    /// [`STACK_LOST`] as its stack id.
+    pub live: Vec<(u64, AllocInfo)>,
+    /// Instruction pointers of each stack id, innermost first.
+    pub traces: HashMap<i64, Vec<u64>>,
+}
+
+/// Reads the `KLIVE` map and the kernel stacks (`KSTACKS`) of its objects.
+pub fn read_kernel_objects(klive: &Map, kstacks: &Map) -> anyhow::Result<KernelObjects> {
+    let map = BpfHashMap::<&MapData, u64, AllocInfo>::try_from(klive).context("KLIVE map")?;
+    let mut live = Vec::new();
+    for entry in map.iter() {
+        match entry {
+            Ok(kv) => live.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).context("reading KLIVE"),
+        }
+    }
+    let map = StackTraceMap::<&MapData>::try_from(kstacks).context("KSTACKS map")?;
+    let mut traces = HashMap::new();
+    for (_, info) in live.iter_mut() {
+        if info.stack_id < 0 {
+            continue;
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = traces.entry(info.stack_id) {
+            match map.get(&(info.stack_id as u32), 0) {
+                Ok(trace) => {
+                    slot.insert(trace.frames().iter().map(|f| f.ip).collect());
+                }
+                Err(_) => info.stack_id = STACK_LOST,
+            }
+        }
+    }
+    Ok(KernelObjects { live, traces })
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.

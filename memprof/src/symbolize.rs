@@ -6,15 +6,20 @@
 //! symbolized from the held files, so stacks stay symbolized when the target
 //! exits during the run, when its binaries are deleted or replaced, and when it
 //! lives in another mount namespace.
+//!
+//! Kernel stacks (`--kernel`) go through the same symbolizer, from
+//! `/proc/kallsyms`.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::fd::AsRawFd as _;
 
-use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
+use blazesym::MaybeDefault;
 
 use crate::model::Frame;
+use crate::procfs;
 
 /// One executable, file-backed mapping of the target.
 #[derive(Debug)]
@@ -61,7 +66,7 @@ impl Symbolizer {
 
     /// Records mappings that appeared since the last call (e.g. `dlopen`).
     pub fn refresh(&mut self) {
-        let Ok(maps) = fs::read_to_string(format!("/proc/{}/maps", self.pid)) else {
+        let Ok(maps) = procfs::maps(self.pid) else {
             return;
         };
         for (start, end, file_offset, path) in executable_mappings(&maps) {
@@ -73,8 +78,8 @@ impl Symbolizer {
                 continue;
             }
             let pid = self.pid;
-            let opened = File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
-                .or_else(|_| File::open(format!("/proc/{pid}/root{path}")));
+            let opened = File::open(procfs::map_file(pid, start, end))
+                .or_else(|_| File::open(procfs::host_path(pid, path)));
             match opened {
                 Ok(file) => {
                     self.mappings.retain(|m| m.end <= start || m.start >= end);
@@ -120,6 +125,54 @@ impl Symbolizer {
                             addr: ip,
                             ..Frame::default()
                         }],
+                    })
+                    .collect();
+                (id, frames)
+            })
+            .collect()
+    }
+
+    /// Symbolizes kernel stacks (innermost first) from `/proc/kallsyms` (no
+    /// vmlinux, no DWARF: function names only). Every address but the first
+    /// is a return address, so `ip - 1` is looked up for them.
+    pub fn symbolize_kernel_stacks(
+        &self,
+        stacks: &HashMap<i64, Vec<u64>>,
+    ) -> HashMap<i64, Vec<Frame>> {
+        let lookup = |ip: u64, i: usize| if i == 0 { ip } else { ip.saturating_sub(1) };
+        let mut addrs: Vec<u64> = stacks
+            .values()
+            .flat_map(|ips| ips.iter().enumerate().map(|(i, &ip)| lookup(ip, i)))
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let src = Source::Kernel(Kernel {
+            vmlinux: MaybeDefault::None,
+            debug_syms: false,
+            ..Kernel::default()
+        });
+        let mut names: HashMap<u64, String> = HashMap::new();
+        match self.blaze.symbolize(&src, Input::AbsAddr(&addrs)) {
+            Ok(results) => {
+                for (&addr, sym) in addrs.iter().zip(results) {
+                    if let Symbolized::Sym(sym) = sym {
+                        names.insert(addr, sym.name.to_string());
+                    }
+                }
+            }
+            Err(e) => log::warn!("symbolizing kernel addresses with /proc/kallsyms: {e}"),
+        }
+        stacks
+            .iter()
+            .map(|(&id, ips)| {
+                let frames = ips
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &ip)| Frame {
+                        addr: ip,
+                        function: names.get(&lookup(ip, i)).cloned(),
+                        module: Some("[kernel]".to_string()),
+                        ..Frame::default()
                     })
                     .collect();
                 (id, frames)
@@ -181,23 +234,9 @@ pub fn reaches_start(frames: &[Frame]) -> bool {
 
 /// `(start, end, file offset, path)` of the executable file mappings in a `/proc/PID/maps` listing.
 fn executable_mappings(maps: &str) -> impl Iterator<Item = (u64, u64, u64, &str)> {
-    maps.lines().filter_map(|line| {
-        let mut fields = line.split_whitespace();
-        let range = fields.next()?;
-        let perms = fields.next()?;
-        let offset = fields.next()?;
-        let path = fields.nth(2)?;
-        if !perms.contains('x') || !path.starts_with('/') {
-            return None;
-        }
-        let (start, end) = range.split_once('-')?;
-        Some((
-            u64::from_str_radix(start, 16).ok()?,
-            u64::from_str_radix(end, 16).ok()?,
-            u64::from_str_radix(offset, 16).ok()?,
-            path,
-        ))
-    })
+    procfs::parse_maps(maps)
+        .filter(procfs::MapsEntry::executable)
+        .filter_map(|m| Some((m.start, m.end, m.offset, m.file()?)))
 }
 
 /// Frames of one address, innermost first: inlined functions, then the real one.

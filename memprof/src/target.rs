@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::Error;
 use crate::placement;
+use crate::procfs;
 
 /// What an allocator entry point does with its arguments and its result; picks
 /// the pair of BPF programs attached to it.
@@ -62,7 +63,7 @@ impl Kind {
 }
 
 /// Which libraries a function is looked for in, after the target's own
-/// allocator (see [`Target::probe_sites`]).
+/// allocator (see [`TargetProcess::probe_sites`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// The C allocator API: else in libc.
@@ -198,15 +199,31 @@ pub struct ProbeSite {
     /// All probed names that share this address (e.g. `aligned_alloc` and
     /// `memalign` in some glibc versions): one probe serves them all.
     pub names: Vec<&'static str>,
-    /// How far into the function the probes sit (see [`crate::placement`]).
-    pub offset_in_function: u64,
+    /// Where in the function the probes sit, and whether the kernel
+    /// emulates the instruction there (see [`crate::placement`]).
+    pub placement: placement::Placement,
     /// The file the offset is in.
     pub library: Arc<Library>,
 }
 
-/// A running process chosen as target.
+impl ProbeSite {
+    /// Where this site's probes went, for the report.
+    pub fn placement_report(&self) -> crate::model::ProbePlacement {
+        crate::model::ProbePlacement {
+            library: self.library.path.clone(),
+            functions: self.names.iter().map(|n| n.to_string()).collect(),
+            offset: self.placement.offset,
+            instruction: self.placement.mnemonic.clone(),
+            emulated: self.placement.emulated,
+            why: self.placement.why.clone(),
+        }
+    }
+}
+
+/// A running process chosen as target (its description in a report is
+/// [`crate::model::Target`]).
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct TargetProcess {
     pub pid: u32,
     pub comm: String,
     pub cmdline: String,
@@ -225,18 +242,15 @@ pub struct Target {
     pidfd: Option<Arc<OwnedFd>>,
 }
 
-impl Target {
+impl TargetProcess {
     /// Finds the process and the libc it maps.
-    pub fn open(pid: u32) -> Result<Target, anyhow::Error> {
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        if pid == 0 || !proc_dir.exists() {
+    pub fn open(pid: u32) -> Result<TargetProcess, anyhow::Error> {
+        if pid == 0 || !procfs::exists(pid) {
             return Err(Error::NoSuchProcess(pid).into());
         }
-        let comm = fs::read_to_string(proc_dir.join("comm"))
-            .map(|s| s.trim_end().to_string())
-            .map_err(|_| Error::NoSuchProcess(pid))?;
-        let cmdline = cmdline_of(pid);
-        let maps = fs::read_to_string(proc_dir.join("maps")).map_err(|e| {
+        let comm = procfs::comm(pid).ok_or(Error::NoSuchProcess(pid))?;
+        let cmdline = procfs::cmdline(pid);
+        let maps = procfs::maps(pid).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 ": memprof needs root, or CAP_SYS_PTRACE over the target (a process in \
                  another user namespace cannot be read even by root)"
@@ -245,7 +259,7 @@ impl Target {
             };
             anyhow::anyhow!("reading /proc/{pid}/maps: {e}{hint}")
         })?;
-        if is_go_program(&proc_dir.join("exe")) {
+        if is_go_program(&procfs::exe(pid)) {
             return Err(Error::GoProgram {
                 what: format!("pid {pid} ({comm})"),
             }
@@ -254,13 +268,11 @@ impl Target {
         let objects: Vec<Library> = mapped_objects(&maps)
             .into_iter()
             .map(|path| Library {
-                host_path: proc_dir.join("root").join(path.trim_start_matches('/')),
+                host_path: procfs::host_path(pid, &path),
                 path,
             })
             .collect();
-        let exe = fs::read_link(proc_dir.join("exe"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let exe = procfs::exe_path(pid);
         let (libc, allocator) = match find_libc(&maps) {
             Some(libc) => {
                 let allocator = find_allocator(&objects, &exe, &libc);
@@ -285,19 +297,19 @@ impl Target {
                 (own.path.clone(), allocator)
             }
         };
-        let libc_host_path = proc_dir.join("root").join(libc.trim_start_matches('/'));
+        let libc_host_path = procfs::host_path(pid, &libc);
         let cxx = objects
             .iter()
             .find(|o| base_name(&o.path).starts_with("libstdc++.so"))
             .cloned();
-        let started = start_ticks(pid);
-        let pidfd = pidfd_open(pid);
+        let started = procfs::start_ticks(pid);
+        let pidfd = procfs::pidfd_open(pid);
         // The pid was read first, the pidfd taken after: the same process
         // only if it started at the same time.
-        if pidfd.is_some() && start_ticks(pid) != started {
+        if pidfd.is_some() && procfs::start_ticks(pid) != started {
             return Err(Error::NoSuchProcess(pid).into());
         }
-        Ok(Target {
+        Ok(TargetProcess {
             pid,
             comm,
             cmdline,
@@ -305,7 +317,7 @@ impl Target {
             libc_host_path,
             allocator,
             cxx,
-            started_unix_secs: started.and_then(started_unix_secs),
+            started_unix_secs: started.and_then(procfs::started_unix_secs),
             pidfd: pidfd.map(Arc::new),
         })
     }
@@ -390,70 +402,12 @@ impl Target {
 
     /// True while the process is still running.
     pub fn is_alive(&self) -> bool {
-        if let Some(fd) = &self.pidfd {
-            // Readable once the process has exited (zombie or reaped).
-            let mut poll = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, no waiting.
-            let n = unsafe { libc::poll(&mut poll, 1, 0) };
-            return n == 0;
+        match &self.pidfd {
+            Some(fd) => !procfs::pidfd_exited(fd),
+            // A zombie still has /proc/PID but no memory map.
+            None => procfs::is_alive(self.pid),
         }
-        // A zombie still has /proc/PID but no memory map.
-        fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .map(|stat| {
-                let state = stat
-                    .rsplit_once(") ")
-                    .and_then(|(_, rest)| rest.chars().next());
-                !matches!(state, Some('Z') | Some('X') | None)
-            })
-            .unwrap_or(false)
     }
-}
-
-/// The command line of `pid`, arguments joined by spaces ("" when unreadable).
-pub(crate) fn cmdline_of(pid: u32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
-/// A pidfd for `pid`, or None on kernels without pidfd_open (before 5.3).
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a nonnegative return is a new fd that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
-pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and parentheses.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Start time in clock ticks after boot -> seconds since the Unix epoch.
-pub(crate) fn started_unix_secs(ticks: u64) -> Option<f64> {
-    let boot: f64 = fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| boot + ticks as f64 / hz as f64)
 }
 
 /// True for an executable built by the Go toolchain (it has a
@@ -475,8 +429,8 @@ pub fn is_go_program(exe: &Path) -> bool {
 /// Debian, `/usr/local/musl/lib/libc.so`). glibc's `libc.so` is a linker
 /// script, never mapped.
 pub fn find_libc(maps: &str) -> Option<String> {
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
+    procfs::parse_maps(maps)
+        .filter_map(|m| m.path)
         .find(|path| {
             let base = base_name(path);
             base == "libc.so.6"
@@ -558,49 +512,77 @@ fn sites_in(
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("parsing {} as ELF", path.display()))?;
-    let defined: HashMap<&str, u64> = file
+    // Name -> (address, size).
+    let defined: HashMap<&str, (u64, u64)> = file
         .dynamic_symbols()
         .chain(file.symbols())
         .filter(|s| s.is_definition() && s.address() != 0)
-        .filter_map(|s| Some((s.name().ok()?, s.address())))
+        .filter_map(|s| Some((s.name().ok()?, (s.address(), s.size()))))
         .collect();
-    let mut by_addr: BTreeMap<u64, ProbeSite> = BTreeMap::new();
+    let mut by_addr: BTreeMap<u64, (ProbeSite, u64)> = BTreeMap::new();
     for &(name, kind) in wanted {
-        let Some(file_offset) = defined.get(name).and_then(|&a| file_offset(&file, a)) else {
+        let Some((file_offset, size)) = defined
+            .get(name)
+            .and_then(|&(a, size)| Some((file_offset(&file, a)?, size)))
+        else {
             continue;
         };
+        let function = data
+            .get(usize::try_from(file_offset).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
         by_addr
             .entry(file_offset)
-            .and_modify(|site| site.names.push(name))
-            .or_insert_with(|| ProbeSite {
-                file_offset,
-                kind,
-                names: vec![name],
-                offset_in_function: 0,
-                library: library.clone(),
+            .and_modify(|(site, _)| site.names.push(name))
+            .or_insert_with(|| {
+                let placement =
+                    placement::at_entry(function, "placement is off (--probe-at-entry)");
+                (
+                    ProbeSite {
+                        file_offset,
+                        kind,
+                        names: vec![name],
+                        placement,
+                        library: library.clone(),
+                    },
+                    size,
+                )
             });
     }
-    for site in by_addr.values_mut().filter(|_| placed) {
-        let start = usize::try_from(site.file_offset).unwrap_or(usize::MAX);
-        let code = data
-            .get(start..)
-            .map(|c| &c[..c.len().min(64)])
-            .unwrap_or_default();
-        let delta = placement::cheap_offset(code, site.kind.arguments());
-        site.offset_in_function = delta;
-        site.file_offset += delta;
+    let landings = if placed && !by_addr.is_empty() {
+        placement::Landings::cached(path, &data, &file)
+    } else {
+        Arc::default()
+    };
+    let mut sites = Vec::with_capacity(by_addr.len());
+    for (mut site, size) in by_addr.into_values() {
+        if placed {
+            let needs = placement::Needs {
+                args: site.kind.arguments(),
+                returns: site.kind != Kind::Free,
+            };
+            site.placement =
+                placement::place_in_file(&data, &landings, site.file_offset, size, needs);
+            site.file_offset += site.placement.offset;
+        }
+        log::debug!(
+            "probe on {} in {}: {}",
+            site.names.join("/"),
+            library.path,
+            site.placement.describe()
+        );
+        sites.push(site);
     }
-    Ok(by_addr.into_values().collect())
+    Ok(sites)
 }
 
 /// The file-backed objects with executable mappings, in address order, once each.
 fn mapped_objects(maps: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let perms = fields.nth(1).unwrap_or("");
-        let Some(path) = fields.nth(3) else { continue };
-        if perms.contains('x') && path.starts_with('/') && !seen.iter().any(|p| p == path) {
+    let mut seen: Vec<String> = Vec::new();
+    for path in procfs::parse_maps(maps)
+        .filter(procfs::MapsEntry::executable)
+        .filter_map(|m| m.file())
+    {
+        if !seen.iter().any(|p| p == path) {
             seen.push(path.to_string());
         }
     }
@@ -765,6 +747,38 @@ mod tests {
     }
 
     #[test]
+    fn placed_probes_stay_inside_their_functions_and_are_reported() {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let libc = find_libc(&maps).expect("the test binary maps glibc");
+        let at_entry = probe_sites(Path::new(&libc), false).unwrap();
+        let placed = probe_sites(Path::new(&libc), true).unwrap();
+        assert_eq!(at_entry.len(), placed.len());
+        for (entry, placed) in at_entry.iter().zip(&placed) {
+            assert_eq!(entry.names, placed.names);
+            assert_eq!(entry.placement.offset, 0);
+            assert_eq!(
+                placed.file_offset,
+                entry.file_offset + placed.placement.offset,
+                "{:?}",
+                placed.names
+            );
+            assert_eq!(placed.placement.why.is_none(), placed.placement.emulated);
+            let report = placed.placement_report();
+            assert_eq!(report.library, libc);
+            assert_eq!(report.offset, placed.placement.offset);
+            assert_eq!(report.emulated, placed.placement.emulated);
+            assert_eq!(
+                report.functions,
+                placed
+                    .names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
     fn lists_each_executable_object_once() {
         let maps = "\
 55d0c2a00000-55d0c2a01000 r-xp 00001000 fe:01 1234 /usr/bin/leaky
@@ -787,7 +801,7 @@ mod tests {
 
     #[test]
     fn this_process_uses_glibcs_malloc() {
-        let target = Target::open(std::process::id()).unwrap();
+        let target = TargetProcess::open(std::process::id()).unwrap();
         assert_eq!(target.allocator.name, "glibc");
         assert_eq!(target.allocator_description(), target.libc);
         let sites = target.probe_sites(true).unwrap();
@@ -797,22 +811,8 @@ mod tests {
     }
 
     #[test]
-    fn this_process_started_before_now() {
-        let pid = std::process::id();
-        let started = start_ticks(pid).and_then(started_unix_secs).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        assert!(
-            started <= now + 1.0 && started > now - 86_400.0 * 365.0,
-            "{started} vs {now}"
-        );
-    }
-
-    #[test]
     fn a_missing_pid_is_named() {
-        let err = Target::open(u32::MAX - 1).unwrap_err();
+        let err = TargetProcess::open(u32::MAX - 1).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }

@@ -1,8 +1,9 @@
 //! The harness of memprof's integration tests.
 //!
-//! The tests in `tests/tests/` profile real processes ("fixtures") that leak a
-//! known number of bytes through known functions, and compare memprof's report
-//! with that ground truth. This library:
+//! The integration tests (`tests/tests/integration/`, one module per feature)
+//! profile real processes ("fixtures") that leak a known number of bytes
+//! through known functions, and compare memprof's report with that ground
+//! truth. This library:
 //!
 //! - finds the fixtures ([`Kind::path`]): `build.rs` compiles the C ones
 //!   (`tests/fixtures/*.c`) with gcc and [`CFLAGS`] into `$OUT_DIR/fixtures/`;
@@ -11,8 +12,8 @@
 //!   `build.rs` and [`rust_fixture_has_frame_pointers`]);
 //! - runs a fixture ([`Fixture`]) and memprof ([`Memprof`]), and kills and
 //!   reaps both on drop, so a failing test leaves no process behind;
-//! - holds the ground truth ([`LEAKY_C`], [`LEAKY_RUST`]) and checks a report
-//!   against it ([`check_leaks`]);
+//! - holds each fixture's ground truth ([`Kind::truth`]) and checks a report
+//!   against it ([`assert_ground_truth`], [`check_leaks`]);
 //! - decides when a test may skip ([`root_or_skip`], [`skip`]): never when the
 //!   `CI` environment variable is set.
 //!
@@ -31,7 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use memprof::model::{Frame, Report, Stack, Stats, Totals};
+mod fixtures;
+
+pub use fixtures::{c_fixtures_dir, leak, total, GroundTruth, Kind, Leak};
+// The report's types, as memprof writes them in JSON: the one place the
+// tests name memprof's library.
+pub use memprof::model::{
+    Frame, Process, Report, SampleMethod, Stack, Stats, Totals, SCHEMA_VERSION,
+};
 
 /// How long a fixture may take to print `ready <pid>`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -190,171 +198,6 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
-}
-
-// ---------------------------------------------------------------------------
-// The fixtures
-
-/// Where `build.rs` put the C fixtures.
-pub fn c_fixtures_dir() -> PathBuf {
-    Path::new(env!("OUT_DIR")).join("fixtures")
-}
-
-/// The C fixture `name` built by `build.rs`, or why it was not built.
-fn c_fixture(name: &str) -> Result<PathBuf, String> {
-    let dir = c_fixtures_dir();
-    if let Ok(error) = fs::read_to_string(dir.join(format!("{name}.error"))) {
-        return Err(error);
-    }
-    let bin = dir.join(name);
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} is missing: rebuild the tests package",
-            bin.display()
-        ))
-    }
-}
-
-/// The fixtures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `tests/fixtures/leaky.c`: ground truth [`LEAKY_C`].
-    Leaky,
-    /// `tests/fixtures/leaky.c` built with `-O2 -fomit-frame-pointer`: the
-    /// same ground truth [`LEAKY_C`], stacks cut short.
-    LeakyNoFramePointers,
-    /// `tests/fixtures/phases.c`: allocations that change over time (a
-    /// steadily growing stack, a large flat one, blocks freed halfway, churn;
-    /// with `--young`, young blocks right before `done`). Ground truth
-    /// [`PHASES`] and [`PHASES_YOUNG`].
-    Phases,
-    /// `tests/fixtures/stacks.c`: one 100-byte block leaked from each of 4096
-    /// distinct call stacks (all ending in `leaf_alloc`).
-    Stacks,
-    /// `tests/fixtures/transient.c`: thousands of distinct stacks that each
-    /// allocate and free one block, round after round, and 50 leaked 100-byte
-    /// blocks from 50 distinct stacks (all ending in `leak_alloc`).
-    Transient,
-    /// `tests/fixtures/execer.c`: leaks 5 x 1000 bytes, execs itself, leaks
-    /// 3 x 2000 bytes in `after_exec_leak` from the new program, then `done`.
-    Execer,
-    /// `tests/fixtures/soak.c SECS`: churns, meets new stacks and leaks one
-    /// 1000-byte block in `soak_leak` every 50 ms, for SECS seconds.
-    Soak,
-    /// `tests/fixtures/leaky.c` linked with jemalloc or tcmalloc, which
-    /// replace glibc's malloc: the same ground truth [`LEAKY_C`].
-    LeakyJemalloc,
-    LeakyTcmalloc,
-    /// `tests/fixtures/leaky.c` with jemalloc linked into the executable.
-    LeakyJemallocStatic,
-    /// `tests/fixtures/leaky.c` built with musl-gcc, dynamically and
-    /// statically linked: the same ground truth [`LEAKY_C`].
-    LeakyMusl,
-    LeakyMuslStatic,
-    /// `tests/fixtures/leaky_cxx.cpp`: leaks through operator new (from
-    /// libstdc++), ground truth [`LEAKY_CXX`].
-    LeakyCxx,
-    /// The same, linked with tcmalloc or mimalloc, which define operator new
-    /// and delete themselves.
-    LeakyCxxTcmalloc,
-    LeakyCxxMimalloc,
-    /// `tests/fixtures/gosleeper.go`, built with the Go toolchain: prints
-    /// `ready <pid>` and waits for EOF on stdin.
-    GoSleeper,
-    /// `tests/fixtures/oneshot.c`: runs to its end by itself (no protocol),
-    /// leaving [`ONESHOT`] outstanding at its exit; exits with status 3.
-    OneShot,
-    /// `tests/fixtures/forker.c`: after go, forks two children that leak
-    /// [`FORKER_CHILD`] each, leaks [`FORKER_PARENT`], prints
-    /// `children <pid> <pid>`, then `done`.
-    Forker,
-    /// `tests/fixtures/clean.c`: after go, 20,000 malloc/free pairs, nothing kept.
-    Clean,
-    /// `tests/fixtures/selfcheck.c RESULT_FILE`: checks its own allocations
-    /// through every probed function and writes a checksum; frees everything.
-    SelfCheck,
-    /// The `leaky-rust` binary of this package: ground truth [`LEAKY_RUST`].
-    LeakyRust,
-    /// The `leaky-rust-jemalloc` binary of this package (jemalloc with the
-    /// `_rjem_` prefix as its global allocator): ground truth [`LEAKY_RUST_JEMALLOC`].
-    LeakyRustJemalloc,
-    /// `tests/fixtures/demo.c`: the demo service of `cargo xtask demo`
-    /// (prints `ready <pid>`, then serves until stdin EOF, a signal, or
-    /// `argv[1]` seconds; no go/done protocol).
-    Demo,
-    /// `tests/fixtures/static.c` linked with `-static`: a process without a
-    /// libc shared object. Same protocol as [`Kind::Leaky`], does nothing.
-    Static,
-    /// `tests/fixtures/sampled.c`: 25,000 equal-size leaks from three
-    /// functions and a lot of churn, for `--sample-rate` (ground truth in
-    /// `tests/tests/sampling.rs`).
-    Sampled,
-    /// `tests/fixtures/mmaps.c`: anonymous mappings kept, trimmed, holed,
-    /// mremap'ed and churned (ground truth in `tests/tests/sources.rs`).
-    Mmaps,
-    /// `tests/fixtures/kernel_objects.c keep|close`: 64 eventfds kept open or
-    /// closed again (for `--kernel`, see `tests/tests/sources.rs`).
-    KernelObjects,
-}
-
-impl Kind {
-    /// The fixture's binary. Errors are readable messages (the static
-    /// fixture is not built without `libc.a`).
-    pub fn path(self) -> Result<PathBuf, String> {
-        match self {
-            Kind::Leaky => c_fixture("leaky"),
-            Kind::LeakyNoFramePointers => c_fixture("leaky-nofp"),
-            Kind::Phases => c_fixture("phases"),
-            Kind::Stacks => c_fixture("stacks"),
-            Kind::Transient => c_fixture("transient"),
-            Kind::Execer => c_fixture("execer"),
-            Kind::Soak => c_fixture("soak"),
-            Kind::OneShot => c_fixture("oneshot"),
-            Kind::Forker => c_fixture("forker"),
-            Kind::Clean => c_fixture("clean"),
-            Kind::GoSleeper => c_fixture("go-sleeper"),
-            Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
-            Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
-            Kind::LeakyJemallocStatic => c_fixture("leaky-jemalloc-static"),
-            Kind::LeakyMusl => c_fixture("leaky-musl"),
-            Kind::LeakyMuslStatic => c_fixture("leaky-musl-static"),
-            Kind::LeakyCxx => c_fixture("leaky-cxx"),
-            Kind::LeakyCxxTcmalloc => c_fixture("leaky-cxx-tcmalloc"),
-            Kind::LeakyCxxMimalloc => c_fixture("leaky-cxx-mimalloc"),
-            Kind::SelfCheck => c_fixture("selfcheck"),
-            Kind::Demo => c_fixture("demo"),
-            Kind::Static => c_fixture("static"),
-            Kind::Sampled => c_fixture("sampled"),
-            Kind::Mmaps => c_fixture("mmaps"),
-            Kind::KernelObjects => c_fixture("kernel-objects"),
-            Kind::LeakyRust => rust_fixture_path("leaky-rust"),
-            Kind::LeakyRustJemalloc => rust_fixture_path("leaky-rust-jemalloc"),
-        }
-    }
-}
-
-/// The binary `name` of this package (`leaky-rust`) next to the running test
-/// binary: cargo puts integration tests in `<target>/<profile>/deps/` and the
-/// package's binaries in `<target>/<profile>/`, and builds the binaries
-/// before the tests.
-fn rust_fixture_path(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or_else(|| format!("unexpected test binary path {}", exe.display()))?;
-    let bin = profile_dir.join(name);
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} not found: build it with `cargo build -p tests --bins` (cargo test builds it \
-             before the integration tests)",
-            bin.display()
-        ))
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -785,158 +628,6 @@ pub fn profile_fixture_with(
 }
 
 // ---------------------------------------------------------------------------
-// Ground truth
-
-/// What `leaky_cxx.cpp` leaks.
-pub const LEAKY_CXX: &[Leak] = &[
-    leak("leak_new", 5, 240),
-    leak("leak_new_array", 3, 300),
-    leak("leak_aligned_new", 2, 256),
-];
-
-/// Functions of `leaky_cxx.cpp` that leave nothing outstanding.
-pub const LEAKY_CXX_CLEAN: &[&str] = &["churn_new"];
-
-/// What `forker.c`'s parent holds after `done`.
-pub const FORKER_PARENT: &[Leak] = &[leak("parent_leak", 2, 1000)];
-
-/// What each child of `forker.c` holds after `done`.
-pub const FORKER_CHILD: &[Leak] = &[leak("child_leak", 3, 3000)];
-
-/// What `oneshot.c` holds at its exit.
-pub const ONESHOT: &[Leak] = &[
-    leak("oneshot_malloc", 7, 2100),
-    leak("oneshot_calloc", 1, 1000),
-    leak("oneshot_realloc", 1, 5000),
-];
-
-/// Outstanding memory one leaking function leaves behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Leak {
-    /// The function that called the allocator (last path segment for Rust).
-    pub function: &'static str,
-    /// Outstanding allocations.
-    pub count: u64,
-    /// Outstanding bytes (sum of requested sizes).
-    pub bytes: u64,
-}
-
-/// The ground truth of `tests/fixtures/leaky.c` (the table at its top;
-/// checked with valgrind).
-pub const LEAKY_C: &[Leak] = &[
-    // 10 x malloc(1000)
-    leak("leak_malloc", 10, 10_000),
-    // 5 x calloc(4, 256)
-    leak("leak_calloc", 5, 5_120),
-    // 1 x calloc(1, 1 MiB): served by mmap
-    leak("leak_calloc_big", 1, 1_048_576),
-    // 4 chains ending at 2000, 2 (from realloc(NULL, 32)) at 3000, 1 at 300000
-    // (mremap), and one realloc(p, 0) that frees
-    leak("leak_realloc_chain", 7, 314_000),
-    // 6 x posix_memalign(64, 512)
-    leak("leak_posix_memalign", 6, 3_072),
-    // 4 x aligned_alloc(64, 640) + 3 x memalign(128, 384)
-    leak("leak_aligned_alloc", 7, 3_712),
-    // 3 x reallocarray(NULL, 10, 100) -> reallocarray(p, 30, 100)
-    leak("leak_reallocarray", 3, 9_000),
-    // 2 x valloc(100)
-    leak("leak_valloc", 2, 200),
-];
-
-/// Functions of `leaky.c` that allocate but leave nothing outstanding.
-pub const LEAKY_C_CLEAN: &[&str] = &["churn_worker", "fail_alloc"];
-
-/// Allocations `leaky.c`'s churn makes at least (4 threads x 50000 mallocs),
-/// and frees at least as many.
-pub const LEAKY_C_MIN_CHURN: u64 = 4 * 50_000;
-
-/// The ground truth of the `leaky-rust` fixture (the table in
-/// `src/bin/leaky_rust.rs`; checked with valgrind).
-pub const LEAKY_RUST: &[Leak] = &[
-    // 8 x Box<[u8; 4096]>: malloc(4096)
-    leak("leak_boxes", 8, 32_768),
-    // 4 x Vec::<u64>::with_capacity(1000): malloc(8000)
-    leak("leak_vec", 4, 32_000),
-    // 100 pushes of u32 then shrink_to_fit: realloc(p, 400)
-    leak("leak_vec_grow", 1, 400),
-    // 2 x vec![0u8; 3000]: calloc(3000, 1)
-    leak("leak_zeroed", 2, 6_000),
-    // 3 x Box<Aligned64> (192 bytes, align 64): posix_memalign(64, 192)
-    leak("leak_aligned", 3, 576),
-    // 5 x libc::malloc(777)
-    leak("leak_libc_malloc", 5, 3_885),
-];
-
-/// The ground truth of the `leaky-rust-jemalloc` fixture (the table in
-/// `src/bin/leaky_rust_jemalloc.rs`).
-pub const LEAKY_RUST_JEMALLOC: &[Leak] = &[
-    // 8 x Box<[u8; 4096]>: _rjem_malloc(4096)
-    leak("leak_boxes", 8, 32_768),
-    // 4 x Vec::<u64>::with_capacity(1000): _rjem_malloc(8000)
-    leak("leak_vec", 4, 32_000),
-    // 100 pushes of u32 then shrink_to_fit: _rjem_realloc(p, 400)
-    leak("leak_vec_grow", 1, 400),
-    // 2 x vec![0u8; 3000]: _rjem_calloc(1, 3000)
-    leak("leak_zeroed", 2, 6_000),
-    // 3 x Box<Aligned64> (192 bytes, align 64): _rjem_mallocx(192, align 64)
-    leak("leak_aligned", 3, 576),
-    // 2 x alloc_zeroed(256, align 64): _rjem_mallocx(256, align 64 | zero)
-    leak("leak_aligned_zeroed", 2, 512),
-    // 2 x alloc(128, align 64) -> realloc(1024): _rjem_rallocx(p, 1024, align 64)
-    leak("leak_aligned_realloc", 2, 2_048),
-    // 5 x libc::malloc(777): glibc's malloc
-    leak("leak_libc_malloc", 5, 3_885),
-];
-
-/// Functions of `leaky-rust` and `leaky-rust-jemalloc` that allocate but
-/// leave nothing outstanding.
-pub const LEAKY_RUST_CLEAN: &[&str] = &["churn_worker", "fail_alloc"];
-
-/// Allocations `leaky-rust`'s churn makes at least (2 threads x 20000 boxes),
-/// and frees at least as many.
-pub const LEAKY_RUST_MIN_CHURN: u64 = 2 * 20_000;
-
-/// The ground truth of `tests/fixtures/phases.c` (the table at its top):
-/// what is outstanding after `done`, with or without `--young`.
-pub const PHASES: &[Leak] = &[
-    // 30 x malloc(4096), one every 100 ms for 3 s: growing
-    leak("grow_steadily", 30, 122_880),
-    // 1 x malloc(512 KiB) right after go: large and flat
-    leak("hold_flat", 1, 524_288),
-];
-
-/// What `phases --young` leaves outstanding besides [`PHASES`]: 7 x
-/// malloc(3000) right before `done`, at least 3 s after everything else.
-pub const PHASES_YOUNG: Leak = leak("young_blocks", 7, 21_000);
-
-/// Functions of `phases.c` that allocate but leave nothing outstanding:
-/// `free_later` (20 x malloc(1000), all freed at ~1.5 s) and the churn.
-pub const PHASES_CLEAN: &[&str] = &["free_later", "short_lived"];
-
-/// Blocks `phases.c`'s `free_later` allocates (and frees).
-pub const PHASES_FREE_LATER_BLOCKS: u64 = 20;
-
-/// Allocations `phases.c`'s churn makes at least, and frees at least as many.
-pub const PHASES_MIN_CHURN: u64 = 10_000;
-
-/// A [`Leak`], shorter (for the tables).
-pub const fn leak(function: &'static str, count: u64, bytes: u64) -> Leak {
-    Leak {
-        function,
-        count,
-        bytes,
-    }
-}
-
-/// The sum of a ground-truth table.
-pub fn total(leaks: &[Leak]) -> Totals {
-    Totals {
-        bytes: leaks.iter().map(|l| l.bytes).sum(),
-        count: leaks.iter().map(|l| l.count).sum(),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Checking reports
 
 /// True when `frame` is the function `name`: a C name matches exactly, a
@@ -1099,58 +790,63 @@ pub fn check_no_loss(stats: &Stats) -> Vec<String> {
     problems
 }
 
-/// The JSON ground-truth test of a leaking fixture with churn (`leaky.c`,
-/// `leaky-rust`): profiles `kind` with `--format json --top 1000` and asserts
-/// that the report has this schema version and the fixture's pid, and that
-/// it matches `expected` and `clean` ([`check_leaks`] with `max_depth`), lost
-/// nothing ([`check_no_loss`]), counted the fixture's failed allocation, and
-/// saw the churn: at least `min_churn` allocations besides the leaks, and as
-/// many frees. Every problem is listed, with the whole report, which is
-/// returned for further checks.
-pub fn assert_ground_truth(
-    kind: Kind,
-    expected: &[Leak],
-    clean: &[&str],
-    max_depth: Option<usize>,
-    min_churn: u64,
-) -> Report {
+/// Profiles `kind` from go to done ([`profile_fixture`]) with `--format
+/// json --top 1000` and returns the report, after checking that it has this
+/// schema version and the fixture's pid.
+pub fn profile_json(kind: Kind) -> Report {
     let (output, pid) = profile_fixture(kind, &["--format", "json", "--top", "1000"]);
     let report = output.report();
-    let dump = describe_report(&report);
-
-    assert_eq!(report.version, memprof::model::SCHEMA_VERSION);
+    assert_eq!(report.version, SCHEMA_VERSION);
     assert_eq!(report.target.pid, pid);
+    report
+}
 
-    let mut problems = check_leaks(&report, expected, clean, max_depth);
+impl GroundTruth {
+    /// [`check_leaks`] against this table, its clean functions and depth.
+    pub fn check_leaks(&self, report: &Report) -> Vec<String> {
+        check_leaks(report, self.leaks, self.clean, self.max_depth)
+    }
+}
+
+/// Asserts that `report`, a run over `kind` from go to done, matches the
+/// fixture's ground truth ([`Kind::truth`]): its leaks, clean functions and
+/// depth ([`check_leaks`]); nothing lost ([`check_no_loss`]); the failed
+/// allocations it makes on purpose counted; and its churn seen: at least
+/// `min_churn` allocations besides the leaks, and as many frees. Every
+/// problem is listed, with the whole report.
+#[track_caller]
+pub fn assert_ground_truth(report: &Report, kind: Kind) {
+    let truth = kind.truth();
+    let mut problems = truth.check_leaks(report);
     problems.extend(check_no_loss(&report.stats));
     let stats = &report.stats;
-    if stats.failed_allocs < 1 {
+    if stats.failed_allocs < truth.min_failed_allocs {
         problems.push(format!(
-            "stats.failed_allocs = {}, expected >= 1 (fail_alloc's malloc of half the \
+            "stats.failed_allocs = {}, expected >= {} (fail_alloc's malloc of half the \
              address space failed)",
-            stats.failed_allocs
+            stats.failed_allocs, truth.min_failed_allocs
         ));
     }
     // The churn must have been seen, or "no churn_worker stack" proves nothing.
-    if stats.allocs < min_churn + total(expected).count {
+    let min_allocs = truth.min_churn + truth.total().count;
+    if stats.allocs < min_allocs {
         problems.push(format!(
-            "stats.allocs = {}, expected >= {} (the churn threads' allocations)",
-            stats.allocs,
-            min_churn + total(expected).count
+            "stats.allocs = {}, expected >= {min_allocs} (the churn's allocations and the leaks)",
+            stats.allocs
         ));
     }
-    if stats.frees < min_churn {
+    if stats.frees < truth.min_churn {
         problems.push(format!(
-            "stats.frees = {}, expected >= {min_churn}",
-            stats.frees
+            "stats.frees = {}, expected >= {} (the churn's frees)",
+            stats.frees, truth.min_churn
         ));
     }
     assert!(
         problems.is_empty(),
-        "the report does not match the {kind:?} fixture's ground truth:\n- {}\n\nreport:\n{dump}",
-        problems.join("\n- ")
+        "the report does not match the {kind:?} fixture's ground truth:\n- {}\n\nreport:\n{}",
+        problems.join("\n- "),
+        describe_report(report)
     );
-    report
 }
 
 /// The functions of `leaks` that `text` does not name as a word ([`find_word`]).
@@ -1209,33 +905,69 @@ mod tests {
     #[test]
     fn ground_truth_tables_add_up() {
         assert_eq!(
-            total(LEAKY_C),
+            Kind::Leaky.truth().total(),
             Totals {
                 bytes: 1_393_680,
                 count: 41
             }
         );
         assert_eq!(
-            total(PHASES),
+            Kind::Phases.truth().total(),
             Totals {
                 bytes: 30 * 4096 + 512 * 1024,
                 count: 31
             }
         );
         assert_eq!(
-            total(LEAKY_RUST),
+            Kind::LeakyRust.truth().total(),
             Totals {
                 bytes: 75_629,
                 count: 23
             }
         );
         assert_eq!(
-            total(LEAKY_RUST_JEMALLOC),
+            Kind::LeakyRustJemalloc.truth().total(),
             Totals {
                 bytes: 78_189,
                 count: 27
             }
         );
+    }
+
+    #[test]
+    fn each_table_names_a_function_once_and_never_as_clean() {
+        let tables = [
+            Kind::Leaky,
+            Kind::LeakyCxx,
+            Kind::LeakyRust,
+            Kind::LeakyRustJemalloc,
+            Kind::Phases,
+            Kind::Forker,
+            Kind::OneShot,
+            Kind::Execer,
+            Kind::Stacks,
+            Kind::Transient,
+        ]
+        .map(|kind| (format!("{kind:?}"), kind.truth()));
+        let child = ("Forker's child".to_owned(), &Kind::FORKER_CHILD);
+        for (name, truth) in tables
+            .iter()
+            .map(|(n, t)| (n, *t))
+            .chain([(&child.0, child.1)])
+        {
+            assert!(!truth.leaks.is_empty(), "{name}");
+            for (i, leak) in truth.leaks.iter().enumerate() {
+                assert!(leak.count > 0 && leak.bytes > 0, "{name}: {leak:?}");
+                assert!(
+                    truth.leaks[i + 1..]
+                        .iter()
+                        .all(|l| l.function != leak.function),
+                    "{name} names {} twice",
+                    leak.function
+                );
+                assert!(!truth.clean.contains(&leak.function), "{name}: {leak:?}");
+            }
+        }
     }
 
     #[test]

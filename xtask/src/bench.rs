@@ -8,7 +8,10 @@
 //!
 //! Within a round every mode runs once, in turn (round-robin), so a slow spell of the machine
 //! touches every mode alike; the table shows medians over rounds. Speed is reported, never
-//! asserted. memprof and bpftrace are never attached at the same time (see PEERS.md).
+//! asserted. memprof and bpftrace are never attached at the same time: two tracers holding
+//! uprobes at one address with different reference counter offsets make the second attach fail.
+//!
+//! A last section ([`servers`]) measures real servers, Debian's redis-server and nginx.
 
 use std::{
     fmt::Write as _,
@@ -31,6 +34,8 @@ use crate::{
     setup,
 };
 
+mod servers;
+
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Rounds; each runs every mode once, in turn, and the table shows medians over rounds
@@ -41,9 +46,16 @@ pub struct BenchArgs {
     /// run makes 4x as many, the probe-at-entry runs a tenth) [default: 500000, with --quick 50000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(10..))]
     pub pairs: Option<u64>,
-    /// A smoke run: one round and fewer pairs.
+    /// A smoke run: one round, fewer pairs, fewer requests to the servers.
     #[arg(long)]
     pub quick: bool,
+    /// Only the real-server section (redis-server, nginx).
+    #[arg(long)]
+    pub servers_only: bool,
+    /// Another memprof binary (an earlier build, say), measured beside this one in the
+    /// real-server section, in the same rounds.
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<PathBuf>,
 }
 
 const DEFAULT_ROUNDS: u32 = 5;
@@ -354,6 +366,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     fs::copy(&built, &memprof)
         .with_context(|| format!("cannot copy {} to {}", built.display(), memprof.display()))?;
+    let (server_dir, server_memprof) = (dir.clone(), memprof.clone());
+    let servers = servers::Setup {
+        dir: &server_dir,
+        memprof: &server_memprof,
+        baseline: args.baseline.as_deref(),
+        rounds,
+        quick: args.quick,
+    };
+    if args.servers_only {
+        return servers::run(&servers);
+    }
     for name in WORKLOADS {
         let source = cmd::root().join(format!("xtask/bench/{name}.c"));
         cmd::step(
@@ -442,7 +465,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         )
         .context("the 10,000 stacks run")?;
     print_memory(&[live, stacks]);
-    Ok(())
+    servers::run(&servers)
 }
 
 impl Bench {

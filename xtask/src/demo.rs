@@ -56,7 +56,7 @@ const CFLAGS: &[&str] = &[
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     interrupt::catch().context("cannot install the Ctrl-C handler")?;
-    setup::run()?;
+    setup::for_build()?;
     let memprof = cmd::build_release_memprof()?;
 
     let target = cmd::target_dir();

@@ -1,7 +1,8 @@
 //! Project automation for memprof, run as `cargo xtask <command>`.
 //!
-//! Every command but `setup` runs `setup` first, so a fresh clone needs nothing but
-//! `cargo xtask demo` or `cargo xtask test`.
+//! Every command first installs what it needs and is missing (`setup.rs`): `build` and `demo`
+//! what building memprof needs, `test` and `soak` also what the test fixtures need, `setup`
+//! everything. So a fresh clone needs nothing but `cargo xtask demo` or `cargo xtask test`.
 
 mod bench;
 mod cmd;
@@ -30,18 +31,22 @@ enum Command {
     /// Install what building and testing memprof needs: apt packages, the nightly toolchain with
     /// rust-src, and bpf-linker built against the nightly's own LLVM. Quick when all is present.
     Setup,
-    /// Run setup, then build the whole workspace (the eBPF object is built by memprof's build.rs).
+    /// Install what building needs, then build the whole workspace (the eBPF object is built by
+    /// memprof's build.rs).
     Build(BuildArgs),
-    /// Run setup, then every check and test: fmt, clippy (host and eBPF), unit tests, and the
-    /// integration tests as root (through `sudo -E` when not root).
+    /// Install what building and the test fixtures need, then run every check and test: fmt,
+    /// clippy (host and eBPF), unit tests, and the integration tests as root (through `sudo -E`
+    /// when not root).
     Test,
-    /// Run setup, build memprof, and profile a bundled leaking program: writes leak.svg and leak.json.
+    /// Install what building needs, build memprof, and profile a bundled leaking program: writes
+    /// leak.svg and leak.json.
     Demo(demo::DemoArgs),
     /// Run setup, build memprof in release, and measure what it costs an allocation-heavy
     /// program, side by side with its probes' floor, probes at function entry and bpftrace;
     /// then memprof's own memory and report time. Prints medians and ratios, asserts nothing.
     Bench(bench::BenchArgs),
-    /// Run setup, build memprof in release, and profile a process that churns, meets new stacks
+    /// Install what the tests need, build memprof in release, and profile a process that churns,
+    /// meets new stacks
     /// and leaks for ten minutes (the long-run test, which CI runs for 30 s): memprof's memory
     /// over the run, its CPU time, and an exact report.
     Soak(SoakArgs),
@@ -81,7 +86,7 @@ fn main() -> ExitCode {
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<()> {
-    setup::run()?;
+    setup::for_build()?;
     let mut build = cmd::cargo();
     build.args(["build", "--workspace", "--exclude", cmd::EBPF_CRATE]);
     if args.release {

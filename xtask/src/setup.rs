@@ -1,7 +1,14 @@
-//! `cargo xtask setup`: install what a fresh Debian 12 machine lacks, idempotently.
+//! `cargo xtask setup`, and the part of it every other command runs first: install what a fresh
+//! Debian 12 machine lacks, idempotently.
 //!
-//! Each item is checked first and prints one line, `ok` or `installing ...`, so a second run
-//! takes a moment. See /work/shared/TOOLCHAIN.md for why bpf-linker is built the way it is.
+//! What is installed depends on what it is for ([`Need`]): building memprof and running the demo
+//! need a C toolchain, the nightly toolchain with `rust-src` and bpf-linker; the tests also need
+//! what their fixtures are built with (a C++ compiler, other allocators, musl, Go) and the lint
+//! components. `cargo xtask setup` installs everything. Each item is checked first and prints one
+//! line, `ok` or `installing ...`, so a run that finds everything present takes a moment.
+//!
+//! bpf-linker links against the LLVM shared library that ships inside the nightly toolchain,
+//! because Debian 12 packages no LLVM of the version rustc uses (see [`install_linker`]).
 
 use std::{
     env, fs,
@@ -15,51 +22,116 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd::{self, is_root, output};
 
-/// Debian packages the project needs, and why.
-const APT_PACKAGES: &[(&str, &str)] = &[
-    ("gcc", "compiles the C fixtures and the demo program"),
+/// What a command needs installed; each level includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    /// `cargo xtask build` and `demo`: compile and link memprof and its eBPF object, the
+    /// workspace's C build scripts and the demo program.
+    Build,
+    /// `cargo xtask test` and `soak`: also the test fixtures and the lint steps.
+    Test,
+}
+
+/// A Debian package: its name and why memprof needs it (printed when it is installed).
+pub type AptPackage = (&'static str, &'static str);
+
+/// Debian packages the project needs, what for, and why.
+const APT_PACKAGES: &[(Need, AptPackage)] = &[
     (
-        "libc6-dev",
-        "libc headers and the static libc.a a fixture links",
+        Need::Build,
+        ("gcc", "links Rust programs and compiles the demo program"),
     ),
     (
-        "libc6-dbg",
-        "debug info: line numbers for libc frames in stacks",
-    ),
-    ("util-linux", "setpriv, for tests that drop privileges"),
-    ("g++", "compiles the C++ fixture"),
-    ("libjemalloc-dev", "jemalloc, an allocator fixture links it"),
-    (
-        "libgoogle-perftools-dev",
-        "gperftools' tcmalloc, allocator fixtures link it",
-    ),
-    ("libmimalloc-dev", "mimalloc, an allocator fixture links it"),
-    (
-        "musl-tools",
-        "musl-gcc: musl fixtures, dynamically and statically linked",
+        Need::Build,
+        (
+            "libc6-dev",
+            "libc headers and the static libc.a a fixture links",
+        ),
     ),
     (
-        "make",
-        "builds jemalloc from source for the Rust jemalloc fixture (tikv-jemalloc-sys)",
+        Need::Build,
+        (
+            "libc6-dbg",
+            "debug info: line numbers for libc frames in stacks",
+        ),
     ),
-    ("golang-go", "builds the Go program memprof must refuse"),
+    (
+        Need::Build,
+        (
+            "make",
+            "builds jemalloc from source for the tests' Rust fixture (tikv-jemalloc-sys), \
+             which the workspace build includes",
+        ),
+    ),
+    (
+        Need::Test,
+        ("util-linux", "setpriv, for tests that drop privileges"),
+    ),
+    (Need::Test, ("g++", "compiles the C++ fixture")),
+    (
+        Need::Test,
+        ("libjemalloc-dev", "jemalloc, an allocator fixture links it"),
+    ),
+    (
+        Need::Test,
+        (
+            "libgoogle-perftools-dev",
+            "gperftools' tcmalloc, allocator fixtures link it",
+        ),
+    ),
+    (
+        Need::Test,
+        ("libmimalloc-dev", "mimalloc, an allocator fixture links it"),
+    ),
+    (
+        Need::Test,
+        (
+            "musl-tools",
+            "musl-gcc: musl fixtures, dynamically and statically linked",
+        ),
+    ),
+    (
+        Need::Test,
+        ("golang-go", "builds the Go program memprof must refuse"),
+    ),
 ];
 
-/// Components of the nightly toolchain: rust-src for `-Z build-std=core`, clippy for the eBPF lint step.
-const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
-/// Components of the toolchain that runs xtask, for `cargo xtask test`.
-const HOST_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
+/// Components of the nightly toolchain: rust-src for `-Z build-std=core`, clippy for the eBPF
+/// lint step.
+const NIGHTLY_COMPONENTS: &[(Need, &str)] = &[(Need::Build, "rust-src"), (Need::Test, "clippy")];
+/// Components of the toolchain that runs xtask, for the lint steps of `cargo xtask test`.
+const HOST_COMPONENTS: &[(Need, &str)] = &[(Need::Test, "rustfmt"), (Need::Test, "clippy")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Overrides where bpf-linker is looked for and installed (`cargo install --root`), e.g. to try
 /// the install path without touching the bpf-linker on PATH.
 const BPF_LINKER_ROOT_ENV: &str = "MEMPROF_BPF_LINKER_ROOT";
 
+/// `cargo xtask setup`: everything any command needs.
 pub fn run() -> Result<()> {
+    setup(Need::Test)
+}
+
+/// What building memprof and running the demo need.
+pub fn for_build() -> Result<()> {
+    setup(Need::Build)
+}
+
+/// What the tests need: the build's, and the fixtures' and the lint steps'.
+pub fn for_tests() -> Result<()> {
+    setup(Need::Test)
+}
+
+fn setup(need: Need) -> Result<()> {
     let start = Instant::now();
-    apt_packages().context("setup: apt packages")?;
-    toolchains().context("setup: Rust toolchains")?;
-    bpf_linker().context("setup: bpf-linker")?;
+    let packages: Vec<AptPackage> = APT_PACKAGES
+        .iter()
+        .filter(|(needed_for, _)| *needed_for <= need)
+        .map(|(_, package)| *package)
+        .collect();
+    install_apt_packages(&packages).context("setup: apt packages")?;
+    let nightly = toolchains(need).context("setup: Rust toolchains")?;
+    bpf_linker(&nightly).context("setup: bpf-linker")?;
     println!("setup: done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -79,9 +151,15 @@ fn installing(item: &str, detail: &str) {
 // ---------------------------------------------------------------------------------------------
 // apt
 
-fn apt_packages() -> Result<()> {
+/// Installs those of `packages` that dpkg does not list as installed, with one `apt-get update`
+/// and one `apt-get install` (through sudo when not root); does nothing when all are there.
+/// Prints one line per package. Without dpkg (not Debian), says what to install and returns.
+pub fn install_apt_packages(packages: &[AptPackage]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = packages.iter().map(|(name, _)| *name).collect();
     if which::which("dpkg-query").is_err() {
-        let names: Vec<&str> = APT_PACKAGES.iter().map(|(name, _)| *name).collect();
         println!(
             "setup: apt packages: skipped, dpkg-query not found (not Debian?): \
              install the equivalents of {} yourself",
@@ -89,9 +167,10 @@ fn apt_packages() -> Result<()> {
         );
         return Ok(());
     }
+    let installed = dpkg_installed(&names)?;
     let mut missing = Vec::new();
-    for &(name, why) in APT_PACKAGES {
-        if dpkg_installed(name)? {
+    for &(name, why) in packages {
+        if installed.contains(&name) {
             ok(name, "");
         } else {
             installing(name, &format!("with apt-get ({why})"));
@@ -106,24 +185,38 @@ fn apt_packages() -> Result<()> {
     let mut install = vec!["apt-get", "install", "-y", "--no-install-recommends"];
     install.extend(&missing);
     cmd::run(&mut privileged(&missing, &install)?)?;
-    for name in missing {
-        if !dpkg_installed(name)? {
-            bail!("apt-get reported success but {name} is still not installed");
-        }
+    let installed = dpkg_installed(&missing)?;
+    if let Some(name) = missing.iter().find(|name| !installed.contains(name)) {
+        bail!("apt-get reported success but {name} is still not installed");
     }
     Ok(())
 }
 
-/// Whether dpkg knows `name` as installed (`dpkg-query` fails for packages it never heard of).
-fn dpkg_installed(name: &str) -> Result<bool> {
+/// Those of `names` that dpkg knows as installed, from one `dpkg-query` call (which prints the
+/// packages it knows and fails for those it never heard of).
+fn dpkg_installed<'a>(names: &[&'a str]) -> Result<Vec<&'a str>> {
     let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", name])
+        .arg("-W")
+        .arg("-f=${Package} ${Status}\n")
+        .args(names)
         .stdin(Stdio::null())
         .output()
         .context("could not run dpkg-query")?;
-    let status = String::from_utf8_lossy(&out.stdout);
-    // "install ok installed": want, error flag, state.
-    Ok(out.status.success() && status.split_whitespace().nth(2) == Some("installed"))
+    let listing = String::from_utf8_lossy(&out.stdout);
+    Ok(names
+        .iter()
+        .copied()
+        .filter(|name| installed_in(&listing, name))
+        .collect())
+}
+
+/// Whether `dpkg-query -f='${Package} ${Status}\n'` output shows `name` as installed: the status
+/// is "want error-flag state", e.g. "install ok installed".
+fn installed_in(listing: &str, name: &str) -> bool {
+    listing.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.next() == Some(name) && fields.nth(2) == Some("installed")
+    })
 }
 
 /// An apt-get command line, run through sudo when not root.
@@ -157,7 +250,9 @@ fn rustup(args: &[&str]) -> Command {
     cmd
 }
 
-fn toolchains() -> Result<()> {
+/// The nightly toolchain and the components `need` calls for, on it and on the toolchain that
+/// runs fmt and clippy; returns the nightly's sysroot.
+fn toolchains(need: Need) -> Result<PathBuf> {
     let list = output(&mut rustup(&["toolchain", "list"])).context(
         "memprof builds its eBPF programs with a nightly toolchain managed by rustup: \
          install rustup (https://rustup.rs) and put ~/.cargo/bin on PATH",
@@ -174,17 +269,42 @@ fn toolchains() -> Result<()> {
             "minimal",
         ]))?;
     }
-    components("nightly", NIGHTLY_COMPONENTS)?;
+    let nightly = sysroot(&mut rustup(&[
+        "run", "nightly", "rustc", "--print", "sysroot",
+    ]))?;
+    components("nightly", &nightly, &needed(NIGHTLY_COMPONENTS, need))?;
 
-    // The toolchain `cargo` resolves to here (rustup's RUSTUP_TOOLCHAIN, override or default),
-    // which runs fmt and clippy in `cargo xtask test`.
-    let active = output(rustup(&["show", "active-toolchain"]).current_dir(cmd::root()))?;
-    let active = active
-        .split_whitespace()
-        .next()
-        .context("`rustup show active-toolchain` printed nothing")?
-        .to_owned();
-    components(&active, HOST_COMPONENTS)
+    let host = needed(HOST_COMPONENTS, need);
+    if !host.is_empty() {
+        // The toolchain `cargo` resolves to here (rustup's RUSTUP_TOOLCHAIN, override or
+        // default), which runs fmt and clippy in `cargo xtask test`: rustup keeps it in a
+        // directory named after it.
+        let active = sysroot(
+            Command::new("rustc")
+                .args(["--print", "sysroot"])
+                .current_dir(cmd::root()),
+        )?;
+        let name = active
+            .file_name()
+            .with_context(|| format!("the toolchain's sysroot {} has no name", active.display()))?
+            .to_string_lossy()
+            .into_owned();
+        components(&name, &active, &host)?;
+    }
+    Ok(nightly)
+}
+
+/// The sysroot a `rustc --print sysroot` command prints.
+fn sysroot(rustc: &mut Command) -> Result<PathBuf> {
+    Ok(PathBuf::from(output(rustc)?.trim()))
+}
+
+/// The components of `list` that `need` calls for.
+fn needed<'a>(list: &[(Need, &'a str)], need: Need) -> Vec<&'a str> {
+    list.iter()
+        .filter(|(needed_for, _)| *needed_for <= need)
+        .map(|(_, component)| *component)
+        .collect()
 }
 
 /// Whether `rustup toolchain list` shows a plain `nightly` (not a dated `nightly-2024-05-01`).
@@ -200,17 +320,11 @@ fn has_undated_nightly(list: &str) -> bool {
         })
 }
 
-fn components(toolchain: &str, wanted: &[&str]) -> Result<()> {
-    let installed = output(&mut rustup(&[
-        "component",
-        "list",
-        "--toolchain",
-        toolchain,
-        "--installed",
-    ]))?;
+/// Adds those of `wanted` whose files are not in `sysroot` to `toolchain` with rustup.
+fn components(toolchain: &str, sysroot: &Path, wanted: &[&str]) -> Result<()> {
     for &component in wanted {
         let item = format!("{toolchain} {component}");
-        if has_component(&installed, component) {
+        if component_present(sysroot, component) {
             ok(&item, "");
         } else {
             installing(&item, "with rustup");
@@ -226,17 +340,18 @@ fn components(toolchain: &str, wanted: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// `rustup component list --installed` prints `rust-src` or `clippy-x86_64-unknown-linux-gnu`
-/// (the component, then the host triple).
-fn has_component(installed: &str, component: &str) -> bool {
-    let arch = format!("{}-", env::consts::ARCH);
-    installed.lines().map(str::trim).any(|line| {
-        line == component
-            || line
-                .strip_prefix(component)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .is_some_and(|host| host.starts_with(&arch) && host.contains(env::consts::OS))
-    })
+/// Whether the files of `component` are in `sysroot`. Looking costs nothing, where asking
+/// `rustup component list --installed` takes about 150 ms a toolchain; a component this does not
+/// know, or one it misses, goes to `rustup component add`, which does nothing for a component
+/// that is there after all.
+fn component_present(sysroot: &Path, component: &str) -> bool {
+    let files: &[&str] = match component {
+        "rust-src" => &["lib/rustlib/src/rust/library/core/src/lib.rs"],
+        "clippy" => &["bin/cargo-clippy", "bin/clippy-driver"],
+        "rustfmt" => &["bin/rustfmt", "bin/cargo-fmt"],
+        _ => return false,
+    };
+    files.iter().all(|file| sysroot.join(file).is_file())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -251,13 +366,10 @@ struct NightlyLlvm {
     libllvm: PathBuf,
 }
 
-fn nightly_llvm() -> Result<NightlyLlvm> {
+fn nightly_llvm(sysroot: &Path) -> Result<NightlyLlvm> {
     let version = output(&mut rustup(&["run", "nightly", "rustc", "-vV"]))?;
     let major = llvm_major(&version)?;
-    let sysroot = output(&mut rustup(&[
-        "run", "nightly", "rustc", "--print", "sysroot",
-    ]))?;
-    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let lib_dir = sysroot.join("lib");
     let libllvm = find_libllvm(&lib_dir)?;
     Ok(NightlyLlvm {
         major,
@@ -370,8 +482,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
-fn bpf_linker() -> Result<()> {
-    let llvm = nightly_llvm()?;
+/// bpf-linker, checked to load the LLVM of the nightly toolchain at `nightly_sysroot`.
+fn bpf_linker(nightly_sysroot: &Path) -> Result<()> {
+    let llvm = nightly_llvm(nightly_sysroot)?;
     let root = env::var_os(BPF_LINKER_ROOT_ENV).map(PathBuf::from);
     let bin = match &root {
         Some(root) => Some(root.join("bin/bpf-linker")),
@@ -499,6 +612,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_installed_packages_from_dpkg_query() {
+        let listing = "gcc install ok installed\nmake deinstall ok config-files\n\
+                       g++ install ok half-installed\n";
+        assert!(installed_in(listing, "gcc"));
+        assert!(!installed_in(listing, "make"));
+        assert!(!installed_in(listing, "g++"));
+        assert!(!installed_in(listing, "golang-go"));
+    }
+
+    #[test]
+    fn building_needs_none_of_the_fixtures_tools() {
+        let build: Vec<&str> = APT_PACKAGES
+            .iter()
+            .filter(|(need, _)| *need == Need::Build)
+            .map(|(_, (name, _))| *name)
+            .collect();
+        for fixture_only in ["g++", "golang-go", "musl-tools", "libjemalloc-dev"] {
+            assert!(!build.contains(&fixture_only), "{fixture_only}");
+        }
+        assert_eq!(needed(NIGHTLY_COMPONENTS, Need::Build), ["rust-src"]);
+        assert!(needed(HOST_COMPONENTS, Need::Build).is_empty());
+        assert_eq!(needed(HOST_COMPONENTS, Need::Test), ["rustfmt", "clippy"]);
+    }
+
+    #[test]
     fn reads_llvm_major() {
         let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
                   host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
@@ -519,13 +657,19 @@ mod tests {
     }
 
     #[test]
-    fn matches_components_by_name() {
-        let host = format!("{}-unknown-{}-gnu", env::consts::ARCH, env::consts::OS);
-        let installed = format!("cargo-{host}\nclippy-{host}\nrust-src\nrust-std-{host}\n");
-        assert!(has_component(&installed, "rust-src"));
-        assert!(has_component(&installed, "clippy"));
-        assert!(!has_component(&installed, "rustfmt"));
-        assert!(!has_component(&installed, "rust"));
+    fn finds_components_by_their_files() {
+        let dir = std::env::temp_dir().join(format!("xtask-sysroot-{}", std::process::id()));
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::write(dir.join("bin/cargo-clippy"), "").unwrap();
+        assert!(!component_present(&dir, "clippy"), "half of clippy");
+        fs::write(dir.join("bin/clippy-driver"), "").unwrap();
+        let clippy = component_present(&dir, "clippy");
+        let rustfmt = component_present(&dir, "rustfmt");
+        let unknown = component_present(&dir, "rust-analyzer");
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(clippy);
+        assert!(!rustfmt);
+        assert!(!unknown);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
 };
 
 pub fn run() -> Result<()> {
-    setup::run()?;
+    setup::for_tests()?;
     if let Ok(ci) = env::var("CI") {
         println!("CI={ci} (passed through to the tests)");
     }
@@ -88,9 +88,10 @@ fn clippy_ebpf() -> Command {
     cmd
 }
 
-/// The integration tests load BPF programs, so they run as root: directly when xtask is root,
-/// else cargo builds them as this user and runs each test binary through `sudo -E` (its runner),
-/// which keeps `CI` and the rest of the environment.
+/// The integration tests (the tests package's one test binary, and its harness's unit tests)
+/// load BPF programs, so they run as root: directly when xtask is root, else cargo builds them as
+/// this user and runs each test binary through `sudo -E` (its runner), which keeps `CI` and the
+/// rest of the environment.
 fn integration_tests() -> Result<Command> {
     let mut cmd = cargo(&["test", "-p", "tests", "--", "--test-threads=1"]);
     // The binary the `build` step just made, rather than whichever of debug and release is newer.
@@ -98,20 +99,24 @@ fn integration_tests() -> Result<Command> {
     as_root(cmd)
 }
 
-/// `cargo xtask soak`: the long-run integration test (tests/tests/long_run.rs) for `secs`
-/// seconds against a release build, printing memprof's memory over the run.
+/// The test binary that holds every integration test (`tests/tests/integration/`).
+const INTEGRATION_TESTS: &str = "integration";
+
+/// `cargo xtask soak`: the long-run integration test (the `long_run` module of the integration
+/// tests) for `secs` seconds against a release build, printing memprof's memory over the run.
 pub fn soak(secs: u64) -> Result<()> {
-    setup::run()?;
+    setup::for_tests()?;
     let bin = cmd::build_release_memprof()?;
     let mut cmd = cargo(&[
         "test",
         "-p",
         "tests",
         "--test",
-        "long_run",
+        INTEGRATION_TESTS,
         "--",
         "--test-threads=1",
         "--nocapture",
+        "long_run::",
     ]);
     cmd.env("MEMPROF_BIN", bin)
         .env("MEMPROF_SOAK_SECS", secs.to_string());

@@ -180,6 +180,7 @@ pub fn sample_report() -> Report {
         sampling: None,
         mmap: None,
         kernel: None,
+        probes: Vec::new(),
     }
 }
 

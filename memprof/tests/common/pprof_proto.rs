@@ -1,7 +1,7 @@
 //! The messages of pprof's `profile.proto` (package perftools.profiles, from
 //! <https://github.com/google/pprof/blob/main/proto/profile.proto>), declared with prost:
 //! an independent decoder for the pprof renderer's output. Shared by
-//! `memprof/tests/render_pprof.rs` and, through `#[path]`, by `tests/tests/outputs.rs`,
+//! `memprof/tests/render_pprof.rs` and, through `#[path]`, by `tests/tests/integration/outputs.rs`,
 //! so the two crates need not depend on each other.
 
 #[derive(Clone, PartialEq, prost::Message)]

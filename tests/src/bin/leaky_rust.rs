@@ -1,5 +1,5 @@
 //! leaky-rust: a Rust process that leaks a known number of bytes through known
-//! functions, for memprof's integration tests (`tests/tests/rust_fixture.rs`).
+//! functions, for memprof's integration tests (`tests/tests/integration/rust_fixture.rs`).
 //!
 //! Same protocol as the C fixtures: print `ready <pid>`, wait for one line on
 //! stdin (the "go" signal, sent once memprof has attached), leak and churn,
@@ -22,7 +22,7 @@
 //! chosen so each leak reaches exactly one documented function.
 //!
 //! Ground truth: outstanding after `done` (bytes are requested sizes),
-//! mirrored in `tests/src/lib.rs` as `LEAKY_RUST`:
+//! mirrored in `tests/src/fixtures.rs` (`Kind::LeakyRust.truth()`):
 //!
 //! | function           | what                                                        | count | bytes |
 //! |--------------------|-------------------------------------------------------------|------:|------:|

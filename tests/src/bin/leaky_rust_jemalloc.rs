@@ -1,6 +1,6 @@
 //! leaky-rust-jemalloc: the Rust fixture with jemalloc as its global
 //! allocator (`tikv-jemallocator`), for memprof's integration tests
-//! (`tests/tests/allocators.rs`).
+//! (`tests/tests/integration/allocators.rs`).
 //!
 //! tikv-jemallocator builds jemalloc from source with the `_rjem_` symbol
 //! prefix and links it into this executable, beside glibc's malloc, which
@@ -20,7 +20,7 @@
 //! `dealloc` always calls `_rjem_sdallocx(p, size, flags)`.
 //!
 //! Ground truth: outstanding after `done` (bytes are requested sizes),
-//! mirrored in `tests/src/lib.rs` as `LEAKY_RUST_JEMALLOC`:
+//! mirrored in `tests/src/fixtures.rs` (`Kind::LeakyRustJemalloc.truth()`):
 //!
 //! | function               | what                                                        | count | bytes |
 //! |------------------------|-------------------------------------------------------------|------:|------:|

@@ -12,37 +12,43 @@
 
 use std::collections::HashSet;
 
-use tests::{check_no_loss, describe_report, profile_fixture, root_or_skip, Kind};
+use tests::{check_no_loss, describe_report, profile_fixture, root_or_skip, Kind, Leak};
 
-/// `transient.c`: rounds, distinct transient stacks per round, and leaks.
+/// `transient.c`: rounds, and distinct transient stacks per round.
 const TRANSIENT_ROUNDS: u64 = 5;
 const TRANSIENT_PER_ROUND: u64 = 1500;
-const TRANSIENT_LEAKS: u64 = 50;
 
-const LEAVES: usize = 4096;
-const LEAF_BYTES: u64 = 100;
+/// The one leaking function of `kind`'s ground truth, which leaves one block
+/// on each of its stacks, and the size of a block.
+fn one_leak(kind: Kind) -> (Leak, u64) {
+    let [leak] = kind.truth().leaks else {
+        panic!("the {kind:?} fixture leaks through more than one function");
+    };
+    (*leak, leak.bytes / leak.count)
+}
 
 #[test]
 fn thousands_of_distinct_stacks_are_each_reported_once() {
     if !root_or_skip() {
         return;
     }
+    let (leaves, leaf_bytes) = one_leak(Kind::Stacks);
     let (output, _) = profile_fixture(Kind::Stacks, &["--format", "json"]);
     let report = output.report();
     let dump = describe_report(&report);
     let problems = check_no_loss(&report.stats);
     assert!(problems.is_empty(), "{problems:?}\n{dump}");
     assert_eq!(report.stats.stack_collisions, 0, "{dump}");
-    assert_eq!(report.totals.count, LEAVES as u64, "{dump}");
-    assert_eq!(report.totals.bytes, LEAVES as u64 * LEAF_BYTES, "{dump}");
-    assert_eq!(report.stacks.len(), LEAVES, "{dump}");
+    assert_eq!(report.totals.count, leaves.count, "{dump}");
+    assert_eq!(report.totals.bytes, leaves.bytes, "{dump}");
+    assert_eq!(report.stacks.len() as u64, leaves.count, "{dump}");
 
     let mut paths = HashSet::new();
     for stack in &report.stacks {
-        assert_eq!((stack.count, stack.bytes), (1, LEAF_BYTES), "{stack:?}");
+        assert_eq!((stack.count, stack.bytes), (1, leaf_bytes), "{stack:?}");
         assert_eq!(
             stack.frames.first().and_then(|f| f.function.as_deref()),
-            Some("leaf_alloc"),
+            Some(leaves.function),
             "{stack:?}"
         );
         // The left/right turns on the way down, with their call sites.
@@ -60,7 +66,7 @@ fn thousands_of_distinct_stacks_are_each_reported_once() {
         assert_eq!(path.len(), 12, "{stack:?}");
         paths.insert(path);
     }
-    assert_eq!(paths.len(), LEAVES, "two stacks share a path");
+    assert_eq!(paths.len() as u64, leaves.count, "two stacks share a path");
 }
 
 #[test]
@@ -68,6 +74,7 @@ fn stacks_nothing_uses_are_freed_so_new_ones_fit() {
     if !root_or_skip() {
         return;
     }
+    let (leaks, leaf_bytes) = one_leak(Kind::Transient);
     // Room for 2048 stacks; the fixture meets 7,550 distinct ones, at most
     // 1,550 of them within one round.
     let (output, _) = profile_fixture(
@@ -79,14 +86,14 @@ fn stacks_nothing_uses_are_freed_so_new_ones_fit() {
     let problems = check_no_loss(&report.stats);
     assert!(problems.is_empty(), "{problems:?}\n{dump}");
     assert_eq!(report.stats.stack_collisions, 0, "{dump}");
-    assert_eq!(report.totals.count, TRANSIENT_LEAKS, "{dump}");
-    assert_eq!(report.totals.bytes, TRANSIENT_LEAKS * LEAF_BYTES, "{dump}");
-    assert_eq!(report.stacks.len() as u64, TRANSIENT_LEAKS, "{dump}");
+    assert_eq!(report.totals.count, leaks.count, "{dump}");
+    assert_eq!(report.totals.bytes, leaks.bytes, "{dump}");
+    assert_eq!(report.stacks.len() as u64, leaks.count, "{dump}");
     for stack in &report.stacks {
-        assert_eq!((stack.count, stack.bytes), (1, LEAF_BYTES), "{stack:?}");
+        assert_eq!((stack.count, stack.bytes), (1, leaf_bytes), "{stack:?}");
         assert_eq!(
             stack.frames.first().and_then(|f| f.function.as_deref()),
-            Some("leak_alloc"),
+            Some(leaks.function),
             "{stack:?}"
         );
     }
@@ -103,6 +110,7 @@ fn a_full_live_map_is_counted_and_the_totals_called_lower_bounds() {
     if !root_or_skip() {
         return;
     }
+    let (leaves, leaf_bytes) = one_leak(Kind::Stacks);
     let (output, _) = profile_fixture(Kind::Stacks, &["--format", "json", "--max-live", "1000"]);
     let report = output.report();
     let dump = describe_report(&report);
@@ -111,12 +119,12 @@ fn a_full_live_map_is_counted_and_the_totals_called_lower_bounds() {
     // Every leaked block is either tracked or counted as not tracked.
     assert_eq!(
         report.totals.count + stats.live_map_full,
-        LEAVES as u64,
+        leaves.count,
         "{dump}"
     );
     assert_eq!(
         stats.live_map_full_bytes,
-        stats.live_map_full * LEAF_BYTES,
+        stats.live_map_full * leaf_bytes,
         "{dump}"
     );
     assert!(report.totals.count <= 1000, "{dump}");
@@ -132,6 +140,7 @@ fn a_process_with_more_stacks_than_the_map_holds_keeps_exact_totals() {
     if !root_or_skip() {
         return;
     }
+    let (leaves, leaf_bytes) = one_leak(Kind::Stacks);
     let (output, _) = profile_fixture(
         Kind::Stacks,
         &["--format", "json", "--top", "0", "--max-stacks", "1000"],
@@ -143,8 +152,8 @@ fn a_process_with_more_stacks_than_the_map_holds_keeps_exact_totals() {
     // same, under a stack that says so.
     let problems = check_no_loss(&stats);
     assert!(problems.is_empty(), "{problems:?}\n{dump}");
-    assert_eq!(report.totals.count, LEAVES as u64, "{dump}");
-    assert_eq!(report.totals.bytes, LEAVES as u64 * LEAF_BYTES, "{dump}");
+    assert_eq!(report.totals.count, leaves.count, "{dump}");
+    assert_eq!(report.totals.bytes, leaves.bytes, "{dump}");
     let is_no_room = |s: &&memprof::model::Stack| {
         s.frames.first().and_then(|f| f.function.as_deref()) == Some(memprof::model::NO_ROOM_FRAME)
     };
@@ -153,14 +162,14 @@ fn a_process_with_more_stacks_than_the_map_holds_keeps_exact_totals() {
     // Every stack the map held is a whole one; the rest are under no room.
     let stored = report.stacks.len() as u64 - 1;
     assert!(stored > 0 && stored <= 1000, "{dump}");
-    assert_eq!(no_room[0].count, LEAVES as u64 - stored, "{dump}");
-    assert_eq!(no_room[0].bytes, no_room[0].count * LEAF_BYTES, "{dump}");
+    assert_eq!(no_room[0].count, leaves.count - stored, "{dump}");
+    assert_eq!(no_room[0].bytes, no_room[0].count * leaf_bytes, "{dump}");
     assert_eq!(stats.stack_no_room, no_room[0].count, "{dump}");
     for stack in report.stacks.iter().filter(|s| !is_no_room(s)) {
-        assert_eq!((stack.count, stack.bytes), (1, LEAF_BYTES), "{stack:?}");
+        assert_eq!((stack.count, stack.bytes), (1, leaf_bytes), "{stack:?}");
         assert_eq!(
             stack.frames.first().and_then(|f| f.function.as_deref()),
-            Some("leaf_alloc"),
+            Some(leaves.function),
             "{stack:?}"
         );
     }

@@ -83,7 +83,7 @@ fn duration_run_finds_both_leaks() {
     );
     // xmalloc is inlined into its callers at -O1: the inlined frame's line
     // must be inside xmalloc, the caller's line the call of xmalloc.
-    let source: Vec<&str> = include_str!("../fixtures/demo.c").lines().collect();
+    let source: Vec<&str> = include_str!("../../fixtures/demo.c").lines().collect();
     let line_text = |line: Option<u32>| {
         line.and_then(|l| source.get(l as usize - 1))
             .copied()

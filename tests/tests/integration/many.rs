@@ -8,11 +8,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use memprof::model::{Process, Report};
 use tests::{
-    check_leaks, describe_report, root_or_skip, total, Fixture, Kind, Leak, Memprof, Output,
-    ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT, FORKER_CHILD, FORKER_PARENT, LEAKY_C, LEAKY_CXX,
-    LEAKY_CXX_CLEAN, LEAKY_C_CLEAN,
+    describe_report, root_or_skip, Fixture, GroundTruth, Kind, Memprof, Output, Process, Report,
+    Totals, ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT, SCHEMA_VERSION,
 };
 
 /// The report of one process of a run over many: its stacks, its totals.
@@ -55,16 +53,16 @@ fn describe(report: &Report) -> String {
     format!("processes: {processes:?}\n{}", describe_report(report))
 }
 
-/// Asserts that `pid` holds exactly `expected` (and nothing of `clean`), with symbols.
-fn assert_exact(report: &Report, pid: u32, expected: &[Leak], clean: &[&str]) {
+/// Asserts that `pid` holds exactly its ground truth, with symbols.
+fn assert_exact(report: &Report, pid: u32, truth: &GroundTruth) {
     let mine = of_process(report, pid);
     assert_eq!(
         mine.totals,
-        total(expected),
+        truth.total(),
         "pid {pid}\n{}",
         describe(report)
     );
-    let problems = check_leaks(&mine, expected, clean, Some(2));
+    let problems = truth.check_leaks(&mine);
     assert!(
         problems.is_empty(),
         "pid {pid}: {problems:#?}\n{}",
@@ -117,14 +115,14 @@ fn processes_given_with_p_are_ranked_and_each_is_exact() {
     let report: Report = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     let (cxx, leaky, clean) = (fixtures[0].pid(), fixtures[1].pid(), fixtures[2].pid());
 
-    assert_eq!(report.version, memprof::model::SCHEMA_VERSION);
+    assert_eq!(report.version, SCHEMA_VERSION);
     let ranked: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
     assert_eq!(ranked, vec![leaky, cxx], "{}", describe(&report));
-    assert_exact(&report, leaky, LEAKY_C, LEAKY_C_CLEAN);
-    assert_exact(&report, cxx, LEAKY_CXX, LEAKY_CXX_CLEAN);
+    assert_exact(&report, leaky, Kind::Leaky.truth());
+    assert_exact(&report, cxx, Kind::LeakyCxx.truth());
     assert_eq!(report.totals, {
-        let (a, b) = (total(LEAKY_C), total(LEAKY_CXX));
-        memprof::model::Totals {
+        let (a, b) = (Kind::Leaky.truth().total(), Kind::LeakyCxx.truth().total());
+        Totals {
             bytes: a.bytes + b.bytes,
             count: a.count + b.count,
         }
@@ -196,20 +194,22 @@ fn system_wide_finds_the_leaking_processes_even_new_ones() {
     let report = output.report();
 
     assert_eq!(report.selection.as_deref(), Some("system-wide"));
-    assert_exact(&report, leaky_pid, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, leaky_pid, Kind::Leaky.truth());
     // Started during the run, it holds what it allocated at its start too
     // (libstdc++'s emergency exception pool, ...): its leaks are exact, and
     // nothing of its churn is left.
+    let truth = Kind::LeakyCxx.truth();
     let mut cxx = of_process(&report, cxx_pid);
-    let functions: Vec<&str> = LEAKY_CXX
+    let functions: Vec<&str> = truth
+        .leaks
         .iter()
         .map(|leak| leak.function)
-        .chain(LEAKY_CXX_CLEAN.iter().copied())
+        .chain(truth.clean.iter().copied())
         .collect();
     cxx.stacks
         .retain(|s| functions.iter().any(|f| tests::frame_index(s, f).is_some()));
-    cxx.totals = total(LEAKY_CXX);
-    let problems = check_leaks(&cxx, LEAKY_CXX, LEAKY_CXX_CLEAN, Some(2));
+    cxx.totals = truth.total();
+    let problems = truth.check_leaks(&cxx);
     assert!(problems.is_empty(), "{problems:#?}\n{}", describe(&report));
     assert!(rank(&report, leaky_pid) < rank(&report, cxx_pid));
     assert!(
@@ -248,8 +248,8 @@ fn comm_selects_processes_by_name_including_new_ones() {
     let mut want = vec![pids.0, pids.1];
     want.sort_unstable();
     assert_eq!(got, want, "{}", describe(&report));
-    assert_exact(&report, pids.0, LEAKY_C, LEAKY_C_CLEAN);
-    assert_exact(&report, pids.1, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, pids.0, Kind::Leaky.truth());
+    assert_exact(&report, pids.1, Kind::Leaky.truth());
 }
 
 /// The forker's children, from its `children <pid> <pid>` line.
@@ -288,9 +288,9 @@ fn follow_forks_records_the_children_and_only_with_it() {
     let report = output.report();
     assert_eq!(report.processes.len(), 3, "{}", describe(&report));
     assert_eq!(rank(&report, forker.pid()), 2, "the parent holds least");
-    assert_exact(&report, forker.pid(), FORKER_PARENT, &["child_leak"]);
+    assert_exact(&report, forker.pid(), Kind::Forker.truth());
     for kid in kids {
-        assert_exact(&report, kid, FORKER_CHILD, &["parent_leak"]);
+        assert_exact(&report, kid, &Kind::FORKER_CHILD);
         assert_eq!(find(&report, kid).comm, "forker");
     }
     drop(forker);
@@ -307,7 +307,7 @@ fn follow_forks_records_the_children_and_only_with_it() {
     let output = memprof.finish(FINISH_TIMEOUT);
     output.assert_success();
     let report = output.report();
-    let problems = check_leaks(&report, FORKER_PARENT, &["child_leak"], Some(2));
+    let problems = Kind::Forker.truth().check_leaks(&report);
     assert!(
         problems.is_empty(),
         "{problems:#?}\n{}",
@@ -377,7 +377,7 @@ fn cgroup_selects_the_processes_inside_it() {
     let report = output.report();
     let pids: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
     assert_eq!(pids, vec![inside_pid], "{}", describe(&report));
-    assert_exact(&report, inside_pid, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, inside_pid, Kind::Leaky.truth());
     assert!(!pids.contains(&outside_pid));
     assert!(
         report
@@ -421,20 +421,20 @@ fn a_process_that_exits_is_left_out_unless_at_exit() {
     let (report, gone, alive) = one_of_two_exits(&[]);
     let pids: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
     assert_eq!(pids, vec![alive], "{}", describe(&report));
-    assert_exact(&report, alive, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, alive, Kind::Leaky.truth());
     assert_eq!(
         report.released.at_exit,
-        total(LEAKY_C),
+        Kind::Leaky.truth().total(),
         "pid {gone}'s blocks"
     );
 
     // With --at-exit: reported, symbolized from the files memprof kept open.
     let (report, gone, alive) = one_of_two_exits(&["--at-exit"]);
-    assert_exact(&report, gone, LEAKY_C, LEAKY_C_CLEAN);
-    assert_exact(&report, alive, LEAKY_C, LEAKY_C_CLEAN);
+    assert_exact(&report, gone, Kind::Leaky.truth());
+    assert_exact(&report, alive, Kind::Leaky.truth());
     assert!(find(&report, gone).exited);
     assert!(!find(&report, alive).exited);
-    assert_eq!(report.released.at_exit, memprof::model::Totals::default());
+    assert_eq!(report.released.at_exit, Totals::default());
 }
 
 /// `memprof --follow-forks [extra] -- forker oneshot`: the command's report.
@@ -459,12 +459,12 @@ fn a_launched_command_and_its_children() {
     assert_eq!(report.processes.len(), 1, "{}", describe(&report));
     let parent = report.processes[0].pid;
     assert!(find(&report, parent).exited);
-    assert_exact(&report, parent, FORKER_PARENT, &["child_leak"]);
+    assert_exact(&report, parent, Kind::Forker.truth());
     assert_eq!(find(&report, parent).comm, "forker");
-    let children = total(FORKER_CHILD);
+    let children = Kind::FORKER_CHILD.total();
     assert_eq!(
         report.released.at_exit,
-        memprof::model::Totals {
+        Totals {
             bytes: 2 * children.bytes,
             count: 2 * children.count,
         },
@@ -477,9 +477,9 @@ fn a_launched_command_and_its_children() {
     let report = launch_forker(&["--at-exit"]);
     assert_eq!(report.processes.len(), 3, "{}", describe(&report));
     let parent = report.processes[2].pid;
-    assert_exact(&report, parent, FORKER_PARENT, &["child_leak"]);
+    assert_exact(&report, parent, Kind::Forker.truth());
     for child in &report.processes[..2] {
         assert!(child.exited);
-        assert_exact(&report, child.pid, FORKER_CHILD, &["parent_leak"]);
+        assert_exact(&report, child.pid, &Kind::FORKER_CHILD);
     }
 }

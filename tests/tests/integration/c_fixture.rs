@@ -3,8 +3,8 @@
 //! data lost. Needs root (run through `cargo xtask test`).
 
 use tests::{
-    assert_ground_truth, find_word, profile_fixture, root_or_skip, unnamed_leaks, Kind, LEAKY_C,
-    LEAKY_C_CLEAN, LEAKY_C_MIN_CHURN,
+    assert_ground_truth, find_word, profile_fixture, profile_json, root_or_skip, unnamed_leaks,
+    Kind,
 };
 
 #[test]
@@ -12,16 +12,8 @@ fn json_report_matches_the_ground_truth() {
     if !root_or_skip() {
         return;
     }
-    // Stacks are taken where the allocator returns, so the leaking function
-    // is frames[0]; frames[1] is tolerated for libc functions that call
-    // another allocator function (reallocarray tail-calls realloc).
-    assert_ground_truth(
-        Kind::Leaky,
-        LEAKY_C,
-        LEAKY_C_CLEAN,
-        Some(2),
-        LEAKY_C_MIN_CHURN,
-    );
+    let report = profile_json(Kind::Leaky);
+    assert_ground_truth(&report, Kind::Leaky);
 }
 
 #[test]
@@ -31,20 +23,22 @@ fn text_report_names_the_leaks_and_starts_with_the_largest() {
     }
     let (output, _) = profile_fixture(Kind::Leaky, &["--format", "text", "--top", "100"]);
     let text = output.stdout_text();
+    let truth = Kind::Leaky.truth();
 
-    let missing = unnamed_leaks(text, LEAKY_C);
+    let missing = unnamed_leaks(text, truth.leaks);
     assert!(
         missing.is_empty(),
         "the text report does not name {missing:?}:\n{text}"
     );
-    for clean in LEAKY_C_CLEAN {
+    for clean in truth.clean {
         assert!(
             find_word(text, clean).is_none(),
             "the text report names {clean}, which leaks nothing:\n{text}"
         );
     }
     // The largest stack, 1 MiB from leak_calloc_big, comes first.
-    let first = LEAKY_C
+    let first = truth
+        .leaks
         .iter()
         .filter_map(|l| find_word(text, l.function).map(|at| (at, l.function)))
         .min()

@@ -9,9 +9,8 @@
 //! than one second. No wall-clock duration is asserted.
 
 use tests::{
-    check_leaks, check_no_loss, describe_report, frame_index, profile_fixture_with, root_or_skip,
-    total, Kind, Report, Stack, Totals, PHASES, PHASES_CLEAN, PHASES_FREE_LATER_BLOCKS,
-    PHASES_MIN_CHURN, PHASES_YOUNG,
+    assert_ground_truth, check_leaks, check_no_loss, describe_report, frame_index,
+    profile_fixture_with, root_or_skip, Kind, Report, Stack, Totals,
 };
 
 /// The one stack of `report` through `function` (the fixture allocates from
@@ -46,8 +45,9 @@ fn assert_no_problems(mut problems: Vec<String>, report: &Report) {
 
 /// The churn and the freed blocks were seen, or their absence proves nothing.
 fn assert_churn_seen(report: &Report) {
-    let min_allocs = total(PHASES).count + PHASES_FREE_LATER_BLOCKS + PHASES_MIN_CHURN;
-    let min_frees = PHASES_FREE_LATER_BLOCKS + PHASES_MIN_CHURN;
+    let truth = Kind::Phases.truth();
+    let min_allocs = truth.total().count + truth.min_churn;
+    let min_frees = truth.min_churn;
     assert!(
         report.stats.allocs >= min_allocs && report.stats.frees >= min_frees,
         "stats: {} allocs and {} frees, expected at least {min_allocs} and {min_frees}",
@@ -74,8 +74,7 @@ fn interval_ranks_the_growing_stack_above_a_larger_flat_one() {
 
     // Exact outstanding bytes: grow_steadily and hold_flat only; free_later
     // was freed and the churn left nothing.
-    assert_no_problems(check_leaks(&report, PHASES, PHASES_CLEAN, Some(2)), &report);
-    assert_churn_seen(&report);
+    assert_ground_truth(&report, Kind::Phases);
 
     let grow = stack_of(&report, "grow_steadily");
     let hold = stack_of(&report, "hold_flat");
@@ -142,15 +141,19 @@ fn min_age_leaves_out_the_young_blocks() {
     assert_eq!(
         report.younger,
         Some(Totals {
-            bytes: PHASES_YOUNG.bytes,
-            count: PHASES_YOUNG.count
+            bytes: Kind::PHASES_YOUNG.bytes,
+            count: Kind::PHASES_YOUNG.count
         }),
         "younger should be exactly the young_blocks:\n{dump}"
     );
     // The old stacks are counted in full; young_blocks is not listed.
-    let mut clean = PHASES_CLEAN.to_vec();
-    clean.push(PHASES_YOUNG.function);
-    assert_no_problems(check_leaks(&report, PHASES, &clean, Some(2)), &report);
+    let truth = Kind::Phases.truth();
+    let mut clean = truth.clean.to_vec();
+    clean.push(Kind::PHASES_YOUNG.function);
+    assert_no_problems(
+        check_leaks(&report, truth.leaks, &clean, truth.max_depth),
+        &report,
+    );
     assert_churn_seen(&report);
     for stack in &report.stacks {
         assert!(

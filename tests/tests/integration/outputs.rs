@@ -1,12 +1,12 @@
 //! One memprof run against the C fixture (`tests/fixtures/leaky.c`) writing
 //! every file format at once (`-o leak.svg -o leak.json -o leak.pb.gz -o
-//! leak.folded`), each checked against the ground truth ([`LEAKY_C`]) with
-//! an independent reader; then `memprof diff` and `memprof merge` on the JSON
-//! it wrote. The run is shared by the tests of this file (the first one to
+//! leak.folded`), each checked against the fixture's ground truth with an
+//! independent reader; then `memprof diff` and `memprof merge` on the JSON
+//! it wrote. The run is shared by the tests of this module (the first one to
 //! need it makes it). Needs root (run through `cargo xtask test`).
 
 // The messages of pprof's profile.proto, shared with memprof's own pprof test.
-#[path = "../../memprof/tests/common/pprof_proto.rs"]
+#[path = "../../../memprof/tests/common/pprof_proto.rs"]
 mod pprof_proto;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,11 +18,16 @@ use std::time::Duration;
 
 use pprof_proto::{Location, Profile};
 use tests::{
-    check_leaks, check_no_loss, describe_report, find_word, frame_index, profile_fixture,
-    root_or_skip, run_memprof, total, unnamed_leaks, Frame, Kind, Report, LEAKY_C, LEAKY_C_CLEAN,
+    check_no_loss, describe_report, find_word, frame_index, profile_fixture, root_or_skip,
+    run_memprof, unnamed_leaks, Frame, GroundTruth, Kind, Report,
 };
 
 const OFFLINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The ground truth of the fixture every test here profiles.
+fn truth() -> &'static GroundTruth {
+    Kind::Leaky.truth()
+}
 
 /// What one profiling run wrote.
 struct Run {
@@ -96,7 +101,7 @@ fn json_file_matches_the_ground_truth() {
     let run = run();
     let report = run.report();
     assert_eq!(report.target.pid, run.pid);
-    let mut problems = check_leaks(&report, LEAKY_C, LEAKY_C_CLEAN, Some(2));
+    let mut problems = truth().check_leaks(&report);
     problems.extend(check_no_loss(&report.stats));
     assert!(
         problems.is_empty(),
@@ -113,7 +118,7 @@ fn text_report_goes_to_stdout_alongside_the_files() {
         return;
     }
     let text = &run().stdout;
-    let want = total(LEAKY_C);
+    let want = truth().total();
     assert!(
         text.contains(&format!(
             "({} bytes) in {} allocations",
@@ -148,12 +153,12 @@ fn svg_file_draws_every_leak_and_names_the_pid() {
         find_word(&title, &format!("pid {pid}")).is_some(),
         "the flame graph's title does not name pid {pid}: {title:?}"
     );
-    let missing = unnamed_leaks(svg, LEAKY_C);
+    let missing = unnamed_leaks(svg, truth().leaks);
     assert!(
         missing.is_empty(),
         "leak.svg does not name {missing:?}; report:\n{dump}"
     );
-    for clean in LEAKY_C_CLEAN {
+    for clean in truth().clean {
         assert!(
             find_word(svg, clean).is_none(),
             "leak.svg names {clean}, which leaks nothing"
@@ -282,7 +287,7 @@ fn pprof_file_sums_to_the_ground_truth() {
         profile.string_table[profile.default_sample_type as usize],
         "inuse_space"
     );
-    let want = total(LEAKY_C);
+    let want = truth().total();
     let bytes: i64 = samples.iter().map(|s| s.1).sum();
     let count: i64 = samples.iter().map(|s| s.2).sum();
     assert_eq!(
@@ -290,7 +295,7 @@ fn pprof_file_sums_to_the_ground_truth() {
         (want.bytes as i64, want.count as i64),
         "pprof inuse_space and inuse_objects summed over the samples; report:\n{dump}"
     );
-    for leak in LEAKY_C {
+    for leak in truth().leaks {
         let of_leak = samples
             .iter()
             .filter(|(names, _, _)| names.iter().any(|n| n == leak.function));
@@ -302,7 +307,7 @@ fn pprof_file_sums_to_the_ground_truth() {
             leak.function
         );
     }
-    for clean in LEAKY_C_CLEAN {
+    for clean in truth().clean {
         assert!(
             profile.string_table.iter().all(|s| s != clean),
             "the pprof profile names {clean}, which leaks nothing"
@@ -339,10 +344,10 @@ fn folded_file_sums_to_the_ground_truth() {
     let sum: u64 = lines.iter().map(|l| l.1).sum();
     assert_eq!(
         sum,
-        total(LEAKY_C).bytes,
+        truth().total().bytes,
         "the counts of leak.folded add up to {sum}:\n{folded}\nreport:\n{dump}"
     );
-    for leak in LEAKY_C {
+    for leak in truth().leaks {
         let bytes: u64 = lines
             .iter()
             .filter(|(stack, _)| stack.split(';').any(|frame| frame == leak.function))
@@ -354,7 +359,7 @@ fn folded_file_sums_to_the_ground_truth() {
             leak.function
         );
     }
-    for clean in LEAKY_C_CLEAN {
+    for clean in truth().clean {
         assert!(
             find_word(folded, clean).is_none(),
             "leak.folded names {clean}:\n{folded}"
@@ -420,7 +425,7 @@ fn diff_names_the_changed_stack_with_its_exact_delta() {
     let output = run_memprof(&[], &["diff", before_arg, after_arg], OFFLINE_TIMEOUT);
     output.assert_success();
     let text = output.stdout_text();
-    let want = total(LEAKY_C);
+    let want = truth().total();
     assert!(
         text.contains(&format!(
             "1.3 MiB in {} allocations -> 1.3 MiB in {} allocations (-4.9 KiB)",
@@ -540,10 +545,10 @@ fn merge_of_a_report_with_itself_doubles_everything() {
     );
     // Stacks with the same names are joined: each name list appears once.
     assert_eq!(merged.stacks.len(), want.len());
-    let truth = total(LEAKY_C);
+    let sum = truth().total();
     assert_eq!(
         (merged.totals.bytes, merged.totals.count),
-        (2 * truth.bytes, 2 * truth.count)
+        (2 * sum.bytes, 2 * sum.count)
     );
     assert_eq!(merged.stats.allocs, 2 * report.stats.allocs);
     assert_eq!(merged.stats.frees, 2 * report.stats.frees);
@@ -554,7 +559,7 @@ fn merge_of_a_report_with_itself_doubles_everything() {
         describe_report(&merged)
     );
     // The ground truth, doubled, per leaking function.
-    for leak in LEAKY_C {
+    for leak in truth().leaks {
         let (bytes, count) = merged
             .stacks
             .iter()

@@ -6,7 +6,7 @@
 
 use tests::{
     assert_ground_truth, assert_rust_fixture_has_frame_pointers, find_word, profile_fixture,
-    root_or_skip, unnamed_leaks, Kind, LEAKY_RUST, LEAKY_RUST_CLEAN, LEAKY_RUST_MIN_CHURN,
+    profile_json, root_or_skip, unnamed_leaks, Kind,
 };
 
 #[test]
@@ -18,13 +18,8 @@ fn json_report_matches_the_ground_truth() {
     // Allocations through std pass alloc::alloc / __rust_alloc / __rdl_alloc
     // frames first (several in an unoptimized build), so the leaking function
     // may be a few frames down: no depth limit, but it must be there.
-    assert_ground_truth(
-        Kind::LeakyRust,
-        LEAKY_RUST,
-        LEAKY_RUST_CLEAN,
-        None,
-        LEAKY_RUST_MIN_CHURN,
-    );
+    let report = profile_json(Kind::LeakyRust);
+    assert_ground_truth(&report, Kind::LeakyRust);
 }
 
 #[test]
@@ -36,7 +31,7 @@ fn text_report_names_the_leaks() {
     let (output, _) = profile_fixture(Kind::LeakyRust, &["--format", "text", "--top", "100"]);
     let text = output.stdout_text();
     // Demangled: `leaky_rust::leak_boxes`, found as the word `leak_boxes`.
-    let missing = unnamed_leaks(text, LEAKY_RUST);
+    let missing = unnamed_leaks(text, Kind::LeakyRust.truth().leaks);
     assert!(
         missing.is_empty(),
         "the text report does not name {missing:?}:\n{text}"

@@ -3,7 +3,7 @@
 //! or wrong stacks as complete. The same leaky.c, built with and without
 //! frame pointers. Needs root (run through `cargo xtask test`).
 
-use tests::{describe_report, profile_fixture, root_or_skip, total, Kind, LEAKY_C};
+use tests::{describe_report, profile_fixture, root_or_skip, Kind};
 
 #[test]
 fn stacks_cut_short_by_missing_frame_pointers_are_flagged() {
@@ -14,7 +14,8 @@ fn stacks_cut_short_by_missing_frame_pointers_are_flagged() {
     let report = output.report();
     let dump = describe_report(&report);
     // Attribution suffers; the counting does not.
-    assert_eq!(report.totals, total(LEAKY_C), "{dump}");
+    let truth = Kind::LeakyNoFramePointers.truth();
+    assert_eq!(report.totals, truth.total(), "{dump}");
     let cut = report.stacks.iter().filter(|s| s.truncated).count();
     assert!(
         cut * 2 >= report.stacks.len() && cut > 0,

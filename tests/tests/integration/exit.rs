@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use tests::{
-    check_leaks, describe_report, root_or_skip, total, Fixture, Kind, Memprof, Output,
-    ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT, LEAKY_C, LEAKY_C_CLEAN,
+    describe_report, root_or_skip, Fixture, Kind, Memprof, Output, ATTACH_TIMEOUT, DONE_TIMEOUT,
+    FINISH_TIMEOUT,
 };
 
 /// Profiles a leaky fixture until it exits; `then` runs right after the exit.
@@ -54,7 +54,11 @@ fn what_an_exited_target_held_is_left_out_and_counted() {
     );
     assert!(report.stacks.is_empty(), "{dump}");
     assert_eq!(report.totals.count, 0, "{dump}");
-    assert_eq!(report.released.at_exit, total(LEAKY_C), "{dump}");
+    assert_eq!(
+        report.released.at_exit,
+        Kind::Leaky.truth().total(),
+        "{dump}"
+    );
 }
 
 #[test]
@@ -70,7 +74,7 @@ fn at_exit_reports_what_the_target_held_with_symbols() {
     );
     assert_eq!(report.released.at_exit.count, 0, "{dump}");
     // The process is gone, yet every leak is attributed to its function.
-    let problems = check_leaks(&report, LEAKY_C, LEAKY_C_CLEAN, Some(2));
+    let problems = Kind::Leaky.truth().check_leaks(&report);
     assert!(problems.is_empty(), "{problems:#?}\n{dump}");
 }
 
@@ -108,7 +112,7 @@ fn a_new_process_with_the_targets_pid_is_not_the_target() {
         "exited_after_secs missing\n{dump}"
     );
     // Exactly the first process's leaks; nothing of the impostor's leaf_alloc.
-    let problems = check_leaks(&report, LEAKY_C, LEAKY_C_CLEAN, Some(2));
+    let problems = Kind::Leaky.truth().check_leaks(&report);
     assert!(problems.is_empty(), "{problems:#?}\n{dump}");
     assert!(!dump.contains("leaf_alloc"), "{dump}");
     drop(impostor);

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use memprof::model::Report;
-use tests::{check_leaks, describe_report, root_or_skip, run_memprof, target_dir, Kind, ONESHOT};
+use tests::{describe_report, root_or_skip, run_memprof, target_dir, Kind, Report};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -48,7 +47,7 @@ fn a_launched_command_is_reported_as_it_was_at_its_exit() {
     assert_eq!(report.host.boot_id, read("/proc/sys/kernel/random/boot_id"));
     assert_eq!(report.host.kernel, read("/proc/sys/kernel/osrelease"));
     assert!(report.target.started_unix_secs.is_some(), "{dump}");
-    let problems = check_leaks(&report, ONESHOT, &["oneshot_churn"], Some(1));
+    let problems = Kind::OneShot.truth().check_leaks(&report);
     assert!(problems.is_empty(), "{problems:#?}\n{dump}");
     assert!(report.stats.frees >= 1000, "{dump}");
 }

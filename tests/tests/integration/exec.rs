@@ -3,10 +3,7 @@
 //! the new program's leaks are reported exactly and symbolized from the new
 //! program's binary. Needs root (run through `cargo xtask test`).
 
-use memprof::model::Totals;
-use tests::{
-    check_leaks, check_no_loss, describe_report, leak, profile_fixture, root_or_skip, Kind,
-};
+use tests::{check_no_loss, describe_report, profile_fixture, root_or_skip, Kind, Totals};
 
 #[test]
 fn exec_drops_the_old_programs_blocks_and_follows_the_new_one() {
@@ -29,11 +26,6 @@ fn exec_drops_the_old_programs_blocks_and_follows_the_new_one() {
     );
     let problems = check_no_loss(&report.stats);
     assert!(problems.is_empty(), "{problems:?}\n{dump}");
-    let problems = check_leaks(
-        &report,
-        &[leak("after_exec_leak", 3, 3 * 2000)],
-        &["before_exec_leak"],
-        Some(1),
-    );
+    let problems = Kind::Execer.truth().check_leaks(&report);
     assert!(problems.is_empty(), "{problems:#?}\n{dump}");
 }

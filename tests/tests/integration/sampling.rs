@@ -2,8 +2,8 @@
 //! (`tests/fixtures/sampled.c`): the scaled estimates are within a stated
 //! statistical bound of the ground truth, nothing of the churn shows up
 //! (unsampled reallocs move sampled blocks), frames are symbolized, every
-//! output says that it is sampled (tests/tests/detach.rs checks that no
-//! exit path leaves the session programs loaded). Needs root and Linux 6.13+
+//! output says that it is sampled (the `detach` tests check that no exit
+//! path leaves the session programs loaded). Needs root and Linux 6.13+
 //! (uprobe session links).
 //!
 //! # The bound
@@ -266,7 +266,7 @@ fn windows_estimates_are_within_their_stated_error() {
         .unwrap_or_else(|e| panic!("{json} is not a report: {e}\n{}", output.stderr));
     let described = tests::describe_report(&report);
     let sampling = report.sampling.expect("a sampled report");
-    assert_eq!(sampling.method, memprof::model::SampleMethod::Window);
+    assert_eq!(sampling.method, tests::SampleMethod::Window);
     assert_eq!(sampling.rate, WINDOW_RATE);
     let windows = sampling.windows.expect("the windows are reported");
     assert_eq!(windows.failed_links, 0, "{windows:?}");
