@@ -154,6 +154,10 @@ pub mod maps {
     /// process, while [`super::globals::WATCH_EXECS`] is set: user space checks
     /// their new command name (`--comm`).
     pub const EXECS: &str = "EXECS";
+    /// `LruHashMap<u32, u64>`: recorded processes that exited while memprof
+    /// recorded (tgid -> `bpf_ktime_get_ns()` of the exit of its last
+    /// thread). A process not in it was alive when recording stopped.
+    pub const EXITS: &str = "EXITS";
 }
 
 /// Entries of the [`maps::CONTROL`] array.
@@ -288,8 +292,10 @@ pub mod stat {
     /// Allocations counted under [`super::STACK_NO_ROOM`]: their stack found
     /// no room in the stack maps.
     pub const STACK_NO_ROOM: u32 = 14;
+    /// Exits of recorded processes that could not be noted in `EXITS`.
+    pub const EXITS_NOT_NOTED: u32 = 15;
     /// Number of counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Optional sources besides the heap (`--mmap`, `--kernel`): their maps,

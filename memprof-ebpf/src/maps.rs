@@ -47,6 +47,12 @@ pub(crate) static PROCS: LruHashMap<u32, ProcEvents> =
 pub(crate) static EXECS: LruHashMap<u32, u64> =
     LruHashMap::with_max_entries(defaults::MAX_PROCESSES, 0);
 
+/// Recorded processes that exited while recording, and when (see
+/// [`crate::process::thread_exit`]).
+#[map]
+pub(crate) static EXITS: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(defaults::MAX_PROCESSES, 0);
+
 /// Not preallocated: user space deletes entries while programs run, and a
 /// preallocated map would hand a deleted element to the next insert at once.
 /// User space puts in the entries of [`STACK_LOST`](memprof_common::STACK_LOST)

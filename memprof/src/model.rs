@@ -571,6 +571,10 @@ pub struct Stats {
     /// added to the recorded set (it was full): their allocations are missing.
     #[serde(default)]
     pub forks_not_followed: u64,
+    /// Exits of recorded processes that could not be noted: such a process
+    /// may be reported as alive at the end.
+    #[serde(default)]
+    pub exits_not_noted: u64,
 }
 
 impl Stats {
@@ -583,7 +587,7 @@ impl Stats {
     }
 
     /// Every counter with its name, in a fixed order, for renderers.
-    pub fn named(&self) -> [(&'static str, u64); 16] {
+    pub fn named(&self) -> [(&'static str, u64); 17] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -601,6 +605,7 @@ impl Stats {
             ("stack_collisions", self.stack_collisions),
             ("stacks_freed", self.stacks_freed),
             ("forks_not_followed", self.forks_not_followed),
+            ("exits_not_noted", self.exits_not_noted),
         ]
     }
 }

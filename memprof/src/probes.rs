@@ -254,7 +254,8 @@ impl Probes {
             loader
                 .map_max_entries(maps::TARGETS, 1)
                 .map_max_entries(maps::EXECS, 1)
-                .map_max_entries(maps::PROCS, 64);
+                .map_max_entries(maps::PROCS, 64)
+                .map_max_entries(maps::EXITS, 64);
         }
         crate::sources::configure(&mut loader, config.sources, &offsets, config.max_stacks);
         let mut ebpf = loader
@@ -430,6 +431,28 @@ impl Probes {
             let _ = execs.remove(tgid);
         }
         Ok(tgids)
+    }
+
+    /// The recorded processes that exited while recording, with the time
+    /// (`CLOCK_MONOTONIC` ns) their last thread exited. Read after recording
+    /// stopped, it says which processes were alive at the end of the run.
+    pub fn exits(&self) -> anyhow::Result<HashMap<u32, u64>> {
+        let map = self
+            .ebpf
+            .map(maps::EXITS)
+            .context("BPF map EXITS missing from the object")?;
+        let exits = BpfHashMap::<&MapData, u32, u64>::try_from(map)?;
+        let mut out = HashMap::new();
+        for entry in exits.iter() {
+            match entry {
+                Ok((tgid, at)) => {
+                    out.insert(tgid, at);
+                }
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading EXITS"),
+            }
+        }
+        Ok(out)
     }
 
     /// Turns recording on or off for every probe at once. With sampling by

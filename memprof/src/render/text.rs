@@ -694,6 +694,9 @@ fn explain(name: &str) -> Option<&'static str> {
         }
         "pending_stale" => "allocator calls whose return never came (thread exited or longjmp)",
         "stack_collisions" => "allocations counted under another stack with the same hash",
+        "exits_not_noted" => {
+            "exits of recorded processes NOT noted (map full): they may be shown as alive"
+        }
         "stacks_freed" => "stacks freed during the run once nothing outstanding used them",
         "forks_not_followed" => {
             "children NOT recorded: the set of recorded processes was full (--follow-forks)"

@@ -160,6 +160,7 @@ pub fn sample_report() -> Report {
             stack_lost: 2,
             stack_map_full: 0,
             stack_no_room: 0,
+            exits_not_noted: 0,
             return_without_entry: 1,
             pending_map_full: 0,
             pending_stale: 0,
