@@ -10,6 +10,7 @@ pub mod compare;
 pub mod error;
 pub mod group;
 pub mod launch;
+pub mod load_order;
 pub mod model;
 pub mod placement;
 pub mod probes;
@@ -64,11 +65,7 @@ pub fn profile(args: &ProfileArgs, pid: u32, quiet: bool) -> anyhow::Result<Repo
 pub fn launch(args: &ProfileArgs, quiet: bool) -> anyhow::Result<Report> {
     probes::check_permissions()?;
     let launched = launch::spawn(&args.command)?;
-    // Held before exec, the child is a copy of memprof: it maps the libc
-    // that the command will load, and its pid is the command's.
-    let mut target = TargetProcess::open(launched.pid)?;
-    target.comm = launched.comm.clone();
-    target.cmdline = launched.cmdline.clone();
+    let target = launched.target()?;
     run(args, target, Some(launched), quiet)
 }
 
