@@ -70,6 +70,9 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     // The same leaks through other allocators, which replace glibc's malloc.
     ("leaky-jemalloc", "leaky", ALLOC_JEMALLOC),
     ("leaky-tcmalloc", "leaky", ALLOC_TCMALLOC),
+    // A command that needs them (DT_NEEDED), for launch mode.
+    ("oneshot-jemalloc", "oneshot", ALLOC_JEMALLOC),
+    ("oneshot-tcmalloc", "oneshot", ALLOC_TCMALLOC),
     // jemalloc linked into the executable itself.
     (
         "leaky-jemalloc-static",

@@ -79,6 +79,10 @@ pub enum Kind {
     /// `tests/fixtures/oneshot.c`: runs to its end by itself (no protocol),
     /// leaving its ground truth outstanding at its exit; exits with status 3.
     OneShot,
+    /// `tests/fixtures/oneshot.c` linked with jemalloc or tcmalloc (which
+    /// replace glibc's malloc): the same ground truth as [`Kind::OneShot`].
+    OneShotJemalloc,
+    OneShotTcmalloc,
     /// `tests/fixtures/forker.c`: after go, forks two children that leak
     /// [`Kind::FORKER_CHILD`] each, leaks its own ground truth, prints
     /// `children <pid> <pid>`, then `done`.
@@ -127,6 +131,8 @@ impl Kind {
             Kind::Execer => c_fixture("execer"),
             Kind::Soak => c_fixture("soak"),
             Kind::OneShot => c_fixture("oneshot"),
+            Kind::OneShotJemalloc => c_fixture("oneshot-jemalloc"),
+            Kind::OneShotTcmalloc => c_fixture("oneshot-tcmalloc"),
             Kind::Forker => c_fixture("forker"),
             Kind::Clean => c_fixture("clean"),
             Kind::GoSleeper => c_fixture("go-sleeper"),
@@ -256,7 +262,7 @@ impl Kind {
             Kind::LeakyRustJemalloc => &LEAKY_RUST_JEMALLOC,
             Kind::Phases => &PHASES,
             Kind::Forker => &FORKER,
-            Kind::OneShot => &ONESHOT,
+            Kind::OneShot | Kind::OneShotJemalloc | Kind::OneShotTcmalloc => &ONESHOT,
             Kind::Execer => &EXECER,
             Kind::Stacks => &STACKS,
             Kind::Transient => &TRANSIENT,

@@ -92,3 +92,75 @@ fn a_missing_command_is_named() {
         output.stderr
     );
 }
+
+/// Runs `memprof -- COMMAND` through `wrapper` (e.g. `env LD_PRELOAD=...`)
+/// and returns its JSON report.
+fn launch_json(wrapper: &[&str], command: &str) -> Report {
+    let json = target_dir().join(format!(
+        "launch-allocator-{}-{}.json",
+        std::process::id(),
+        wrapper.len()
+    ));
+    let json_arg = json.display().to_string();
+    let output = run_memprof(wrapper, &["-o", &json_arg, "--", command], TIMEOUT);
+    output.assert_success();
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    serde_json::from_str(&text).expect("a JSON report")
+}
+
+/// A command that links another allocator (`DT_NEEDED`): the probes go on
+/// the allocator it will call, which the child held before exec does not
+/// map yet; the report is the oneshot ground truth, naming the allocator.
+fn launched_through(kind: Kind, allocator: &str) {
+    let bin = kind.path().expect("the fixture");
+    let report = launch_json(&[], &bin.display().to_string());
+    let dump = describe_report(&report);
+    assert!(
+        report.target.allocator.starts_with(allocator),
+        "allocator {:?}, expected {allocator}\n{dump}",
+        report.target.allocator
+    );
+    let problems = kind.truth().check_leaks(&report);
+    assert!(problems.is_empty(), "{problems:#?}\n{dump}");
+    assert!(report.stats.frees >= 1000, "{dump}");
+}
+
+#[test]
+fn a_command_linked_with_jemalloc_is_profiled_through_it() {
+    if !root_or_skip() {
+        return;
+    }
+    launched_through(Kind::OneShotJemalloc, "jemalloc (");
+}
+
+#[test]
+fn a_command_linked_with_tcmalloc_is_profiled_through_it() {
+    if !root_or_skip() {
+        return;
+    }
+    launched_through(Kind::OneShotTcmalloc, "tcmalloc (");
+}
+
+#[test]
+fn an_allocator_preloaded_into_a_command_is_profiled() {
+    if !root_or_skip() {
+        return;
+    }
+    let bin = Kind::OneShot.path().expect("the oneshot fixture");
+    let preload = "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4";
+    assert!(
+        std::path::Path::new(preload).exists(),
+        "{preload} is missing (apt package libgoogle-perftools-dev)"
+    );
+    let env = format!("LD_PRELOAD={preload}");
+    let report = launch_json(&["env", &env], &bin.display().to_string());
+    let dump = describe_report(&report);
+    assert_eq!(
+        report.target.allocator,
+        format!("tcmalloc ({preload})"),
+        "{dump}"
+    );
+    let problems = Kind::OneShot.truth().check_leaks(&report);
+    assert!(problems.is_empty(), "{problems:#?}\n{dump}");
+}
