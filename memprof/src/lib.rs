@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod compare;
 pub mod error;
+pub mod exits;
 pub mod group;
 pub mod launch;
 pub mod load_order;
