@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,clean,selfcheck,demo,static,mmaps,kernel_objects}.c` are compiled with gcc (`leaky.c` also with musl-gcc) and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,spawner,clean,selfcheck,demo,static,mmaps,kernel_objects}.c` are compiled with gcc (`leaky.c` also with musl-gcc) and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -66,6 +66,7 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("soak", "soak", &[]),
     ("oneshot", "oneshot", &[]),
     ("forker", "forker", &[]),
+    ("spawner", "spawner", &[]),
     ("clean", "clean", &[]),
     // The same leaks through other allocators, which replace glibc's malloc.
     ("leaky-jemalloc", "leaky", ALLOC_JEMALLOC),

@@ -83,6 +83,10 @@ pub enum Kind {
     /// replace glibc's malloc): the same ground truth as [`Kind::OneShot`].
     OneShotJemalloc,
     OneShotTcmalloc,
+    /// `tests/fixtures/spawner.c`: after go, forks short-lived children that
+    /// each exit holding blocks from 512 distinct stacks; prints `spawned`
+    /// once 40 have; stops at EOF on stdin.
+    Spawner,
     /// `tests/fixtures/forker.c`: after go, forks two children that leak
     /// [`Kind::FORKER_CHILD`] each, leaks its own ground truth, prints
     /// `children <pid> <pid>`, then `done`.
@@ -133,6 +137,7 @@ impl Kind {
             Kind::OneShot => c_fixture("oneshot"),
             Kind::OneShotJemalloc => c_fixture("oneshot-jemalloc"),
             Kind::OneShotTcmalloc => c_fixture("oneshot-tcmalloc"),
+            Kind::Spawner => c_fixture("spawner"),
             Kind::Forker => c_fixture("forker"),
             Kind::Clean => c_fixture("clean"),
             Kind::GoSleeper => c_fixture("go-sleeper"),
@@ -269,6 +274,7 @@ impl Kind {
             Kind::Soak
             | Kind::GoSleeper
             | Kind::Clean
+            | Kind::Spawner
             | Kind::SelfCheck
             | Kind::Demo
             | Kind::Static
