@@ -36,7 +36,7 @@ use crate::procfs;
 use crate::session::{End, Plan, Session, Waited};
 use crate::symbolize::Symbolizer;
 use crate::target::{ProbeSite, TargetProcess};
-use crate::{aggregate, snapshot, sources, take_older, Clock, Outstanding, Recorded};
+use crate::{aggregate, exits, snapshot, sources, take_older, Clock, Outstanding, Recorded};
 
 /// Which processes a run over many records.
 #[derive(Debug)]
@@ -449,6 +449,8 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     )?;
     probes.set_recording(false)?;
     let procs = probes.procs()?;
+    // Read once recording stopped: a process not in it was alive then.
+    let exits = probes.exits()?;
     let duration_secs = started.elapsed().as_secs_f64();
     let end_ns = snapshot::monotonic_ns();
     match end {
@@ -506,9 +508,6 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     let mut groups = Vec::new();
     for (pid, mut live) in by_process {
         let seen = discovery.seen.get(&pid);
-        let now_start = procfs::start_ticks(pid);
-        let running = procfs::is_running_process(pid);
-        let same = running && seen.is_none_or(|s| s.start_ticks == now_start);
         let mut mine = Released::default();
         let mut events = procs.get(&pid).copied().unwrap_or_default();
         if events.execs > 0 {
@@ -519,16 +518,17 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
             // Not the exec that started the command.
             events.execs = events.execs.saturating_sub(1);
         }
-        let exited = !same;
-        if exited && !args.at_exit && !is_command {
-            // With the pid taken by a newer process, its blocks are those made
-            // since it started.
-            let cutoff = match (running, now_start) {
-                (true, Some(ticks)) => procfs::ticks_to_monotonic_ns(ticks),
-                _ => u64::MAX,
-            };
-            mine.at_exit = take_older(&mut live, cutoff);
-        }
+        // Exited only when its exit was noted while recording (what /proc
+        // shows now says nothing of the run); with the pid taken by a newer
+        // process since, its blocks are those made after the exit.
+        let settled = exits::settle(
+            &mut live,
+            exits.get(&pid).copied(),
+            args.at_exit || is_command,
+        );
+        mine.at_exit = settled.released;
+        let exited = settled.exited;
+        let same = !exited;
         if live.is_empty() {
             add_released(&mut released, &mine);
             continue;
@@ -574,7 +574,7 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
                 procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
                 procfs::cmdline(pid),
                 String::new(),
-                now_start,
+                procfs::start_ticks(pid),
             ),
         };
         processes.push(model::Process {
