@@ -31,7 +31,7 @@ use regex::Regex;
 use crate::cli::ProfileArgs;
 use crate::error::Error;
 use crate::model::{self, Released, Report, Sampling, Totals, SCHEMA_VERSION};
-use crate::probes::{self, Filter, ProbeConfig, Probes, Scope};
+use crate::probes::{self, Filter, ProbeConfig, Probes, Purged, Scope};
 use crate::procfs;
 use crate::session::{End, Plan, Session, Waited};
 use crate::symbolize::Symbolizer;
@@ -428,12 +428,33 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         interval: args.interval,
         quiet,
     };
+    // What processes held when they exited leaves the maps every second
+    // (unless it is to be reported: --at-exit, the command).
+    let mut purged = Purged::default();
+    let mut purged_exits: HashSet<(u32, u64)> = HashSet::new();
     let mut housekeeping = |probes: &mut Probes, exiting: bool| {
         if exiting {
             // The command is stopped at its exit: read it one last time.
             if let Some(pid) = launched_pid {
                 discovery.refresh(probes, pid)?;
             }
+        }
+        if !args.at_exit {
+            let new: HashMap<u32, u64> = probes
+                .exits()?
+                .into_iter()
+                .filter(|&(pid, at)| Some(pid) != launched_pid && purged_exits.insert((pid, at)))
+                .collect();
+            let now = probes.purge_exited(&new)?;
+            for (pid, held) in now.by_process {
+                let sum = purged.by_process.entry(pid).or_default();
+                *sum = add_totals(*sum, held);
+            }
+            for (id, held) in now.reserved {
+                let sum = purged.reserved.entry(id).or_default();
+                *sum = add_totals(*sum, held);
+            }
+            purged.stacks += now.stacks;
         }
         follow(probes, &mut discovery)
     };
@@ -487,7 +508,15 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         },
     )?;
     let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
-    snap.stats.stacks_freed = stacks_freed;
+    snap.stats.stacks_freed = stacks_freed.saturating_add(purged.stacks);
+    // The reserved stacks' aggregates still count what left with exited
+    // processes.
+    for (id, gone) in &purged.reserved {
+        if let Some(agg) = snap.agg.get_mut(id) {
+            agg.bytes = agg.bytes.wrapping_sub(gone.bytes);
+            agg.count = agg.count.wrapping_sub(gone.count);
+        }
+    }
     crate::check_consistency(
         &snap,
         &aggregate::totals(&aggregate::by_stack(&snap.live, end_ns)),
@@ -502,6 +531,9 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
         duration_secs,
     };
     let mut released = Released::default();
+    for held in purged.by_process.values() {
+        released.at_exit = add_totals(released.at_exit, *held);
+    }
     let mut processes = Vec::new();
     let mut younger: Option<Totals> = None;
     let mut samplings = Vec::new();

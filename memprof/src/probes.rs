@@ -25,8 +25,8 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
-    control, filter, globals, maps, programs, sampled, window_cookie, ProcEvents, StackAgg,
-    StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
+    control, filter, globals, maps, programs, sampled, window_cookie, AllocInfo, LiveKey,
+    ProcEvents, StackAgg, StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -455,6 +455,68 @@ impl Probes {
         Ok(out)
     }
 
+    /// Takes out of the maps what the processes in `exited` (tgid -> exit
+    /// time) held when they exited: their blocks leave `LIVE`, and their
+    /// stacks leave `AGG` and `STACKS` (a stack's id includes its process,
+    /// so no other process uses it), which keeps the maps free for the
+    /// processes still running. Returns what each held, and what of that
+    /// was counted under the reserved ids ([`STACK_LOST`],
+    /// [`STACK_NO_ROOM`]), whose `AGG` entries stay (their per-CPU counts
+    /// cannot be lowered safely while programs add to them).
+    pub fn purge_exited(&mut self, exited: &HashMap<u32, u64>) -> anyhow::Result<Purged> {
+        let mut purged = Purged::default();
+        if exited.is_empty() {
+            return Ok(purged);
+        }
+        let (mut live, mut agg, mut stacks) = (None, None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                maps::LIVE => live = Some(map),
+                maps::AGG => agg = Some(map),
+                maps::STACKS => stacks = Some(map),
+                _ => {}
+            }
+        }
+        let (Some(live), Some(agg), Some(stacks)) = (live, agg, stacks) else {
+            anyhow::bail!("BPF maps LIVE, AGG and STACKS missing from the object");
+        };
+        let mut live = BpfHashMap::<&mut MapData, LiveKey, AllocInfo>::try_from(live)?;
+        let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
+        let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
+        let gone: Vec<(LiveKey, AllocInfo)> = live
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, info)| {
+                exited
+                    .get(&key.tgid)
+                    .is_some_and(|&at| info.timestamp_ns <= at)
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for (key, info) in &gone {
+            if live.remove(key).is_err() {
+                continue;
+            }
+            let held = purged.by_process.entry(key.tgid).or_default();
+            held.bytes = held.bytes.saturating_add(info.size);
+            held.count += 1;
+            if info.stack_id < 0 {
+                let reserved = purged.reserved.entry(info.stack_id).or_default();
+                reserved.bytes = reserved.bytes.wrapping_add(info.size);
+                reserved.count += 1;
+            } else {
+                ids.insert(info.stack_id);
+            }
+        }
+        for id in ids {
+            // The entry first, as when a stack is freed as idle.
+            let _ = agg.remove(&id);
+            let _ = stacks.remove(&id);
+            purged.stacks += 1;
+        }
+        Ok(purged)
+    }
+
     /// Turns recording on or off for every probe at once. With sampling by
     /// windows, the windows start with recording and stop (the open one
     /// closed, its probes detached) before it ends.
@@ -754,6 +816,17 @@ impl SiteError {
             _ => err.context(what),
         }
     }
+}
+
+/// What [`Probes::purge_exited`] took out of the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// What each process held at its exit.
+    pub by_process: HashMap<u32, crate::model::Totals>,
+    /// What of it was counted under [`STACK_LOST`] or [`STACK_NO_ROOM`].
+    pub reserved: HashMap<i64, crate::model::Totals>,
+    /// Stacks freed.
+    pub stacks: u64,
 }
 
 /// Puts the `AGG` entries of [`STACK_LOST`] and [`STACK_NO_ROOM`] in before
