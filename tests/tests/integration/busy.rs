@@ -7,53 +7,104 @@
 //! `cargo xtask test`).
 
 use tests::{
-    check_no_loss, describe_report, root_or_skip, Fixture, Kind, Memprof, ATTACH_TIMEOUT,
-    DONE_TIMEOUT, FINISH_TIMEOUT,
+    check_no_loss, describe_report, root_or_skip, Fixture, Kind, Memprof, Output, Report,
+    ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT,
 };
 
-#[test]
-fn a_leaker_is_exact_and_alive_while_short_lived_programs_fill_the_maps() {
-    if !root_or_skip() {
-        return;
-    }
+/// The processes of `report`, for messages.
+fn describe(report: &Report) -> String {
+    let processes: Vec<String> = report
+        .processes
+        .iter()
+        .map(|p| format!("{} {} B in {}", p.label(), p.totals.bytes, p.totals.count))
+        .collect();
+    format!("processes: {processes:?}\n{}", describe_report(report))
+}
+
+/// Runs memprof system-wide while the spawner's children come and go,
+/// lets the leaker leak once they have filled a stack map's worth, then
+/// interrupts memprof. With `exit_after_stop`, the leaker exits as soon as
+/// recording stopped, while memprof reads the maps; else it lives until
+/// memprof is done. Returns memprof's output and the leaker's pid.
+fn busy_run(exit_after_stop: bool) -> (Output, u32) {
     let mut leaky = Fixture::spawn(Kind::Leaky);
     let mut spawner = Fixture::spawn(Kind::Spawner);
     let mut memprof = Memprof::spawn(&["--format", "json", "--top", "0"]);
     memprof.wait_attached(ATTACH_TIMEOUT);
-    // The children have met more stacks than the map holds before the
-    // leaker starts leaking.
     spawner.go();
     spawner.expect_line("spawned", DONE_TIMEOUT);
     leaky.go();
     leaky.wait_done(DONE_TIMEOUT);
     let leaky_pid = leaky.pid();
     memprof.interrupt();
-    // Recording has stopped: the leaker exits now, before memprof is done
-    // reading the maps. It was alive for the whole run.
-    memprof.wait_line("received: detaching", FINISH_TIMEOUT);
-    assert!(leaky.finish(DONE_TIMEOUT).success());
-    assert!(spawner.finish(DONE_TIMEOUT).success());
+    if exit_after_stop {
+        memprof.wait_line("received: detaching", FINISH_TIMEOUT);
+        assert!(leaky.finish(DONE_TIMEOUT).success());
+        assert!(spawner.finish(DONE_TIMEOUT).success());
+        let output = memprof.finish(FINISH_TIMEOUT);
+        output.assert_success();
+        return (output, leaky_pid);
+    }
     let output = memprof.finish(FINISH_TIMEOUT);
     output.assert_success();
+    assert!(leaky.finish(DONE_TIMEOUT).success());
+    assert!(spawner.finish(DONE_TIMEOUT).success());
+    (output, leaky_pid)
+}
+
+#[test]
+fn a_leaker_is_exact_while_short_lived_programs_come_and_go() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, leaky_pid) = busy_run(false);
     let report = output.report();
-    let dump = describe_report(&report);
-    let processes: Vec<String> = report
+    let dump = describe(&report);
+    let problems = check_no_loss(&report.stats);
+    assert!(problems.is_empty(), "{problems:?}\n{dump}");
+    // What the children held left the maps when they exited: every stack
+    // of the leaker found room.
+    assert_eq!(report.stats.stack_no_room, 0, "{dump}");
+    assert!(report.stats.stacks_freed >= 16_384, "{dump}");
+    let process = report
         .processes
         .iter()
-        .map(|p| format!("{} {} B in {}", p.label(), p.totals.bytes, p.totals.count))
-        .collect();
+        .find(|p| p.pid == leaky_pid)
+        .unwrap_or_else(|| panic!("pid {leaky_pid} is not in the report\n{dump}"));
+    assert!(!process.exited, "{dump}");
+    let truth = Kind::Leaky.truth();
+    assert_eq!(process.totals, truth.total(), "{dump}");
+    let mine = Report {
+        stacks: report
+            .stacks
+            .iter()
+            .filter(|s| s.pid == Some(leaky_pid))
+            .cloned()
+            .collect(),
+        totals: process.totals,
+        ..report.clone()
+    };
+    let problems = truth.check_leaks(&mine);
+    assert!(problems.is_empty(), "{problems:#?}\n{dump}");
+    // The children's blocks went with them.
+    assert!(report.released.at_exit.count >= 40 * 512, "{dump}");
+}
+
+#[test]
+fn a_process_that_exits_after_recording_stopped_was_alive() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, leaky_pid) = busy_run(true);
+    let report = output.report();
+    let dump = describe(&report);
     let problems = check_no_loss(&report.stats);
     assert!(problems.is_empty(), "{problems:?}\n{dump}");
     let process = report
         .processes
         .iter()
         .find(|p| p.pid == leaky_pid)
-        .unwrap_or_else(|| panic!("pid {leaky_pid} is not in the report: {processes:?}\n{dump}"));
-    assert!(!process.exited, "{processes:?}");
-    assert_eq!(process.totals, Kind::Leaky.truth().total(), "{processes:?}");
-    // The children filled the stack map: what found no room is counted.
-    assert!(
-        report.stats.stack_no_room > 0 || report.stats.stacks_freed > 0,
-        "{dump}"
-    );
+        .unwrap_or_else(|| panic!("pid {leaky_pid} is not in the report\n{dump}"));
+    assert!(!process.exited, "{dump}");
+    assert_eq!(process.totals, Kind::Leaky.truth().total(), "{dump}");
 }
