@@ -296,6 +296,40 @@ impl Discovery<'_> {
         }
     }
 
+    /// Probes the command memprof launched, held before exec: for the
+    /// allocator its program will load (see [`crate::launch::Launched::target`]),
+    /// since what the child maps now is memprof's own libraries.
+    fn probe_launched(
+        &mut self,
+        probes: &mut Probes,
+        launched: &crate::launch::Launched,
+    ) -> anyhow::Result<()> {
+        let target = launched.target()?;
+        let sites = target.probe_sites(self.placed)?;
+        let allocator = target.allocator_description();
+        probes
+            .attach_sites(&sites, self.selection.scope(launched.pid))
+            .map_err(|e| match e.downcast::<probes::SiteError>() {
+                Ok(site) => site.explain(Some(launched.pid)),
+                Err(e) => e,
+            })?;
+        let start = procfs::start_ticks(launched.pid);
+        self.probed.insert(launched.pid, (start, 0));
+        self.seen.insert(
+            launched.pid,
+            Seen {
+                start_ticks: start,
+                comm: target.comm,
+                cmdline: target.cmdline,
+                allocator,
+            },
+        );
+        if let Some(symbolizers) = &mut self.symbolizers {
+            symbolizers.insert(launched.pid, Symbolizer::new(launched.pid));
+        }
+        Ok(())
+    }
+
     fn read(&mut self, probes: &mut Probes, pid: u32) -> anyhow::Result<Seen> {
         let maps = procfs::maps(pid).map_err(|_| Error::NoSuchProcess(pid))?;
         let objects = procfs::object_ids(&maps);
@@ -387,6 +421,9 @@ pub fn profile(args: &ProfileArgs, selection: &Selection, quiet: bool) -> anyhow
     }
     if filter.mode == filter::SET {
         probes.add_targets(&initial)?;
+        if let Some(launched) = &launched {
+            discovery.probe_launched(&mut probes, launched)?;
+        }
         for &pid in &initial {
             let required = selection.pids.contains(&pid) || Some(pid) == launched_pid;
             discovery.probe(&mut probes, pid, 0, required)?;
