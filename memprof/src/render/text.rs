@@ -412,6 +412,26 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
                     "no outstanding allocation is at least {} old",
                     human_secs(min_age)
                 )?,
+                None if report.stats.allocs == 0 => writeln!(
+                    out,
+                    "memprof saw no allocator call at all: the program may call an allocator \
+                     that was not probed (probed: {}), be statically linked, or have made no \
+                     allocation while memprof was attached; this is not a sign of no leak",
+                    if report.target.allocator.is_empty() {
+                        "none"
+                    } else {
+                        report.target.allocator.as_str()
+                    }
+                )?,
+                None if report.released.at_exit.count > 0 && report.selection.is_some() => {
+                    writeln!(
+                        out,
+                        "nothing is outstanding in the processes still running: those that \
+                         exited during the run took {} with them (--at-exit lists what they \
+                         held at exit)",
+                        human_bytes(report.released.at_exit.bytes)
+                    )?
+                }
                 None if report.released.at_exit.count > 0 => writeln!(
                     out,
                     "nothing is outstanding: the process exited and its memory went with it \
@@ -857,14 +877,57 @@ mod tests {
 
     #[test]
     fn empty_report() {
+        // Allocations seen, all freed.
+        let mut report = Report::default();
+        report.stats.allocs = 5;
+        report.stats.frees = 5;
         let mut out = Vec::new();
-        render(&Report::default(), &RenderOptions::default(), &mut out).unwrap();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("\nno outstanding allocations were found\n"),
             "{text}"
         );
         assert!(!text.contains("WARNING"), "{text}");
+    }
+
+    #[test]
+    fn a_run_without_allocator_calls_says_so() {
+        let mut report = Report::default();
+        report.target.allocator = "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string();
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "memprof saw no allocator call at all: the program may call an allocator that \
+                 was not probed (probed: /usr/lib/x86_64-linux-gnu/libc.so.6)"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("no outstanding allocations were found"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_run_over_many_never_says_a_process_exited_when_none_did() {
+        let mut report = Report::default();
+        report.stats.allocs = 10;
+        report.selection = Some("system-wide".to_string());
+        report.released.at_exit = Totals {
+            bytes: 4096,
+            count: 2,
+        };
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("the process exited"), "{text}");
+        assert!(
+            text.contains("those that exited during the run took 4.0 KiB with them"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1109,7 +1172,7 @@ mod tests {
     #[test]
     fn sources_have_sections_after_the_heap() {
         use crate::model::SourceReport;
-        let report = Report {
+        let mut report = Report {
             mmap: Some(SourceReport {
                 description: "anonymous mmap: what it is".to_string(),
                 totals: Totals {
@@ -1130,6 +1193,8 @@ mod tests {
             }),
             ..Report::default()
         };
+        report.stats.allocs = 1;
+        report.stats.frees = 1;
         let mut out = Vec::new();
         render(&report, &RenderOptions::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
