@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand};
-use memprof_common::defaults;
 
+use crate::config::{Bench, Config, Limits, SampleBy, Sampling, Select};
 use crate::render::{ColorScheme, Format, RenderOptions};
+use crate::sources::Sources;
 
 /// memprof: find the call stacks that hold a running process's memory.
 ///
@@ -150,18 +152,18 @@ pub struct ProfileArgs {
     pub min_size: u64,
 
     /// Most live allocations tracked at once; beyond it allocations are counted as lost.
-    #[arg(long, value_name = "N", default_value_t = defaults::MAX_LIVE)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_live)]
     pub max_live: u32,
 
     /// Most distinct call stacks kept; beyond it stacks are counted as lost.
-    #[arg(long, value_name = "N", default_value_t = defaults::MAX_STACKS)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_stacks)]
     pub max_stacks: u32,
 
     /// Record 1 allocation call in N (N >= 2) instead of every call: cheaper for the
     /// target, and the report gives estimates (bytes and counts scaled up) with their
     /// statistical error. Which calls: see --sample-by. Needs Linux 6.13 or later (uprobe
     /// sessions).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(i64::from(Sampling::MIN_RATE)..))]
     pub sample_rate: Option<u32>,
 
     /// With --sample-rate N, how calls are chosen. `call`: each call independently, with
@@ -172,10 +174,6 @@ pub struct ProfileArgs {
     /// error on blocks allocated in bursts (the report's error accounts for it).
     #[arg(long, value_enum, value_name = "HOW", default_value_t = SampleBy::Call, requires = "sample_rate")]
     pub sample_by: SampleBy,
-
-    /// Benchmarking: the length of a sampling window (--sample-by window), in milliseconds.
-    #[arg(long, hide = true, value_name = "MS", default_value_t = 2.0, value_parser = window_ms)]
-    pub sample_window_ms: f64,
 
     /// Also report the target's anonymous memory mappings (mmap with MAP_ANONYMOUS, and
     /// their munmap and mremap) still mapped at the end, by the stack that mapped them, in a
@@ -198,6 +196,14 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub kernel: bool,
 
+    /// Knobs for benchmarks only (hidden).
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
+/// Knobs that only benchmarks turn (`cargo xtask bench`): hidden from `--help`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
     /// Benchmarking: attach every probe but record nothing (the programs return at
     /// once), to measure the cost of the traps alone.
     #[arg(long, hide = true)]
@@ -209,24 +215,107 @@ pub struct ProfileArgs {
     pub probe_at_entry: bool,
 }
 
-/// A window length in milliseconds: from 0.1 ms (attaching takes longer) to 1 s.
-fn window_ms(text: &str) -> Result<f64, String> {
-    let ms: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if (0.1..=1000.0).contains(&ms) {
-        Ok(ms)
-    } else {
-        Err("a window lasts from 0.1 to 1000 ms".to_string())
+impl ProfileArgs {
+    /// The run these options ask for, in plain types.
+    pub fn to_config(&self) -> Config {
+        Config {
+            select: Select {
+                pids: self.pid.clone(),
+                comm: self.comm.clone(),
+                cgroup: self.cgroup.clone(),
+                follow_forks: self.follow_forks,
+                command: self.command.clone(),
+            },
+            duration: self.duration,
+            interval: self.interval,
+            min_age: self.min_age,
+            at_exit: self.at_exit,
+            min_size: self.min_size,
+            limits: Limits {
+                max_live: self.max_live,
+                max_stacks: self.max_stacks,
+            },
+            sampling: self.sample_rate.map(|rate| Sampling {
+                rate,
+                by: self.sample_by,
+            }),
+            sources: Sources {
+                mmap: self.mmap,
+                kernel: self.kernel,
+            },
+            bench: Bench {
+                floor: self.bench.floor,
+                probe_at_entry: self.bench.probe_at_entry,
+            },
+        }
     }
 }
 
-/// How `--sample-rate` chooses the calls it records.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SampleBy {
-    /// Each call independently, with probability 1/N.
-    #[default]
-    Call,
-    /// Every call made during random windows covering 1/N of the time.
-    Window,
+/// `--sample-by`: the values of [`SampleBy`].
+impl clap::ValueEnum for SampleBy {
+    fn value_variants<'a>() -> &'a [SampleBy] {
+        &[SampleBy::Call, SampleBy::Window]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            SampleBy::Call => {
+                PossibleValue::new("call").help("Each call independently, with probability 1/N")
+            }
+            SampleBy::Window => PossibleValue::new("window")
+                .help("Every call made during random windows covering 1/N of the time"),
+        })
+    }
+}
+
+/// `--format`: the values of [`Format`].
+impl clap::ValueEnum for Format {
+    fn value_variants<'a>() -> &'a [Format] {
+        &[
+            Format::Text,
+            Format::Folded,
+            Format::Svg,
+            Format::Json,
+            Format::Pprof,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Format::Text => PossibleValue::new("text")
+                .help("A human-readable report: header, top stacks, counters"),
+            Format::Folded => PossibleValue::new("folded")
+                .help("Folded stacks (`root;...;leaf bytes`), the input of flame graph tools"),
+            Format::Svg => PossibleValue::new("svg")
+                .help("A flame graph of outstanding bytes, drawn with inferno"),
+            Format::Json => PossibleValue::new("json")
+                .help("The whole report as JSON (the schema is `memprof::model::Report`)"),
+            Format::Pprof => PossibleValue::new("pprof")
+                .help("A gzipped pprof `profile.proto` with `inuse_space` and `inuse_objects`"),
+        })
+    }
+}
+
+/// `--color`: the values of [`ColorScheme`].
+impl clap::ValueEnum for ColorScheme {
+    fn value_variants<'a>() -> &'a [ColorScheme] {
+        &[ColorScheme::Mem, ColorScheme::Hot, ColorScheme::Leak]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            ColorScheme::Mem => PossibleValue::new("mem")
+                .help("Every frame from inferno's green-blue \"mem\" palette"),
+            ColorScheme::Hot => PossibleValue::new("hot").help(
+                "Every frame from inferno's red-yellow \"hot\" palette (the classic CPU flame \
+                 graph look)",
+            ),
+            ColorScheme::Leak => PossibleValue::new("leak").help(
+                "Allocation call sites (the leaf frames, which called the allocator) in red, \
+                 every other frame from the muted \"mem\" palette, so the leaks stand out",
+            ),
+        })
+    }
 }
 
 /// Where and how reports are written.
@@ -295,8 +384,37 @@ mod tests {
         assert_eq!(cli.profile.duration, Some(60.0));
         assert_eq!(cli.output.output, vec![PathBuf::from("leak.svg")]);
         assert_eq!(cli.output.format, Format::Text);
-        assert_eq!(cli.profile.max_live, defaults::MAX_LIVE);
+        assert_eq!(cli.profile.max_live, memprof_common::defaults::MAX_LIVE);
         assert_eq!(cli.output.top, RenderOptions::DEFAULT_TOP);
+    }
+
+    #[test]
+    fn defaults_are_the_configs() {
+        let cli = Cli::try_parse_from(["memprof"]).unwrap();
+        assert_eq!(cli.profile.to_config(), Config::default());
+        let cli = Cli::try_parse_from([
+            "memprof",
+            "-p",
+            "7",
+            "--floor",
+            "--probe-at-entry",
+            "--mmap",
+            "--min-size",
+            "100",
+        ])
+        .unwrap();
+        let config = cli.profile.to_config();
+        assert_eq!(config.select.pids, vec![7]);
+        assert_eq!(
+            config.bench,
+            Bench {
+                floor: true,
+                probe_at_entry: true
+            }
+        );
+        assert!(config.sources.mmap && !config.sources.kernel);
+        assert_eq!(config.min_size, 100);
+        assert_eq!(config.sampling, None);
     }
 
     #[test]
@@ -329,15 +447,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.profile.sample_by, SampleBy::Window);
-        assert_eq!(cli.profile.sample_window_ms, 2.0);
+        assert_eq!(
+            cli.profile.to_config().sampling,
+            Some(Sampling {
+                rate: 8,
+                by: SampleBy::Window
+            })
+        );
         // Without a rate, there is nothing to sample.
         assert!(Cli::try_parse_from(["memprof", "-p", "1", "--sample-by", "window"]).is_err());
-        for bad in ["0", "-1", "5000", "x"] {
-            assert!(
-                Cli::try_parse_from(["memprof", "-p", "1", "--sample-window-ms", bad]).is_err(),
-                "{bad}"
-            );
-        }
+        assert!(Cli::try_parse_from(["memprof", "-p", "1", "--sample-window-ms", "2"]).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         None => {
             let outputs = Outputs::open(&cli.output)?;
-            let result = memprof::profile_selected(&cli.profile, cli.quiet);
+            let result = memprof::profile(&cli.profile.to_config(), cli.quiet);
             let report = match result {
                 Ok(report) => report,
                 Err(e) => {

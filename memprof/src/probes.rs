@@ -31,9 +31,10 @@ use memprof_common::{
 
 const BPF_NOEXIST: u32 = 1;
 
+use crate::config::{Bench, Config, Limits, SampleBy, Sampling};
 use crate::error::Error;
 use crate::session_link::{self, SessionPrograms};
-use crate::target::{Kind, ProbeSite, TargetProcess};
+use crate::target::{Kind, ProbeSite};
 use crate::tracefs;
 use crate::windows::{self, Windows};
 
@@ -43,48 +44,36 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// How to load and attach the probes.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeConfig {
-    pub max_live: u32,
-    pub max_stacks: u32,
-    /// Record nothing: the programs return at once (for measuring the floor).
-    pub floor: bool,
-    /// Probe each function's first instruction instead of the cheapest equivalent one.
-    pub at_entry: bool,
-    /// Record each allocation call with probability 1/`sample_rate` (through
-    /// uprobe session links); 0 or 1 records every call.
-    pub sample_rate: u32,
-    /// With `sample_rate`: sample by time windows instead of by call
-    /// (see [`crate::windows`]), each window this long.
-    pub sample_window: Option<std::time::Duration>,
+    pub limits: Limits,
+    /// `None`: every allocation call is recorded. Else through uprobe
+    /// session links, and with [`SampleBy::Window`] by time windows (see
+    /// [`crate::windows`]).
+    pub sampling: Option<Sampling>,
     /// Optional sources besides the heap (`--mmap`, `--kernel`).
     pub sources: crate::sources::Sources,
+    /// Record nothing ([`Bench::floor`]); probes at entry ([`Bench::probe_at_entry`]).
+    pub bench: Bench,
 }
 
 impl ProbeConfig {
-    /// The configuration the command line asks for.
-    pub fn from_args(args: &crate::cli::ProfileArgs) -> ProbeConfig {
+    /// The probes a run asks for.
+    pub fn of(config: &Config) -> ProbeConfig {
         ProbeConfig {
-            max_live: args.max_live,
-            max_stacks: args.max_stacks,
-            floor: args.floor,
-            at_entry: args.probe_at_entry,
-            sample_rate: args.sample_rate.unwrap_or(0),
-            sample_window: (args.sample_by == crate::cli::SampleBy::Window)
-                .then(|| std::time::Duration::from_secs_f64(args.sample_window_ms / 1e3)),
-            sources: crate::sources::Sources {
-                mmap: args.mmap,
-                kernel: args.kernel,
-            },
+            limits: config.limits,
+            sampling: config.sampling,
+            sources: config.sources,
+            bench: config.bench,
         }
     }
 
     /// True when allocation calls are sampled.
     pub fn sampled(&self) -> bool {
-        self.sample_rate > 1
+        self.sampling.is_some()
     }
 
     /// True when sampling by time windows.
     pub fn by_window(&self) -> bool {
-        self.sampled() && self.sample_window.is_some()
+        self.sampling.is_some_and(|s| s.by == SampleBy::Window)
     }
 }
 
@@ -192,27 +181,13 @@ pub fn check_kernel() -> Result<(), Error> {
 }
 
 impl Probes {
-    /// Loads the BPF object for `target` and attaches every allocator probe.
-    pub fn attach(target: &TargetProcess, config: ProbeConfig) -> anyhow::Result<Probes> {
-        let sites = target.probe_sites(!config.at_entry)?;
-        let mut probes = Probes::load(config, &Filter::one(target.pid))?;
-        probes
-            .attach_sites(&sites, Scope::Process(target.pid))
-            .map_err(|e| match e.downcast::<SiteError>() {
-                Ok(site) => site.explain(Some(target.pid)),
-                Err(e) => e,
-            })?;
-        probes.set_recording(true)?;
-        Ok(probes)
-    }
-
     /// Loads the BPF object and attaches its tracepoints; no allocator probe
     /// yet ([`Probes::attach_sites`]), and not recording.
     pub fn load(config: ProbeConfig, filter: &Filter) -> anyhow::Result<Probes> {
         check_permissions()?;
         check_kernel()?;
         // A tgid that no process has makes every program return at once.
-        let (mode, tgid) = if config.floor {
+        let (mode, tgid) = if config.bench.floor {
             (filter::ONE, u32::MAX)
         } else {
             (filter.mode, filter.tgid)
@@ -225,7 +200,8 @@ impl Probes {
             Ok(None)
         };
         let offsets = crate::sources::TraceOffsets::read(config.sources)?;
-        let sample_rate = config.sample_rate.max(1);
+        // The programs record every call at rate 1.
+        let sample_rate = config.sampling.map_or(1, |s| s.rate);
         let by_window = u32::from(config.by_window());
         let self_tgid = std::process::id();
         let follow_forks = u32::from(filter.follow_forks && matches!(fork_offset, Ok(Some(_))));
@@ -245,9 +221,12 @@ impl Probes {
             .override_global(globals::FORK_CHILD_PID_OFFSET, &fork_child_pid_offset, true)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::SAMPLE_BY_WINDOW, &by_window, true)
-            .map_max_entries(maps::LIVE, config.max_live)
-            .map_max_entries(maps::AGG, config.max_stacks.saturating_add(AGG_RESERVED))
-            .map_max_entries(maps::STACKS, config.max_stacks);
+            .map_max_entries(maps::LIVE, config.limits.max_live)
+            .map_max_entries(
+                maps::AGG,
+                config.limits.max_stacks.saturating_add(AGG_RESERVED),
+            )
+            .map_max_entries(maps::STACKS, config.limits.max_stacks);
         if mode == filter::ONE {
             // One process: no set to fill, and few execs to note; the
             // default sizes serve runs over many processes.
@@ -257,7 +236,12 @@ impl Probes {
                 .map_max_entries(maps::PROCS, 64)
                 .map_max_entries(maps::EXITS, 64);
         }
-        crate::sources::configure(&mut loader, config.sources, &offsets, config.max_stacks);
+        crate::sources::configure(
+            &mut loader,
+            config.sources,
+            &offsets,
+            config.limits.max_stacks,
+        );
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
@@ -308,13 +292,13 @@ impl Probes {
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
-        let windows = match config.sample_window {
-            Some(window) if config.by_window() => {
+        let windows = match config.sampling.and_then(|s| Some((s.rate, s.window()?))) {
+            Some((rate, window)) => {
                 let control = match ebpf.map(maps::CONTROL) {
                     Some(Map::Array(data)) => data.fd().as_fd().try_clone_to_owned()?,
                     _ => anyhow::bail!("BPF map CONTROL missing from the object"),
                 };
-                Some(Windows::new(control, config.sample_rate, window))
+                Some(Windows::new(control, rate, window))
             }
             _ => None,
         };
@@ -635,12 +619,6 @@ impl Probes {
             .map(maps::PROCS)
             .context("BPF map PROCS missing from the object")?;
         crate::snapshot::read_procs(map)
-    }
-
-    /// How many times `tgid` called exec, and when it last did (`CLOCK_MONOTONIC` ns).
-    pub fn execs(&self, tgid: u32) -> anyhow::Result<(u64, u64)> {
-        let events = self.procs()?.remove(&tgid).unwrap_or_default();
-        Ok((events.execs, events.last_exec_ns))
     }
 }
 

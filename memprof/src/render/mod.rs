@@ -18,7 +18,7 @@ use std::path::Path;
 use crate::model::{Report, SampleMethod, Sampling};
 
 /// The output formats of a report.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// A human-readable report: header, top stacks, counters.
     Text,
@@ -55,7 +55,7 @@ impl Format {
 }
 
 /// How the SVG flame graph is colored.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ColorScheme {
     /// Every frame from inferno's green-blue "mem" palette.
     Mem,

@@ -1,8 +1,14 @@
-//! Waiting out the run: the duration, Ctrl-C and SIGTERM, the target's exit,
-//! and a status line on a terminal. The only async module.
+//! Waiting out the run: the duration, Ctrl-C and SIGTERM, the exit of what
+//! is recorded, and a status line on a terminal. The only async module.
+//!
+//! What is recorded is followed through [`Follow`], which the caller
+//! implements: the wait only knows when to call it.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io::{IsTerminal as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -12,19 +18,13 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::launch::ChildEvent;
 use crate::probes::Probes;
-use crate::procfs;
 use crate::snapshot;
-use crate::symbolize::Symbolizer;
-use crate::target::TargetProcess;
 
 /// How often stacks that nothing outstanding uses are looked for and freed.
 const FREE_STACKS_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a stack must have had nothing outstanding before it is freed.
 const STACK_IDLE_NS: u64 = 1_000_000_000;
-
-/// How often the target's mappings are read again (new libraries, exec).
-const REFRESH_MAPPINGS_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the run ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,10 +38,21 @@ pub enum End {
     TargetExited(f64),
 }
 
-/// Called every second in a run over many processes (with false), and when
-/// a launched command stops at its exit (with true): finds new processes and
-/// probes them; returns true when none is left to record.
-pub type Housekeeping<'a> = &'a mut dyn FnMut(&mut Probes, bool) -> anyhow::Result<bool>;
+/// What the wait follows besides the clock and the signals: the recorded
+/// processes.
+pub trait Follow {
+    /// Pidfds of processes whose exit may end the run: when one becomes
+    /// readable, [`Follow::tick`] is called at once.
+    fn exit_fds(&self) -> Vec<OwnedFd>;
+
+    /// Called every second: follows the processes (new ones, execs, new
+    /// libraries). Returns true when none is left to record.
+    fn tick(&mut self, probes: &mut Probes) -> anyhow::Result<bool>;
+
+    /// A launched command is stopped at its exit, its memory map still
+    /// there: read it one last time.
+    fn command_exiting(&mut self, probes: &mut Probes) -> anyhow::Result<()>;
+}
 
 /// Outstanding bytes per stack id at one moment of the run.
 #[derive(Clone, Debug, Default)]
@@ -75,15 +86,15 @@ pub struct Plan {
 /// The runtime and the signal handlers of a run. Created before the probes
 /// are attached, so that a Ctrl-C or SIGTERM that comes while attaching (or
 /// right after) ends the run with a report instead of killing memprof.
-pub struct Session {
+pub struct Waiter {
     runtime: tokio::runtime::Runtime,
     sigint: Signal,
     sigterm: Signal,
 }
 
-impl Session {
+impl Waiter {
     /// Installs the SIGINT and SIGTERM handlers.
-    pub fn new() -> anyhow::Result<Session> {
+    pub fn new() -> anyhow::Result<Waiter> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -93,7 +104,7 @@ impl Session {
                 signal(SignalKind::terminate())?,
             ))
         })?;
-        Ok(Session {
+        Ok(Waiter {
             runtime,
             sigint,
             sigterm,
@@ -101,69 +112,23 @@ impl Session {
     }
 
     /// Waits until the run should end, sampling the per-stack aggregate,
-    /// freeing unused stacks and following the target's mappings on the way.
+    /// freeing unused stacks and following the processes on the way.
+    /// `child` is a launched command's tracer: it stops the command at its
+    /// exit so that its mappings can be read one last time.
     pub fn wait(
         &mut self,
         probes: &mut Probes,
-        target: &TargetProcess,
-        symbolizer: &mut Symbolizer,
+        follow: &mut dyn Follow,
         child: Option<&mut UnboundedReceiver<ChildEvent>>,
         plan: Plan,
     ) -> anyhow::Result<Waited> {
-        self.run(
-            Watch {
-                probes,
-                target: Some(target),
-                symbolizer: Some(symbolizer),
-                child,
-                many: None,
-            },
-            plan,
-        )
-    }
-
-    /// [`Session::wait`] for a run over many processes: `housekeeping`
-    /// follows them.
-    pub fn wait_many(
-        &mut self,
-        probes: &mut Probes,
-        housekeeping: Housekeeping<'_>,
-        child: Option<&mut UnboundedReceiver<ChildEvent>>,
-        plan: Plan,
-    ) -> anyhow::Result<Waited> {
-        self.run(
-            Watch {
-                probes,
-                target: None,
-                symbolizer: None,
-                child,
-                many: Some(housekeeping),
-            },
-            plan,
-        )
-    }
-
-    fn run(&mut self, watch: Watch<'_>, plan: Plan) -> anyhow::Result<Waited> {
-        let Session {
+        let Waiter {
             runtime,
             sigint,
             sigterm,
         } = self;
-        runtime.block_on(wait_async(watch, plan, sigint, sigterm))
+        runtime.block_on(wait_async(probes, follow, child, plan, sigint, sigterm))
     }
-}
-
-/// What the wait looks after besides the clock and the signals.
-struct Watch<'a> {
-    probes: &'a mut Probes,
-    /// The one target process and its symbolizer (not in a run over many).
-    target: Option<&'a TargetProcess>,
-    symbolizer: Option<&'a mut Symbolizer>,
-    /// A launched command's tracer: it stops the command at its exit so that
-    /// its mappings can be read one last time.
-    child: Option<&'a mut UnboundedReceiver<ChildEvent>>,
-    /// In a run over many processes: what follows them.
-    many: Option<Housekeeping<'a>>,
 }
 
 /// The next event of a launched command (never, for a process memprof did not start).
@@ -174,32 +139,33 @@ async fn child_event(child: &mut Option<&mut UnboundedReceiver<ChildEvent>>) -> 
     }
 }
 
-/// Resolves when the target exits (never, without a pidfd: then the
-/// periodic check of [`TargetProcess::is_alive`] notices).
-async fn target_exit(pidfd: Option<&AsyncFd<std::os::fd::OwnedFd>>) {
-    match pidfd {
-        Some(fd) => {
-            let _ = fd.readable().await;
-        }
-        None => std::future::pending().await,
+/// Resolves when one of `fds` becomes readable (a process exited), which
+/// it then forgets; never when there is none.
+async fn any_exit(fds: &mut Vec<AsyncFd<OwnedFd>>) {
+    if fds.is_empty() {
+        return std::future::pending().await;
     }
+    poll_fn(|cx| {
+        let ready = fds.iter().position(|fd| fd.poll_read_ready(cx).is_ready());
+        match ready {
+            Some(i) => {
+                fds.swap_remove(i);
+                Poll::Ready(())
+            }
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 async fn wait_async(
-    watch: Watch<'_>,
+    probes: &mut Probes,
+    follow: &mut dyn Follow,
+    mut child: Option<&mut UnboundedReceiver<ChildEvent>>,
     plan: Plan,
     sigint: &mut Signal,
     sigterm: &mut Signal,
 ) -> anyhow::Result<Waited> {
-    let Watch {
-        probes,
-        target,
-        mut symbolizer,
-        mut child,
-        mut many,
-    } = watch;
-    // A launched command's own exec is expected, not news.
-    let mut execs_seen = u64::from(child.is_some());
     let Plan {
         duration,
         interval,
@@ -220,41 +186,32 @@ async fn wait_async(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let status_line = !quiet && std::io::stderr().is_terminal();
     let mut last_status = Instant::now() - Duration::from_secs(1);
-    let pidfd = target
-        .and_then(TargetProcess::pidfd)
-        .and_then(|fd| fd.try_clone().ok())
+    let mut exit_fds: Vec<AsyncFd<OwnedFd>> = follow
+        .exit_fds()
+        .into_iter()
         // SAFETY: an OwnedFd is open and names one file until it is dropped,
         // and the AsyncFd owns it.
-        .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok());
+        .filter_map(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok())
+        .collect();
     let mut housekeeping = tokio::time::interval_at(
         tokio::time::Instant::now() + FREE_STACKS_EVERY,
         FREE_STACKS_EVERY,
     );
     let mut stacks_freed = 0;
-    let mut exec_pending = child.is_some();
-    let mut last_refresh = Instant::now();
     let end = loop {
         tokio::select! {
             _ = &mut sleep_until_deadline => break End::Duration,
             _ = sigint.recv() => break End::Signal("SIGINT"),
             _ = sigterm.recv() => break End::Signal("SIGTERM"),
-            _ = target_exit(pidfd.as_ref()) => {
-                break End::TargetExited(started.elapsed().as_secs_f64());
-            }
+            _ = any_exit(&mut exit_fds) => match follow.tick(probes) {
+                Ok(true) => break End::TargetExited(started.elapsed().as_secs_f64()),
+                Ok(false) => {}
+                Err(e) => log::warn!("following the processes failed: {e:#}"),
+            },
             event = child_event(&mut child) => match event {
                 Some(ChildEvent::Exiting(resume)) => {
-                    if let Some(housekeeping) = many.as_mut() {
-                        if let Err(e) = housekeeping(probes, true) {
-                            log::warn!("reading the command at its exit failed: {e:#}");
-                        }
-                    }
-                    if let Some(symbolizer) = symbolizer.as_deref_mut() {
-                        if exec_pending {
-                            exec_pending = false;
-                            symbolizer.reset();
-                        } else {
-                            symbolizer.refresh();
-                        }
+                    if let Err(e) = follow.command_exiting(probes) {
+                        log::warn!("reading the command at its exit failed: {e:#}");
                     }
                     let _ = resume.send(());
                 }
@@ -266,34 +223,10 @@ async fn wait_async(
                     Ok(n) => stacks_freed += n,
                     Err(e) => log::warn!("freeing unused stacks failed: {e:#}"),
                 }
-                if let Some(housekeeping) = many.as_mut() {
-                    match housekeeping(probes, false) {
-                        Ok(true) => break End::TargetExited(started.elapsed().as_secs_f64()),
-                        Ok(false) => {}
-                        Err(e) => log::warn!("following the processes failed: {e:#}"),
-                    }
-                }
-                let (Some(target), Some(symbolizer)) = (target, symbolizer.as_deref_mut()) else {
-                    continue;
-                };
-                let execs = probes.execs(target.pid).map(|(n, _)| n).unwrap_or(execs_seen);
-                if execs > execs_seen || (exec_pending && execs > 0) {
-                    if execs > execs_seen {
-                        let comm = procfs::comm(target.pid).unwrap_or_default();
-                        log::info!(
-                            "pid {} called exec (now {comm}): what the program before held is left out",
-                            target.pid,
-                        );
-                    }
-                    // The old program's mappings are gone (for a launched
-                    // command: those of memprof's copy that became it).
-                    exec_pending = false;
-                    execs_seen = execs;
-                    symbolizer.reset();
-                    last_refresh = Instant::now();
-                } else if last_refresh.elapsed() >= REFRESH_MAPPINGS_EVERY {
-                    symbolizer.refresh();
-                    last_refresh = Instant::now();
+                match follow.tick(probes) {
+                    Ok(true) => break End::TargetExited(started.elapsed().as_secs_f64()),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("following the processes failed: {e:#}"),
                 }
             }
             _ = sampler.tick(), if interval.is_some() => {
@@ -303,10 +236,6 @@ async fn wait_async(
                 }
             }
             _ = tick.tick() => {
-                // With a pidfd, its branch above sees the exit at once.
-                if pidfd.is_none() && target.is_some_and(|t| !t.is_alive()) {
-                    break End::TargetExited(started.elapsed().as_secs_f64());
-                }
                 if status_line && last_status.elapsed() >= Duration::from_secs(1) {
                     last_status = Instant::now();
                     show_status(probes, started.elapsed(), duration);

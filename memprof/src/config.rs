@@ -1,0 +1,110 @@
+//! What one profiling run is asked to do, in plain types: the command line
+//! converted at the edge ([`crate::cli`]), so that no module below it needs
+//! to know how the options were spelled. Defaults live here.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use memprof_common::defaults;
+
+/// A profiling run. The defaults are those of the command line.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    /// Which processes to record.
+    pub select: Select,
+    /// End after this many seconds (else on Ctrl-C, SIGTERM or the exit of
+    /// what is recorded).
+    pub duration: Option<f64>,
+    /// Take a snapshot of every stack's outstanding bytes this often (seconds).
+    pub interval: Option<f64>,
+    /// Only allocations at least this old (seconds) at the end count.
+    pub min_age: Option<f64>,
+    /// Report what a process that exited held at its exit.
+    pub at_exit: bool,
+    /// Stacks below this many outstanding bytes are not listed.
+    pub min_size: u64,
+    /// Sizes of the BPF maps.
+    pub limits: Limits,
+    /// `None`: every allocation call is recorded.
+    pub sampling: Option<Sampling>,
+    /// Sources besides the heap.
+    pub sources: crate::sources::Sources,
+    /// Knobs for benchmarks only.
+    pub bench: Bench,
+}
+
+/// Which processes a run records. Nothing given: every process on the machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Select {
+    /// Processes by id, each required to exist at the start.
+    pub pids: Vec<u32>,
+    /// A regex over command names (`/proc/PID/comm`).
+    pub comm: Option<String>,
+    /// A cgroup (v2): its directory, or its path from the hierarchy's root.
+    pub cgroup: Option<PathBuf>,
+    /// Children forked during the run are recorded too.
+    pub follow_forks: bool,
+    /// A command to start under memprof (then no pid, comm or cgroup).
+    pub command: Vec<OsString>,
+}
+
+/// Sizes of the BPF maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most live allocations tracked at once.
+    pub max_live: u32,
+    /// Most distinct call stacks kept.
+    pub max_stacks: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_live: defaults::MAX_LIVE,
+            max_stacks: defaults::MAX_STACKS,
+        }
+    }
+}
+
+/// Recording 1 allocation call in `rate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sampling {
+    /// At least 2.
+    pub rate: u32,
+    /// How the recorded calls are chosen.
+    pub by: SampleBy,
+}
+
+impl Sampling {
+    /// The length of a sampling window ([`SampleBy::Window`]).
+    pub const WINDOW: Duration = Duration::from_millis(2);
+
+    /// The smallest rate that samples.
+    pub const MIN_RATE: u32 = 2;
+
+    /// With [`SampleBy::Window`]: how long each window lasts.
+    pub fn window(&self) -> Option<Duration> {
+        (self.by == SampleBy::Window).then_some(Sampling::WINDOW)
+    }
+}
+
+/// How sampling chooses the calls it records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SampleBy {
+    /// Each call independently, with probability 1/rate.
+    #[default]
+    Call,
+    /// Every call made during random windows covering 1/rate of the time.
+    Window,
+}
+
+/// Knobs that only benchmarks turn: they measure parts of the cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bench {
+    /// Attach every probe but record nothing (the programs return at once).
+    pub floor: bool,
+    /// Put every probe on the first instruction of its function instead of
+    /// the cheapest equivalent one.
+    pub probe_at_entry: bool,
+}

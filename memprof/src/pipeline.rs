@@ -1,0 +1,347 @@
+//! One profiling run, step by step, whatever it records (one pid, many, a
+//! cgroup, the whole machine or a launched command): check, select, load,
+//! attach, record, wait, stop, detach, read, report.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use memprof_common::{AllocInfo, LiveKey};
+
+use crate::config::Config;
+use crate::launch;
+use crate::model::{ProbePlacement, Released, Report};
+use crate::probes::{self, ProbeConfig, Probes};
+use crate::report::{self, Clock, Held, Recorded, Run, Shape};
+use crate::select::{Processes, Selection};
+use crate::symbolize::Symbolizer;
+use crate::wait::{End, Plan, Waited, Waiter};
+use crate::{aggregate, exits, procfs, snapshot, sources};
+
+/// Records what `config` selects and returns what it still holds.
+pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
+    // Check: without the capabilities nothing else can work, and reading the
+    // processes' memory maps would fail with a less helpful message.
+    probes::check_permissions()?;
+
+    // Select: the processes named by pid (or the command, started and held
+    // before its exec) are read now, so that one that cannot be profiled
+    // fails before anything is loaded.
+    let selection = Selection::resolve(&config.select)?;
+    if config.sources.mmap && !selection.is_one() {
+        bail!(
+            "--mmap records one process (-p PID, or a command); it does not work over many \
+             processes yet (--kernel does)"
+        );
+    }
+    let mut launched = if selection.launch {
+        Some(launch::spawn(&config.select.command)?)
+    } else {
+        None
+    };
+    let mut processes = Processes::open(
+        &selection,
+        launched.as_ref(),
+        !config.bench.probe_at_entry,
+        config.at_exit,
+    )?;
+    let describe = match &launched {
+        Some(l) if !selection.is_one() => format!("{} and its children", l.cmdline),
+        _ => selection.describe(),
+    };
+    match processes.one() {
+        Some((pid, seen)) => log::info!("attaching to pid {pid} ({}) ...", seen.comm),
+        None => log::info!("finding the processes to record ({describe}) ..."),
+    }
+
+    // Load and attach. The signal handlers come first, so that a Ctrl-C
+    // while attaching ends the run with a report.
+    let mut waiter = Waiter::new()?;
+    let mut probes = Probes::load(ProbeConfig::of(config), &processes.filter())?;
+    processes.attach(&mut probes)?;
+
+    // Record.
+    probes.set_recording(true)?;
+    let start_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let started = Instant::now();
+    let started_ns = snapshot::monotonic_ns();
+    log_attached(config, &probes, &processes, &describe);
+    if let Some(launched) = &mut launched {
+        launched.release()?;
+    }
+
+    // Wait.
+    let plan = Plan {
+        duration: config.duration,
+        interval: config.interval,
+        quiet,
+    };
+    let Waited {
+        end,
+        samples,
+        stacks_freed,
+    } = waiter.wait(
+        &mut probes,
+        &mut processes,
+        launched.as_mut().map(|l| &mut l.events),
+        plan,
+    )?;
+
+    // Stop: freeze the maps at the end of the run; detaching takes longer.
+    probes.set_recording(false)?;
+    let procs = probes.procs()?;
+    // Read once recording stopped: a process not in it was alive then.
+    let exits = probes.exits()?;
+    let duration_secs = started.elapsed().as_secs_f64();
+    // Ages are taken at the end of the run, not after the (slower) detach.
+    let end_ns = snapshot::monotonic_ns();
+    log_end(config, end, &processes);
+
+    // Detach and read.
+    log::info!(
+        "detaching {} probes and reading the maps ...",
+        probes.attached
+    );
+    // Sites are attached once per file and offset, whatever the processes.
+    let mut placements: Vec<ProbePlacement> =
+        probes.sites.iter().map(|s| s.placement_report()).collect();
+    let mut distinct = HashSet::new();
+    placements.retain(|p| distinct.insert((p.library.clone(), p.functions.clone())));
+    let maps = probes.detach()?;
+    log::debug!("detached; reading maps");
+    let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
+    let purged = processes.purged().clone();
+    snap.stats.stacks_freed = stacks_freed.saturating_add(purged.stacks);
+    // The reserved stacks' aggregates still count what left the maps with
+    // processes that exited.
+    for (id, gone) in &purged.reserved {
+        if let Some(agg) = snap.agg.get_mut(id) {
+            agg.bytes = agg.bytes.wrapping_sub(gone.bytes);
+            agg.count = agg.count.wrapping_sub(gone.count);
+        }
+    }
+    for (id, ips) in &snap.traces {
+        log::trace!("stack {id}: {ips:x?}");
+    }
+    report::check_consistency(
+        &snap,
+        &aggregate::totals(&aggregate::by_stack(&snap.live, end_ns)),
+    );
+    let windows = maps.windows.as_ref();
+
+    // Report: what each process held, then the run as a whole.
+    let one = processes.one().map(|(pid, _)| pid);
+    let mut by_process: HashMap<u32, Vec<(LiveKey, AllocInfo)>> = HashMap::new();
+    if let Some(pid) = one {
+        // Reported even when it holds nothing.
+        by_process.insert(pid, Vec::new());
+    }
+    for entry in std::mem::take(&mut snap.live) {
+        by_process.entry(entry.0.tgid).or_default().push(entry);
+    }
+    let clock = Clock {
+        end_ns,
+        duration_secs,
+    };
+    let mut released = Released::default();
+    // Processes whose blocks all left the maps during the run.
+    for (pid, held) in &purged.by_process {
+        if !by_process.contains_key(pid) {
+            released.at_exit = report::add_totals(released.at_exit, *held);
+        }
+    }
+    let mut held = Vec::new();
+    // The one process's symbolizer and what its mappings left out, for the
+    // sources (kernel stacks alone need no process's symbols).
+    let mut sources_view = (None, 0);
+    for (pid, mut live) in by_process {
+        let seen = match one {
+            Some(_) => processes.one().map(|(_, seen)| seen.clone()),
+            None => processes.seen(pid).cloned(),
+        };
+        let mut mine = Released::default();
+        let mut events = procs.get(&pid).copied().unwrap_or_default();
+        if events.execs > 0 {
+            // Made by a program that exec replaced: its address space is gone.
+            mine.at_exec = aggregate::take_older(&mut live, events.last_exec_ns);
+        }
+        let is_command = Some(pid) == processes.command();
+        if is_command {
+            // Not the exec that started the command.
+            events.execs = events.execs.saturating_sub(1);
+        }
+        // Exited only when its exit was noted while recording (what /proc
+        // shows now says nothing of the run); with the pid taken by a newer
+        // process since, its blocks are those made after the exit. In
+        // launch mode, what the command holds at its exit is the report.
+        let exited_at = exits.get(&pid).copied();
+        let keep = config.at_exit || is_command;
+        let settled = exits::settle(&mut live, exited_at, keep);
+        mine.at_exit = settled.released;
+        if let Some(gone) = purged.by_process.get(&pid) {
+            mine.at_exit = report::add_totals(mine.at_exit, *gone);
+        }
+        // (Nothing left: the one process of its run, which exited.)
+        let exited = settled.exited || (exited_at.is_some() && live.is_empty());
+        let same = !exited;
+        let mut cutoff = events.last_exec_ns;
+        if let (Some(at), false) = (exited_at, keep) {
+            cutoff = cutoff.max(at.saturating_add(1));
+        }
+        if live.is_empty() && one.is_none() {
+            report::add_released(&mut released, &mine);
+            continue;
+        }
+        let symbolizer = match processes.take_symbolizer(pid) {
+            Some(mut symbolizer) if same => {
+                symbolizer.refresh();
+                symbolizer
+            }
+            Some(symbolizer) => symbolizer,
+            // Gone: its files with it.
+            None => Symbolizer::new(if same { pid } else { 0 }),
+        };
+        let all = aggregate::by_stack_in(&live, end_ns, windows);
+        let recorded = Recorded {
+            live: &live,
+            all: &all,
+            traces: &snap.traces,
+            samples: &samples,
+            windows,
+        };
+        let outstanding = report::outstanding(
+            config,
+            &recorded,
+            &clock,
+            &mut mine,
+            &symbolizer,
+            one.is_none().then_some(pid),
+        );
+        let (comm, cmdline, allocator, start_ticks) = match seen {
+            Some(s) => (s.comm, s.cmdline, s.allocator, s.start_ticks),
+            None => (
+                procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
+                procfs::cmdline(pid),
+                String::new(),
+                procfs::start_ticks(pid),
+            ),
+        };
+        held.push(Held {
+            pid,
+            comm,
+            cmdline,
+            allocator,
+            started_unix_secs: start_ticks.and_then(procfs::started_unix_secs),
+            exited,
+            execs: events.execs,
+            last_exec_ns: events.last_exec_ns,
+            outstanding,
+            released: mine,
+        });
+        if one.is_some() {
+            sources_view = (Some(symbolizer), cutoff);
+        }
+    }
+    let (symbolizer, released_before_ns) = sources_view;
+    let found = sources::collect(
+        maps.sources,
+        &maps.stacks,
+        &symbolizer.unwrap_or_else(|| Symbolizer::new(0)),
+        sources::Ending {
+            end_ns,
+            released_before_ns,
+            min_size: config.min_size,
+        },
+    )?;
+    let shape = match one {
+        Some(_) => Shape::One,
+        None => {
+            log::info!(
+                "{} {} held memory at the end",
+                held.len(),
+                if held.len() == 1 {
+                    "process"
+                } else {
+                    "processes"
+                }
+            );
+            Shape::Many {
+                selection: describe,
+            }
+        }
+    };
+    let run = Run {
+        start_unix_secs,
+        started_ns,
+        duration_secs,
+        exited_after_secs: match end {
+            End::TargetExited(after) => Some(after),
+            _ => None,
+        },
+        stats: snap.stats,
+        found,
+        windows,
+        released,
+        probes: placements,
+    };
+    Ok(report::assemble(config, shape, held, run))
+}
+
+/// Says what was attached and how long the run lasts.
+fn log_attached(config: &Config, probes: &Probes, processes: &Processes<'_>, describe: &str) {
+    let launched = processes.command().is_some();
+    let until = |command: &str| match config.duration {
+        Some(d) => format!("recording for {d} s (Ctrl-C to stop early)"),
+        None if launched => format!("running the command until {command}"),
+        None => "recording until Ctrl-C".to_string(),
+    };
+    match processes.one() {
+        Some((pid, seen)) => log::info!(
+            "attached {} probes to pid {pid} ({}) in {}; {}",
+            probes.attached,
+            seen.comm,
+            seen.allocator,
+            until("it exits")
+        ),
+        None => log::info!(
+            "attached {} probes for {} {} ({describe}); {}",
+            probes.attached,
+            processes.count(),
+            if processes.count() == 1 {
+                "process"
+            } else {
+                "processes"
+            },
+            until("it and its children exit")
+        ),
+    }
+}
+
+/// Says why the run ended.
+fn log_end(config: &Config, end: End, processes: &Processes<'_>) {
+    let after = match end {
+        End::Duration => return log::debug!("duration reached"),
+        End::Signal(name) => return log::info!("{name} received: detaching and reporting"),
+        End::TargetExited(after) => after,
+    };
+    match processes.one() {
+        Some((pid, _)) if config.at_exit || processes.command().is_some() => {
+            log::info!("pid {pid} exited after {after:.1} s: reporting what it held then")
+        }
+        Some((pid, _)) => log::warn!(
+            "pid {pid} exited after {after:.1} s: what it held went with it and is left out \
+             (--at-exit reports it)"
+        ),
+        None => log::info!(
+            "the last recorded process exited after {after:.1} s: reporting{}",
+            if config.at_exit {
+                " what they held then"
+            } else {
+                " (what they held went with them; --at-exit reports it)"
+            }
+        ),
+    }
+}
