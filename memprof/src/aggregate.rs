@@ -11,7 +11,7 @@ use crate::window_log::WindowLog;
 
 /// Outstanding memory of one stack id, before symbolization.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct StackTotals {
+pub(crate) struct StackTotals {
     pub stack_id: i64,
     pub bytes: u64,
     pub count: u64,
@@ -34,7 +34,7 @@ pub struct StackTotals {
 /// Takes the blocks made before `ns` (`CLOCK_MONOTONIC`) out of `live` and
 /// returns what they add up to: what a program replaced by an exec, or one
 /// that exited, held.
-pub fn take_older<K>(live: &mut Vec<(K, AllocInfo)>, ns: u64) -> Totals {
+pub(crate) fn take_older<K>(live: &mut Vec<(K, AllocInfo)>, ns: u64) -> Totals {
     let mut taken = Totals::default();
     live.retain(|(_, info)| {
         let older = info.timestamp_ns < ns;
@@ -49,13 +49,13 @@ pub fn take_older<K>(live: &mut Vec<(K, AllocInfo)>, ns: u64) -> Totals {
 
 /// Groups live allocations by stack id, largest `bytes` first (ties: larger
 /// count, then stack id, so the order is deterministic).
-pub fn by_stack<K>(live: &[(K, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
+pub(crate) fn by_stack<K>(live: &[(K, AllocInfo)], now_ns: u64) -> Vec<StackTotals> {
     by_stack_in(live, now_ns, None)
 }
 
 /// [`by_stack`], for a run sampled by the windows of `windows`: the units
 /// of sampling are the windows, not the blocks.
-pub fn by_stack_in<K>(
+pub(crate) fn by_stack_in<K>(
     live: &[(K, AllocInfo)],
     now_ns: u64,
     windows: Option<&WindowLog>,
@@ -131,7 +131,7 @@ pub fn by_stack_in<K>(
 }
 
 /// Sum over stacks.
-pub fn totals(stacks: &[StackTotals]) -> Totals {
+pub(crate) fn totals(stacks: &[StackTotals]) -> Totals {
     stacks.iter().fold(Totals::default(), |t, s| Totals {
         bytes: t.bytes.saturating_add(s.bytes),
         count: t.count.saturating_add(s.count),
@@ -140,7 +140,7 @@ pub fn totals(stacks: &[StackTotals]) -> Totals {
 
 /// How a sampled run's figures become estimates.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Estimator {
+pub(crate) struct Estimator {
     /// `--sample-rate`.
     pub rate: u64,
     pub method: SampleMethod,
@@ -153,7 +153,7 @@ pub struct Estimator {
 impl Estimator {
     /// Each call recorded with probability 1/`rate`; `None` when every call
     /// was (`rate` 0 or 1).
-    pub fn by_call(rate: u32) -> Option<Estimator> {
+    pub(crate) fn by_call(rate: u32) -> Option<Estimator> {
         (rate > 1).then(|| Estimator {
             rate: u64::from(rate),
             method: SampleMethod::Call,
@@ -164,7 +164,7 @@ impl Estimator {
 
     /// Every call recorded during the windows of `log`, meant to cover
     /// 1/`rate` of the run.
-    pub fn by_window(rate: u32, log: &WindowLog) -> Estimator {
+    pub(crate) fn by_window(rate: u32, log: &WindowLog) -> Estimator {
         Estimator {
             rate: u64::from(rate),
             method: SampleMethod::Window,
@@ -180,7 +180,7 @@ impl Estimator {
     /// How a run with `--sample-rate` `rate` (if any) and these sampling
     /// windows (with `--sample-by window`) was sampled; `None` when every
     /// call was recorded.
-    pub fn of_run(rate: Option<u32>, windows: Option<&WindowLog>) -> Option<Estimator> {
+    pub(crate) fn of_run(rate: Option<u32>, windows: Option<&WindowLog>) -> Option<Estimator> {
         match (rate, windows) {
             (Some(rate), Some(windows)) => Some(Estimator::by_window(rate, windows)),
             (rate, _) => Estimator::by_call(rate.unwrap_or(0)),
@@ -203,7 +203,7 @@ impl Estimator {
 /// [`StackEstimate`], and returns how they were estimated, with the standard
 /// errors of the totals of `stacks`. Nothing is changed, and `None`
 /// returned, without an estimator (every call recorded).
-pub fn scale_sampled(
+pub(crate) fn scale_sampled(
     estimator: Option<Estimator>,
     stacks: &mut [StackTotals],
     younger: &mut Option<Totals>,
@@ -271,7 +271,7 @@ pub fn scale_sampled(
 
 /// Keeps the allocations at least `min_age_ns` old at `now_ns`; returns the
 /// kept ones and the totals of those left out.
-pub fn older_than<K: Copy>(
+pub(crate) fn older_than<K: Copy>(
     live: &[(K, AllocInfo)],
     now_ns: u64,
     min_age_ns: u64,
@@ -293,7 +293,7 @@ pub fn older_than<K: Copy>(
 }
 
 /// How a stack's outstanding bytes evolved, from samples taken at `times` (seconds).
-pub fn growth(samples: &[u64], times: &[f64]) -> Growth {
+pub(crate) fn growth(samples: &[u64], times: &[f64]) -> Growth {
     let n = samples.len().min(times.len());
     let (samples, times) = (&samples[..n], &times[..n]);
     // Snapshots taken before the stack's first allocation say nothing about it.

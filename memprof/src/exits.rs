@@ -14,12 +14,12 @@ use crate::model::Totals;
 
 /// What became of the process that holds `live` under one pid.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Settled {
+pub(crate) struct Settled {
     /// The blocks still in `live` belong to a process that exited.
-    pub exited: bool,
+    pub(crate) exited: bool,
     /// What processes that exited held and that left `live` (counted as
     /// released at exit).
-    pub released: Totals,
+    pub(crate) released: Totals,
 }
 
 /// Settles the blocks `live` found under one pid, whose last noted exit
@@ -28,7 +28,7 @@ pub struct Settled {
 /// took the pid since and was alive when recording stopped. With `keep`
 /// (`--at-exit`, or the launched command) the blocks of an exited process
 /// stay in `live` and are reported as its; else they leave it.
-pub fn settle(
+pub(crate) fn settle(
     live: &mut Vec<(LiveKey, AllocInfo)>,
     exited_at_ns: Option<u64>,
     keep: bool,

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 /// What the tracer thread reports about the child.
 #[derive(Debug)]
-pub enum ChildEvent {
+pub(crate) enum ChildEvent {
     /// The child is about to exit and is stopped, its memory map still
     /// there; it goes on when the sender is used (or dropped).
     Exiting(std_mpsc::Sender<()>),
@@ -35,7 +35,7 @@ pub enum ChildEvent {
 const EXIT_STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// A child started by memprof, held before exec until [`Launched::release`].
-pub struct Launched {
+pub(crate) struct Launched {
     pub pid: u32,
     /// The program it will exec, found on `PATH`.
     pub program: PathBuf,
@@ -54,7 +54,7 @@ pub struct Launched {
 
 /// Forks `command`, held before exec. Fails for a command that cannot be
 /// found or that is statically linked (it has no libc for the probes).
-pub fn spawn(command: &[OsString]) -> anyhow::Result<Launched> {
+pub(crate) fn spawn(command: &[OsString]) -> anyhow::Result<Launched> {
     let Some(program) = command.first() else {
         bail!("no command after --");
     };
@@ -153,7 +153,7 @@ impl Launched {
     /// see [`crate::load_order`]), not what the child held before exec maps.
     /// A static program is read from the child, as it maps the libc the
     /// command will use.
-    pub fn target(&self) -> anyhow::Result<crate::target::TargetProcess> {
+    pub(crate) fn target(&self) -> anyhow::Result<crate::target::TargetProcess> {
         use crate::target::TargetProcess;
         let mut target = match crate::load_order::load_order(&self.program)? {
             Some(objects) => TargetProcess::before_exec(
@@ -176,7 +176,7 @@ impl Launched {
     }
 
     /// Lets the child exec the command; fails when exec failed.
-    pub fn release(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn release(&mut self) -> anyhow::Result<()> {
         if let Some(mut go) = self.go.take() {
             go.write_all(b"g").context("releasing the command")?;
         }

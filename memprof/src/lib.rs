@@ -13,31 +13,34 @@
 //! and [`windows`] hold the kernel's uprobe sessions; [`sources`] records
 //! what the heap does not show (`--mmap`, `--kernel`).
 
-pub mod aggregate;
+mod aggregate;
 pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod error;
-pub mod exits;
-pub mod launch;
-pub mod load_order;
+mod exits;
+mod launch;
+mod load_order;
 pub mod model;
-pub mod pipeline;
-pub mod placement;
-pub mod probes;
-pub mod procfs;
+mod pipeline;
+mod placement;
+mod probes;
+mod procfs;
 pub mod render;
-pub mod report;
-pub mod select;
-pub mod session_link;
-pub mod snapshot;
-pub mod sources;
-pub mod symbolize;
-pub mod target;
-pub mod tracefs;
-pub mod wait;
-pub mod window_log;
-pub mod windows;
+mod report;
+mod select;
+mod session_link;
+mod snapshot;
+mod sources;
+mod symbolize;
+mod target;
+mod tracefs;
+mod wait;
+mod window_log;
+mod windows;
+
+pub use crate::session_link::MIN_KERNEL as SAMPLING_MIN_KERNEL;
+pub use crate::symbolize::reaches_start;
 
 use crate::config::Config;
 use crate::model::Report;

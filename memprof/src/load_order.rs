@@ -16,7 +16,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 
 /// The program's `PT_INTERP`, or None for a static program (or no ELF).
-pub fn interpreter(program: &Path) -> anyhow::Result<Option<PathBuf>> {
+pub(crate) fn interpreter(program: &Path) -> anyhow::Result<Option<PathBuf>> {
     use object::read::elf::ProgramHeader as _;
     let data = std::fs::read(program).with_context(|| format!("reading {}", program.display()))?;
     let Ok(object::File::Elf64(elf)) = object::File::parse(&*data) else {
@@ -41,7 +41,7 @@ pub fn interpreter(program: &Path) -> anyhow::Result<Option<PathBuf>> {
 /// The shared objects `program` loads, in the order its loader searches
 /// them for a symbol after the program itself: the preloaded ones, then
 /// the needed ones breadth first. None for a static program.
-pub fn load_order(program: &Path) -> anyhow::Result<Option<Vec<PathBuf>>> {
+pub(crate) fn load_order(program: &Path) -> anyhow::Result<Option<Vec<PathBuf>>> {
     let Some(loader) = interpreter(program)? else {
         return Ok(None);
     };

@@ -19,7 +19,7 @@ use crate::wait::{End, Plan, Waited, Waiter};
 use crate::{aggregate, exits, procfs, snapshot, sources};
 
 /// Records what `config` selects and returns what it still holds.
-pub fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
+pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     // Check: without the capabilities nothing else can work, and reading the
     // processes' memory maps would fail with a less helpful message.
     probes::check_permissions()?;

@@ -59,7 +59,7 @@ const UNSIZED_BYTES: usize = 256;
 
 /// Where a probe goes in one function, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Offset of the probed instruction from the function's entry.
     pub offset: u64,
     /// Its mnemonic (`jne`, `push`, `mov`), `?` when it could not be decoded.
@@ -74,7 +74,7 @@ pub struct Placement {
 impl Placement {
     /// One line for the log: `+0x30 (jne, emulated)`, or `+0 (mov,
     /// single-stepped: mov at +0x3 writes rdi)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let how = if self.emulated {
             "emulated"
         } else {
@@ -89,7 +89,7 @@ impl Placement {
 
 /// What the probes at a function read when they fire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Needs {
+pub(crate) struct Needs {
     /// How many argument registers the entry program reads.
     pub args: usize,
     /// True when a return probe (or a session's return half) is attached
@@ -270,7 +270,7 @@ fn near_target(insn: &Instruction) -> Option<u64> {
 /// jump) into the instructions a probe was moved past would reach the probe
 /// without the entry, or reach it twice.
 #[derive(Clone, Debug, Default)]
-pub struct Landings {
+pub(crate) struct Landings {
     /// Sorted, deduplicated.
     targets: Vec<u64>,
 }
@@ -332,7 +332,7 @@ impl Landings {
     /// computed once per file (device, inode, size, modification time) for
     /// the life of the process: runs over many processes place probes in
     /// the same libraries again and again.
-    pub fn cached(path: &Path, data: &[u8], file: &object::File<'_>) -> Arc<Landings> {
+    pub(crate) fn cached(path: &Path, data: &[u8], file: &object::File<'_>) -> Arc<Landings> {
         use std::os::unix::fs::MetadataExt as _;
         static CACHE: Mutex<Vec<(FileId, Arc<Landings>)>> = Mutex::new(Vec::new());
         let id = std::fs::metadata(path)
@@ -367,7 +367,7 @@ impl Landings {
 /// The probe's place in the function at `file_offset` of an ELF file's
 /// bytes `data`, of `size` bytes (0: unknown), checked against the branches
 /// of the whole file.
-pub fn place_in_file(
+pub(crate) fn place_in_file(
     data: &[u8],
     landings: &Landings,
     file_offset: u64,
@@ -408,7 +408,7 @@ pub fn place_in_file(
 }
 
 /// A probe left at the entry of `function` (its first bytes) on purpose.
-pub fn at_entry(function: &[u8], why: &str) -> Placement {
+pub(crate) fn at_entry(function: &[u8], why: &str) -> Placement {
     let (mnemonic, emulated) = entry_of(function);
     Placement {
         offset: 0,

@@ -43,7 +43,7 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// How to load and attach the probes.
 #[derive(Clone, Copy, Debug)]
-pub struct ProbeConfig {
+pub(crate) struct ProbeConfig {
     pub limits: Limits,
     /// `None`: every allocation call is recorded. Else through uprobe
     /// session links, and with [`SampleBy::Window`] by time windows (see
@@ -57,7 +57,7 @@ pub struct ProbeConfig {
 
 impl ProbeConfig {
     /// The probes a run asks for.
-    pub fn of(config: &Config) -> ProbeConfig {
+    pub(crate) fn of(config: &Config) -> ProbeConfig {
         ProbeConfig {
             limits: config.limits,
             sampling: config.sampling,
@@ -67,19 +67,19 @@ impl ProbeConfig {
     }
 
     /// True when allocation calls are sampled.
-    pub fn sampled(&self) -> bool {
+    pub(crate) fn sampled(&self) -> bool {
         self.sampling.is_some()
     }
 
     /// True when sampling by time windows.
-    pub fn by_window(&self) -> bool {
+    pub(crate) fn by_window(&self) -> bool {
         self.sampling.is_some_and(|s| s.by == SampleBy::Window)
     }
 }
 
 /// Which processes the probes record (see [`memprof_common::filter`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// One of [`memprof_common::filter`].
     pub mode: u32,
     /// With [`filter::ONE`]: the process.
@@ -94,7 +94,7 @@ pub struct Filter {
 
 impl Filter {
     /// Only the process `tgid`.
-    pub fn one(tgid: u32) -> Filter {
+    pub(crate) fn one(tgid: u32) -> Filter {
         Filter {
             mode: filter::ONE,
             tgid,
@@ -107,7 +107,7 @@ impl Filter {
 
 /// Which processes a probe fires for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Only this process: others that map the library never trap.
     Process(u32),
     /// Every process that maps the library (the programs filter).
@@ -115,12 +115,11 @@ pub enum Scope {
 }
 
 /// The maps that outlive the probes, read after detaching.
-pub struct Maps {
+pub(crate) struct Maps {
     pub live: Map,
     pub agg: Map,
     pub stacks: Map,
     pub stats: Map,
-    pub procs: Map,
     /// The optional sources, to be read by [`crate::sources::collect`].
     pub sources: crate::sources::Attached,
     /// With sampling by windows: when they were open.
@@ -128,7 +127,7 @@ pub struct Maps {
 }
 
 /// Loaded and attached programs.
-pub struct Probes {
+pub(crate) struct Probes {
     /// With sampling by windows: the thread that attaches the probes of the
     /// functions that only allocate for each window. Stopped first on drop.
     windows: Option<Windows>,
@@ -152,7 +151,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Fails with a clear message when this process may not load BPF programs.
-pub fn check_permissions() -> Result<(), Error> {
+pub(crate) fn check_permissions() -> Result<(), Error> {
     let caps = crate::procfs::own_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
@@ -169,7 +168,7 @@ pub fn check_permissions() -> Result<(), Error> {
 }
 
 /// Fails with a clear message when the kernel cannot attach uprobes.
-pub fn check_kernel() -> Result<(), Error> {
+pub(crate) fn check_kernel() -> Result<(), Error> {
     let path = Path::new("/sys/bus/event_source/devices/uprobe/type");
     if path.exists() {
         Ok(())
@@ -183,7 +182,7 @@ pub fn check_kernel() -> Result<(), Error> {
 impl Probes {
     /// Loads the BPF object and attaches its tracepoints; no allocator probe
     /// yet ([`Probes::attach_sites`]), and not recording.
-    pub fn load(config: ProbeConfig, filter: &Filter) -> anyhow::Result<Probes> {
+    pub(crate) fn load(config: ProbeConfig, filter: &Filter) -> anyhow::Result<Probes> {
         check_permissions()?;
         check_kernel()?;
         // A tgid that no process has makes every program return at once.
@@ -318,7 +317,11 @@ impl Probes {
     /// already (the same file, by device and inode, and offset). Returns how
     /// many probes were attached. A site that fails comes back as a
     /// [`SiteError`] inside the error.
-    pub fn attach_sites(&mut self, sites: &[ProbeSite], scope: Scope) -> anyhow::Result<usize> {
+    pub(crate) fn attach_sites(
+        &mut self,
+        sites: &[ProbeSite],
+        scope: Scope,
+    ) -> anyhow::Result<usize> {
         let sites: Vec<ProbeSite> = sites
             .iter()
             .filter(|site| match file_id(&site.library.host_path) {
@@ -373,7 +376,7 @@ impl Probes {
     }
 
     /// Adds processes to the recorded set ([`filter::SET`]).
-    pub fn add_targets(&mut self, tgids: &[u32]) -> anyhow::Result<()> {
+    pub(crate) fn add_targets(&mut self, tgids: &[u32]) -> anyhow::Result<()> {
         let mut targets = self.targets_map()?;
         for &tgid in tgids {
             targets
@@ -384,13 +387,13 @@ impl Probes {
     }
 
     /// Takes a process out of the recorded set.
-    pub fn remove_target(&mut self, tgid: u32) -> anyhow::Result<()> {
+    pub(crate) fn remove_target(&mut self, tgid: u32) -> anyhow::Result<()> {
         let _ = self.targets_map()?.remove(&tgid);
         Ok(())
     }
 
     /// The recorded set: processes, and threads of theirs started lately.
-    pub fn targets(&mut self) -> anyhow::Result<Vec<u32>> {
+    pub(crate) fn targets(&mut self) -> anyhow::Result<Vec<u32>> {
         Ok(self.targets_map()?.keys().filter_map(Result::ok).collect())
     }
 
@@ -404,7 +407,7 @@ impl Probes {
 
     /// The processes that called exec since the last call, noted with
     /// [`Filter::watch_execs`]; they are taken out of the map.
-    pub fn take_execs(&mut self) -> anyhow::Result<Vec<u32>> {
+    pub(crate) fn take_execs(&mut self) -> anyhow::Result<Vec<u32>> {
         let map = self
             .ebpf
             .map_mut(maps::EXECS)
@@ -420,7 +423,7 @@ impl Probes {
     /// The recorded processes that exited while recording, with the time
     /// (`CLOCK_MONOTONIC` ns) their last thread exited. Read after recording
     /// stopped, it says which processes were alive at the end of the run.
-    pub fn exits(&self) -> anyhow::Result<HashMap<u32, u64>> {
+    pub(crate) fn exits(&self) -> anyhow::Result<HashMap<u32, u64>> {
         let map = self
             .ebpf
             .map(maps::EXITS)
@@ -447,7 +450,7 @@ impl Probes {
     /// was counted under the reserved ids ([`STACK_LOST`],
     /// [`STACK_NO_ROOM`]), whose `AGG` entries stay (their per-CPU counts
     /// cannot be lowered safely while programs add to them).
-    pub fn purge_exited(&mut self, exited: &HashMap<u32, u64>) -> anyhow::Result<Purged> {
+    pub(crate) fn purge_exited(&mut self, exited: &HashMap<u32, u64>) -> anyhow::Result<Purged> {
         let mut purged = Purged::default();
         if exited.is_empty() {
             return Ok(purged);
@@ -504,7 +507,7 @@ impl Probes {
     /// Turns recording on or off for every probe at once. With sampling by
     /// windows, the windows start with recording and stop (the open one
     /// closed, its probes detached) before it ends.
-    pub fn set_recording(&mut self, on: bool) -> anyhow::Result<()> {
+    pub(crate) fn set_recording(&mut self, on: bool) -> anyhow::Result<()> {
         if !on {
             if let Some(windows) = &mut self.windows {
                 windows.stop();
@@ -528,7 +531,7 @@ impl Probes {
 
     /// Stops recording, detaches every probe and unloads the programs,
     /// keeping the maps for reading.
-    pub fn detach(mut self) -> anyhow::Result<Maps> {
+    pub(crate) fn detach(mut self) -> anyhow::Result<Maps> {
         self.set_recording(false)?;
         let mut take = |name: &str| {
             self.ebpf
@@ -540,7 +543,6 @@ impl Probes {
             agg: take(maps::AGG)?,
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
-            procs: take(maps::PROCS)?,
             sources: std::mem::take(&mut self.sources),
             windows: self.windows.take().map(|mut w| w.stop()),
         };
@@ -550,7 +552,7 @@ impl Probes {
     }
 
     /// The maps while the probes stay attached (for snapshots during the run).
-    pub fn ebpf(&self) -> &Ebpf {
+    pub(crate) fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
 
@@ -565,7 +567,7 @@ impl Probes {
     /// count turned nonzero meanwhile, the frames are put back here. The idle
     /// time keeps a stack in use from being deleted between an allocation's
     /// lookup of its count and its update.
-    pub fn free_idle_stacks(&mut self, idle_ns: u64) -> anyhow::Result<u64> {
+    pub(crate) fn free_idle_stacks(&mut self, idle_ns: u64) -> anyhow::Result<u64> {
         let now = crate::snapshot::monotonic_ns();
         let (mut agg, mut stacks) = (None, None);
         for (name, map) in self.ebpf.maps_mut() {
@@ -613,7 +615,7 @@ impl Probes {
     }
 
     /// The execs of the recorded processes, by tgid.
-    pub fn procs(&self) -> anyhow::Result<HashMap<u32, ProcEvents>> {
+    pub(crate) fn procs(&self) -> anyhow::Result<HashMap<u32, ProcEvents>> {
         let map = self
             .ebpf
             .map(maps::PROCS)
@@ -747,7 +749,7 @@ fn fork_child_pid_offset() -> anyhow::Result<u32> {
 
 /// A probe site that could not be attached.
 #[derive(Debug)]
-pub struct SiteError {
+pub(crate) struct SiteError {
     pub error: ProgramError,
     pub site: ProbeSite,
 }
@@ -768,7 +770,7 @@ impl std::error::Error for SiteError {}
 
 impl SiteError {
     /// The error for the user: a conflict with another tracer, or the target gone.
-    pub fn explain(self, pid: Option<u32>) -> anyhow::Error {
+    pub(crate) fn explain(self, pid: Option<u32>) -> anyhow::Error {
         let SiteError { error, site } = self;
         let einval = match &error {
             ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::EINVAL),
@@ -798,13 +800,13 @@ impl SiteError {
 
 /// What [`Probes::purge_exited`] took out of the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Purged {
+pub(crate) struct Purged {
     /// What each process held at its exit.
-    pub by_process: HashMap<u32, crate::model::Totals>,
+    pub(crate) by_process: HashMap<u32, crate::model::Totals>,
     /// What of it was counted under [`STACK_LOST`] or [`STACK_NO_ROOM`].
-    pub reserved: HashMap<i64, crate::model::Totals>,
+    pub(crate) reserved: HashMap<i64, crate::model::Totals>,
     /// Stacks freed.
-    pub stacks: u64,
+    pub(crate) stacks: u64,
 }
 
 /// Puts the `AGG` entries of [`STACK_LOST`] and [`STACK_NO_ROOM`] in before

@@ -8,26 +8,26 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::PathBuf;
 
 /// `/proc/PID`.
-pub fn dir(pid: u32) -> PathBuf {
+pub(crate) fn dir(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}"))
 }
 
 /// True when `/proc/PID` exists (a process, a zombie or a thread).
-pub fn exists(pid: u32) -> bool {
+pub(crate) fn exists(pid: u32) -> bool {
     dir(pid).exists()
 }
 
 /// `/proc/PID/exe`: the executable, openable from memprof's namespace.
-pub fn exe(pid: u32) -> PathBuf {
+pub(crate) fn exe(pid: u32) -> PathBuf {
     dir(pid).join("exe")
 }
 
 /// The executable's path as the process sees it ("" when unreadable).
-pub fn exe_path(pid: u32) -> String {
+pub(crate) fn exe_path(pid: u32) -> String {
     fs::read_link(exe(pid))
         .map(|p| p.display().to_string())
         .unwrap_or_default()
@@ -35,26 +35,26 @@ pub fn exe_path(pid: u32) -> String {
 
 /// A path of the process's mount namespace reached through `/proc/PID/root`,
 /// valid from memprof's namespace.
-pub fn host_path(pid: u32, path: &str) -> PathBuf {
+pub(crate) fn host_path(pid: u32, path: &str) -> PathBuf {
     dir(pid).join("root").join(path.trim_start_matches('/'))
 }
 
 /// `/proc/PID/map_files/START-END`: the file of one mapping, openable even
 /// when it was deleted or lives in another mount namespace.
-pub fn map_file(pid: u32, start: u64, end: u64) -> PathBuf {
+pub(crate) fn map_file(pid: u32, start: u64, end: u64) -> PathBuf {
     dir(pid)
         .join("map_files")
         .join(format!("{start:x}-{end:x}"))
 }
 
 /// The text of `/proc/PID/maps`.
-pub fn maps(pid: u32) -> io::Result<String> {
+pub(crate) fn maps(pid: u32) -> io::Result<String> {
     fs::read_to_string(dir(pid).join("maps"))
 }
 
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapsEntry<'a> {
+pub(crate) struct MapsEntry<'a> {
     pub start: u64,
     pub end: u64,
     /// `r-xp` and the like.
@@ -73,7 +73,7 @@ pub struct MapsEntry<'a> {
 
 impl<'a> MapsEntry<'a> {
     /// Parses one line; None for a line that is not a mapping.
-    pub fn parse(line: &'a str) -> Option<MapsEntry<'a>> {
+    pub(crate) fn parse(line: &'a str) -> Option<MapsEntry<'a>> {
         let mut fields = line.split_whitespace();
         let (start, end) = fields.next()?.split_once('-')?;
         let perms = fields.next()?;
@@ -93,26 +93,26 @@ impl<'a> MapsEntry<'a> {
     }
 
     /// True for a mapping of executable code.
-    pub fn executable(&self) -> bool {
+    pub(crate) fn executable(&self) -> bool {
         self.perms.contains('x')
     }
 
     /// The path of the mapped file; None for anonymous memory and the
     /// kernel's mappings (`[vdso]`, ...).
-    pub fn file(&self) -> Option<&'a str> {
+    pub(crate) fn file(&self) -> Option<&'a str> {
         self.path.filter(|p| p.starts_with('/'))
     }
 }
 
 /// Every mapping of a `/proc/PID/maps` listing, in address order.
-pub fn parse_maps(maps: &str) -> impl Iterator<Item = MapsEntry<'_>> {
+pub(crate) fn parse_maps(maps: &str) -> impl Iterator<Item = MapsEntry<'_>> {
     maps.lines().filter_map(MapsEntry::parse)
 }
 
 /// The (device, inode) of every file a `/proc/PID/maps` listing maps
 /// executable: two processes with the same set use the same allocator at the
 /// same offsets.
-pub fn object_ids(maps: &str) -> BTreeSet<(u64, u64)> {
+pub(crate) fn object_ids(maps: &str) -> BTreeSet<(u64, u64)> {
     parse_maps(maps)
         .filter(|m| m.executable() && m.inode != 0)
         .map(|m| (m.dev, m.inode))
@@ -121,14 +121,14 @@ pub fn object_ids(maps: &str) -> BTreeSet<(u64, u64)> {
 
 /// The short command name (`/proc/PID/comm`, at most 15 characters), without
 /// its newline; None when the process is gone.
-pub fn comm(pid: u32) -> Option<String> {
+pub(crate) fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(dir(pid).join("comm"))
         .ok()
         .map(|c| c.trim_end().to_string())
 }
 
 /// The command line of `pid`, arguments joined by spaces ("" when unreadable).
-pub fn cmdline(pid: u32) -> String {
+pub(crate) fn cmdline(pid: u32) -> String {
     fs::read(dir(pid).join("cmdline"))
         .map(|raw| parse_cmdline(&raw))
         .unwrap_or_default()
@@ -155,14 +155,9 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     stat_fields(stat)?.nth(19)?.parse().ok()
 }
 
-/// Field 3 of a `/proc/PID/stat` text: the state (`R`, `S`, `Z`, ...).
-fn parse_state(stat: &str) -> Option<char> {
-    stat_fields(stat)?.next()?.chars().next()
-}
-
 /// When `pid` started, in clock ticks after boot (field 22 of
 /// `/proc/PID/stat`): with the pid, it names one process.
-pub fn start_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
     parse_start_ticks(&fs::read_to_string(dir(pid).join("stat")).ok()?)
 }
 
@@ -182,29 +177,14 @@ fn parse_boot_time(stat: &str) -> Option<f64> {
 }
 
 /// Start time in clock ticks after boot -> seconds since the Unix epoch.
-pub fn started_unix_secs(ticks: u64) -> Option<f64> {
+pub(crate) fn started_unix_secs(ticks: u64) -> Option<f64> {
     let boot = parse_boot_time(&fs::read_to_string("/proc/stat").ok()?)?;
     let hz = ticks_per_second();
     (hz > 0).then(|| boot + ticks as f64 / hz as f64)
 }
 
-/// Start time in clock ticks after boot -> `CLOCK_MONOTONIC` ns. The two
-/// clocks differ by the time the machine was suspended.
-pub fn ticks_to_monotonic_ns(ticks: u64) -> u64 {
-    let hz = ticks_per_second().max(1) as u64;
-    ticks.saturating_mul(1_000_000_000 / hz)
-}
-
-/// True while `pid` has not exited: `/proc/PID/stat` is there and its state
-/// is neither zombie nor dead.
-pub fn is_alive(pid: u32) -> bool {
-    fs::read_to_string(dir(pid).join("stat"))
-        .map(|stat| !matches!(parse_state(&stat), Some('Z') | Some('X') | None))
-        .unwrap_or(false)
-}
-
 /// True when `pid` names a running process (not a zombie, not a thread).
-pub fn is_running_process(pid: u32) -> bool {
+pub(crate) fn is_running_process(pid: u32) -> bool {
     fs::read_to_string(dir(pid).join("status")).is_ok_and(|s| is_running_status(&s, pid))
 }
 
@@ -227,7 +207,7 @@ fn is_running_status(status: &str, pid: u32) -> bool {
 
 /// memprof's effective capabilities (`CapEff` of `/proc/self/status`), one
 /// bit per capability; 0 when unreadable.
-pub fn own_capabilities() -> u64 {
+pub(crate) fn own_capabilities() -> u64 {
     parse_capabilities(&fs::read_to_string("/proc/self/status").unwrap_or_default())
 }
 
@@ -236,7 +216,7 @@ fn parse_capabilities(status: &str) -> u64 {
 }
 
 /// Every process now (the numeric entries of `/proc`), memprof aside.
-pub fn all_pids() -> Vec<u32> {
+pub(crate) fn all_pids() -> Vec<u32> {
     let me = std::process::id();
     fs::read_dir("/proc")
         .map(|dir| {
@@ -249,7 +229,7 @@ pub fn all_pids() -> Vec<u32> {
 
 /// The cgroup v2 path of `pid` from the hierarchy's root (the `0::` lines of
 /// `/proc/PID/cgroup`); empty when unreadable.
-pub fn cgroup_paths(pid: u32) -> Vec<String> {
+pub(crate) fn cgroup_paths(pid: u32) -> Vec<String> {
     fs::read_to_string(dir(pid).join("cgroup"))
         .map(|text| parse_cgroup(&text).map(str::to_string).collect())
         .unwrap_or_default()
@@ -262,7 +242,7 @@ fn parse_cgroup(text: &str) -> impl Iterator<Item = &str> {
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
 /// `/sys/fs/cgroup/unified` beside cgroup v1), from `/proc/self/mounts`.
-pub fn cgroup2_mount() -> Option<PathBuf> {
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
     parse_cgroup2_mount(&fs::read_to_string("/proc/self/mounts").ok()?)
 }
 
@@ -275,31 +255,18 @@ fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 }
 
 /// The running kernel's release (`uname -r`), from `/proc/sys/kernel/osrelease`.
-pub fn kernel_release() -> Option<String> {
+pub(crate) fn kernel_release() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .ok()
         .map(|s| s.trim().to_string())
 }
 
 /// A pidfd for `pid`, or None on kernels without pidfd_open (before 5.3).
-pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     // SAFETY: a nonnegative return is a new fd that nothing else owns.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// True once the process of `pidfd` has exited (zombie or reaped): its
-/// pidfd is then readable.
-pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no waiting.
-    let n = unsafe { libc::poll(&mut poll, 1, 0) };
-    n != 0
 }
 
 #[cfg(test)]
@@ -358,10 +325,7 @@ mod tests {
         let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 120 0 0 0 1 2 0 0 20 0 \
                     1 0 987654 10000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0\n";
         assert_eq!(parse_start_ticks(stat), Some(987654));
-        assert_eq!(parse_state(stat), Some('S'));
-        assert_eq!(parse_state("1 (init) Z 0"), Some('Z'));
         assert_eq!(parse_start_ticks("1 (init) Z 0"), None);
-        assert_eq!(parse_state(""), None);
     }
 
     #[test]
@@ -405,7 +369,7 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let pid = std::process::id();
-        assert!(exists(pid) && is_alive(pid) && is_running_process(pid));
+        assert!(exists(pid) && is_running_process(pid));
         assert!(!all_pids().contains(&pid), "memprof leaves itself out");
         assert!(all_pids().contains(&1));
         assert!(comm(pid).is_some_and(|c| !c.is_empty() && !c.ends_with('\n')));
@@ -421,20 +385,16 @@ mod tests {
             started <= now + 1.0 && started > now - 86_400.0 * 365.0,
             "{started} vs {now}"
         );
-        assert!(ticks_to_monotonic_ns(ticks) <= crate::snapshot::monotonic_ns());
-        let pidfd = pidfd_open(pid).unwrap();
-        assert!(!pidfd_exited(&pidfd));
-        assert!(!exists(u32::MAX - 1) && !is_alive(u32::MAX - 1));
+        assert!(pidfd_open(pid).is_some());
+        assert!(!exists(u32::MAX - 1) && !is_running_process(u32::MAX - 1));
         assert!(comm(u32::MAX - 1).is_none());
     }
 
     #[test]
-    fn an_exited_child_is_not_alive() {
+    fn an_exited_child_is_not_running() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
-        let pidfd = pidfd_open(pid).unwrap();
         child.wait().unwrap();
-        assert!(pidfd_exited(&pidfd));
-        assert!(!is_alive(pid) && !is_running_process(pid));
+        assert!(!is_running_process(pid));
     }
 }

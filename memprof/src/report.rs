@@ -19,7 +19,7 @@ use crate::window_log::WindowLog;
 
 /// What one process held at the end of the run, and what it is.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     pub pid: u32,
     /// Short command name.
     pub comm: String,
@@ -42,7 +42,7 @@ pub struct Held {
 
 /// Whether the report is about one process or many.
 #[derive(Clone, Debug)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// One process: the report's target; exactly one [`Held`].
     One,
     /// Many: each in [`Report::processes`], described as selected.
@@ -51,7 +51,7 @@ pub enum Shape {
 
 /// What the run as a whole found.
 #[derive(Debug)]
-pub struct Run<'a> {
+pub(crate) struct Run<'a> {
     /// When the probes started recording, in seconds since the Unix epoch.
     pub start_unix_secs: f64,
     /// `CLOCK_MONOTONIC` ns when the probes started recording.
@@ -71,7 +71,7 @@ pub struct Run<'a> {
 }
 
 /// The report of a run.
-pub fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<'_>) -> Report {
+pub(crate) fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<'_>) -> Report {
     let Run {
         start_unix_secs,
         started_ns,
@@ -187,7 +187,7 @@ pub fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<'_>) ->
 }
 
 /// What the maps held at the end of a run, for one process.
-pub struct Recorded<'a> {
+pub(crate) struct Recorded<'a> {
     /// Its live allocations.
     pub live: &'a [(LiveKey, AllocInfo)],
     /// The same, grouped by stack.
@@ -201,7 +201,7 @@ pub struct Recorded<'a> {
 }
 
 /// When a run ended.
-pub struct Clock {
+pub(crate) struct Clock {
     /// `CLOCK_MONOTONIC` ns at the end.
     pub end_ns: u64,
     /// Seconds the probes recorded.
@@ -210,7 +210,7 @@ pub struct Clock {
 
 /// The outstanding memory of one process, as the report shows it.
 #[derive(Debug)]
-pub struct Outstanding {
+pub(crate) struct Outstanding {
     /// Symbolized, at least `--min-size` each, ranked.
     pub stacks: Vec<Stack>,
     /// Over every stack, listed or not.
@@ -224,7 +224,7 @@ pub struct Outstanding {
 /// Applies `--min-age`, `--interval`, `--sample-rate` (which scales
 /// `released` too) and `--min-size` to what one process held, and symbolizes
 /// the stacks shown; each carries `pid` when given.
-pub fn outstanding(
+pub(crate) fn outstanding(
     config: &Config,
     recorded: &Recorded<'_>,
     clock: &Clock,
@@ -339,7 +339,7 @@ fn rank_growing_first(stacks: &mut [Stack]) {
 
 /// The in-kernel per-stack aggregate and the live-allocation map must agree
 /// once the probes are detached; a mismatch is a memprof bug worth reporting.
-pub fn check_consistency(snap: &Snapshot, totals: &Totals) {
+pub(crate) fn check_consistency(snap: &Snapshot, totals: &Totals) {
     let (bytes, count) = snap.agg.values().fold((0u64, 0u64), |(b, c), a| {
         (b.wrapping_add(a.bytes), c.wrapping_add(a.count))
     });
@@ -359,7 +359,7 @@ pub(crate) fn add_totals(a: Totals, b: Totals) -> Totals {
     }
 }
 
-pub fn add_released(sum: &mut Released, one: &Released) {
+pub(crate) fn add_released(sum: &mut Released, one: &Released) {
     sum.at_exec = add_totals(sum.at_exec, one.at_exec);
     sum.at_exit = add_totals(sum.at_exit, one.at_exit);
 }

@@ -46,7 +46,7 @@ const REFRESH_MAPPINGS_EVERY: Duration = Duration::from_secs(5);
 
 /// Which processes a run records.
 #[derive(Debug)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// `-p`, each required to exist at the start.
     pub pids: Vec<u32>,
     /// `--comm`.
@@ -62,7 +62,7 @@ pub struct Selection {
 impl Selection {
     /// The processes `select` names; fails for a bad regex or cgroup, or a
     /// pid that does not exist.
-    pub fn resolve(select: &Select) -> anyhow::Result<Selection> {
+    pub(crate) fn resolve(select: &Select) -> anyhow::Result<Selection> {
         if !select.command.is_empty() {
             return Ok(Selection {
                 pids: Vec::new(),
@@ -102,7 +102,7 @@ impl Selection {
     }
 
     /// True for one process: one pid, or a command, and nothing else.
-    pub fn is_one(&self) -> bool {
+    pub(crate) fn is_one(&self) -> bool {
         let roots = self.pids.len() + usize::from(self.launch);
         roots == 1 && self.comm.is_none() && self.cgroup.is_none() && !self.follow_forks
     }
@@ -142,7 +142,7 @@ impl Selection {
     }
 
     /// What was selected, for reports: `pids 12, 34 and their children`, ...
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = Vec::new();
         if !self.pids.is_empty() {
             let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
@@ -176,7 +176,7 @@ impl Selection {
 
 /// A cgroup (v2) given with `--cgroup`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cgroup {
+pub(crate) struct Cgroup {
     /// Its path under the cgroup root, from `/` (as `/proc/PID/cgroup` says it).
     pub path: String,
     /// Its id: the inode of its directory.
@@ -189,7 +189,7 @@ impl Cgroup {
     /// The cgroup at `given`: its directory in the cgroup v2 hierarchy, or
     /// its path from the hierarchy's root (as `/proc/PID/cgroup` shows it,
     /// with or without the leading `/`).
-    pub fn resolve(given: &Path) -> anyhow::Result<Cgroup> {
+    pub(crate) fn resolve(given: &Path) -> anyhow::Result<Cgroup> {
         let Some(root) = procfs::cgroup2_mount() else {
             bail!("--cgroup: this machine has no cgroup v2 hierarchy mounted");
         };
@@ -236,7 +236,7 @@ impl Cgroup {
 
 /// What memprof learnt of a process when it probed it.
 #[derive(Clone, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub start_ticks: Option<u64>,
     pub comm: String,
     pub cmdline: String,
@@ -253,7 +253,7 @@ struct Opened {
 }
 
 /// Finds the processes to record, probes their allocators and follows them.
-pub struct Processes<'a> {
+pub(crate) struct Processes<'a> {
     selection: &'a Selection,
     /// Probes at each function's cheapest equivalent instruction.
     placed: bool,
@@ -293,7 +293,7 @@ pub struct Processes<'a> {
 impl<'a> Processes<'a> {
     /// Reads the processes selected by pid (and `launched`, held before its
     /// exec): fails when one cannot be probed. Nothing is attached yet.
-    pub fn open(
+    pub(crate) fn open(
         selection: &'a Selection,
         launched: Option<&Launched>,
         placed: bool,
@@ -329,7 +329,7 @@ impl<'a> Processes<'a> {
             let (opened, pidfd) = match launched.filter(|l| l.pid == pid) {
                 // Held before exec, the child maps memprof's own libraries:
                 // what matters is the allocator the program will load.
-                Some(launched) => processes.opened(launched.target()?)?,
+                Some(launched) => processes.opened(pid, launched.target()?)?,
                 None => processes.read(pid, true)?,
             };
             processes.pidfds.extend(pidfd);
@@ -340,13 +340,13 @@ impl<'a> Processes<'a> {
     }
 
     /// The programs' filter.
-    pub fn filter(&self) -> Filter {
+    pub(crate) fn filter(&self) -> Filter {
         self.selection.filter(&self.roots)
     }
 
     /// The one process of a selection of one: its pid, and what memprof
     /// saw of it first.
-    pub fn one(&self) -> Option<(u32, &Seen)> {
+    pub(crate) fn one(&self) -> Option<(u32, &Seen)> {
         if !self.selection.is_one() {
             return None;
         }
@@ -355,28 +355,28 @@ impl<'a> Processes<'a> {
     }
 
     /// The command memprof started, if any.
-    pub fn command(&self) -> Option<u32> {
+    pub(crate) fn command(&self) -> Option<u32> {
         self.command
     }
 
     /// How many processes were probed.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.probed.len()
     }
 
     /// What memprof last saw of `pid`.
-    pub fn seen(&self, pid: u32) -> Option<&Seen> {
+    pub(crate) fn seen(&self, pid: u32) -> Option<&Seen> {
         self.seen.get(&pid)
     }
 
     /// The symbolizer kept for `pid`, if any.
-    pub fn take_symbolizer(&mut self, pid: u32) -> Option<Symbolizer> {
+    pub(crate) fn take_symbolizer(&mut self, pid: u32) -> Option<Symbolizer> {
         self.symbolizers.as_mut().and_then(|s| s.remove(&pid))
     }
 
     /// Probes the processes selected at the start: the roots, the processes
     /// whose name matches, or every process (of the cgroup).
-    pub fn attach(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
+    pub(crate) fn attach(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
         let selection = self.selection;
         let filter = self.filter();
         let mut initial = self.roots.clone();
@@ -490,7 +490,7 @@ impl<'a> Processes<'a> {
             }
         }
         let target = TargetProcess::open(pid)?;
-        let (opened, pidfd) = self.opened(target)?;
+        let (opened, pidfd) = self.opened(pid, target)?;
         self.by_objects.insert(
             objects,
             (opened.seen.allocator.clone(), opened.sites.clone()),
@@ -498,13 +498,13 @@ impl<'a> Processes<'a> {
         Ok((opened, pidfd))
     }
 
-    /// What memprof reads of `target` to probe it.
-    fn opened(&self, target: TargetProcess) -> anyhow::Result<(Opened, Option<OwnedFd>)> {
+    /// What memprof reads of `target` (the process `pid`) to probe it.
+    fn opened(&self, pid: u32, target: TargetProcess) -> anyhow::Result<(Opened, Option<OwnedFd>)> {
         let sites = target.probe_sites(self.placed)?;
         let allocator = target.allocator_description();
         let pidfd = target.pidfd().and_then(|fd| fd.try_clone().ok());
         let seen = Seen {
-            start_ticks: procfs::start_ticks(target.pid),
+            start_ticks: procfs::start_ticks(pid),
             comm: target.comm,
             cmdline: target.cmdline,
             allocator,
@@ -615,7 +615,7 @@ impl Processes<'_> {
     }
 
     /// What left the maps during the run with the processes that exited.
-    pub fn purged(&self) -> &Purged {
+    pub(crate) fn purged(&self) -> &Purged {
         &self.purged
     }
 }

@@ -90,7 +90,7 @@ struct LinkCreateAttr {
 
 /// Why loading or attaching a session program failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error(
         "--sample-rate needs uprobe session links (BPF_TRACE_UPROBE_SESSION), which Linux {}.{} \
          brought; this kernel ({release}) refused them ({source}). Run without --sample-rate \
@@ -166,14 +166,14 @@ fn unsupported(err: &io::Error) -> bool {
 }
 
 /// The object's session programs, relocated against the maps of a loaded [`Ebpf`].
-pub struct SessionPrograms {
+pub(crate) struct SessionPrograms {
     obj: aya_obj::Object,
 }
 
 impl SessionPrograms {
     /// Parses `bytes` (the object `ebpf` was loaded from) and points its map
     /// references at `ebpf`'s maps.
-    pub fn parse(ebpf: &Ebpf, bytes: &[u8]) -> anyhow::Result<SessionPrograms> {
+    pub(crate) fn parse(ebpf: &Ebpf, bytes: &[u8]) -> anyhow::Result<SessionPrograms> {
         let mut obj = aya_obj::Object::parse(bytes).context("parsing the BPF object")?;
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
         let mut fds: HashMap<String, RawFd> = HashMap::new();
@@ -198,7 +198,7 @@ impl SessionPrograms {
     }
 
     /// Loads program `name` for a uprobe session link.
-    pub fn load(&self, name: &str) -> anyhow::Result<OwnedFd> {
+    pub(crate) fn load(&self, name: &str) -> anyhow::Result<OwnedFd> {
         let program = self
             .obj
             .programs
@@ -260,7 +260,7 @@ impl SessionPrograms {
 /// session at the file `offsets` of `library`, for the process `pid` only
 /// (every process with 0). `cookies`, when not empty, gives each offset the
 /// value `bpf_get_attach_cookie` returns there.
-pub fn attach(
+pub(crate) fn attach(
     program: &OwnedFd,
     library: &Path,
     offsets: &[u64],
@@ -290,7 +290,7 @@ pub fn attach(
 }
 
 /// The error of a failed [`attach`], explained.
-pub fn attach_error(err: io::Error, what: &str) -> anyhow::Error {
+pub(crate) fn attach_error(err: io::Error, what: &str) -> anyhow::Error {
     let (release, older) = kernel_release();
     if older || matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | ENOTSUPP)) {
         return SessionError::Unsupported {

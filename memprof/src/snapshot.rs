@@ -12,7 +12,7 @@ use crate::model::Stats;
 
 /// Everything the maps held at one moment.
 #[derive(Clone, Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Live allocations: (process, address) -> info.
     pub live: Vec<(LiveKey, AllocInfo)>,
     /// Per-stack aggregates kept in the kernel.
@@ -24,7 +24,7 @@ pub struct Snapshot {
 }
 
 /// Reads the counters.
-pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
+pub(crate) fn read_stats(map: &Map) -> anyhow::Result<Stats> {
     let array = PerCpuArray::<&MapData, u64>::try_from(map).context("STATS map")?;
     let counter = |index: u32| -> anyhow::Result<u64> {
         Ok(array.get(&index, 0).context("reading STATS")?.iter().sum())
@@ -52,7 +52,7 @@ pub fn read_stats(map: &Map) -> anyhow::Result<Stats> {
 
 /// Reads the per-stack aggregates (cheap: one entry per stack), each summed
 /// over the CPUs.
-pub fn read_agg(map: &Map) -> anyhow::Result<HashMap<i64, StackAgg>> {
+pub(crate) fn read_agg(map: &Map) -> anyhow::Result<HashMap<i64, StackAgg>> {
     let agg = PerCpuHashMap::<&MapData, i64, StackAgg>::try_from(map).context("AGG map")?;
     let mut out = HashMap::new();
     for entry in agg.iter() {
@@ -69,7 +69,7 @@ pub fn read_agg(map: &Map) -> anyhow::Result<HashMap<i64, StackAgg>> {
 }
 
 /// The execs of every recorded process that called exec, by tgid.
-pub fn read_procs(map: &Map) -> anyhow::Result<HashMap<u32, ProcEvents>> {
+pub(crate) fn read_procs(map: &Map) -> anyhow::Result<HashMap<u32, ProcEvents>> {
     let procs = BpfHashMap::<&MapData, u32, ProcEvents>::try_from(map).context("PROCS map")?;
     let mut out = HashMap::new();
     for entry in procs.iter() {
@@ -85,7 +85,12 @@ pub fn read_procs(map: &Map) -> anyhow::Result<HashMap<u32, ProcEvents>> {
 }
 
 /// Reads every map.
-pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Result<Snapshot> {
+pub(crate) fn read_all(
+    live: &Map,
+    agg: &Map,
+    stacks: &Map,
+    stats: &Map,
+) -> anyhow::Result<Snapshot> {
     let live_map =
         BpfHashMap::<&MapData, LiveKey, AllocInfo>::try_from(live).context("LIVE map")?;
     let mut entries = Vec::new();
@@ -117,7 +122,7 @@ pub fn read_all(live: &Map, agg: &Map, stacks: &Map, stats: &Map) -> anyhow::Res
 /// The user stacks `ids` from the `STACKS` map, instruction pointers
 /// innermost first. Negative ids (no stack) and stacks missing from the map
 /// are left out.
-pub fn read_traces(
+pub(crate) fn read_traces(
     stacks: &Map,
     ids: impl IntoIterator<Item = i64>,
 ) -> anyhow::Result<HashMap<i64, Vec<u64>>> {
@@ -143,7 +148,7 @@ pub fn read_traces(
 
 /// The counters of the optional sources (`SOURCE_STATS`, indexed by
 /// [`source_stat`]), summed over CPUs.
-pub fn read_source_stats(map: &Map) -> anyhow::Result<[u64; source_stat::COUNT as usize]> {
+pub(crate) fn read_source_stats(map: &Map) -> anyhow::Result<[u64; source_stat::COUNT as usize]> {
     let array = PerCpuArray::<&MapData, u64>::try_from(map).context("SOURCE_STATS map")?;
     let mut out = [0; source_stat::COUNT as usize];
     for (i, slot) in out.iter_mut().enumerate() {
@@ -158,7 +163,7 @@ pub fn read_source_stats(map: &Map) -> anyhow::Result<[u64; source_stat::COUNT a
 
 /// The kernel objects (`--kernel`) still live, and their kernel stacks.
 #[derive(Clone, Debug, Default)]
-pub struct KernelObjects {
+pub(crate) struct KernelObjects {
     /// Address -> info; an object whose stack could not be read has
     /// [`STACK_LOST`] as its stack id.
     pub live: Vec<(u64, AllocInfo)>,
@@ -167,7 +172,7 @@ pub struct KernelObjects {
 }
 
 /// Reads the `KLIVE` map and the kernel stacks (`KSTACKS`) of its objects.
-pub fn read_kernel_objects(klive: &Map, kstacks: &Map) -> anyhow::Result<KernelObjects> {
+pub(crate) fn read_kernel_objects(klive: &Map, kstacks: &Map) -> anyhow::Result<KernelObjects> {
     let map = BpfHashMap::<&MapData, u64, AllocInfo>::try_from(klive).context("KLIVE map")?;
     let mut live = Vec::new();
     for entry in map.iter() {
@@ -196,7 +201,7 @@ pub fn read_kernel_objects(klive: &Map, kstacks: &Map) -> anyhow::Result<KernelO
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

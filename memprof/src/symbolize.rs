@@ -34,7 +34,7 @@ struct Mapping {
 }
 
 /// One long-lived symbolizer per target (blazesym caches parsed ELF and DWARF).
-pub struct Symbolizer {
+pub(crate) struct Symbolizer {
     blaze: Blaze,
     pid: u32,
     mappings: Vec<Mapping>,
@@ -42,7 +42,7 @@ pub struct Symbolizer {
 
 impl Symbolizer {
     /// Creates the symbolizer and records the target's executable mappings now.
-    pub fn new(pid: u32) -> Symbolizer {
+    pub(crate) fn new(pid: u32) -> Symbolizer {
         let blaze = Blaze::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
@@ -59,13 +59,13 @@ impl Symbolizer {
 
     /// Forgets every mapping and reads them again: after an exec, the old
     /// program's mappings are gone.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.mappings.clear();
         self.refresh();
     }
 
     /// Records mappings that appeared since the last call (e.g. `dlopen`).
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         let Ok(maps) = procfs::maps(self.pid) else {
             return;
         };
@@ -101,7 +101,10 @@ impl Symbolizer {
     /// Stacks are instruction pointers innermost first, as captured at the
     /// allocator's return: every one is a return address, so the address looked
     /// up is `ip - 1`, inside the call instruction.
-    pub fn symbolize_stacks(&self, stacks: &HashMap<i64, Vec<u64>>) -> HashMap<i64, Vec<Frame>> {
+    pub(crate) fn symbolize_stacks(
+        &self,
+        stacks: &HashMap<i64, Vec<u64>>,
+    ) -> HashMap<i64, Vec<Frame>> {
         let mut addrs: Vec<u64> = stacks
             .values()
             .flatten()
@@ -135,7 +138,7 @@ impl Symbolizer {
     /// Symbolizes kernel stacks (innermost first) from `/proc/kallsyms` (no
     /// vmlinux, no DWARF: function names only). Every address but the first
     /// is a return address, so `ip - 1` is looked up for them.
-    pub fn symbolize_kernel_stacks(
+    pub(crate) fn symbolize_kernel_stacks(
         &self,
         stacks: &HashMap<i64, Vec<u64>>,
     ) -> HashMap<i64, Vec<Frame>> {

@@ -18,7 +18,7 @@ use crate::procfs;
 /// What an allocator entry point does with its arguments and its result; picks
 /// the pair of BPF programs attached to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
     Malloc,
     /// `calloc(nmemb, size)`.
@@ -37,7 +37,7 @@ pub enum Kind {
 
 impl Kind {
     /// How many argument registers the entry program reads.
-    pub fn arguments(self) -> usize {
+    pub(crate) fn arguments(self) -> usize {
         match self {
             Kind::Malloc | Kind::Free => 1,
             Kind::Calloc | Kind::Realloc | Kind::Memalign => 2,
@@ -46,7 +46,7 @@ impl Kind {
     }
 
     /// Names of the entry and return programs in the BPF object.
-    pub fn programs(self) -> (&'static str, Option<&'static str>) {
+    pub(crate) fn programs(self) -> (&'static str, Option<&'static str>) {
         match self {
             Kind::Malloc => (programs::MALLOC_ENTER, Some(programs::ALLOC_EXIT)),
             Kind::Calloc => (programs::CALLOC_ENTER, Some(programs::ALLOC_EXIT)),
@@ -65,7 +65,7 @@ impl Kind {
 /// Which libraries a function is looked for in, after the target's own
 /// allocator (see [`TargetProcess::probe_sites`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     /// The C allocator API: else in libc.
     C,
     /// An extension of one allocator (sized frees and the like): only there.
@@ -79,7 +79,7 @@ pub enum Family {
 }
 
 /// The allocator functions memprof probes, in the order it attaches them.
-pub const FUNCTIONS: &[(&str, Kind, Family)] = &[
+pub(crate) const FUNCTIONS: &[(&str, Kind, Family)] = &[
     ("malloc", Kind::Malloc, Family::C),
     ("calloc", Kind::Calloc, Family::C),
     ("realloc", Kind::Realloc, Family::C),
@@ -161,14 +161,14 @@ macro_rules! prefixed_jemalloc {
 /// prefixed names. `_rjem_` is the Rust crates' (tikv-jemallocator, as a
 /// `#[global_allocator]`, linked into the executable), `je_` some
 /// distributions' and bundles' (Redis). Probed in addition to libc.
-pub const PREFIXED_JEMALLOC: &[(&str, &[(&str, Kind)])] = &[
+pub(crate) const PREFIXED_JEMALLOC: &[(&str, &[(&str, Kind)])] = &[
     ("_rjem_", prefixed_jemalloc!("_rjem_")),
     ("je_", prefixed_jemalloc!("je_")),
 ];
 
 /// A shared object (or executable) mapped by the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Library {
+pub(crate) struct Library {
     /// Its path as the target sees it (its mount namespace).
     pub path: String,
     /// The same file reached through `/proc/PID/root`, valid from memprof's namespace.
@@ -178,7 +178,7 @@ pub struct Library {
 /// The allocator a target uses: its libc's (glibc or musl), one that replaces
 /// its `malloc`, or a prefixed jemalloc beside libc's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Allocator {
+pub(crate) struct Allocator {
     /// `glibc`, `musl`, `jemalloc`, `tcmalloc`, `mimalloc`, or `malloc in <file>`.
     pub name: String,
     /// The object that defines the `malloc` the target calls (a statically
@@ -193,7 +193,7 @@ pub struct Allocator {
 
 /// One probe site: a file offset in the library and every exported name at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeSite {
+pub(crate) struct ProbeSite {
     pub file_offset: u64,
     pub kind: Kind,
     /// All probed names that share this address (e.g. `aligned_alloc` and
@@ -208,7 +208,7 @@ pub struct ProbeSite {
 
 impl ProbeSite {
     /// Where this site's probes went, for the report.
-    pub fn placement_report(&self) -> crate::model::ProbePlacement {
+    pub(crate) fn placement_report(&self) -> crate::model::ProbePlacement {
         crate::model::ProbePlacement {
             library: self.library.path.clone(),
             functions: self.names.iter().map(|n| n.to_string()).collect(),
@@ -223,8 +223,7 @@ impl ProbeSite {
 /// A running process chosen as target (its description in a report is
 /// [`crate::model::Target`]).
 #[derive(Clone, Debug)]
-pub struct TargetProcess {
-    pub pid: u32,
+pub(crate) struct TargetProcess {
     pub comm: String,
     pub cmdline: String,
     /// libc's path as the target sees it (its mount namespace).
@@ -235,8 +234,6 @@ pub struct TargetProcess {
     pub allocator: Allocator,
     /// libstdc++, when the process maps it.
     pub cxx: Option<Library>,
-    /// When the process started, in seconds since the Unix epoch.
-    pub started_unix_secs: Option<f64>,
     /// A pidfd of the process: it names this process, not whichever one gets
     /// its pid next, and becomes readable when the process exits.
     pidfd: Option<Arc<OwnedFd>>,
@@ -244,7 +241,7 @@ pub struct TargetProcess {
 
 impl TargetProcess {
     /// Finds the process and the libc it maps.
-    pub fn open(pid: u32) -> Result<TargetProcess, anyhow::Error> {
+    pub(crate) fn open(pid: u32) -> Result<TargetProcess, anyhow::Error> {
         if pid == 0 || !procfs::exists(pid) {
             return Err(Error::NoSuchProcess(pid).into());
         }
@@ -313,7 +310,7 @@ impl TargetProcess {
     /// `program`, whose loader will load `objects` (in its search order; see
     /// [`crate::load_order`]): what it maps now is memprof's own libraries,
     /// so its allocator is read from what it will load.
-    pub fn before_exec(
+    pub(crate) fn before_exec(
         pid: u32,
         comm: String,
         cmdline: String,
@@ -377,14 +374,12 @@ impl TargetProcess {
             return Err(Error::NoSuchProcess(pid).into());
         }
         Ok(TargetProcess {
-            pid,
             comm,
             cmdline,
             libc,
             libc_host_path,
             allocator,
             cxx,
-            started_unix_secs: started.and_then(procfs::started_unix_secs),
             pidfd: pidfd.map(Arc::new),
         })
     }
@@ -394,7 +389,7 @@ impl TargetProcess {
     /// glibc's malloc if any, then in libc (C functions) or libstdc++
     /// (operator new). With `placed`, each probe goes on its function's
     /// cheapest equivalent instruction.
-    pub fn probe_sites(&self, placed: bool) -> anyhow::Result<Vec<ProbeSite>> {
+    pub(crate) fn probe_sites(&self, placed: bool) -> anyhow::Result<Vec<ProbeSite>> {
         let libc = Library {
             path: self.libc.clone(),
             host_path: self.libc_host_path.clone(),
@@ -450,7 +445,7 @@ impl TargetProcess {
     /// file (`jemalloc (/usr/lib/libjemalloc.so.2)`, `musl (/lib/ld-musl-x86_64.so.1)`);
     /// a prefixed jemalloc names libc too, whose `malloc` is probed as well
     /// (`jemalloc (_rjem_* in /srv/app) and /usr/lib/x86_64-linux-gnu/libc.so.6`).
-    pub fn allocator_description(&self) -> String {
+    pub(crate) fn allocator_description(&self) -> String {
         let name = &self.allocator.name;
         match (&self.allocator.library, self.allocator.prefix) {
             (Some(own), Some(prefix)) => {
@@ -463,23 +458,14 @@ impl TargetProcess {
     }
 
     /// The pidfd of the process, when the kernel gave one.
-    pub fn pidfd(&self) -> Option<&OwnedFd> {
+    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
         self.pidfd.as_deref()
-    }
-
-    /// True while the process is still running.
-    pub fn is_alive(&self) -> bool {
-        match &self.pidfd {
-            Some(fd) => !procfs::pidfd_exited(fd),
-            // A zombie still has /proc/PID but no memory map.
-            None => procfs::is_alive(self.pid),
-        }
     }
 }
 
 /// True for an executable built by the Go toolchain (it has a
 /// `.go.buildinfo` section, stripped or not).
-pub fn is_go_program(exe: &Path) -> bool {
+pub(crate) fn is_go_program(exe: &Path) -> bool {
     use object::Object as _;
     let Ok(data) = fs::read(exe) else {
         return false;
@@ -495,7 +481,7 @@ pub fn is_go_program(exe: &Path) -> bool {
 /// `libc.so` that name links to (`/usr/lib/x86_64-linux-musl/libc.so` on
 /// Debian, `/usr/local/musl/lib/libc.so`). glibc's `libc.so` is a linker
 /// script, never mapped.
-pub fn find_libc(maps: &str) -> Option<String> {
+pub(crate) fn find_libc(maps: &str) -> Option<String> {
     procfs::parse_maps(maps)
         .filter_map(|m| m.path)
         .find(|path| is_libc(path))
@@ -527,7 +513,7 @@ fn libc_name(path: &str) -> &'static str {
 
 /// True for a statically linked musl executable whose symbol table has
 /// `malloc` (musl's `__init_libc` tells it from glibc's static libc).
-pub fn is_static_musl(exe: &Path) -> bool {
+pub(crate) fn is_static_musl(exe: &Path) -> bool {
     let Ok(data) = fs::read(exe) else {
         return false;
     };
@@ -551,7 +537,8 @@ fn prefixed_api(prefix: &str) -> &'static [(&'static str, Kind)] {
 
 /// Resolves the probe sites of glibc's allocator functions in one ELF file;
 /// with `placed`, each probe goes on its function's cheapest equivalent instruction.
-pub fn probe_sites(library: &Path, placed: bool) -> anyhow::Result<Vec<ProbeSite>> {
+#[cfg(test)]
+pub(crate) fn probe_sites(library: &Path, placed: bool) -> anyhow::Result<Vec<ProbeSite>> {
     let library = Arc::new(Library {
         path: library.display().to_string(),
         host_path: library.to_path_buf(),

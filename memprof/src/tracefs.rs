@@ -31,7 +31,7 @@ fn events_in(roots: &[&Path]) -> Option<PathBuf> {
 /// The `events` directory of the mounted tracefs. When tracefs is not
 /// mounted (a fresh machine may not have it), mounts it at
 /// `/sys/kernel/tracing` (root may) and says how to when that fails.
-pub fn events_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn events_dir() -> anyhow::Result<PathBuf> {
     let roots = ROOTS.map(Path::new);
     if let Some(dir) = events_in(&roots) {
         return Ok(dir);
@@ -77,7 +77,7 @@ fn mount_tracefs(at: &Path) -> io::Result<()> {
 
 /// One field of a tracepoint record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Field {
+pub(crate) struct Field {
     /// Its offset in the record, in bytes.
     pub offset: u32,
     /// Its size in bytes.
@@ -85,7 +85,7 @@ pub struct Field {
 }
 
 /// The field `name` of a tracepoint `format` file's text.
-pub fn parse_field(format: &str, name: &str) -> Option<Field> {
+pub(crate) fn parse_field(format: &str, name: &str) -> Option<Field> {
     format.lines().find_map(|line| {
         let line = line.trim();
         let decl = line.strip_prefix("field:")?.split(';').next()?;
@@ -106,20 +106,20 @@ pub fn parse_field(format: &str, name: &str) -> Option<Field> {
 
 /// The tracepoints of one mounted tracefs.
 #[derive(Clone, Debug)]
-pub struct Events {
+pub(crate) struct Events {
     dir: PathBuf,
 }
 
 impl Events {
     /// The mounted tracefs (mounted now if need be, see [`events_dir`]);
     /// `what` names what needs the tracepoints (e.g. `--mmap and --kernel`).
-    pub fn mounted(what: &str) -> anyhow::Result<Events> {
+    pub(crate) fn mounted(what: &str) -> anyhow::Result<Events> {
         let dir = events_dir().with_context(|| format!("reading tracepoints for {what}"))?;
         Ok(Events { dir })
     }
 
     /// The field `name` of `event` (`group/name`, e.g. `kmem/kmalloc`).
-    pub fn field(&self, event: &str, name: &str) -> anyhow::Result<Field> {
+    pub(crate) fn field(&self, event: &str, name: &str) -> anyhow::Result<Field> {
         let path = self.dir.join(event).join("format");
         let text = fs::read_to_string(&path)
             .with_context(|| format!("reading {} (is the tracepoint there?)", path.display()))?;
@@ -128,7 +128,7 @@ impl Events {
     }
 
     /// The offset of the 8-byte field `name` of `event`.
-    pub fn offset_of_u64(&self, event: &str, name: &str) -> anyhow::Result<u32> {
+    pub(crate) fn offset_of_u64(&self, event: &str, name: &str) -> anyhow::Result<u32> {
         let field = self.field(event, name)?;
         anyhow::ensure!(
             field.size == 8,

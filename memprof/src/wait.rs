@@ -28,7 +28,7 @@ const STACK_IDLE_NS: u64 = 1_000_000_000;
 
 /// Why the run ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum End {
+pub(crate) enum End {
     /// The requested duration passed.
     Duration,
     /// SIGINT or SIGTERM.
@@ -40,7 +40,7 @@ pub enum End {
 
 /// What the wait follows besides the clock and the signals: the recorded
 /// processes.
-pub trait Follow {
+pub(crate) trait Follow {
     /// Pidfds of processes whose exit may end the run: when one becomes
     /// readable, [`Follow::tick`] is called at once.
     fn exit_fds(&self) -> Vec<OwnedFd>;
@@ -56,7 +56,7 @@ pub trait Follow {
 
 /// Outstanding bytes per stack id at one moment of the run.
 #[derive(Clone, Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Seconds since the probes were attached.
     pub at_secs: f64,
     pub bytes: HashMap<i64, u64>,
@@ -64,7 +64,7 @@ pub struct Sample {
 
 /// What happened while waiting.
 #[derive(Clone, Debug)]
-pub struct Waited {
+pub(crate) struct Waited {
     pub end: End,
     /// With [`Plan::interval`]: the snapshots, oldest first.
     pub samples: Vec<Sample>,
@@ -74,7 +74,7 @@ pub struct Waited {
 
 /// What to wait for.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// End after this many seconds (else on a signal or the target's exit).
     pub duration: Option<f64>,
     /// Take a [`Sample`] this often.
@@ -86,7 +86,7 @@ pub struct Plan {
 /// The runtime and the signal handlers of a run. Created before the probes
 /// are attached, so that a Ctrl-C or SIGTERM that comes while attaching (or
 /// right after) ends the run with a report instead of killing memprof.
-pub struct Waiter {
+pub(crate) struct Waiter {
     runtime: tokio::runtime::Runtime,
     sigint: Signal,
     sigterm: Signal,
@@ -94,7 +94,7 @@ pub struct Waiter {
 
 impl Waiter {
     /// Installs the SIGINT and SIGTERM handlers.
-    pub fn new() -> anyhow::Result<Waiter> {
+    pub(crate) fn new() -> anyhow::Result<Waiter> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -115,7 +115,7 @@ impl Waiter {
     /// freeing unused stacks and following the processes on the way.
     /// `child` is a launched command's tracer: it stops the command at its
     /// exit so that its mappings can be read one last time.
-    pub fn wait(
+    pub(crate) fn wait(
         &mut self,
         probes: &mut Probes,
         follow: &mut dyn Follow,

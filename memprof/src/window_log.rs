@@ -4,7 +4,7 @@
 
 /// When the windows of a run were open.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct WindowLog {
+pub(crate) struct WindowLog {
     /// `CLOCK_MONOTONIC` ns when sampling started and ended.
     pub start_ns: u64,
     pub end_ns: u64,
@@ -16,13 +16,13 @@ pub struct WindowLog {
 
 impl WindowLog {
     /// Total time the windows were open, in ns.
-    pub fn open_ns(&self) -> u64 {
+    pub(crate) fn open_ns(&self) -> u64 {
         self.spans.iter().map(|&(open, close)| close - open).sum()
     }
 
     /// What each recorded figure stands for: the run's length over the
     /// windows' (1.0 when no window opened, when nothing was recorded either).
-    pub fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         let open = self.open_ns();
         if open == 0 {
             return 1.0;
@@ -33,7 +33,7 @@ impl WindowLog {
     /// The window that a block recorded at `ns` belongs to: the last one
     /// opened at or before it (a call that entered during a window may
     /// return, and be timed, just after it closed).
-    pub fn window_of(&self, ns: u64) -> usize {
+    pub(crate) fn window_of(&self, ns: u64) -> usize {
         self.spans
             .partition_point(|&(open, _)| open <= ns)
             .saturating_sub(1)

@@ -41,9 +41,6 @@ use crate::session_link;
 use crate::snapshot::monotonic_ns;
 use crate::window_log::WindowLog;
 
-/// How long a window stays open by default.
-pub const DEFAULT_WINDOW: Duration = Duration::from_millis(2);
-
 /// How far behind its schedule the window thread may fall before it skips
 /// the windows it missed.
 const BEHIND: Duration = Duration::from_secs(1);
@@ -57,7 +54,7 @@ const MAX_CLOSING: usize = 64;
 const GRACE: Duration = Duration::from_micros(200);
 
 /// A uprobe session link that exists only during windows.
-pub struct Spec {
+pub(crate) struct Spec {
     /// The loaded session program.
     pub program: Arc<OwnedFd>,
     /// The library, as memprof reaches it (through `/proc/PID/root`).
@@ -73,7 +70,7 @@ pub struct Spec {
 }
 
 /// The thread that opens and closes the windows, and what it needs.
-pub struct Windows {
+pub(crate) struct Windows {
     specs: Arc<Mutex<Vec<Spec>>>,
     control: Arc<OwnedFd>,
     rate: u32,
@@ -85,7 +82,7 @@ pub struct Windows {
 impl Windows {
     /// Windows covering 1/`rate` of the time, each `window` long, switched
     /// through the `CONTROL` map `control`.
-    pub fn new(control: OwnedFd, rate: u32, window: Duration) -> Windows {
+    pub(crate) fn new(control: OwnedFd, rate: u32, window: Duration) -> Windows {
         Windows {
             specs: Arc::new(Mutex::new(Vec::new())),
             control: Arc::new(control),
@@ -97,7 +94,7 @@ impl Windows {
     }
 
     /// Adds a link to make in every window from the next one on.
-    pub fn add(&self, spec: Spec) {
+    pub(crate) fn add(&self, spec: Spec) {
         self.specs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -105,7 +102,7 @@ impl Windows {
     }
 
     /// Starts opening windows (once).
-    pub fn start(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn start(&mut self) -> anyhow::Result<()> {
         if self.running.is_some() || self.log.is_some() {
             return Ok(());
         }
@@ -122,7 +119,7 @@ impl Windows {
 
     /// Closes the open window, if any, stops opening new ones and returns
     /// when they were open. Later calls return the same log.
-    pub fn stop(&mut self) -> WindowLog {
+    pub(crate) fn stop(&mut self) -> WindowLog {
         if let Some((stop, handle)) = self.running.take() {
             let _ = stop.send(());
             let log = handle.join().unwrap_or_default();

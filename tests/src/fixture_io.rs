@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 /// deletes stores to a static nobody reads, and then the unused allocation:
 /// without `black_box` a release build leaks nothing through `leak_aligned`
 /// and `leak_libc_malloc`). A fixed array of atomics: storing must not allocate.
-pub static SINK: [AtomicPtr<u8>; 64] = [const { AtomicPtr::new(null_mut()) }; 64];
+pub(crate) static SINK: [AtomicPtr<u8>; 64] = [const { AtomicPtr::new(null_mut()) }; 64];
 static SINK_LEN: AtomicUsize = AtomicUsize::new(0);
 
-pub fn die(what: &str) -> ! {
+pub(crate) fn die(what: &str) -> ! {
     let msg = format!("{}: {what}\n", super::NAME);
     // SAFETY: writes a valid buffer of the given length to stderr.
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
@@ -24,7 +24,7 @@ pub fn die(what: &str) -> ! {
     unsafe { libc::_exit(2) }
 }
 
-pub fn keep<T>(p: *mut T) {
+pub(crate) fn keep<T>(p: *mut T) {
     let p = black_box(p);
     if p.is_null() {
         die("allocation failed");
@@ -36,7 +36,7 @@ pub fn keep<T>(p: *mut T) {
     }
 }
 
-pub fn say(line: &[u8]) {
+pub(crate) fn say(line: &[u8]) {
     // SAFETY: writes a valid buffer of the given length to stdout.
     let n = unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
     if n != line.len() as isize {
@@ -45,7 +45,7 @@ pub fn say(line: &[u8]) {
 }
 
 /// Reads one line byte by byte (no buffer is allocated). False on EOF.
-pub fn read_line() -> bool {
+pub(crate) fn read_line() -> bool {
     let mut c = 0u8;
     loop {
         // SAFETY: reads at most one byte into a valid one-byte buffer.
@@ -59,7 +59,7 @@ pub fn read_line() -> bool {
     }
 }
 
-pub fn wait_eof() {
+pub(crate) fn wait_eof() {
     let mut buf = [0u8; 256];
     // SAFETY: reads into a valid buffer of the given length.
     while unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}

@@ -176,7 +176,7 @@ pub fn kernel_has_uprobe_sessions() -> bool {
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    version >= memprof::session_link::MIN_KERNEL
+    version >= memprof::SAMPLING_MIN_KERNEL
 }
 
 /// Root and a kernel with uprobe sessions, or a printed reason to skip

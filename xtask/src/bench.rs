@@ -37,7 +37,7 @@ use crate::{
 mod servers;
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Rounds; each runs every mode once, in turn, and the table shows medians over rounds
     /// [default: 5, with --quick 1]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -333,7 +333,7 @@ struct Bench {
     bpftrace: Option<PathBuf>,
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     interrupt::catch().context("cannot install the Ctrl-C handler")?;
     if !is_root() {
         bail!(

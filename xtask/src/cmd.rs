@@ -9,16 +9,16 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 /// The eBPF crate: built for `bpfel-unknown-none` with nightly, never for the host (see `test.rs`).
-pub const EBPF_CRATE: &str = "memprof-ebpf";
+pub(crate) const EBPF_CRATE: &str = "memprof-ebpf";
 
 /// The workspace root (xtask lives one level below it).
-pub fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir)
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` if set (see [`pin_target_dir`]), else `<root>/target`.
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => root().join(dir),
         _ => root().join("target"),
@@ -28,7 +28,7 @@ pub fn target_dir() -> PathBuf {
 /// Cargo resolves a relative `CARGO_TARGET_DIR` against its working directory, and the cargo
 /// commands xtask runs work in the workspace root, not where the user typed `cargo xtask`:
 /// make it absolute once, before any child starts, so every cargo agrees on one directory.
-pub fn pin_target_dir() -> Result<()> {
+pub(crate) fn pin_target_dir() -> Result<()> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
         if !dir.as_os_str().is_empty() && dir.is_relative() {
@@ -41,27 +41,27 @@ pub fn pin_target_dir() -> Result<()> {
 }
 
 /// `cargo` (the toolchain that runs xtask, through rustup's `RUSTUP_TOOLCHAIN`), in the workspace root.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root());
     cmd
 }
 
 /// `cargo` from the nightly toolchain, in the workspace root.
-pub fn nightly_cargo() -> Command {
+pub(crate) fn nightly_cargo() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo"]).current_dir(root());
     cmd
 }
 
 /// Whether xtask runs as root (effective uid 0).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// A command line as a user would type it, for messages.
-pub fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     let mut out = String::new();
     for (key, value) in cmd.get_envs() {
         if let Some(value) = value {
@@ -89,7 +89,7 @@ fn quote(s: &OsStr) -> String {
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
     let status = cmd
         .status()
@@ -101,13 +101,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Prints a step header for CI logs, then runs `cmd`; a failure names the step.
-pub fn step(name: &str, cmd: &mut Command) -> Result<()> {
+pub(crate) fn step(name: &str, cmd: &mut Command) -> Result<()> {
     println!("==> {name}: {}", display(cmd));
     run(cmd).with_context(|| format!("step `{name}` failed"))
 }
 
 /// Builds memprof in release and returns the path of the binary.
-pub fn build_release_memprof() -> Result<PathBuf> {
+pub(crate) fn build_release_memprof() -> Result<PathBuf> {
     step(
         "build memprof",
         cargo().args(["build", "--release", "-p", "memprof"]),
@@ -123,7 +123,7 @@ pub fn build_release_memprof() -> Result<PathBuf> {
 }
 
 /// Runs `cmd` and returns its stdout; fails with its stderr unless it exits 0.
-pub fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let shown = display(cmd);
     let out = cmd
         .stdin(Stdio::null())

@@ -27,7 +27,7 @@ use crate::{
 };
 
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How long memprof profiles the demo program, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -54,7 +54,7 @@ const CFLAGS: &[&str] = &[
     "-pthread",
 ];
 
-pub fn run(args: &DemoArgs) -> Result<()> {
+pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     interrupt::catch().context("cannot install the Ctrl-C handler")?;
     setup::for_build()?;
     let memprof = cmd::build_release_memprof()?;
@@ -301,11 +301,11 @@ pub(crate) mod interrupt {
         HAPPENED.store(true, Ordering::SeqCst);
     }
 
-    pub fn happened() -> bool {
+    pub(crate) fn happened() -> bool {
         HAPPENED.load(Ordering::SeqCst)
     }
 
-    pub fn catch() -> io::Result<()> {
+    pub(crate) fn catch() -> io::Result<()> {
         for signal in [libc::SIGINT, libc::SIGTERM] {
             // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the handler only
             // stores to an atomic, which is async-signal-safe.

@@ -24,7 +24,7 @@ use crate::cmd::{self, is_root, output};
 
 /// What a command needs installed; each level includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Need {
+pub(crate) enum Need {
     /// `cargo xtask build` and `demo`: compile and link memprof and its eBPF object, the
     /// workspace's C build scripts and the demo program.
     Build,
@@ -33,7 +33,7 @@ pub enum Need {
 }
 
 /// A Debian package: its name and why memprof needs it (printed when it is installed).
-pub type AptPackage = (&'static str, &'static str);
+pub(crate) type AptPackage = (&'static str, &'static str);
 
 /// Debian packages the project needs, what for, and why.
 const APT_PACKAGES: &[(Need, AptPackage)] = &[
@@ -108,17 +108,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_ROOT_ENV: &str = "MEMPROF_BPF_LINKER_ROOT";
 
 /// `cargo xtask setup`: everything any command needs.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     setup(Need::Test)
 }
 
 /// What building memprof and running the demo need.
-pub fn for_build() -> Result<()> {
+pub(crate) fn for_build() -> Result<()> {
     setup(Need::Build)
 }
 
 /// What the tests need: the build's, and the fixtures' and the lint steps'.
-pub fn for_tests() -> Result<()> {
+pub(crate) fn for_tests() -> Result<()> {
     setup(Need::Test)
 }
 
@@ -154,7 +154,7 @@ fn installing(item: &str, detail: &str) {
 /// Installs those of `packages` that dpkg does not list as installed, with one `apt-get update`
 /// and one `apt-get install` (through sudo when not root); does nothing when all are there.
 /// Prints one line per package. Without dpkg (not Debian), says what to install and returns.
-pub fn install_apt_packages(packages: &[AptPackage]) -> Result<()> {
+pub(crate) fn install_apt_packages(packages: &[AptPackage]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }

@@ -14,7 +14,7 @@ use crate::{
     setup,
 };
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     setup::for_tests()?;
     if let Ok(ci) = env::var("CI") {
         println!("CI={ci} (passed through to the tests)");
@@ -104,7 +104,7 @@ const INTEGRATION_TESTS: &str = "integration";
 
 /// `cargo xtask soak`: the long-run integration test (the `long_run` module of the integration
 /// tests) for `secs` seconds against a release build, printing memprof's memory over the run.
-pub fn soak(secs: u64) -> Result<()> {
+pub(crate) fn soak(secs: u64) -> Result<()> {
     setup::for_tests()?;
     let bin = cmd::build_release_memprof()?;
     let mut cmd = cargo(&[

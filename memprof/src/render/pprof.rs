@@ -34,48 +34,48 @@ pub(crate) fn render(report: &Report, out: &mut dyn Write) -> anyhow::Result<()>
 
 /// Field numbers of `perftools.profiles.Profile` and its messages.
 mod field {
-    pub const PROFILE_SAMPLE_TYPE: u32 = 1;
-    pub const PROFILE_SAMPLE: u32 = 2;
-    pub const PROFILE_MAPPING: u32 = 3;
-    pub const PROFILE_LOCATION: u32 = 4;
-    pub const PROFILE_FUNCTION: u32 = 5;
-    pub const PROFILE_STRING_TABLE: u32 = 6;
-    pub const PROFILE_TIME_NANOS: u32 = 9;
-    pub const PROFILE_DURATION_NANOS: u32 = 10;
-    pub const PROFILE_COMMENT: u32 = 13;
-    pub const PROFILE_DEFAULT_SAMPLE_TYPE: u32 = 14;
+    pub(super) const PROFILE_SAMPLE_TYPE: u32 = 1;
+    pub(super) const PROFILE_SAMPLE: u32 = 2;
+    pub(super) const PROFILE_MAPPING: u32 = 3;
+    pub(super) const PROFILE_LOCATION: u32 = 4;
+    pub(super) const PROFILE_FUNCTION: u32 = 5;
+    pub(super) const PROFILE_STRING_TABLE: u32 = 6;
+    pub(super) const PROFILE_TIME_NANOS: u32 = 9;
+    pub(super) const PROFILE_DURATION_NANOS: u32 = 10;
+    pub(super) const PROFILE_COMMENT: u32 = 13;
+    pub(super) const PROFILE_DEFAULT_SAMPLE_TYPE: u32 = 14;
 
-    pub const VALUE_TYPE_TYPE: u32 = 1;
-    pub const VALUE_TYPE_UNIT: u32 = 2;
+    pub(super) const VALUE_TYPE_TYPE: u32 = 1;
+    pub(super) const VALUE_TYPE_UNIT: u32 = 2;
 
-    pub const SAMPLE_LOCATION_ID: u32 = 1;
-    pub const SAMPLE_VALUE: u32 = 2;
-    pub const SAMPLE_LABEL: u32 = 3;
+    pub(super) const SAMPLE_LOCATION_ID: u32 = 1;
+    pub(super) const SAMPLE_VALUE: u32 = 2;
+    pub(super) const SAMPLE_LABEL: u32 = 3;
 
-    pub const LABEL_KEY: u32 = 1;
-    pub const LABEL_STR: u32 = 2;
+    pub(super) const LABEL_KEY: u32 = 1;
+    pub(super) const LABEL_STR: u32 = 2;
 
-    pub const MAPPING_ID: u32 = 1;
-    pub const MAPPING_MEMORY_START: u32 = 2;
-    pub const MAPPING_MEMORY_LIMIT: u32 = 3;
-    pub const MAPPING_FILENAME: u32 = 5;
-    pub const MAPPING_HAS_FUNCTIONS: u32 = 7;
-    pub const MAPPING_HAS_FILENAMES: u32 = 8;
-    pub const MAPPING_HAS_LINE_NUMBERS: u32 = 9;
-    pub const MAPPING_HAS_INLINE_FRAMES: u32 = 10;
+    pub(super) const MAPPING_ID: u32 = 1;
+    pub(super) const MAPPING_MEMORY_START: u32 = 2;
+    pub(super) const MAPPING_MEMORY_LIMIT: u32 = 3;
+    pub(super) const MAPPING_FILENAME: u32 = 5;
+    pub(super) const MAPPING_HAS_FUNCTIONS: u32 = 7;
+    pub(super) const MAPPING_HAS_FILENAMES: u32 = 8;
+    pub(super) const MAPPING_HAS_LINE_NUMBERS: u32 = 9;
+    pub(super) const MAPPING_HAS_INLINE_FRAMES: u32 = 10;
 
-    pub const LOCATION_ID: u32 = 1;
-    pub const LOCATION_MAPPING_ID: u32 = 2;
-    pub const LOCATION_ADDRESS: u32 = 3;
-    pub const LOCATION_LINE: u32 = 4;
+    pub(super) const LOCATION_ID: u32 = 1;
+    pub(super) const LOCATION_MAPPING_ID: u32 = 2;
+    pub(super) const LOCATION_ADDRESS: u32 = 3;
+    pub(super) const LOCATION_LINE: u32 = 4;
 
-    pub const LINE_FUNCTION_ID: u32 = 1;
-    pub const LINE_LINE: u32 = 2;
+    pub(super) const LINE_FUNCTION_ID: u32 = 1;
+    pub(super) const LINE_LINE: u32 = 2;
 
-    pub const FUNCTION_ID: u32 = 1;
-    pub const FUNCTION_NAME: u32 = 2;
-    pub const FUNCTION_SYSTEM_NAME: u32 = 3;
-    pub const FUNCTION_FILENAME: u32 = 4;
+    pub(super) const FUNCTION_ID: u32 = 1;
+    pub(super) const FUNCTION_NAME: u32 = 2;
+    pub(super) const FUNCTION_SYSTEM_NAME: u32 = 3;
+    pub(super) const FUNCTION_FILENAME: u32 = 4;
 }
 
 /// Protobuf wire types.

@@ -20,14 +20,14 @@ use super::ledger::Ledger;
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// The running thread. Dropping it stops the thread.
-pub struct Drain {
+pub(crate) struct Drain {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<anyhow::Result<Ledger>>>,
 }
 
 impl Drain {
     /// Starts replaying the events of the `MMAP_EVENTS` ring buffer `map`.
-    pub fn start(map: Map) -> anyhow::Result<Drain> {
+    pub(crate) fn start(map: Map) -> anyhow::Result<Drain> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -42,7 +42,7 @@ impl Drain {
 
     /// Stops the thread after one last pass over the buffer and returns the
     /// ledger, with the ranges of unfinished `mremap`s put back.
-    pub fn finish(mut self) -> anyhow::Result<Ledger> {
+    pub(crate) fn finish(mut self) -> anyhow::Result<Ledger> {
         self.stop.store(true, Ordering::Relaxed);
         let thread = self
             .thread

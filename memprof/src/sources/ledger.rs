@@ -30,7 +30,7 @@ type Key = (u64, u64);
 /// (the ranges of one process never overlap), and what replaying the events
 /// counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     regions: BTreeMap<Key, Region>,
     /// Ranges taken out by an `mremap` entry, by thread, until its return.
     remapping: HashMap<u64, Vec<(Key, Region)>>,
@@ -39,7 +39,7 @@ pub struct Ledger {
 
 /// What [`Ledger::apply`] counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LedgerCounts {
+pub(crate) struct LedgerCounts {
     pub maps: u64,
     pub unmaps: u64,
     pub unmaps_partial: u64,
@@ -91,7 +91,7 @@ impl Ledger {
     }
 
     /// Replays one event.
-    pub fn apply(&mut self, e: &MmapEvent) {
+    pub(crate) fn apply(&mut self, e: &MmapEvent) {
         let old_end = e.addr.saturating_add(e.len);
         match e.kind {
             mmap_event::MAP => {
@@ -161,7 +161,7 @@ impl Ledger {
     }
 
     /// Puts back the ranges of `mremap`s whose return was not seen.
-    pub fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         for (_, taken) in std::mem::take(&mut self.remapping) {
             for (s, r) in taken {
                 self.regions.insert(s, r);
@@ -170,7 +170,7 @@ impl Ledger {
     }
 
     /// The regions as live "allocations" for [`crate::aggregate::by_stack`].
-    pub fn live(&self) -> Vec<(u64, AllocInfo)> {
+    pub(crate) fn live(&self) -> Vec<(u64, AllocInfo)> {
         self.regions
             .iter()
             .map(|(&(_, s), r)| {

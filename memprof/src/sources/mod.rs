@@ -33,8 +33,8 @@
 //! read by [`crate::snapshot`], the field offsets come from
 //! [`crate::tracefs`], and stacks are symbolized by [`crate::symbolize`].
 
-pub mod drain;
-pub mod ledger;
+pub(crate) mod drain;
+pub(crate) mod ledger;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -72,7 +72,7 @@ impl Sources {
 /// kernel's tracefs `format` files give them (the programs' defaults are
 /// Linux 6.18's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceOffsets {
+pub(crate) struct TraceOffsets {
     /// `args[0]` of a `syscalls:sys_enter_*` record (the others follow).
     pub syscall_args: u32,
     /// `ret` of a `syscalls:sys_exit_*` record.
@@ -102,7 +102,7 @@ impl Default for TraceOffsets {
 
 impl TraceOffsets {
     /// Reads the offsets that `sources` need from tracefs.
-    pub fn read(sources: Sources) -> anyhow::Result<TraceOffsets> {
+    pub(crate) fn read(sources: Sources) -> anyhow::Result<TraceOffsets> {
         let mut offsets = TraceOffsets::default();
         if !sources.any() {
             return Ok(offsets);
@@ -144,7 +144,7 @@ impl TraceOffsets {
 
 /// Sizes the maps of the sources and sets their globals; called on the loader
 /// before loading. `offsets` must outlive the loader.
-pub fn configure<'a>(
+pub(crate) fn configure<'a>(
     loader: &mut EbpfLoader<'a>,
     sources: Sources,
     offsets: &'a TraceOffsets,
@@ -172,7 +172,7 @@ pub fn configure<'a>(
 /// The attached sources: the thread that replays the mmap events, and the
 /// maps read at the end. Dropping it stops the thread.
 #[derive(Default)]
-pub struct Attached {
+pub(crate) struct Attached {
     sources: Sources,
     drain: Option<Drain>,
     klive: Option<Map>,
@@ -181,7 +181,7 @@ pub struct Attached {
 }
 
 /// Loads and attaches the programs of `sources` (before recording is turned on).
-pub fn attach(ebpf: &mut Ebpf, sources: Sources) -> anyhow::Result<Attached> {
+pub(crate) fn attach(ebpf: &mut Ebpf, sources: Sources) -> anyhow::Result<Attached> {
     let mut attached = Attached {
         sources,
         ..Attached::default()
@@ -238,14 +238,14 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
 
 /// What the sources found, for [`crate::model::Report`].
 #[derive(Clone, Debug, Default)]
-pub struct Found {
+pub(crate) struct Found {
     pub mmap: Option<SourceReport>,
     pub kernel: Option<SourceReport>,
 }
 
 /// How the run ended, for what the sources leave out.
 #[derive(Clone, Copy, Debug)]
-pub struct Ending {
+pub(crate) struct Ending {
     /// `CLOCK_MONOTONIC` ns of the end of the run (ages).
     pub end_ns: u64,
     /// Mappings made before this time went with the program that made them
@@ -258,7 +258,7 @@ pub struct Ending {
 
 /// Stops the sources (recording is already off), reads what they hold and
 /// builds their reports. `stacks` is the shared `STACKS` map (user stacks).
-pub fn collect(
+pub(crate) fn collect(
     mut attached: Attached,
     stacks: &Map,
     symbolizer: &Symbolizer,
@@ -340,7 +340,7 @@ pub fn collect(
 }
 
 /// What the mmap section measures, said in every report that has it.
-pub const MMAP_DESCRIPTION: &str = "anonymous mmap: memory the target mapped with \
+pub(crate) const MMAP_DESCRIPTION: &str = "anonymous mmap: memory the target mapped with \
     mmap(MAP_ANONYMOUS) (or mremap'ed) during the run and had not unmapped at its end, in whole \
     pages, by the stack of the call that mapped it; a count is a number of address ranges. \
     These are bytes of address space, not resident memory: a reservation never touched (or \
@@ -349,7 +349,7 @@ pub const MMAP_DESCRIPTION: &str = "anonymous mmap: memory the target mapped wit
     report above";
 
 /// What the kernel section measures.
-pub const KERNEL_DESCRIPTION: &str = "kernel: slab objects (kmalloc, kmem_cache_alloc) the \
+pub(crate) const KERNEL_DESCRIPTION: &str = "kernel: slab objects (kmalloc, kmem_cache_alloc) the \
     kernel allocated while running for the target during the run and had not freed at its end, \
     in bytes the allocator reserved, by kernel stack. Not in the heap report: this memory is \
     the kernel's, held on the target's behalf (files, sockets, pipes, ...)";

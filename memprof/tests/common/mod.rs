@@ -54,7 +54,7 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
         oldest_age_secs: oldest,
         median_age_secs: median,
         // As memprof sets it.
-        truncated: !frames.is_empty() && !memprof::symbolize::reaches_start(&frames),
+        truncated: !frames.is_empty() && !memprof::reaches_start(&frames),
         frames,
         growth: None,
         pid: None,
@@ -63,7 +63,7 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
 }
 
 /// A report as the pipeline would produce it (stacks largest first).
-pub fn sample_report() -> Report {
+pub(crate) fn sample_report() -> Report {
     let start = c_roots();
 
     let mut leak = vec![
@@ -199,7 +199,7 @@ fn totals_of(stacks: &[Stack]) -> Totals {
 ///
 /// Rates are the least-squares slopes rounded to 1/16 B/s, so that they are
 /// exact in JSON.
-pub fn growth_report() -> Report {
+pub(crate) fn growth_report() -> Report {
     let mut report = sample_report();
     report.interval_secs = Some(2.5);
     let growth = |samples: Vec<u64>, bytes_per_sec: f64, growing: bool| {
@@ -249,7 +249,7 @@ pub fn growth_report() -> Report {
 /// The sample as `--min-age 2` would have produced it: the unsymbolized stack
 /// (all younger) is gone, the `;` stack keeps its 4 older allocations, and what
 /// was left out is in `younger`.
-pub fn min_age_report() -> Report {
+pub(crate) fn min_age_report() -> Report {
     let mut report = sample_report();
     report.min_age_secs = Some(2.0);
     report.stacks.remove(2);
@@ -267,7 +267,7 @@ pub fn min_age_report() -> Report {
 }
 
 /// A report of a run that found nothing outstanding.
-pub fn empty_report() -> Report {
+pub(crate) fn empty_report() -> Report {
     Report {
         version: SCHEMA_VERSION,
         target: Target {
@@ -290,7 +290,7 @@ pub fn empty_report() -> Report {
 
 /// A run over many processes: the sample report's stacks split between two
 /// processes, the larger first, as the pipeline ranks them.
-pub fn many_report() -> Report {
+pub(crate) fn many_report() -> Report {
     let mut report = sample_report();
     let (web, cron) = (4242, 977);
     for (i, stack) in report.stacks.iter_mut().enumerate() {
