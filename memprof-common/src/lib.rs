@@ -115,6 +115,16 @@ const _: () = assert!(core::mem::size_of::<PendingCall>() == 72);
 /// `AllocInfo::stack_id` of allocations whose user stack could not be captured.
 pub const STACK_LOST: i64 = -1;
 
+/// `AllocInfo::stack_id` of allocations whose stack found no room in the
+/// stack maps (`AGG` was full): they are still counted, for their process,
+/// under this id. User space reserves its `AGG` entry (and
+/// [`STACK_LOST`]'s) at load time, so that these two always have room.
+pub const STACK_NO_ROOM: i64 = -2;
+
+/// `AGG` entries reserved for [`STACK_LOST`] and [`STACK_NO_ROOM`], on top
+/// of the stacks it holds.
+pub const AGG_RESERVED: u32 = 2;
+
 /// Most frames kept of a user stack (the kernel's `PERF_MAX_STACK_DEPTH`
 /// less the word that says how the stack was walked).
 pub const MAX_FRAMES: usize = 126;
@@ -149,6 +159,10 @@ pub mod maps {
     /// process, while [`super::globals::WATCH_EXECS`] is set: user space checks
     /// their new command name (`--comm`).
     pub const EXECS: &str = "EXECS";
+    /// `LruHashMap<u32, u64>`: recorded processes that exited while memprof
+    /// recorded (tgid -> `bpf_ktime_get_ns()` of the exit of its last
+    /// thread). A process not in it was alive when recording stopped.
+    pub const EXITS: &str = "EXITS";
     /// Per-CPU `u64` counters of the target's frees with sampling by
     /// windows, indices in [`super::window_frees`].
     pub const WINDOW_FREES: &str = "WINDOW_FREES";
@@ -327,8 +341,13 @@ pub mod stat {
     pub const UNWIND_UNSUPPORTED: u32 = 18;
     pub const UNWIND_READ_FAILED: u32 = 19;
     pub const UNWIND_TOO_DEEP: u32 = 20;
+    /// Allocations counted under [`super::STACK_NO_ROOM`]: their stack found
+    /// no room in the stack maps.
+    pub const STACK_NO_ROOM: u32 = 21;
+    /// Exits of recorded processes that could not be noted in `EXITS`.
+    pub const EXITS_NOT_NOTED: u32 = 22;
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
 }
 
 /// Optional sources besides the heap (`--mmap`, `--kernel`): their maps,

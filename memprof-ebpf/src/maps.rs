@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use memprof_common::{
     control, defaults, source_stat, stat, window_frees, AllocInfo, LiveKey, ProcEvents, StackAgg,
-    StackTrace,
+    StackTrace, AGG_RESERVED,
 };
 
 /// The error a map insert with `BPF_NOEXIST` returns (negated) when the key is there.
@@ -47,11 +47,20 @@ pub(crate) static PROCS: LruHashMap<u32, ProcEvents> =
 pub(crate) static EXECS: LruHashMap<u32, u64> =
     LruHashMap::with_max_entries(defaults::MAX_PROCESSES, 0);
 
+/// Recorded processes that exited while recording, and when (see
+/// [`crate::process::thread_exit`]).
+#[map]
+pub(crate) static EXITS: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(defaults::MAX_PROCESSES, 0);
+
 /// Not preallocated: user space deletes entries while programs run, and a
 /// preallocated map would hand a deleted element to the next insert at once.
+/// User space puts in the entries of [`STACK_LOST`](memprof_common::STACK_LOST)
+/// and [`STACK_NO_ROOM`](memprof_common::STACK_NO_ROOM) at load time (the
+/// [`AGG_RESERVED`] entries past the stacks), so they always have room.
 #[map]
 pub(crate) static AGG: PerCpuHashMap<i64, StackAgg> =
-    PerCpuHashMap::with_max_entries(defaults::MAX_STACKS + 1, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(defaults::MAX_STACKS + AGG_RESERVED, BPF_F_NO_PREALLOC);
 
 /// Stacks by a hash of their frames. The kernel's stack-trace map keeps one
 /// stack per bucket of a hash of its own and fails (or relabels) on a bucket

@@ -10,15 +10,36 @@ use aya_ebpf::{
 };
 use memprof_common::{filter, stat, ProcEvents};
 
-use crate::maps::{bump, EXECS, PROCS, TARGETS};
+use crate::maps::{bump, EXECS, EXITS, PROCS, TARGETS};
 use crate::settings::{target_thread, FILTER, FOLLOW_FORKS, FORK_CHILD_PID_OFFSET, WATCH_EXECS};
 
 /// A thread exits: with [`filter::SET`], its id leaves `TARGETS`: a thread
 /// id a fork put there, or the process itself when its main thread exits, so
 /// that a later process given the same pid is not recorded. (Its pending
 /// call, if it died inside the allocator, goes with its task storage.)
+///
+/// When it is the last thread of a recorded process (the tracepoint's
+/// `group_dead`), the process goes into `EXITS` with the time: user space
+/// tells by it, not by what `/proc` shows later, which processes exited
+/// while recording and which were alive when recording stopped (a process
+/// that exits after that is reported as alive, as it was).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn thread_exit(_ctx: RawTracePointContext) -> u32 {
+pub fn thread_exit(ctx: RawTracePointContext) -> u32 {
+    // The tracepoint's arguments: (struct task_struct *p, bool group_dead),
+    // each passed as a u64.
+    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
+    if group_dead {
+        if let Some(id) = target_thread() {
+            // SAFETY: the helper has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if EXITS
+                .insert((id >> 32) as u32, now, BPF_ANY as u64)
+                .is_err()
+            {
+                bump(stat::EXITS_NOT_NOTED);
+            }
+        }
+    }
     if FILTER.load() == filter::SET {
         let _ = TARGETS.remove(bpf_get_current_pid_tgid() as u32);
     }

@@ -1,14 +1,16 @@
 //! The bookkeeping of the heap: a block returned to the target goes into
 //! `LIVE` and adds to its stack's aggregate in `AGG` (and makes sure the
 //! stack is in `STACKS`); a block freed, moved or replaced leaves them.
-//! Every path that gives up bumps a counter in `STATS`.
+//! A block whose stack finds no room in `AGG` is still recorded, under
+//! [`STACK_NO_ROOM`], so that what each process holds stays exact whatever
+//! the stack maps hold. Every path that gives up bumps a counter in `STATS`.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     EbpfContext,
 };
-use memprof_common::{stat, AllocInfo, LiveKey, PendingCall, StackAgg, STACK_LOST};
+use memprof_common::{stat, AllocInfo, LiveKey, PendingCall, StackAgg, STACK_LOST, STACK_NO_ROOM};
 
 use crate::decode::Return;
 use crate::maps::{add, bump, bump_by, AGG, EEXIST, LIVE};
@@ -60,6 +62,33 @@ fn agg_add(stack_id: i64, size: u64, now: u64) -> Option<u64> {
     }
 }
 
+/// Adds the block `key` (just put in `LIVE`) to its stack's aggregate, or,
+/// when `AGG` has no room for that stack, to [`STACK_NO_ROOM`]'s (and
+/// relabels the block). Returns how many allocations this CPU had added to
+/// the stack before (see [`agg_add`]; the frames of a relabelled block need
+/// no storing), or None when even the reserved entry is missing (user space
+/// failed to reserve it): the block then leaves `LIVE` and is counted as
+/// `STACK_MAP_FULL`.
+#[inline(always)]
+fn agg_add_or_no_room(key: &LiveKey, stack_id: i64, size: u64, now: u64) -> Option<u64> {
+    if let Some(before) = agg_add(stack_id, size, now) {
+        return Some(before);
+    }
+    if agg_add(STACK_NO_ROOM, size, now).is_none() {
+        let _ = LIVE.remove(key);
+        bump(stat::STACK_MAP_FULL);
+        return None;
+    }
+    if let Some(info) = LIVE.get_ptr_mut(key) {
+        // SAFETY: points into the map value; the block's address has not
+        // reached the target yet, so nothing else frees or replaces it.
+        unsafe { (*info).stack_id = STACK_NO_ROOM };
+    }
+    bump(stat::STACK_NO_ROOM);
+    // Nothing to store for this id.
+    Some(1)
+}
+
 /// Forgets a live block; returns what it was, or None when it was not tracked.
 #[inline(always)]
 pub(crate) fn forget(key: &LiveKey) -> Option<AllocInfo> {
@@ -92,10 +121,7 @@ fn restore(addr: u64, info: AllocInfo) {
     }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if agg_add(info.stack_id, info.size, now).is_none() {
-        let _ = LIVE.remove(key);
-        bump(stat::STACK_MAP_FULL);
-    }
+    let _ = agg_add_or_no_room(&key, info.stack_id, info.size, now);
 }
 
 /// The block a realloc replaces, taken out of `LIVE` at the call's entry.
@@ -145,9 +171,7 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
         bump_by(stat::LIVE_MAP_FULL_BYTES, size);
         return;
     }
-    let Some(before) = agg_add(stack_id, size, now) else {
-        let _ = LIVE.remove(key);
-        bump(stat::STACK_MAP_FULL);
+    let Some(before) = agg_add_or_no_room(&key, stack_id, size, now) else {
         return;
     };
     // After the aggregate: see the crate comment. A stack that this CPU

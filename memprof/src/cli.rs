@@ -155,9 +155,11 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_live)]
     pub max_live: u32,
 
-    /// Most distinct call stacks kept; beyond it stacks are counted as lost.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_stacks)]
-    pub max_stacks: u32,
+    /// Most distinct call stacks kept; beyond it allocations are still counted, without
+    /// their stack [default: 16384 for -p and a command, 65536 system-wide, --comm and
+    /// --cgroup (about 64 MiB of kernel memory)]
+    #[arg(long, value_name = "N")]
+    pub max_stacks: Option<u32>,
 
     /// How user stacks are walked. `auto`/`dwarf`: from each object's call frame
     /// information (.eh_frame), so code built without frame pointers (most distribution
@@ -244,7 +246,13 @@ impl ProfileArgs {
             min_size: self.min_size,
             limits: Limits {
                 max_live: self.max_live,
-                max_stacks: self.max_stacks,
+                max_stacks: self.max_stacks.unwrap_or_else(|| {
+                    if self.pid.is_empty() && self.command.is_empty() {
+                        Limits::MACHINE_WIDE_MAX_STACKS
+                    } else {
+                        Limits::default().max_stacks
+                    }
+                }),
             },
             sampling: self.sample_rate.map(|rate| Sampling {
                 rate,
@@ -437,9 +445,35 @@ mod tests {
     }
 
     #[test]
+    fn the_stack_map_is_sized_for_what_is_selected() {
+        let max_stacks = |args: &[&str]| {
+            let argv = std::iter::once("memprof").chain(args.iter().copied());
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .profile
+                .to_config()
+                .limits
+                .max_stacks
+        };
+        let one = memprof_common::defaults::MAX_STACKS;
+        assert_eq!(max_stacks(&["-p", "42"]), one);
+        assert_eq!(max_stacks(&["--", "ls"]), one);
+        assert_eq!(max_stacks(&[]), Limits::MACHINE_WIDE_MAX_STACKS);
+        assert_eq!(
+            max_stacks(&["--comm", "nginx"]),
+            Limits::MACHINE_WIDE_MAX_STACKS
+        );
+        assert_eq!(max_stacks(&["--max-stacks", "1000"]), 1000);
+        assert_eq!(max_stacks(&["-p", "42", "--max-stacks", "1000"]), 1000);
+    }
+
+    #[test]
     fn defaults_are_the_configs() {
         let cli = Cli::try_parse_from(["memprof"]).unwrap();
-        assert_eq!(cli.profile.to_config(), Config::default());
+        // System-wide: the stack map is sized for the machine.
+        let mut machine = Config::default();
+        machine.limits.max_stacks = Limits::MACHINE_WIDE_MAX_STACKS;
+        assert_eq!(cli.profile.to_config(), machine);
         let cli = Cli::try_parse_from([
             "memprof",
             "-p",

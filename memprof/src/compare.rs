@@ -174,6 +174,8 @@ fn add_stats(a: &Stats, b: &Stats) -> Stats {
         live_map_full_bytes: a.live_map_full_bytes.saturating_add(b.live_map_full_bytes),
         stack_lost: a.stack_lost.saturating_add(b.stack_lost),
         stack_map_full: a.stack_map_full.saturating_add(b.stack_map_full),
+        stack_no_room: a.stack_no_room.saturating_add(b.stack_no_room),
+        exits_not_noted: a.exits_not_noted.saturating_add(b.exits_not_noted),
         return_without_entry: a
             .return_without_entry
             .saturating_add(b.return_without_entry),

@@ -89,6 +89,13 @@ pub struct Limits {
     pub max_stacks: u32,
 }
 
+impl Limits {
+    /// The default `max_stacks` of runs that may record the whole machine
+    /// (system-wide, `--comm`, `--cgroup`): every process's stacks are
+    /// distinct, and many processes share the map.
+    pub const MACHINE_WIDE_MAX_STACKS: u32 = 1 << 16;
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {

@@ -37,6 +37,8 @@ const EXIT_STOP_LIMIT: Duration = Duration::from_secs(10);
 /// A child started by memprof, held before exec until [`Launched::release`].
 pub(crate) struct Launched {
     pub pid: u32,
+    /// The program it will exec, found on `PATH`.
+    pub program: PathBuf,
     /// The command line, for the report.
     pub cmdline: String,
     /// The command's name as the kernel will show it (`comm`).
@@ -131,6 +133,7 @@ pub(crate) fn spawn(command: &[OsString]) -> anyhow::Result<Launched> {
         .unwrap_or_default();
     Ok(Launched {
         pid,
+        program: path.clone(),
         cmdline: command
             .iter()
             .map(|a| a.to_string_lossy())
@@ -145,6 +148,33 @@ pub(crate) fn spawn(command: &[OsString]) -> anyhow::Result<Launched> {
 }
 
 impl Launched {
+    /// The command as a target: its allocator is the one the program will
+    /// load (the first object in its loader's order that defines `malloc`;
+    /// see [`crate::load_order`]), not what the child held before exec maps.
+    /// A static program is read from the child, as it maps the libc the
+    /// command will use.
+    pub(crate) fn target(&self) -> anyhow::Result<crate::target::TargetProcess> {
+        use crate::target::TargetProcess;
+        let mut target = match crate::load_order::load_order(&self.program)? {
+            Some(objects) => TargetProcess::before_exec(
+                self.pid,
+                self.comm.clone(),
+                self.cmdline.clone(),
+                &self.program,
+                &objects,
+            )?,
+            None => TargetProcess::open(self.pid)?,
+        };
+        target.comm = self.comm.clone();
+        target.cmdline = self.cmdline.clone();
+        log::debug!(
+            "{} will call the allocator {}",
+            self.cmdline,
+            target.allocator_description()
+        );
+        Ok(target)
+    }
+
     /// Lets the child exec the command; fails when exec failed.
     pub(crate) fn release(&mut self) -> anyhow::Result<()> {
         if let Some(mut go) = self.go.take() {

@@ -491,6 +491,9 @@ pub struct Growth {
     pub growing: bool,
 }
 
+/// The name of [`Frame::no_room`].
+pub const NO_ROOM_FRAME: &str = "[no room for the stack: raise --max-stacks]";
+
 /// One symbolized frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
@@ -514,6 +517,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The one frame of the allocations counted without their stack because
+    /// the stack maps had no room for it (`stats.stack_no_room`).
+    pub fn no_room() -> Frame {
+        Frame {
+            addr: 0,
+            function: Some(NO_ROOM_FRAME.to_string()),
+            module: None,
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+
     /// The name shown for this frame: the function, else `module+0xaddr`, else the address.
     pub fn display_name(&self) -> String {
         match (&self.function, &self.module) {
@@ -560,6 +576,10 @@ pub struct Stats {
     pub stack_lost: u64,
     /// Allocations not aggregated because the per-stack map was full.
     pub stack_map_full: u64,
+    /// Allocations counted without their stack (under a stack that says
+    /// so) because the stack maps had no room for it: in the totals.
+    #[serde(default)]
+    pub stack_no_room: u64,
     /// Return probes that fired without a matching entry (attached mid-call).
     pub return_without_entry: u64,
     /// Allocator entries not tracked because the kernel could not allocate
@@ -580,6 +600,10 @@ pub struct Stats {
     /// added to the recorded set (it was full): their allocations are missing.
     #[serde(default)]
     pub forks_not_followed: u64,
+    /// Exits of recorded processes that could not be noted: such a process
+    /// may be reported as alive at the end.
+    #[serde(default)]
+    pub exits_not_noted: u64,
     /// How stacks were walked (`--unwind`): see [`UnwindStats`].
     #[serde(flatten)]
     pub unwind: UnwindStats,
@@ -656,7 +680,7 @@ impl Stats {
     }
 
     /// Every counter with its name, in a fixed order, for renderers.
-    pub fn named(&self) -> [(&'static str, u64); 15] {
+    pub fn named(&self) -> [(&'static str, u64); 17] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -667,12 +691,14 @@ impl Stats {
             ("live_map_full_bytes", self.live_map_full_bytes),
             ("stack_lost", self.stack_lost),
             ("stack_map_full", self.stack_map_full),
+            ("stack_no_room", self.stack_no_room),
             ("return_without_entry", self.return_without_entry),
             ("pending_map_full", self.pending_map_full),
             ("pending_stale", self.pending_stale),
             ("stack_collisions", self.stack_collisions),
             ("stacks_freed", self.stacks_freed),
             ("forks_not_followed", self.forks_not_followed),
+            ("exits_not_noted", self.exits_not_noted),
         ]
     }
 }

@@ -16,7 +16,7 @@ use crate::report::{self, Clock, Held, Recorded, Run, Shape};
 use crate::select::{Processes, Selection};
 use crate::symbolize::Symbolizer;
 use crate::wait::{End, Plan, Waited, Waiter};
-use crate::{aggregate, procfs, snapshot, sources};
+use crate::{aggregate, exits, procfs, snapshot, sources};
 
 /// Records what `config` selects and returns what it still holds.
 pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
@@ -93,6 +93,8 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     // Stop: freeze the maps at the end of the run; detaching takes longer.
     probes.set_recording(false)?;
     let procs = probes.procs()?;
+    // Read once recording stopped: a process not in it was alive then.
+    let exits = probes.exits()?;
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
@@ -111,7 +113,16 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     let maps = probes.detach()?;
     log::debug!("detached; reading maps");
     let mut snap = snapshot::read_all(&maps.live, &maps.agg, &maps.stacks, &maps.stats)?;
-    snap.stats.stacks_freed = stacks_freed;
+    let purged = processes.purged().clone();
+    snap.stats.stacks_freed = stacks_freed.saturating_add(purged.stacks);
+    // The reserved stacks' aggregates still count what left the maps with
+    // processes that exited.
+    for (id, gone) in &purged.reserved {
+        if let Some(agg) = snap.agg.get_mut(id) {
+            agg.bytes = agg.bytes.wrapping_sub(gone.bytes);
+            agg.count = agg.count.wrapping_sub(gone.count);
+        }
+    }
     for (id, ips) in &snap.traces {
         log::trace!("stack {id}: {ips:x?}");
     }
@@ -136,6 +147,12 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         duration_secs,
     };
     let mut released = Released::default();
+    // Processes whose blocks all left the maps during the run.
+    for (pid, held) in &purged.by_process {
+        if !by_process.contains_key(pid) {
+            released.at_exit = report::add_totals(released.at_exit, *held);
+        }
+    }
     let mut held = Vec::new();
     // The one process's symbolizer and what its mappings left out, for the
     // sources (kernel stacks alone need no process's symbols).
@@ -145,9 +162,6 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             Some(_) => processes.one().map(|(_, seen)| seen.clone()),
             None => processes.seen(pid).cloned(),
         };
-        let now_start = procfs::start_ticks(pid);
-        let running = procfs::is_running_process(pid);
-        let same = running && seen.as_ref().is_none_or(|s| s.start_ticks == now_start);
         let mut mine = Released::default();
         let mut events = procs.get(&pid).copied().unwrap_or_default();
         if events.execs > 0 {
@@ -159,18 +173,23 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             // Not the exec that started the command.
             events.execs = events.execs.saturating_sub(1);
         }
-        let exited = !same;
-        // In launch mode, what the command holds at its exit is the report.
-        let left_out = exited && !config.at_exit && !is_command;
+        // Exited only when its exit was noted while recording (what /proc
+        // shows now says nothing of the run); with the pid taken by a newer
+        // process since, its blocks are those made after the exit. In
+        // launch mode, what the command holds at its exit is the report.
+        let exited_at = exits.get(&pid).copied();
+        let keep = config.at_exit || is_command;
+        let settled = exits::settle(&mut live, exited_at, keep);
+        mine.at_exit = settled.released;
+        if let Some(gone) = purged.by_process.get(&pid) {
+            mine.at_exit = report::add_totals(mine.at_exit, *gone);
+        }
+        // (Nothing left: the one process of its run, which exited.)
+        let exited = settled.exited || (exited_at.is_some() && live.is_empty());
+        let same = !exited;
         let mut cutoff = events.last_exec_ns;
-        if left_out {
-            // With the pid taken by a newer process, its blocks are those
-            // made since it started.
-            cutoff = match (running, now_start) {
-                (true, Some(ticks)) => procfs::ticks_to_monotonic_ns(ticks),
-                _ => u64::MAX,
-            };
-            mine.at_exit = aggregate::take_older(&mut live, cutoff);
+        if let (Some(at), false) = (exited_at, keep) {
+            cutoff = cutoff.max(at.saturating_add(1));
         }
         if live.is_empty() && one.is_none() {
             report::add_released(&mut released, &mine);
@@ -207,7 +226,7 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
                 procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
                 procfs::cmdline(pid),
                 String::new(),
-                now_start,
+                procfs::start_ticks(pid),
             ),
         };
         held.push(Held {

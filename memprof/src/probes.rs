@@ -25,8 +25,8 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
-    control, filter, globals, maps, programs, sampled, window_cookie, window_frees, ProcEvents,
-    StackAgg, StackTrace,
+    control, filter, globals, maps, programs, sampled, window_cookie, window_frees, AllocInfo,
+    LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -226,7 +226,10 @@ impl Probes {
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::SAMPLE_BY_WINDOW, &by_window, true)
             .map_max_entries(maps::LIVE, config.limits.max_live)
-            .map_max_entries(maps::AGG, config.limits.max_stacks.saturating_add(1))
+            .map_max_entries(
+                maps::AGG,
+                config.limits.max_stacks.saturating_add(AGG_RESERVED),
+            )
             .map_max_entries(maps::STACKS, config.limits.max_stacks);
         if mode == filter::ONE {
             // One process: no set to fill, and few execs to note; the
@@ -234,7 +237,8 @@ impl Probes {
             loader
                 .map_max_entries(maps::TARGETS, 1)
                 .map_max_entries(maps::EXECS, 1)
-                .map_max_entries(maps::PROCS, 64);
+                .map_max_entries(maps::PROCS, 64)
+                .map_max_entries(maps::EXITS, 64);
         }
         crate::sources::configure(
             &mut loader,
@@ -246,6 +250,7 @@ impl Probes {
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
+        reserve_agg_entries(&mut ebpf)?;
 
         let aya_programs: &[&str] = if config.sampled() {
             &[programs::FREE_ENTER]
@@ -440,6 +445,90 @@ impl Probes {
         Ok(tgids)
     }
 
+    /// The recorded processes that exited while recording, with the time
+    /// (`CLOCK_MONOTONIC` ns) their last thread exited. Read after recording
+    /// stopped, it says which processes were alive at the end of the run.
+    pub(crate) fn exits(&self) -> anyhow::Result<HashMap<u32, u64>> {
+        let map = self
+            .ebpf
+            .map(maps::EXITS)
+            .context("BPF map EXITS missing from the object")?;
+        let exits = BpfHashMap::<&MapData, u32, u64>::try_from(map)?;
+        let mut out = HashMap::new();
+        for entry in exits.iter() {
+            match entry {
+                Ok((tgid, at)) => {
+                    out.insert(tgid, at);
+                }
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading EXITS"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes out of the maps what the processes in `exited` (tgid -> exit
+    /// time) held when they exited: their blocks leave `LIVE`, and their
+    /// stacks leave `AGG` and `STACKS` (a stack's id includes its process,
+    /// so no other process uses it), which keeps the maps free for the
+    /// processes still running. Returns what each held, and what of that
+    /// was counted under the reserved ids ([`STACK_LOST`],
+    /// [`STACK_NO_ROOM`]), whose `AGG` entries stay (their per-CPU counts
+    /// cannot be lowered safely while programs add to them).
+    pub(crate) fn purge_exited(&mut self, exited: &HashMap<u32, u64>) -> anyhow::Result<Purged> {
+        let mut purged = Purged::default();
+        if exited.is_empty() {
+            return Ok(purged);
+        }
+        let (mut live, mut agg, mut stacks) = (None, None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                maps::LIVE => live = Some(map),
+                maps::AGG => agg = Some(map),
+                maps::STACKS => stacks = Some(map),
+                _ => {}
+            }
+        }
+        let (Some(live), Some(agg), Some(stacks)) = (live, agg, stacks) else {
+            anyhow::bail!("BPF maps LIVE, AGG and STACKS missing from the object");
+        };
+        let mut live = BpfHashMap::<&mut MapData, LiveKey, AllocInfo>::try_from(live)?;
+        let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
+        let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
+        let gone: Vec<(LiveKey, AllocInfo)> = live
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, info)| {
+                exited
+                    .get(&key.tgid)
+                    .is_some_and(|&at| info.timestamp_ns <= at)
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for (key, info) in &gone {
+            if live.remove(key).is_err() {
+                continue;
+            }
+            let held = purged.by_process.entry(key.tgid).or_default();
+            held.bytes = held.bytes.saturating_add(info.size);
+            held.count += 1;
+            if info.stack_id < 0 {
+                let reserved = purged.reserved.entry(info.stack_id).or_default();
+                reserved.bytes = reserved.bytes.wrapping_add(info.size);
+                reserved.count += 1;
+            } else {
+                ids.insert(info.stack_id);
+            }
+        }
+        for id in ids {
+            // The entry first, as when a stack is freed as idle.
+            let _ = agg.remove(&id);
+            let _ = stacks.remove(&id);
+            purged.stacks += 1;
+        }
+        Ok(purged)
+    }
+
     /// Turns recording on or off for every probe at once. With sampling by
     /// windows, the windows start with recording and stop (the open one
     /// closed, its probes detached) before it ends.
@@ -555,6 +644,8 @@ impl Probes {
         let idle: Vec<i64> = agg
             .iter()
             .filter_map(Result::ok)
+            // The reserved entries stay.
+            .filter(|(id, _)| *id >= 0)
             .filter(|(_, values)| {
                 let a = StackAgg::sum(values.iter());
                 a.count == 0 && a.bytes == 0 && now.saturating_sub(a.last_ns) >= idle_ns
@@ -782,6 +873,35 @@ impl SiteError {
             _ => err.context(what),
         }
     }
+}
+
+/// What [`Probes::purge_exited`] took out of the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Purged {
+    /// What each process held at its exit.
+    pub(crate) by_process: HashMap<u32, crate::model::Totals>,
+    /// What of it was counted under [`STACK_LOST`] or [`STACK_NO_ROOM`].
+    pub(crate) reserved: HashMap<i64, crate::model::Totals>,
+    /// Stacks freed.
+    pub(crate) stacks: u64,
+}
+
+/// Puts the `AGG` entries of [`STACK_LOST`] and [`STACK_NO_ROOM`] in before
+/// any program runs: the map holds [`AGG_RESERVED`] entries more than the
+/// stacks, so an allocation whose stack finds no room still has these.
+fn reserve_agg_entries(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(maps::AGG)
+        .context("BPF map AGG missing from the object")?;
+    let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(map)?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("reading {what}: {e}"))?;
+    for id in [STACK_LOST, STACK_NO_ROOM] {
+        let zeros = aya::maps::PerCpuValues::try_from(vec![StackAgg::default(); cpus])
+            .context("per-CPU values of AGG")?;
+        agg.insert(id, zeros, 0)
+            .with_context(|| format!("reserving the entry of stack {id} in AGG"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

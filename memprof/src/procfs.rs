@@ -183,13 +183,6 @@ pub(crate) fn started_unix_secs(ticks: u64) -> Option<f64> {
     (hz > 0).then(|| boot + ticks as f64 / hz as f64)
 }
 
-/// Start time in clock ticks after boot -> `CLOCK_MONOTONIC` ns. The two
-/// clocks differ by the time the machine was suspended.
-pub(crate) fn ticks_to_monotonic_ns(ticks: u64) -> u64 {
-    let hz = ticks_per_second().max(1) as u64;
-    ticks.saturating_mul(1_000_000_000 / hz)
-}
-
 /// True when `pid` names a running process (not a zombie, not a thread).
 pub(crate) fn is_running_process(pid: u32) -> bool {
     fs::read_to_string(dir(pid).join("status")).is_ok_and(|s| is_running_status(&s, pid))
@@ -392,7 +385,6 @@ mod tests {
             started <= now + 1.0 && started > now - 86_400.0 * 365.0,
             "{started} vs {now}"
         );
-        assert!(ticks_to_monotonic_ns(ticks) <= crate::snapshot::monotonic_ns());
         assert!(pidfd_open(pid).is_some());
         assert!(!exists(u32::MAX - 1) && !is_running_process(u32::MAX - 1));
         assert!(comm(u32::MAX - 1).is_none());

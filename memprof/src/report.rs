@@ -272,9 +272,13 @@ pub(crate) fn outstanding(
     let mut stacks: Vec<Stack> = shown
         .into_iter()
         .map(|s| {
+            if s.stack_id == memprof_common::STACK_NO_ROOM {
+                frames.insert(s.stack_id, vec![model::Frame::no_room()]);
+            }
+            let no_room = s.stack_id == memprof_common::STACK_NO_ROOM;
             let frames = frames.remove(&s.stack_id).unwrap_or_default();
             Stack {
-                truncated: !frames.is_empty() && !symbolize::reaches_start(&frames),
+                truncated: !no_room && !frames.is_empty() && !symbolize::reaches_start(&frames),
                 frames,
                 bytes: s.bytes,
                 count: s.count,
@@ -348,7 +352,7 @@ pub(crate) fn check_consistency(snap: &Snapshot, totals: &Totals) {
     }
 }
 
-fn add_totals(a: Totals, b: Totals) -> Totals {
+pub(crate) fn add_totals(a: Totals, b: Totals) -> Totals {
     Totals {
         bytes: a.bytes.saturating_add(b.bytes),
         count: a.count.saturating_add(b.count),

@@ -34,7 +34,7 @@ use regex::Regex;
 use crate::config::Select;
 use crate::error::Error;
 use crate::launch::Launched;
-use crate::probes::{self, Filter, Probes, Scope};
+use crate::probes::{self, Filter, Probes, Purged, Scope};
 use crate::procfs;
 use crate::symbolize::Symbolizer;
 use crate::target::{ProbeSite, TargetProcess};
@@ -282,6 +282,12 @@ pub(crate) struct Processes<'a> {
     symbolizers: Option<HashMap<u32, Symbolizer>>,
     /// When the kept symbolizers last read their processes' mappings.
     last_refresh: Instant,
+    /// Whether what processes held at their exit leaves the maps during the
+    /// run (not with --at-exit, whose report it is).
+    purge: bool,
+    /// What left the maps so, and the exits (pid, time) it came from.
+    purged: Purged,
+    purged_exits: HashSet<(u32, u64)>,
 }
 
 impl<'a> Processes<'a> {
@@ -315,16 +321,17 @@ impl<'a> Processes<'a> {
                 HashMap::new()
             }),
             last_refresh: Instant::now(),
+            purge: !at_exit,
+            purged: Purged::default(),
+            purged_exits: HashSet::new(),
         };
         for pid in roots {
-            let (mut opened, pidfd) = processes.read(pid, true)?;
-            if let Some(launched) = launched.filter(|l| l.pid == pid) {
-                // Held before exec, the child is a copy of memprof: it maps
-                // the libc that the command will load, and its pid is the
-                // command's.
-                opened.seen.comm = launched.comm.clone();
-                opened.seen.cmdline = launched.cmdline.clone();
-            }
+            let (opened, pidfd) = match launched.filter(|l| l.pid == pid) {
+                // Held before exec, the child maps memprof's own libraries:
+                // what matters is the allocator the program will load.
+                Some(launched) => processes.opened(pid, launched.target()?)?,
+                None => processes.read(pid, true)?,
+            };
             processes.pidfds.extend(pidfd);
             processes.first.insert(pid, opened.seen.clone());
             processes.opened.insert(pid, opened);
@@ -483,10 +490,18 @@ impl<'a> Processes<'a> {
             }
         }
         let target = TargetProcess::open(pid)?;
+        let (opened, pidfd) = self.opened(pid, target)?;
+        self.by_objects.insert(
+            objects,
+            (opened.seen.allocator.clone(), opened.sites.clone()),
+        );
+        Ok((opened, pidfd))
+    }
+
+    /// What memprof reads of `target` (the process `pid`) to probe it.
+    fn opened(&self, pid: u32, target: TargetProcess) -> anyhow::Result<(Opened, Option<OwnedFd>)> {
         let sites = target.probe_sites(self.placed)?;
         let allocator = target.allocator_description();
-        self.by_objects
-            .insert(objects, (allocator.clone(), sites.clone()));
         let pidfd = target.pidfd().and_then(|fd| fd.try_clone().ok());
         let seen = Seen {
             start_ticks: procfs::start_ticks(pid),
@@ -573,6 +588,38 @@ impl<'a> Processes<'a> {
     }
 }
 
+impl Processes<'_> {
+    /// Takes what the processes that exited since the last call held out of
+    /// the maps (see [`Probes::purge_exited`]), so that short-lived programs
+    /// do not crowd the running ones out of them. Never the launched
+    /// command's: what it holds at its exit is the report.
+    fn purge_exited(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
+        let command = self.command;
+        let seen = &mut self.purged_exits;
+        let new: HashMap<u32, u64> = probes
+            .exits()?
+            .into_iter()
+            .filter(|&(pid, at)| Some(pid) != command && seen.insert((pid, at)))
+            .collect();
+        let now = probes.purge_exited(&new)?;
+        for (pid, held) in now.by_process {
+            let sum = self.purged.by_process.entry(pid).or_default();
+            *sum = crate::report::add_totals(*sum, held);
+        }
+        for (id, held) in now.reserved {
+            let sum = self.purged.reserved.entry(id).or_default();
+            *sum = crate::report::add_totals(*sum, held);
+        }
+        self.purged.stacks += now.stacks;
+        Ok(())
+    }
+
+    /// What left the maps during the run with the processes that exited.
+    pub(crate) fn purged(&self) -> &Purged {
+        &self.purged
+    }
+}
+
 impl Follow for Processes<'_> {
     fn exit_fds(&self) -> Vec<OwnedFd> {
         self.pidfds
@@ -582,6 +629,9 @@ impl Follow for Processes<'_> {
     }
 
     fn tick(&mut self, probes: &mut Probes) -> anyhow::Result<bool> {
+        if self.purge {
+            self.purge_exited(probes)?;
+        }
         let none_left = self.follow(probes)?;
         if self.last_refresh.elapsed() >= REFRESH_MAPPINGS_EVERY {
             self.last_refresh = Instant::now();

@@ -39,6 +39,8 @@ pub(crate) fn read_stats(map: &Map) -> anyhow::Result<Stats> {
         live_map_full_bytes: counter(stat::LIVE_MAP_FULL_BYTES)?,
         stack_lost: counter(stat::STACK_LOST)?,
         stack_map_full: counter(stat::STACK_MAP_FULL)?,
+        stack_no_room: counter(stat::STACK_NO_ROOM)?,
+        exits_not_noted: counter(stat::EXITS_NOT_NOTED)?,
         return_without_entry: counter(stat::RETURN_WITHOUT_ENTRY)?,
         pending_map_full: counter(stat::PENDING_MAP_FULL)?,
         pending_stale: counter(stat::PENDING_STALE)?,

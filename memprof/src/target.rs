@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use memprof_common::programs;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
@@ -295,6 +295,73 @@ impl TargetProcess {
             }
         };
         let libc_host_path = procfs::host_path(pid, &libc);
+        TargetProcess::assemble(
+            pid,
+            comm,
+            cmdline,
+            &objects,
+            libc,
+            libc_host_path,
+            allocator,
+        )
+    }
+
+    /// The process `pid` that memprof forked and holds before it execs
+    /// `program`, whose loader will load `objects` (in its search order; see
+    /// [`crate::load_order`]): what it maps now is memprof's own libraries,
+    /// so its allocator is read from what it will load.
+    pub(crate) fn before_exec(
+        pid: u32,
+        comm: String,
+        cmdline: String,
+        program: &Path,
+        objects: &[PathBuf],
+    ) -> Result<TargetProcess, anyhow::Error> {
+        let exe = program.to_string_lossy().into_owned();
+        let objects: Vec<Library> = std::iter::once(exe.clone())
+            .chain(objects.iter().map(|p| p.to_string_lossy().into_owned()))
+            .map(|path| Library {
+                host_path: PathBuf::from(&path),
+                path,
+            })
+            .collect();
+        let Some(libc) = objects
+            .iter()
+            .map(|o| o.path.clone())
+            .find(|path| is_libc(path))
+        else {
+            bail!(
+                "{exe} loads no libc that memprof knows ({}): it cannot be profiled",
+                objects
+                    .iter()
+                    .map(|o| o.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let allocator = find_allocator(&objects, &exe, &libc);
+        let libc_host_path = PathBuf::from(&libc);
+        TargetProcess::assemble(
+            pid,
+            comm,
+            cmdline,
+            &objects,
+            libc,
+            libc_host_path,
+            allocator,
+        )
+    }
+
+    /// The process from what was found of it.
+    fn assemble(
+        pid: u32,
+        comm: String,
+        cmdline: String,
+        objects: &[Library],
+        libc: String,
+        libc_host_path: PathBuf,
+        allocator: Allocator,
+    ) -> Result<TargetProcess, anyhow::Error> {
         let cxx = objects
             .iter()
             .find(|o| base_name(&o.path).starts_with("libstdc++.so"))
@@ -417,13 +484,16 @@ pub(crate) fn is_go_program(exe: &Path) -> bool {
 pub(crate) fn find_libc(maps: &str) -> Option<String> {
     procfs::parse_maps(maps)
         .filter_map(|m| m.path)
-        .find(|path| {
-            let base = base_name(path);
-            base == "libc.so.6"
-                || (base.starts_with("libc-2.") && base.ends_with(".so"))
-                || is_musl_libc(path)
-        })
+        .find(|path| is_libc(path))
         .map(str::to_string)
+}
+
+/// True for the path of a libc (see [`find_libc`]).
+fn is_libc(path: &str) -> bool {
+    let base = base_name(path);
+    base == "libc.so.6"
+        || (base.starts_with("libc-2.") && base.ends_with(".so"))
+        || is_musl_libc(path)
 }
 
 /// True for the path of musl's libc (see [`find_libc`]).

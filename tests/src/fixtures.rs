@@ -79,6 +79,14 @@ pub enum Kind {
     /// `tests/fixtures/oneshot.c`: runs to its end by itself (no protocol),
     /// leaving its ground truth outstanding at its exit; exits with status 3.
     OneShot,
+    /// `tests/fixtures/oneshot.c` linked with jemalloc or tcmalloc (which
+    /// replace glibc's malloc): the same ground truth as [`Kind::OneShot`].
+    OneShotJemalloc,
+    OneShotTcmalloc,
+    /// `tests/fixtures/spawner.c`: after go, forks short-lived children that
+    /// each exit holding blocks from 512 distinct stacks; prints `spawned`
+    /// once 40 have; stops at EOF on stdin.
+    Spawner,
     /// `tests/fixtures/forker.c`: after go, forks two children that leak
     /// [`Kind::FORKER_CHILD`] each, leaks its own ground truth, prints
     /// `children <pid> <pid>`, then `done`.
@@ -127,6 +135,9 @@ impl Kind {
             Kind::Execer => c_fixture("execer"),
             Kind::Soak => c_fixture("soak"),
             Kind::OneShot => c_fixture("oneshot"),
+            Kind::OneShotJemalloc => c_fixture("oneshot-jemalloc"),
+            Kind::OneShotTcmalloc => c_fixture("oneshot-tcmalloc"),
+            Kind::Spawner => c_fixture("spawner"),
             Kind::Forker => c_fixture("forker"),
             Kind::Clean => c_fixture("clean"),
             Kind::GoSleeper => c_fixture("go-sleeper"),
@@ -256,13 +267,14 @@ impl Kind {
             Kind::LeakyRustJemalloc => &LEAKY_RUST_JEMALLOC,
             Kind::Phases => &PHASES,
             Kind::Forker => &FORKER,
-            Kind::OneShot => &ONESHOT,
+            Kind::OneShot | Kind::OneShotJemalloc | Kind::OneShotTcmalloc => &ONESHOT,
             Kind::Execer => &EXECER,
             Kind::Stacks => &STACKS,
             Kind::Transient => &TRANSIENT,
             Kind::Soak
             | Kind::GoSleeper
             | Kind::Clean
+            | Kind::Spawner
             | Kind::SelfCheck
             | Kind::Demo
             | Kind::Static

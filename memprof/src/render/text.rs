@@ -12,7 +12,7 @@ use super::{
     default_title, human_bytes, human_secs, relative, sampling_statement, stacks_by_bytes,
     RenderOptions,
 };
-use crate::model::{Frame, Growth, Report, Stack, Stats, Totals};
+use crate::model::{Frame, Growth, Report, Stack, Stats, Totals, NO_ROOM_FRAME};
 
 /// Indentation of the frames under a stack's heading.
 const FRAME_INDENT: &str = "      ";
@@ -243,6 +243,9 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     if report.stats.lost_data() {
         writeln!(out, "{}", lost_data_warning(&report.stats))?;
     }
+    if let Some(note) = no_room_note(report) {
+        writeln!(out, "{note}")?;
+    }
     if let Some(warning) = truncated_warning(report) {
         writeln!(out, "{warning}")?;
     }
@@ -409,6 +412,26 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
                     "no outstanding allocation is at least {} old",
                     human_secs(min_age)
                 )?,
+                None if report.stats.allocs == 0 => writeln!(
+                    out,
+                    "memprof saw no allocator call at all: the program may call an allocator \
+                     that was not probed (probed: {}), be statically linked, or have made no \
+                     allocation while memprof was attached; this is not a sign of no leak",
+                    if report.target.allocator.is_empty() {
+                        "none"
+                    } else {
+                        report.target.allocator.as_str()
+                    }
+                )?,
+                None if report.released.at_exit.count > 0 && report.selection.is_some() => {
+                    writeln!(
+                        out,
+                        "nothing is outstanding in the processes still running: those that \
+                         exited during the run took {} with them (--at-exit lists what they \
+                         held at exit)",
+                        human_bytes(report.released.at_exit.bytes)
+                    )?
+                }
                 None if report.released.at_exit.count > 0 => writeln!(
                     out,
                     "nothing is outstanding: the process exited and its memory went with it \
@@ -680,6 +703,10 @@ fn explain(name: &str) -> Option<&'static str> {
             "allocations whose stack could not be walked or stored, shown as [stack lost]"
         }
         "stack_map_full" => "allocations NOT counted: the stack map was full (--max-stacks)",
+        "stack_no_room" => {
+            "allocations counted without their stack, under [no room for the stack]: the \
+             stack map was full (--max-stacks)"
+        }
         "return_without_entry" => {
             "allocator returns without a matching entry (calls in flight at attach time)"
         }
@@ -688,6 +715,9 @@ fn explain(name: &str) -> Option<&'static str> {
         }
         "pending_stale" => "allocator calls whose return never came (thread exited or longjmp)",
         "stack_collisions" => "allocations counted under another stack with the same hash",
+        "exits_not_noted" => {
+            "exits of recorded processes NOT noted (map full): they may be shown as alive"
+        }
         "stacks_freed" => "stacks freed during the run once nothing outstanding used them",
         "forks_not_followed" => {
             "children NOT recorded: the set of recorded processes was full (--follow-forks)"
@@ -696,7 +726,28 @@ fn explain(name: &str) -> Option<&'static str> {
     })
 }
 
-/// The warning printed when some allocations were not counted at all.
+/// The note printed when some allocations are counted without their stack,
+/// or None.
+fn no_room_note(report: &Report) -> Option<String> {
+    let n = report.stats.stack_no_room;
+    if n == 0 {
+        return None;
+    }
+    let (bytes, count) = report
+        .stacks
+        .iter()
+        .filter(|s| s.frames.first().and_then(|f| f.function.as_deref()) == Some(NO_ROOM_FRAME))
+        .fold((0u64, 0u64), |(b, c), s| {
+            (b.saturating_add(s.bytes), c.saturating_add(s.count))
+        });
+    Some(format!(
+        "NOTE: {n} {} found no room in the stack map and are counted without their stack \
+         (outstanding of them: {bytes} bytes in {count} blocks, shown as {NO_ROOM_FRAME}); the totals \
+         are exact. Raise --max-stacks to see their stacks.",
+        plural(n, "allocation", "allocations"),
+    ))
+}
+
 /// The warning printed when stacks look cut short, or None.
 fn truncated_warning(report: &Report) -> Option<String> {
     let cut: Vec<&Stack> = report.stacks.iter().filter(|s| s.truncated).collect();
@@ -861,14 +912,57 @@ mod tests {
 
     #[test]
     fn empty_report() {
+        // Allocations seen, all freed.
+        let mut report = Report::default();
+        report.stats.allocs = 5;
+        report.stats.frees = 5;
         let mut out = Vec::new();
-        render(&Report::default(), &RenderOptions::default(), &mut out).unwrap();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("\nno outstanding allocations were found\n"),
             "{text}"
         );
         assert!(!text.contains("WARNING"), "{text}");
+    }
+
+    #[test]
+    fn a_run_without_allocator_calls_says_so() {
+        let mut report = Report::default();
+        report.target.allocator = "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string();
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "memprof saw no allocator call at all: the program may call an allocator that \
+                 was not probed (probed: /usr/lib/x86_64-linux-gnu/libc.so.6)"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("no outstanding allocations were found"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_run_over_many_never_says_a_process_exited_when_none_did() {
+        let mut report = Report::default();
+        report.stats.allocs = 10;
+        report.selection = Some("system-wide".to_string());
+        report.released.at_exit = Totals {
+            bytes: 4096,
+            count: 2,
+        };
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("the process exited"), "{text}");
+        assert!(
+            text.contains("those that exited during the run took 4.0 KiB with them"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1113,7 +1207,7 @@ mod tests {
     #[test]
     fn sources_have_sections_after_the_heap() {
         use crate::model::SourceReport;
-        let report = Report {
+        let mut report = Report {
             mmap: Some(SourceReport {
                 description: "anonymous mmap: what it is".to_string(),
                 totals: Totals {
@@ -1134,6 +1228,8 @@ mod tests {
             }),
             ..Report::default()
         };
+        report.stats.allocs = 1;
+        report.stats.frees = 1;
         let mut out = Vec::new();
         render(&report, &RenderOptions::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();

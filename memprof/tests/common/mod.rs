@@ -159,6 +159,8 @@ pub(crate) fn sample_report() -> Report {
             live_map_full_bytes: 20480,
             stack_lost: 2,
             stack_map_full: 0,
+            stack_no_room: 0,
+            exits_not_noted: 0,
             return_without_entry: 1,
             pending_map_full: 0,
             pending_stale: 0,

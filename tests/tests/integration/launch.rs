@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tests::{describe_report, root_or_skip, run_memprof, target_dir, Kind, Report};
+use tests::{describe_report, root_or_skip, run_memprof, target_dir, Kind, Report, Totals};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -91,4 +91,102 @@ fn a_missing_command_is_named() {
         "{}",
         output.stderr
     );
+}
+
+/// Runs `memprof -- COMMAND` through `wrapper` (e.g. `env LD_PRELOAD=...`)
+/// and returns its JSON report.
+fn launch_json(wrapper: &[&str], command: &str) -> Report {
+    let json = target_dir().join(format!(
+        "launch-allocator-{}-{}.json",
+        std::process::id(),
+        wrapper.len()
+    ));
+    let json_arg = json.display().to_string();
+    let output = run_memprof(wrapper, &["-o", &json_arg, "--", command], TIMEOUT);
+    output.assert_success();
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    serde_json::from_str(&text).expect("a JSON report")
+}
+
+/// `report` with only the stacks that pass through a function of
+/// `kind`'s ground truth: the libraries a command loads allocate when they
+/// start and hold it until exit (libstdc++, which jemalloc and tcmalloc
+/// link, its exception-handling pool of 72,704 bytes; tcmalloc a few blocks
+/// through setenv), which is no part of the fixture's ground truth.
+fn the_fixtures_own(mut report: Report, kind: Kind) -> Report {
+    let truth = kind.truth();
+    let functions: Vec<&str> = truth
+        .leaks
+        .iter()
+        .map(|leak| leak.function)
+        .chain(truth.clean.iter().copied())
+        .collect();
+    report
+        .stacks
+        .retain(|s| functions.iter().any(|f| tests::frame_index(s, f).is_some()));
+    report.totals = report.stacks.iter().fold(Totals::default(), |t, s| Totals {
+        bytes: t.bytes + s.bytes,
+        count: t.count + s.count,
+    });
+    report
+}
+
+/// A command that links another allocator (`DT_NEEDED`): the probes go on
+/// the allocator it will call, which the child held before exec does not
+/// map yet; the report is the oneshot ground truth, naming the allocator.
+fn launched_through(kind: Kind, allocator: &str) {
+    let bin = kind.path().expect("the fixture");
+    let report = launch_json(&[], &bin.display().to_string());
+    let dump = describe_report(&report);
+    assert!(
+        report.target.allocator.starts_with(allocator),
+        "allocator {:?}, expected {allocator}\n{dump}",
+        report.target.allocator
+    );
+    let report = the_fixtures_own(report, kind);
+    let problems = kind.truth().check_leaks(&report);
+    assert!(problems.is_empty(), "{problems:#?}\n{dump}");
+    assert!(report.stats.frees >= 1000, "{dump}");
+}
+
+#[test]
+fn a_command_linked_with_jemalloc_is_profiled_through_it() {
+    if !root_or_skip() {
+        return;
+    }
+    launched_through(Kind::OneShotJemalloc, "jemalloc (");
+}
+
+#[test]
+fn a_command_linked_with_tcmalloc_is_profiled_through_it() {
+    if !root_or_skip() {
+        return;
+    }
+    launched_through(Kind::OneShotTcmalloc, "tcmalloc (");
+}
+
+#[test]
+fn an_allocator_preloaded_into_a_command_is_profiled() {
+    if !root_or_skip() {
+        return;
+    }
+    let bin = Kind::OneShot.path().expect("the oneshot fixture");
+    let preload = "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4";
+    assert!(
+        std::path::Path::new(preload).exists(),
+        "{preload} is missing (apt package libgoogle-perftools-dev)"
+    );
+    let env = format!("LD_PRELOAD={preload}");
+    let report = launch_json(&["env", &env], &bin.display().to_string());
+    let dump = describe_report(&report);
+    assert_eq!(
+        report.target.allocator,
+        format!("tcmalloc ({preload})"),
+        "{dump}"
+    );
+    let problems = Kind::OneShot
+        .truth()
+        .check_leaks(&the_fixtures_own(report, Kind::OneShot));
+    assert!(problems.is_empty(), "{problems:#?}\n{dump}");
 }

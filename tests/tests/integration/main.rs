@@ -17,6 +17,7 @@
 //! `tests/tests/` (which cargo would build as a test binary of its own).
 
 mod allocators;
+mod busy;
 mod c_fixture;
 mod demo;
 mod detach;
