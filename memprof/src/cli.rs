@@ -22,7 +22,8 @@ use crate::sources::Sources;
 /// bytes. Allocations made before memprof attached are not seen.
 ///
 /// With `-- PROGRAM ARGS...` instead of -p, memprof starts the program itself, with the probes in
-/// place before its first allocation, and reports what it still holds when it exits.
+/// place before its first allocation, reports what it still holds when it exits, and exits
+/// with the program's exit status (128 + the signal for a program killed by one).
 ///
 /// Many processes at once: -p repeated, --comm, --cgroup, --follow-forks, or no -p at all
 /// (every process on the machine). The report then ranks the processes by outstanding bytes

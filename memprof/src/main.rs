@@ -13,7 +13,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        // A launched command's failure is passed on, as strace, time and
+        // valgrind do: a script or CI step that wraps it sees it.
+        Ok(Some(status)) if status != 0 => ExitCode::from(status.clamp(1, 255) as u8),
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("memprof: error: {e:#}");
             ExitCode::FAILURE
@@ -21,7 +24,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+/// Runs what the command line asks; returns the launched command's exit
+/// status (as a shell gives it) when there was one.
+fn run(cli: &Cli) -> anyhow::Result<Option<i32>> {
     match &cli.command {
         None => {
             let outputs = Outputs::open(&cli.output)?;
@@ -33,7 +38,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     return Err(e);
                 }
             };
-            write_report(&report, &cli.output, outputs)
+            write_report(&report, &cli.output, outputs)?;
+            Ok(report.target.exit_status)
         }
         Some(Command::Merge { reports, output }) => {
             let reports = reports
@@ -41,7 +47,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 .map(|p| read_report(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let outputs = Outputs::open(output)?;
-            write_report(&memprof::compare::merge(&reports), output, outputs)
+            write_report(&memprof::compare::merge(&reports), output, outputs)?;
+            Ok(None)
         }
         Some(Command::Diff {
             before,
@@ -50,7 +57,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }) => {
             let (before, after) = (read_report(before)?, read_report(after)?);
             let outputs = Outputs::open(output)?;
-            write_diff(&before, &after, output, outputs)
+            write_diff(&before, &after, output, outputs)?;
+            Ok(None)
         }
     }
 }

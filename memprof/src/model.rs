@@ -382,6 +382,11 @@ pub struct Target {
     /// Set when the process exited before the end of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited_after_secs: Option<f64>,
+    /// Launch mode: the command's exit status as a shell gives it (its exit
+    /// code, or 128 + the signal that killed it), when it ended during the
+    /// run. memprof exits with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
     /// When the process started, in seconds since the Unix epoch. With the
     /// pid, it names the process even after the pid is reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -83,6 +83,7 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         end,
         samples,
         stacks_freed,
+        command_status,
     } = waiter.wait(
         &mut probes,
         &mut processes,
@@ -281,6 +282,7 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             End::TargetExited(after) => Some(after),
             _ => None,
         },
+        command_status,
         stats: snap.stats,
         found,
         windows,

@@ -59,6 +59,8 @@ pub(crate) struct Run<'a> {
     pub duration_secs: f64,
     /// When what was recorded exited: seconds into the run.
     pub exited_after_secs: Option<f64>,
+    /// The launched command's exit status, as a shell gives it.
+    pub command_status: Option<i32>,
     pub stats: Stats,
     /// The sources besides the heap.
     pub found: Found,
@@ -77,6 +79,7 @@ pub(crate) fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<
         started_ns,
         duration_secs,
         exited_after_secs,
+        command_status,
         stats,
         found,
         windows,
@@ -121,6 +124,7 @@ pub(crate) fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<
                 cmdline: process.cmdline,
                 allocator: process.allocator,
                 exited_after_secs,
+                exit_status: command_status,
                 started_unix_secs: process.started_unix_secs,
                 execs: process.execs,
                 exec_after_secs: (process.execs > 0)
@@ -157,6 +161,7 @@ pub(crate) fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<
                 cmdline: selection.clone(),
                 allocator: allocators.join(", "),
                 exited_after_secs,
+                exit_status: command_status,
                 ..model::Target::default()
             };
             let sampling = sampling_of_run(config, Sampling::merged(samplings), windows);

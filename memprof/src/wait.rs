@@ -70,6 +70,9 @@ pub(crate) struct Waited {
     pub samples: Vec<Sample>,
     /// Stacks freed during the run.
     pub stacks_freed: u64,
+    /// The launched command's exit status as a shell gives it (see
+    /// [`shell_status`]), when it ended during the run.
+    pub command_status: Option<i32>,
 }
 
 /// What to wait for.
@@ -198,6 +201,7 @@ async fn wait_async(
         FREE_STACKS_EVERY,
     );
     let mut stacks_freed = 0;
+    let mut command_status = None;
     let end = loop {
         tokio::select! {
             _ = &mut sleep_until_deadline => break End::Duration,
@@ -215,7 +219,10 @@ async fn wait_async(
                     }
                     let _ = resume.send(());
                 }
-                Some(ChildEvent::Exited(status)) => log::info!("{}", describe_exit(status)),
+                Some(ChildEvent::Exited(status)) => {
+                    log::info!("{}", describe_exit(status));
+                    command_status = Some(shell_status(status));
+                }
                 None => child = None,
             },
             _ = housekeeping.tick() => {
@@ -252,13 +259,25 @@ async fn wait_async(
             tokio::time::timeout(Duration::from_secs(1), rx.recv()).await
         {
             log::info!("{}", describe_exit(status));
+            command_status = Some(shell_status(status));
         }
     }
     Ok(Waited {
         end,
         samples,
         stacks_freed,
+        command_status,
     })
+}
+
+/// A wait status as a shell reports it: the exit code, or 128 + the signal
+/// that killed the process.
+fn shell_status(status: i32) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
 }
 
 fn describe_exit(status: i32) -> String {

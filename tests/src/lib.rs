@@ -424,6 +424,18 @@ impl Output {
         );
     }
 
+    /// Panics with stderr unless memprof exited with `code` (launch mode
+    /// passes the command's exit status on).
+    pub fn assert_exit_code(&self, code: i32) {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "memprof exited {} instead of {code}; stderr:\n{}",
+            self.status,
+            self.stderr
+        );
+    }
+
     /// stdout parsed as a JSON report (`--format json`).
     pub fn report(&self) -> Report {
         serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {

@@ -141,6 +141,7 @@ pub(crate) fn sample_report() -> Report {
             cmdline: "/opt/leaky/bin/leaky --rounds 3 --size 4096".to_string(),
             allocator: LIBC.to_string(),
             exited_after_secs: Some(27.25),
+            exit_status: None,
             started_unix_secs: Some(1_714_500_000.5),
             execs: 1,
             exec_after_secs: Some(2.5),

@@ -20,8 +20,9 @@ fn a_launched_command_is_reported_as_it_was_at_its_exit() {
     let json_arg = json.display().to_string();
     let bin_arg = bin.display().to_string();
     let output = run_memprof(&[], &["-o", &json_arg, "--", &bin_arg], TIMEOUT);
-    output.assert_success();
-    // The command's own output passes through, and its exit status is told.
+    // The command's exit status (oneshot returns 3) is memprof's, its own
+    // output passes through, and its exit status is told.
+    output.assert_exit_code(3);
     assert!(
         output.stdout_text().contains("oneshot done"),
         "{}",
@@ -39,6 +40,7 @@ fn a_launched_command_is_reported_as_it_was_at_its_exit() {
     assert_eq!(report.target.comm, "oneshot", "{dump}");
     assert!(report.target.cmdline.ends_with("oneshot"), "{dump}");
     assert!(report.target.exited_after_secs.is_some(), "{dump}");
+    assert_eq!(report.target.exit_status, Some(3), "{dump}");
     // Its own exec is not one it made.
     assert_eq!(report.target.execs, 0, "{dump}");
     // Where and what it ran, for reports gathered from many hosts.
@@ -103,7 +105,8 @@ fn launch_json(wrapper: &[&str], command: &str) -> Report {
     ));
     let json_arg = json.display().to_string();
     let output = run_memprof(wrapper, &["-o", &json_arg, "--", command], TIMEOUT);
-    output.assert_success();
+    // The oneshot fixtures return 3, which memprof passes on.
+    output.assert_exit_code(3);
     let text = std::fs::read_to_string(&json).expect("the JSON report");
     let _ = std::fs::remove_file(&json);
     serde_json::from_str(&text).expect("a JSON report")
@@ -189,4 +192,25 @@ fn an_allocator_preloaded_into_a_command_is_profiled() {
         .truth()
         .check_leaks(&the_fixtures_own(report, Kind::OneShot));
     assert!(problems.is_empty(), "{problems:#?}\n{dump}");
+}
+
+/// Like strace, time and valgrind, `memprof -- COMMAND` exits with the
+/// command's status, 128 + the signal for a command killed by one, so that a
+/// script or CI step that wraps a command still sees it fail.
+#[test]
+fn the_command_s_exit_status_is_memprof_s() {
+    if !root_or_skip() {
+        return;
+    }
+    for (script, code) in [("exit 0", 0), ("exit 7", 7), ("kill -SEGV $$", 128 + 11)] {
+        let output = run_memprof(
+            &[],
+            &["--format", "json", "--", "/bin/sh", "-c", script],
+            TIMEOUT,
+        );
+        output.assert_exit_code(code);
+        // The report is still written.
+        let report = output.report();
+        assert_eq!(report.target.exit_status, Some(code), "{script}");
+    }
 }
