@@ -473,6 +473,30 @@ fn redis(setup: &Setup<'_>) -> Result<()> {
     server.stop()
 }
 
+/// Attaches the memprof of `column` (this build or the baseline) to `server`,
+/// writing its JSON report under `reports/`; None for the unprofiled column.
+fn profile_server(
+    setup: &Setup<'_>,
+    server: &Server,
+    column: Column,
+    name: &str,
+) -> Result<Option<Memprof>> {
+    let json = setup.dir.join("reports").join(format!(
+        "{name}-{}.json",
+        column.name().replace([' ', '(', ')'], "")
+    ));
+    let bin = if column.baseline {
+        setup.baseline.context("no baseline memprof")?
+    } else {
+        setup.memprof
+    };
+    column
+        .mode
+        .flags()
+        .map(|flags| Memprof::attach(bin, server.pid, flags, &json))
+        .transpose()
+}
+
 fn redis_run(
     setup: &Setup<'_>,
     server: &Server,
@@ -482,20 +506,7 @@ fn redis_run(
     keys: u64,
 ) -> Result<RunResult> {
     redis_cli(port, &["flushall"])?;
-    let json = setup.dir.join("reports").join(format!(
-        "redis-{}.json",
-        column.name().replace([' ', '(', ')'], "")
-    ));
-    let bin = if column.baseline {
-        setup.baseline.context("no baseline memprof")?
-    } else {
-        setup.memprof
-    };
-    let memprof = column
-        .mode
-        .flags()
-        .map(|flags| Memprof::attach(bin, server.pid, flags, &json))
-        .transpose()?;
+    let memprof = profile_server(setup, server, column, "redis")?;
     let csv = cmd::output(Command::new("redis-benchmark").args([
         "-h",
         "127.0.0.1",
@@ -652,20 +663,7 @@ fn nginx_run(
     column: Column,
     seconds: u64,
 ) -> Result<f64> {
-    let json = setup.dir.join("reports").join(format!(
-        "nginx-{}.json",
-        column.name().replace([' ', '(', ')'], "")
-    ));
-    let bin = if column.baseline {
-        setup.baseline.context("no baseline memprof")?
-    } else {
-        setup.memprof
-    };
-    let memprof = column
-        .mode
-        .flags()
-        .map(|flags| Memprof::attach(bin, server.pid, flags, &json))
-        .transpose()?;
+    let memprof = profile_server(setup, server, column, "nginx")?;
     let out = cmd::output(Command::new("wrk").args([
         "-t2",
         "-c16",
