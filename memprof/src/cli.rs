@@ -148,6 +148,11 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub at_exit: bool,
 
+    /// For CPython processes: show the Python frames and fold away the interpreter's own
+    /// native frames (C extensions and the C library stay).
+    #[arg(long)]
+    pub python_only: bool,
+
     /// Leave out stacks that hold fewer than this many outstanding bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub min_size: u64,
@@ -244,6 +249,7 @@ impl ProfileArgs {
             interval: self.interval,
             min_age: self.min_age,
             at_exit: self.at_exit,
+            python_only: self.python_only,
             min_size: self.min_size,
             limits: Limits {
                 max_live: self.max_live,

@@ -149,6 +149,8 @@ pub(crate) struct Probes {
     sources: crate::sources::Attached,
     /// The unwind tables, when stacks are walked from them.
     unwind: Option<crate::unwind::UnwindTables>,
+    /// The CPython processes, whose allocations get Python frames.
+    python: crate::python::Watch,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -308,7 +310,7 @@ impl Probes {
             }
             _ => None,
         };
-        let probes = Probes {
+        let mut probes = Probes {
             windows,
             session: Vec::new(),
             ebpf,
@@ -318,9 +320,11 @@ impl Probes {
             attached: 0,
             sources,
             unwind,
+            python: crate::python::Watch::default(),
         };
         if mode == filter::ONE && !config.bench.floor {
             probes.unwind_process(tgid);
+            probes.python.add(&mut probes.ebpf, tgid);
         }
         Ok(probes)
     }
@@ -397,6 +401,7 @@ impl Probes {
         }
         for &tgid in tgids {
             self.unwind_process(tgid);
+            self.python.add(&mut self.ebpf, tgid);
         }
         Ok(())
     }
@@ -409,6 +414,12 @@ impl Probes {
                 log::warn!("{e:#}: stacks of process {tgid} are walked by frame pointer");
             }
         }
+    }
+
+    /// Looks again at the recorded processes for CPython (a launched
+    /// command after its exec, a process that exec'd).
+    pub(crate) fn python_tick(&mut self) {
+        self.python.tick(&mut self.ebpf);
     }
 
     /// Takes a process out of the recorded set.
