@@ -71,6 +71,9 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     log_attached(config, &probes, &processes, &describe);
     if let Some(launched) = &mut launched {
         launched.release()?;
+        // It has exec'd: a Python interpreter linked into the program is
+        // there to find now (one in a libpython is found at the next look).
+        probes.python_tick();
     }
 
     // Wait.

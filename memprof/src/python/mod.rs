@@ -208,9 +208,19 @@ impl Resolver {
 /// an exec took it out.
 #[derive(Default)]
 pub(crate) struct Watch {
-    /// Per process: the executable last looked at, and the runtime
-    /// installed for it (None: no CPython memprof knows).
-    procs: HashMap<u32, (PathBuf, Option<PyProc>)>,
+    /// Per process: the executable last looked at, and what was found.
+    procs: HashMap<u32, (PathBuf, Found)>,
+}
+
+/// What a process was found to run.
+#[derive(Clone, Copy, Debug)]
+enum Found {
+    /// A CPython memprof knows: its entry in `PY_PROCS`.
+    Frames,
+    /// A CPython version memprof does not know (said once).
+    Unknown,
+    /// No CPython (yet).
+    NotYet,
 }
 
 impl Watch {
@@ -240,14 +250,20 @@ impl Watch {
         else {
             return;
         };
-        if let Some((seen, installed)) = self.procs.get(&pid) {
+        if let Some((seen, found)) = self.procs.get(&pid) {
             // The same program, unless an exec (of the same file, its
-            // runtime elsewhere) took its entry out.
-            if *seen == exe && (installed.is_none() || map.get(&pid, 0).is_ok()) {
+            // runtime elsewhere) took its entry out, or a `python3.X`
+            // executable that has not mapped its `libpython` yet.
+            let settled = match found {
+                Found::Frames => map.get(&pid, 0).is_ok(),
+                Found::Unknown => true,
+                Found::NotYet => minor_of_name(&seen.to_string_lossy()).is_none(),
+            };
+            if *seen == exe && settled {
                 return;
             }
         }
-        let installed = match Interpreter::detect(pid) {
+        let found = match Interpreter::detect(pid) {
             Ok(Some(interp)) => match interp.proc() {
                 Some(proc) => match map.insert(pid, proc, 0) {
                     Ok(()) => {
@@ -256,7 +272,7 @@ impl Watch {
                             interp.version_string(),
                             interp.path
                         );
-                        Some(proc)
+                        Found::Frames
                     }
                     Err(e) => {
                         log::warn!(
@@ -264,7 +280,7 @@ impl Watch {
                              ({e}): native stacks only",
                             interp.version_string()
                         );
-                        None
+                        Found::Unknown
                     }
                 },
                 None => {
@@ -279,19 +295,19 @@ impl Watch {
                             .collect::<Vec<_>>()
                             .join(", 3.")
                     );
-                    None
+                    Found::Unknown
                 }
             },
-            Ok(None) => None,
+            Ok(None) => Found::NotYet,
             Err(e) => {
                 log::debug!("looking for CPython in pid {pid}: {e:#}");
-                None
+                Found::NotYet
             }
         };
-        if installed.is_none() {
+        if !matches!(found, Found::Frames) {
             let _ = map.remove(&pid);
         }
-        self.procs.insert(pid, (exe, installed));
+        self.procs.insert(pid, (exe, found));
     }
 }
 
