@@ -90,26 +90,31 @@ fn check(report: &Report, merged: bool) {
         "{what}\n{dump}"
     );
     let at = python_frame(handle, "handle", 4).unwrap();
-    assert_eq!(
-        python_frame(handle, "<module>", 11),
-        Some(at + 1),
+    let module = python_frame(handle, "<module>", 11);
+    assert!(
+        module.is_some_and(|m| m > at),
         "handle's caller is the module's line 11: {what}"
     );
     let remember = stack_of(report, "remember", 7);
     let at_remember = python_frame(remember, "remember", 7).unwrap();
-    assert_eq!(
-        python_frame(remember, "<module>", 12),
-        Some(at_remember + 1),
+    assert!(
+        python_frame(remember, "<module>", 12).is_some_and(|m| m > at_remember),
         "{}",
         describe_stack(remember)
     );
     if merged {
-        // Inside the allocation's native frames, under the evaluation loop.
+        // Inside the allocation's native frames, under the evaluation loop:
+        // 3.11+ runs both Python frames in one call of it, older versions
+        // one call each.
         let eval = frame_index(handle, "_PyEval_EvalFrameDefault");
-        assert_eq!(eval, Some(at + 2), "{what}");
+        assert!(
+            eval == module.map(|m| m + 1) || eval == Some(at + 1),
+            "{what}"
+        );
         assert!(at > 0, "native frames inside handle: {what}");
         assert!(!handle.truncated, "{what}");
     } else {
+        assert_eq!(module, Some(at + 1), "{what}");
         assert_eq!(
             frame_index(handle, "_PyEval_EvalFrameDefault"),
             None,
