@@ -55,6 +55,8 @@ pub(crate) struct ProbeConfig {
     pub bench: Bench,
     /// Walk stacks from unwind tables (`--unwind`), with room for this many rows.
     pub unwind_rows: Option<u32>,
+    /// Read the Python frames of CPython processes (not `--no-python`).
+    pub python: bool,
 }
 
 impl ProbeConfig {
@@ -66,6 +68,7 @@ impl ProbeConfig {
             sources: config.sources,
             bench: config.bench,
             unwind_rows: config.unwind.rows(),
+            python: !config.no_python,
         }
     }
 
@@ -320,7 +323,7 @@ impl Probes {
             attached: 0,
             sources,
             unwind,
-            python: crate::python::Watch::default(),
+            python: crate::python::Watch::new(config.python),
         };
         if mode == filter::ONE && !config.bench.floor {
             probes.unwind_process(tgid);

@@ -206,8 +206,9 @@ impl Resolver {
 /// is looked at again when its executable changes (an exec, or a launched
 /// command before its exec), and its entry in `PY_PROCS` is put back when
 /// an exec took it out.
-#[derive(Default)]
 pub(crate) struct Watch {
+    /// False with `--no-python`: nothing is watched.
+    enabled: bool,
     /// Per process: the executable last looked at, and what was found.
     procs: HashMap<u32, (PathBuf, Found)>,
 }
@@ -224,8 +225,19 @@ enum Found {
 }
 
 impl Watch {
+    /// Watches nothing unless `enabled`.
+    pub(crate) fn new(enabled: bool) -> Watch {
+        Watch {
+            enabled,
+            procs: HashMap::new(),
+        }
+    }
+
     /// Starts watching `pid` and installs its Python frames if it runs CPython.
     pub(crate) fn add(&mut self, ebpf: &mut aya::Ebpf, pid: u32) {
+        if !self.enabled {
+            return;
+        }
         self.procs.remove(&pid);
         self.check(ebpf, pid);
     }
