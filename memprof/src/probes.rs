@@ -425,6 +425,24 @@ impl Probes {
         self.python.tick(&mut self.ebpf);
     }
 
+    /// The stored stacks that have Python frames (see
+    /// [`crate::snapshot::read_traces`]), while the probes run.
+    pub(crate) fn python_traces(&self) -> HashMap<i64, Vec<u64>> {
+        let Some(map) = self.ebpf.map(maps::STACKS) else {
+            return HashMap::new();
+        };
+        let ids: Vec<i64> = match BpfHashMap::<&MapData, i64, StackTrace>::try_from(map) {
+            Ok(stacks) => stacks
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, t)| memprof_common::python::frame::count(t.walk) > 0)
+                .map(|(id, _)| id)
+                .collect(),
+            Err(_) => return HashMap::new(),
+        };
+        crate::snapshot::read_traces(map, ids).unwrap_or_default()
+    }
+
     /// Takes a process out of the recorded set.
     pub(crate) fn remove_target(&mut self, tgid: u32) -> anyhow::Result<()> {
         let _ = self.targets_map()?.remove(&tgid);

@@ -650,6 +650,8 @@ impl Follow for Processes<'_> {
         self.probe(probes, pid, execs, false)?;
         if let Some(symbolizer) = self.symbolizers.as_mut().and_then(|s| s.get_mut(&pid)) {
             symbolizer.refresh();
+            // Its code objects go with it: their names are read now.
+            symbolizer.read_python_ahead(&probes.python_traces());
         }
         Ok(())
     }

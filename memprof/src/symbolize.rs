@@ -150,6 +150,17 @@ impl Symbolizer {
             .collect()
     }
 
+    /// Reads the code objects of the Python frames of `stacks` now, while
+    /// the process holds them: they keep their names if it frees them (or
+    /// exits) before the report.
+    pub(crate) fn read_python_ahead(&self, stacks: &HashMap<i64, Vec<u64>>) {
+        if let Some(resolver) = &self.python {
+            for ips in stacks.values() {
+                let _ = resolver.frames(python::split(ips).1);
+            }
+        }
+    }
+
     /// The interpreter's own native frames folded away from the stacks that
     /// have Python frames (`--python-only`).
     pub(crate) fn python_only(&self, frames: &mut Vec<Frame>) {
