@@ -150,6 +150,11 @@ impl Symbolizer {
             .collect()
     }
 
+    /// True when the target runs a CPython memprof knows.
+    pub(crate) fn runs_python(&self) -> bool {
+        self.python.is_some()
+    }
+
     /// Reads the code objects of the Python frames of `stacks` now, while
     /// the process holds them: they keep their names if it frees them (or
     /// exits) before the report.
