@@ -92,7 +92,6 @@ pub mod frame {
     }
 }
 
-/// Indices of the Python counters in `STATS` are in [`crate::stat`].
 #[cfg(test)]
 mod tests {
     use super::frame;
