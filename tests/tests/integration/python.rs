@@ -167,11 +167,13 @@ fn launched_python_script_is_named_at_its_python_line() {
         return;
     }
     let script = fixture();
+    let json = tests::target_dir().join(format!("python-launch-{}.json", std::process::id()));
+    let json_arg = json.display().to_string();
     let output = tests::run_memprof(
         &[],
         &[
-            "--format",
-            "json",
+            "-o",
+            &json_arg,
             "--top",
             "1000",
             "--",
@@ -181,7 +183,10 @@ fn launched_python_script_is_named_at_its_python_line() {
         tests::FINISH_TIMEOUT,
     );
     output.assert_success();
-    check(&output.report(), true);
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    let report: Report = serde_json::from_str(&text).expect("a JSON report");
+    check(&report, true);
 }
 
 /// Every CPython 3 that pyenv installed, with its interpreter in
