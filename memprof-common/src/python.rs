@@ -8,6 +8,9 @@
 /// Python frames, by tgid. A process not in it costs one lookup.
 pub const PY_PROCS: &str = "PY_PROCS";
 
+/// Global `u32`: nonzero when the programs read Python frames.
+pub const PYTHON_FRAMES: &str = "PYTHON_FRAMES";
+
 /// Entries of [`PY_PROCS`].
 pub const MAX_PY_PROCS: u32 = 4096;
 

@@ -22,6 +22,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop},
     macros::map,
     maps::{HashMap, PerCpuArray},
+    Global,
 };
 use memprof_common::{
     python::{frame, PyProc, MAX_PY_FRAMES, MAX_PY_PROCS, MAX_PY_THREADS, NONE},
@@ -31,6 +32,11 @@ use memprof_common::{
 use crate::maps::bump;
 use crate::stack::{mix, scratch};
 
+/// Nonzero when Python frames are read (set by the loader; read-only, so
+/// the verifier drops this module's code when it is 0).
+#[unsafe(no_mangle)]
+static PYTHON_FRAMES: Global<u32> = Global::new(0);
+
 /// The CPython processes and where their frames are.
 #[map]
 static PY_PROCS: HashMap<u32, PyProc> = HashMap::with_max_entries(MAX_PY_PROCS, BPF_F_NO_PREALLOC);
@@ -39,6 +45,9 @@ static PY_PROCS: HashMap<u32, PyProc> = HashMap::with_max_entries(MAX_PY_PROCS, 
 /// runtime (if any) is elsewhere. User space looks at it again.
 #[inline(always)]
 pub(crate) fn forget(tgid: u32) {
+    if PYTHON_FRAMES.load() == 0 {
+        return;
+    }
     let _ = PY_PROCS.remove(tgid);
 }
 
@@ -176,6 +185,9 @@ extern "C" fn walk_frame(index: u64, _ctx: *mut c_void) -> i64 {
 /// sites is two stacks. Their number goes in `buf.walk`.
 #[inline(always)]
 pub(crate) fn append(buf: &mut StackTrace, hash: u64, len: u64, tgid: u32) -> u64 {
+    if PYTHON_FRAMES.load() == 0 {
+        return hash;
+    }
     // SAFETY: the value is only read.
     let Some(p) = (unsafe { PY_PROCS.get(tgid) }) else {
         return hash;

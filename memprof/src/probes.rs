@@ -72,6 +72,14 @@ impl ProbeConfig {
         }
     }
 
+    /// True when the Python frames of CPython processes are read: not
+    /// with `--no-python`, and not with sampling yet (its uprobe session
+    /// programs do not walk frames with `bpf_loop`, as the unwinder's
+    /// tables are not used there either).
+    pub(crate) fn python_frames(&self) -> bool {
+        self.python && !self.sampled()
+    }
+
     /// True when allocation calls are sampled.
     pub(crate) fn sampled(&self) -> bool {
         self.sampling.is_some()
@@ -252,6 +260,10 @@ impl Probes {
             config.limits.max_stacks,
         );
         crate::unwind::configure(&mut loader, config.unwind_rows);
+        if config.python && config.sampled() {
+            log::debug!("sampled runs record native stacks only: no Python frames");
+        }
+        crate::python::configure(&mut loader, config.python_frames());
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
@@ -323,7 +335,7 @@ impl Probes {
             attached: 0,
             sources,
             unwind,
-            python: crate::python::Watch::new(config.python),
+            python: crate::python::Watch::new(config.python_frames()),
         };
         if mode == filter::ONE && !config.bench.floor {
             probes.unwind_process(tgid);

@@ -323,6 +323,18 @@ impl Watch {
     }
 }
 
+/// Tells the BPF object whether to read Python frames at all: when not,
+/// the verifier drops that code (the global is read-only).
+pub(crate) fn configure(loader: &mut aya::EbpfLoader<'_>, enabled: bool) {
+    static ON: u32 = 1;
+    static OFF: u32 = 0;
+    loader.override_global(
+        memprof_common::python::PYTHON_FRAMES,
+        if enabled { &ON } else { &OFF },
+        true,
+    );
+}
+
 /// Splits a trace into its native frames and the marked words of its Python frames.
 pub(crate) fn split(trace: &[u64]) -> (&[u64], &[u64]) {
     let native = trace.iter().take_while(|&&w| w & MARK == 0).count();
