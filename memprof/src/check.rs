@@ -11,9 +11,31 @@ use crate::model::{Report, Stack, Totals};
 /// links: each a `leak:` line, with why it is not a leak.
 const BUILT_IN: &str = include_str!("check_suppressions.txt");
 
+/// How a rule's pattern is matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `leak:PATTERN` (LeakSanitizer's): the function, source file or
+    /// module of any frame.
+    Leak,
+    /// `leak-unnamed-caller:PATTERN` (memprof's): the module of the first
+    /// frame (the allocator's caller) when its function has no name, as in a
+    /// stripped library's internal functions.
+    UnnamedCaller,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Leak => "leak",
+            Kind::UnnamedCaller => "leak-unnamed-caller",
+        }
+    }
+}
+
 /// One `leak:PATTERN` line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    pub kind: Kind,
     pub pattern: String,
     /// Where it was read: `FILE:LINE`, or `built-in:LINE`.
     pub origin: String,
@@ -21,7 +43,13 @@ pub struct Rule {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "leak:{} ({})", self.pattern, self.origin)
+        write!(
+            f,
+            "{}:{} ({})",
+            self.kind.prefix(),
+            self.pattern,
+            self.origin
+        )
     }
 }
 
@@ -42,16 +70,25 @@ impl Suppressions {
     }
 
     /// Adds the rules of a file in LeakSanitizer's format: `leak:PATTERN`
-    /// lines, `#` comments, blank lines. Other kinds of LSan's (none is
-    /// used by its leak check) are an error, as is a line of no kind.
+    /// lines, `#` comments, blank lines; and memprof's
+    /// `leak-unnamed-caller:PATTERN`. Other kinds of LSan's (none is used by
+    /// its leak check) are an error, as is a line of no kind.
     pub fn add(&mut self, text: &str, source: &str) -> Result<(), String> {
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match line.split_once(':') {
-                Some(("leak", pattern)) if !pattern.trim().is_empty() => self.rules.push(Rule {
+            let kind = match line.split_once(':') {
+                Some(("leak", p)) if !p.trim().is_empty() => Some((Kind::Leak, p)),
+                Some(("leak-unnamed-caller", p)) if !p.trim().is_empty() => {
+                    Some((Kind::UnnamedCaller, p))
+                }
+                _ => None,
+            };
+            match kind {
+                Some((kind, pattern)) => self.rules.push(Rule {
+                    kind,
                     pattern: pattern.trim().to_string(),
                     origin: format!("{source}:{}", i + 1),
                 }),
@@ -66,16 +103,21 @@ impl Suppressions {
         Ok(())
     }
 
-    /// The first rule whose pattern matches the function, source file or
-    /// module of one of the stack's frames.
+    /// The first rule that matches the stack (see [`Kind`]).
     pub fn matching(&self, stack: &Stack) -> Option<&Rule> {
-        self.rules.iter().find(|rule| {
-            stack.frames.iter().any(|f| {
+        self.rules.iter().find(|rule| match rule.kind {
+            Kind::Leak => stack.frames.iter().any(|f| {
                 [&f.function, &f.file, &f.module]
                     .into_iter()
                     .flatten()
                     .any(|s| template_match(&rule.pattern, s))
-            })
+            }),
+            Kind::UnnamedCaller => stack.frames.first().is_some_and(|f| {
+                f.function.is_none()
+                    && f.module
+                        .as_deref()
+                        .is_some_and(|m| template_match(&rule.pattern, m))
+            }),
         })
     }
 }
@@ -202,6 +244,52 @@ mod tests {
     }
 
     #[test]
+    fn unnamed_callers_match_by_module_and_only_the_first_frame() {
+        let mut s = Suppressions::default();
+        s.add("leak-unnamed-caller:libstdc++.so", "f").unwrap();
+        let mut unnamed = frame("x", None, "/usr/lib/libstdc++.so.6.0.30");
+        unnamed.function = None;
+        assert!(s.matching(&stack(1, vec![unnamed.clone()])).is_some());
+        let named = frame("_M_create", None, "/usr/lib/libstdc++.so.6.0.30");
+        assert!(s.matching(&stack(1, vec![named])).is_none());
+        let user = frame("main", None, "/bin/app");
+        assert!(s.matching(&stack(1, vec![user, unnamed])).is_none());
+    }
+
+    #[test]
+    fn the_built_in_list_suppresses_libc_one_time_allocations_only() {
+        let s = Suppressions::built_in();
+        for (function, file, module) in [
+            (
+                "_nl_intern_locale_data",
+                Some("./locale/loadlocale.c"),
+                "libc.so.6",
+            ),
+            (
+                "__GI__IO_file_doallocate",
+                Some("./libio/filedoalloc.c"),
+                "libc.so.6",
+            ),
+            ("getpwuid", Some("./pwd/../nss/getXXbyYY.c"), "libc.so.6"),
+            ("__nss_module_allocate", None, "libc.so.6"),
+            ("_dl_allocate_tls", None, "ld-linux-x86-64.so.2"),
+        ] {
+            let st = stack(1, vec![frame(function, file, module)]);
+            assert!(s.matching(&st).is_some(), "{function} is not suppressed");
+        }
+        for (function, module) in [("leak_malloc", "/bin/app"), ("__GI___strdup", "libc.so.6")] {
+            let st = stack(
+                1,
+                vec![
+                    frame(function, None, module),
+                    frame("main", None, "/bin/app"),
+                ],
+            );
+            assert!(s.matching(&st).is_none(), "{function} is suppressed");
+        }
+    }
+
+    #[test]
     fn patterns_match_as_lsan_does() {
         assert!(template_match("leak_", "leak_small"));
         assert!(template_match("^leak_", "leak_small"));
@@ -235,6 +323,13 @@ mod tests {
         assert_eq!(s.rules.len(), 2);
         assert_eq!(s.rules[1].pattern, "libfoo.so");
         assert_eq!(s.rules[1].origin, "my.supp:4");
+        s.add("leak-unnamed-caller:libstdc++.so\n", "my.supp")
+            .unwrap();
+        assert_eq!(s.rules[2].kind, Kind::UnnamedCaller);
+        assert_eq!(
+            s.rules[2].to_string(),
+            "leak-unnamed-caller:libstdc++.so (my.supp:1)"
+        );
         let e = s.add("race:foo\n", "bad.supp").unwrap_err();
         assert!(e.contains("bad.supp:1"), "{e}");
         assert!(Suppressions::built_in().rules.len() > 3);

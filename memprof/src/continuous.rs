@@ -347,7 +347,9 @@ impl Metrics {
             format!("--metrics {addr}: cannot listen there (in use? another address?)")
         })?;
         let addr = listener.local_addr()?;
-        let text = Arc::new(Mutex::new(String::new()));
+        let text = Arc::new(Mutex::new(
+            "# memprof: no period has ended yet\nmemprof_periods_total 0\n".to_string(),
+        ));
         let shared = Arc::clone(&text);
         std::thread::Builder::new()
             .name("metrics".into())

@@ -96,7 +96,10 @@ pub(crate) fn run(
                 .map(|d| (d - started.elapsed().as_secs_f64()).max(0.0)),
             interval: config.interval,
             quiet,
-            period: config.every,
+            // On a fixed schedule from the start, however long reporting took.
+            period: config.every.map(|every| {
+                (every * (period + 1) as f64 - started.elapsed().as_secs_f64()).max(0.0)
+            }),
         };
         let now = waiter.wait(
             &mut probes,
