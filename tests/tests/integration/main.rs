@@ -19,6 +19,8 @@
 mod allocators;
 mod busy;
 mod c_fixture;
+mod check;
+mod continuous;
 mod demo;
 mod detach;
 mod errors;
