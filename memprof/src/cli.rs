@@ -659,4 +659,99 @@ mod tests {
         assert!(Cli::try_parse_from(["memprof", "merge"]).is_err());
         assert!(Cli::try_parse_from(["memprof", "-p", "1", "diff", "a", "b"]).is_err());
     }
+
+    #[test]
+    fn parses_continuous_mode() {
+        let cli = Cli::try_parse_from([
+            "memprof",
+            "-p",
+            "1",
+            "--every",
+            "60",
+            "--push",
+            "http://pyroscope:4040",
+            "--service",
+            "api",
+            "--metrics",
+            "127.0.0.1:9464",
+            "-o",
+            "leak.svg",
+            "--keep",
+            "24",
+        ])
+        .unwrap();
+        assert_eq!(cli.profile.to_config().every, Some(60.0));
+        assert_eq!(cli.continuous.keep, 24);
+        assert_eq!(
+            cli.continuous.push.as_deref(),
+            Some("http://pyroscope:4040")
+        );
+        assert_eq!(cli.continuous.service.as_deref(), Some("api"));
+        assert_eq!(
+            cli.continuous.metrics,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        // Their outputs need periods; --every and --interval exclude each other.
+        for without_every in [
+            &["memprof", "-p", "1", "--keep", "3"][..],
+            &["memprof", "-p", "1", "--push", "http://x:1"],
+            &["memprof", "-p", "1", "--metrics", "127.0.0.1:1"],
+            &["memprof", "-p", "1", "--every", "5", "--interval", "1"],
+        ] {
+            assert!(
+                Cli::try_parse_from(without_every).is_err(),
+                "{without_every:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_the_leak_gate() {
+        let cli = Cli::try_parse_from([
+            "memprof",
+            "check",
+            "--max-leak",
+            "4096",
+            "--suppressions",
+            "a.supp",
+            "--suppressions",
+            "b.supp",
+            "--exit-code",
+            "23",
+            "-o",
+            "leak.json",
+            "--",
+            "./app",
+            "--flag",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Check {
+                max_leak,
+                suppressions,
+                no_default_suppressions,
+                exit_code,
+                profile,
+                output,
+            }) => {
+                assert_eq!(max_leak, 4096);
+                assert_eq!(suppressions.len(), 2);
+                assert!(!no_default_suppressions);
+                assert_eq!(exit_code, 23);
+                assert_eq!(profile.command, ["./app", "--flag"]);
+                assert_eq!(output.output, [PathBuf::from("leak.json")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["memprof", "check", "--", "true"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Check {
+                max_leak: 0,
+                exit_code: 1,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["memprof", "check", "--exit-code", "0", "--", "x"]).is_err());
+    }
 }

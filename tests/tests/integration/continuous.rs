@@ -8,17 +8,13 @@
 //! ends with a known set of blocks outstanding. Needs root (run through
 //! `cargo xtask test`).
 
-// The messages of pprof's profile.proto, shared with memprof's own pprof test.
-#[path = "../../../memprof/tests/common/pprof_proto.rs"]
-mod pprof_proto;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use pprof_proto::Profile;
+use crate::pprof_proto::{self, Profile};
 use tests::{root_or_skip, Fixture, Kind, Memprof, Report, ATTACH_TIMEOUT, FINISH_TIMEOUT};
 
 /// Long enough for a step to run well inside a period on a busy machine.
