@@ -179,10 +179,11 @@ fn run_every(cli: &Cli) -> anyhow::Result<Option<i32>> {
         log::info!("serving Prometheus metrics at http://{}/metrics", m.addr);
     }
     let mut pusher: Option<Pyroscope> = None;
-    let mut from = unix_secs();
+    let mut from: Option<u64> = None;
     let last = std::cell::Cell::new(0);
     let mut emit = |period: u64, report: Report| -> anyhow::Result<()> {
-        let until = unix_secs();
+        // When the period ended, not when its report was done.
+        let until = (report.start_unix_secs + report.duration_secs) as u64;
         last.set(period);
         // The metrics first: whoever receives the push may scrape them.
         if let Some(m) = &metrics {
@@ -213,6 +214,8 @@ fn run_every(cli: &Cli) -> anyhow::Result<Option<i32>> {
                 )?);
             }
             if let Some(p) = &pusher {
+                // The first period starts when the probes did.
+                let from = from.unwrap_or(report.start_unix_secs as u64);
                 match p.push(&report, from, until.max(from + 1)) {
                     Ok(()) => log::info!("period {period}: pushed to {url} as {}", p.name),
                     Err(e) => log::warn!("period {period}: pushing to {url} failed: {e:#}"),
@@ -224,7 +227,7 @@ fn run_every(cli: &Cli) -> anyhow::Result<Option<i32>> {
             render::human_bytes(report.totals.bytes),
             report.totals.count
         );
-        from = until;
+        from = Some(until);
         Ok(())
     };
     let report = memprof::profile_every(&config, cli.quiet, &mut emit)?;
@@ -232,13 +235,6 @@ fn run_every(cli: &Cli) -> anyhow::Result<Option<i32>> {
     // The last period, cut short by the end of the run.
     emit(last.get() + 1, report)?;
     Ok(status)
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn read_report(path: &Path) -> anyhow::Result<Report> {

@@ -67,6 +67,14 @@ pub(crate) fn report(
     waited: &Waited,
     started: Instant,
 ) -> anyhow::Result<Report> {
+    // The period ends now, before the (slow) read of the maps: what the
+    // read meets that is younger belongs to the period's end as well.
+    let end_ns = snapshot::monotonic_ns();
+    let duration_secs = started.elapsed().as_secs_f64();
+    let end_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let ebpf = probes.ebpf();
     let map = |name: &str| {
         ebpf.map(name)
@@ -78,8 +86,6 @@ pub(crate) fn report(
         map(maps::STACKS)?,
         map(maps::STATS)?,
     )?;
-    let end_ns = snapshot::monotonic_ns();
-    let duration_secs = started.elapsed().as_secs_f64();
     let procs = probes.procs()?;
     let exits = probes.exits()?;
     let purged = processes.purged().clone();
@@ -193,12 +199,8 @@ pub(crate) fn report(
         probes.sites.iter().map(|s| s.placement_report()).collect();
     let mut distinct = HashSet::new();
     placements.retain(|p| distinct.insert((p.library.clone(), p.functions.clone())));
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
     let run = Run {
-        start_unix_secs: now_unix - duration_secs,
+        start_unix_secs: end_unix - duration_secs,
         started_ns: end_ns.saturating_sub((duration_secs * 1e9) as u64),
         duration_secs,
         exited_after_secs: None,

@@ -90,16 +90,19 @@ pub(crate) fn run(
         stacks_freed,
         command_status,
     } = loop {
+        let elapsed = started.elapsed().as_secs_f64();
+        let duration = config.duration.map(|d| (d - elapsed).max(0.0));
+        // On a fixed schedule from the start, however long reporting took;
+        // a period that the end of the run cuts short is the run's last.
+        let period_left = config
+            .every
+            .map(|every| (every * (period + 1) as f64 - elapsed).max(0.0))
+            .filter(|left| duration.is_none_or(|d| *left < d));
         let plan = Plan {
-            duration: config
-                .duration
-                .map(|d| (d - started.elapsed().as_secs_f64()).max(0.0)),
+            duration,
             interval: config.interval,
             quiet,
-            // On a fixed schedule from the start, however long reporting took.
-            period: config.every.map(|every| {
-                (every * (period + 1) as f64 - started.elapsed().as_secs_f64()).max(0.0)
-            }),
+            period: period_left,
         };
         let now = waiter.wait(
             &mut probes,
