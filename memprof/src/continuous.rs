@@ -431,6 +431,49 @@ mod tests {
     }
 
     #[test]
+    fn metrics_name_every_process_and_counter() {
+        use crate::model::{Process, Report};
+        let process = |pid, comm: &str, bytes, count| Process {
+            pid,
+            comm: comm.to_string(),
+            totals: Totals { bytes, count },
+            ..Process::default()
+        };
+        let mut report = Report {
+            processes: vec![process(7, "api", 4096, 3), process(9, "a\"b", 0, 0)],
+            ..Report::default()
+        };
+        report.stats.live_map_full = 5;
+        let text = metrics_text(&report, 2);
+        for line in [
+            "# TYPE memprof_outstanding_bytes gauge",
+            "memprof_outstanding_bytes{pid=\"7\",comm=\"api\"} 4096",
+            "memprof_outstanding_blocks{pid=\"7\",comm=\"api\"} 3",
+            "memprof_outstanding_bytes{pid=\"9\",comm=\"a\\\"b\"} 0",
+            "# TYPE memprof_events_total counter",
+            "memprof_events_total{counter=\"live_map_full\"} 5",
+            "memprof_periods_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // One process: the report's target and totals.
+        let one = Report {
+            target: crate::model::Target {
+                pid: 42,
+                comm: "leaky".into(),
+                ..Default::default()
+            },
+            totals: Totals {
+                bytes: 100,
+                count: 1,
+            },
+            ..Report::default()
+        };
+        assert!(metrics_text(&one, 1)
+            .contains("memprof_outstanding_bytes{pid=\"42\",comm=\"leaky\"} 100\n"));
+    }
+
+    #[test]
     fn push_names_carry_sanitized_labels() {
         let p = Pyroscope::new("http://127.0.0.1:4040/", "my app", 42, "a,b").unwrap();
         assert!(p.name.starts_with("my_app{host="), "{}", p.name);

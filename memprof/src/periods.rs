@@ -91,16 +91,13 @@ pub(crate) fn report(
     let purged = processes.purged().clone();
     snap.stats.stacks_freed = waited.stacks_freed.saturating_add(purged.stacks);
 
-    let mut met = HashSet::new();
     let one = processes.one().map(|(pid, _)| pid);
     let mut by_process: HashMap<u32, Vec<(LiveKey, AllocInfo)>> = HashMap::new();
     if let Some(pid) = one {
         by_process.insert(pid, Vec::new());
     }
-    for entry in std::mem::take(&mut snap.live) {
-        if met.insert((entry.0.tgid, entry.0.addr)) {
-            by_process.entry(entry.0.tgid).or_default().push(entry);
-        }
+    for entry in count_once(std::mem::take(&mut snap.live)) {
+        by_process.entry(entry.0.tgid).or_default().push(entry);
     }
     let clock = Clock {
         end_ns,
@@ -212,4 +209,62 @@ pub(crate) fn report(
         probes: placements,
     };
     Ok(report::assemble(config, shape, held, run))
+}
+
+/// The blocks read, each once (by process and address), in the order met.
+fn count_once(live: Vec<(LiveKey, AllocInfo)>) -> Vec<(LiveKey, AllocInfo)> {
+    let mut met = HashSet::new();
+    live.into_iter()
+        .filter(|(key, _)| met.insert((key.tgid, key.addr)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait::End;
+
+    fn block(tgid: u32, addr: u64, size: u64) -> (LiveKey, AllocInfo) {
+        (
+            LiveKey {
+                tgid,
+                _pad: 0,
+                addr,
+            },
+            AllocInfo {
+                size,
+                timestamp_ns: 1,
+                stack_id: 7,
+            },
+        )
+    }
+
+    #[test]
+    fn a_block_met_twice_by_a_restarted_walk_counts_once() {
+        let read = vec![
+            block(1, 0x10, 100),
+            block(1, 0x20, 200),
+            block(1, 0x10, 100),
+            block(2, 0x10, 300),
+        ];
+        let once = count_once(read);
+        let sizes: Vec<u64> = once.iter().map(|(_, i)| i.size).collect();
+        assert_eq!(sizes, [100, 200, 300]);
+    }
+
+    #[test]
+    fn the_waits_of_the_periods_add_up() {
+        let wait = |end, freed, status| Waited {
+            end,
+            samples: Vec::new(),
+            stacks_freed: freed,
+            command_status: status,
+        };
+        let first = join(None, wait(End::Period, 2, None));
+        assert_eq!(first.stacks_freed, 2);
+        let all = join(Some(first), wait(End::Signal("SIGTERM"), 3, Some(4)));
+        assert_eq!(all.end, End::Signal("SIGTERM"));
+        assert_eq!(all.stacks_freed, 5);
+        assert_eq!(all.command_status, Some(4));
+    }
 }
