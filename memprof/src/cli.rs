@@ -46,6 +46,9 @@ use crate::sources::Sources;
     sudo memprof --cgroup system.slice/app.service -d 60   the processes of a systemd unit or container\n  \
     sudo memprof -p 4242 --follow-forks -d 60          pid 4242 and the children it forks\n  \
     sudo memprof --follow-forks -- make -j4            a command and every process it starts\n  \
+    sudo memprof -p 4242 --every 60 --push http://pyroscope:4040 --metrics 127.0.0.1:9464\n  \
+    \x20                                                  continuous: a profile a minute, and metrics\n  \
+    sudo memprof check --suppressions ci.supp -- ./tests   CI leak gate: fail when the command leaks\n  \
     memprof diff before.json after.json -o diff.svg    what changed between two runs\n  \
     memprof merge host*.json -o fleet.svg              one report from many processes or hosts\n\n\
     Profiling needs root (or CAP_BPF and CAP_PERFMON) and a kernel with uprobes."
@@ -130,8 +133,8 @@ pub struct ContinuousArgs {
 
     /// With --every: send each period's pprof profile to a Pyroscope server's ingest API
     /// (http://HOST:PORT, as in `http://pyroscope:4040`; https is not supported), labelled with
-    /// --service, the host name, the pid and the command. A push that fails is logged and the
-    /// run goes on.
+    /// --service, the host name, the pid and the command; in a run over many processes, one
+    /// profile per process. A push that fails is logged and the run goes on.
     #[arg(long, value_name = "URL", requires = "every")]
     pub push: Option<String>,
 

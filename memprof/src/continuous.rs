@@ -117,21 +117,20 @@ impl Rotation {
     }
 }
 
-/// Where `--push` sends profiles, and with which labels.
+/// Where `--push` sends profiles.
 #[derive(Clone, Debug)]
 pub struct Pyroscope {
     /// `host:port`.
     authority: String,
     /// The path before `/ingest` (empty, or `/prefix`).
     base: String,
-    /// `service{host=...,pid=...,command=...}`.
-    pub name: String,
+    /// This host's name, for the `host` label.
+    host: String,
 }
 
 impl Pyroscope {
-    /// `url` is `http://HOST[:PORT][/PREFIX]`; the labels name `service`,
-    /// this host, `pid` and `command`.
-    pub fn new(url: &str, service: &str, pid: u32, command: &str) -> anyhow::Result<Pyroscope> {
+    /// `url` is `http://HOST[:PORT][/PREFIX]`.
+    pub fn new(url: &str) -> anyhow::Result<Pyroscope> {
         let Some(rest) = url.strip_prefix("http://") else {
             bail!(
                 "--push {url}: only http:// URLs are supported (https is not: put a local \
@@ -150,22 +149,27 @@ impl Pyroscope {
         } else {
             format!("{authority}:80")
         };
-        let host = crate::model::Host::this().hostname;
-        let name = format!(
-            "{}{{host={},pid={pid},command={}}}",
-            label_value(service),
-            label_value(&host),
-            label_value(command)
-        );
         Ok(Pyroscope {
             authority,
             base: base.trim_end_matches('/').to_string(),
-            name,
+            host: crate::model::Host::this().hostname,
         })
     }
 
-    /// Sends `report` as a pprof profile covering `from..until` (Unix seconds).
-    pub fn push(&self, report: &Report, from: u64, until: u64) -> anyhow::Result<()> {
+    /// The application name with its labels, as the ingest API takes it:
+    /// `service{host=...,pid=...,command=...}`.
+    pub fn name(&self, service: &str, pid: u32, command: &str) -> String {
+        format!(
+            "{}{{host={},pid={pid},command={}}}",
+            label_value(service),
+            label_value(&self.host),
+            label_value(command)
+        )
+    }
+
+    /// Sends `report` as a pprof profile named `name` (see [`Pyroscope::name`])
+    /// covering `from..until` (Unix seconds).
+    pub fn push(&self, name: &str, report: &Report, from: u64, until: u64) -> anyhow::Result<()> {
         let mut pprof = Vec::new();
         render::render(report, Format::Pprof, &RenderOptions::default(), &mut pprof)?;
         let boundary = format!("memprof-{:016x}", fastrand::u64(..));
@@ -180,7 +184,7 @@ impl Pyroscope {
         let target = format!(
             "{}/ingest?name={}&from={from}&until={until}&format=pprof&spyName=memprof",
             self.base,
-            percent_encode(&self.name)
+            percent_encode(name)
         );
         let (status, answer) = post(
             &self.authority,
@@ -197,6 +201,43 @@ impl Pyroscope {
         }
         Ok(())
     }
+}
+
+/// A report per process: the report itself for one process; for many,
+/// one per process with its stacks, as if it had been recorded alone (a
+/// profile store keeps a series per process).
+pub fn per_process(report: &Report) -> Vec<Report> {
+    if report.processes.is_empty() {
+        return vec![report.clone()];
+    }
+    report
+        .processes
+        .iter()
+        .map(|p| Report {
+            target: crate::model::Target {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                cmdline: p.cmdline.clone(),
+                allocator: p.allocator.clone(),
+                started_unix_secs: p.started_unix_secs,
+                execs: p.execs,
+                ..crate::model::Target::default()
+            },
+            selection: None,
+            processes: Vec::new(),
+            totals: p.totals,
+            stacks: report
+                .stacks
+                .iter()
+                .filter(|s| s.pid == Some(p.pid))
+                .map(|s| crate::model::Stack {
+                    pid: None,
+                    ..s.clone()
+                })
+                .collect(),
+            ..report.clone()
+        })
+        .collect()
 }
 
 /// A label value as Pyroscope's name syntax takes it: no separators.
@@ -431,6 +472,55 @@ mod tests {
     }
 
     #[test]
+    fn many_processes_are_split_into_a_report_each() {
+        use crate::model::{Process, Stack};
+        let stack = |pid, bytes| Stack {
+            bytes,
+            count: 1,
+            pid: Some(pid),
+            ..Stack::default()
+        };
+        let report = Report {
+            processes: vec![
+                Process {
+                    pid: 7,
+                    comm: "api".into(),
+                    totals: Totals {
+                        bytes: 300,
+                        count: 2,
+                    },
+                    ..Process::default()
+                },
+                Process {
+                    pid: 9,
+                    comm: "worker".into(),
+                    totals: Totals {
+                        bytes: 50,
+                        count: 1,
+                    },
+                    ..Process::default()
+                },
+            ],
+            stacks: vec![stack(7, 200), stack(9, 50), stack(7, 100)],
+            ..Report::default()
+        };
+        let each = per_process(&report);
+        assert_eq!(each.len(), 2);
+        assert_eq!(
+            (each[0].target.pid, each[0].target.comm.as_str()),
+            (7, "api")
+        );
+        assert_eq!(each[0].totals.bytes, 300);
+        let bytes: Vec<u64> = each[0].stacks.iter().map(|s| s.bytes).collect();
+        assert_eq!(bytes, [200, 100]);
+        assert!(each[0].stacks.iter().all(|s| s.pid.is_none()));
+        assert!(each[1].processes.is_empty());
+        assert_eq!(each[1].stacks.len(), 1);
+        let one = Report::default();
+        assert_eq!(per_process(&one), vec![one]);
+    }
+
+    #[test]
     fn metrics_name_every_process_and_counter() {
         use crate::model::{Process, Report};
         let process = |pid, comm: &str, bytes, count| Process {
@@ -475,12 +565,17 @@ mod tests {
 
     #[test]
     fn push_names_carry_sanitized_labels() {
-        let p = Pyroscope::new("http://127.0.0.1:4040/", "my app", 42, "a,b").unwrap();
-        assert!(p.name.starts_with("my_app{host="), "{}", p.name);
-        assert!(p.name.ends_with(",pid=42,command=a_b}"), "{}", p.name);
+        let p = Pyroscope::new("http://127.0.0.1:4040/").unwrap();
+        let name = p.name("my app", 42, "a,b");
+        assert!(name.starts_with("my_app{host="), "{name}");
+        assert!(name.ends_with(",pid=42,command=a_b}"), "{name}");
         assert_eq!(p.authority, "127.0.0.1:4040");
         assert_eq!(p.base, "");
-        assert!(Pyroscope::new("https://x", "a", 1, "c").is_err());
+        let p = Pyroscope::new("http://pyroscope/prefix/").unwrap();
+        assert_eq!(p.authority, "pyroscope:80");
+        assert_eq!(p.base, "/prefix");
+        assert!(Pyroscope::new("https://x").is_err());
+        assert!(Pyroscope::new("http:///ingest").is_err());
         assert_eq!(percent_encode("a{b=c}"), "a%7Bb%3Dc%7D");
     }
 }

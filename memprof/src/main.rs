@@ -178,7 +178,7 @@ fn run_every(cli: &Cli) -> anyhow::Result<Option<i32>> {
     if let Some(m) = &metrics {
         log::info!("serving Prometheus metrics at http://{}/metrics", m.addr);
     }
-    let mut pusher: Option<Pyroscope> = None;
+    let pyroscope = args.push.as_deref().map(Pyroscope::new).transpose()?;
     let mut from: Option<u64> = None;
     let last = std::cell::Cell::new(0);
     let mut emit = |period: u64, report: Report| -> anyhow::Result<()> {
@@ -200,25 +200,15 @@ fn run_every(cli: &Cli) -> anyhow::Result<Option<i32>> {
             render::render(&report, cli.output.format, &opts, &mut out)?;
             out.flush()?;
         }
-        if let Some(url) = &args.push {
-            if pusher.is_none() {
-                let service = args
-                    .service
-                    .clone()
-                    .unwrap_or_else(|| report.target.comm.clone());
-                pusher = Some(Pyroscope::new(
-                    url,
-                    &service,
-                    report.target.pid,
-                    &report.target.comm,
-                )?);
-            }
-            if let Some(p) = &pusher {
-                // The first period starts when the probes did.
-                let from = from.unwrap_or(report.start_unix_secs as u64);
-                match p.push(&report, from, until.max(from + 1)) {
-                    Ok(()) => log::info!("period {period}: pushed to {url} as {}", p.name),
-                    Err(e) => log::warn!("period {period}: pushing to {url} failed: {e:#}"),
+        if let Some(pyroscope) = &pyroscope {
+            // The first period starts when the probes did.
+            let from = from.unwrap_or(report.start_unix_secs as u64);
+            for one in continuous::per_process(&report) {
+                let service = args.service.as_deref().unwrap_or(&one.target.comm);
+                let name = pyroscope.name(service, one.target.pid, &one.target.comm);
+                match pyroscope.push(&name, &one, from, until.max(from + 1)) {
+                    Ok(()) => log::info!("period {period}: pushed {name}"),
+                    Err(e) => log::warn!("period {period}: pushing {name} failed: {e:#}"),
                 }
             }
         }
