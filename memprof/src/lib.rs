@@ -9,6 +9,10 @@
 //! [`aggregate`] (pure), [`symbolize`] and [`report`] (assembly of the
 //! [`model::Report`]) -> [`render`].
 //!
+//! Continuous mode (`--every`) reports each period from [`periods`] while
+//! the probes stay attached, and [`continuous`] sends it on (rotating files,
+//! Pyroscope, Prometheus); [`check`] is the CI leak gate's verdict.
+//!
 //! Below them, [`procfs`] and [`tracefs`] read the system; [`session_link`]
 //! and [`windows`] hold the kernel's uprobe sessions; [`sources`] records
 //! what the heap does not show (`--mmap`, `--kernel`).
