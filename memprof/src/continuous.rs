@@ -169,29 +169,19 @@ impl Pyroscope {
 
     /// Sends `report` as a pprof profile named `name` (see [`Pyroscope::name`])
     /// covering `from..until` (Unix seconds).
+    ///
+    /// With `format=pprof` the ingest API takes the body as the profile
+    /// itself (gzipped or not) and ignores a multipart body's parts: the
+    /// `profile` form field is for clients that leave `format` out.
     pub fn push(&self, name: &str, report: &Report, from: u64, until: u64) -> anyhow::Result<()> {
         let mut pprof = Vec::new();
         render::render(report, Format::Pprof, &RenderOptions::default(), &mut pprof)?;
-        let boundary = format!("memprof-{:016x}", fastrand::u64(..));
-        let mut body = Vec::new();
-        write!(
-            body,
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"profile\"; \
-             filename=\"profile.pprof\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        )?;
-        body.extend_from_slice(&pprof);
-        write!(body, "\r\n--{boundary}--\r\n")?;
         let target = format!(
             "{}/ingest?name={}&from={from}&until={until}&format=pprof&spyName=memprof",
             self.base,
             percent_encode(name)
         );
-        let (status, answer) = post(
-            &self.authority,
-            &target,
-            &format!("multipart/form-data; boundary={boundary}"),
-            &body,
-        )?;
+        let (status, answer) = post(&self.authority, &target, "application/octet-stream", &pprof)?;
         if !(200..300).contains(&status) {
             bail!(
                 "{} answered {status} to the push: {}",

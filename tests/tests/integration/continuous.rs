@@ -56,39 +56,6 @@ impl Request {
             .map(|(k, v)| (k.to_string(), percent_decode(v)))
             .collect()
     }
-
-    /// The `name` part of a multipart/form-data body.
-    fn form_part(&self, name: &str) -> Vec<u8> {
-        let content_type = &self.headers["content-type"];
-        let boundary = content_type
-            .split_once("boundary=")
-            .map(|(_, b)| b.trim_matches('"'))
-            .unwrap_or_else(|| panic!("no boundary in {content_type}"));
-        let delimiter = format!("--{boundary}");
-        let body = &self.body;
-        let mut parts = Vec::new();
-        let mut rest = &body[..];
-        while let Some(at) = find(rest, delimiter.as_bytes()) {
-            parts.push(&rest[..at]);
-            rest = &rest[at + delimiter.len()..];
-        }
-        let wanted = format!("name=\"{name}\"");
-        for part in parts {
-            let Some(end) = find(part, b"\r\n\r\n") else {
-                continue;
-            };
-            let head = String::from_utf8_lossy(&part[..end]);
-            if head.contains(&wanted) {
-                let data = &part[end + 4..];
-                return data.strip_suffix(b"\r\n").unwrap_or(data).to_vec();
-            }
-        }
-        panic!("no form part {name:?} in the push")
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -251,12 +218,9 @@ fn check_push(push: &Request, pid: u32, step: usize, last_until: &mut u64) {
     // Periods follow each other: none overlaps the one before.
     assert!(from >= *last_until, "from {from} before {last_until}");
     *last_until = until;
-    assert!(
-        push.headers["content-type"].starts_with("multipart/form-data; boundary="),
-        "{:?}",
-        push.headers
-    );
-    let got = by_function(&push.form_part("profile"));
+    // With format=pprof the body is the profile itself.
+    assert_eq!(push.headers["content-type"], "application/octet-stream");
+    let got = by_function(&push.body);
     assert_eq!(
         got,
         expected(step),
