@@ -37,6 +37,9 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
     if config.every.is_none() {
         return Ok(());
     }
+    if config.interval.is_some() {
+        anyhow::bail!("--every and --interval do not work together: leave --interval out");
+    }
     if config.sources.mmap || config.sources.kernel {
         anyhow::bail!("--every does not work with --mmap or --kernel yet: leave them out");
     }

@@ -97,7 +97,7 @@ pub(crate) fn run(
         let period_left = config
             .every
             .map(|every| (every * (period + 1) as f64 - elapsed).max(0.0))
-            .filter(|left| duration.is_none_or(|d| *left < d));
+            .filter(|left| on_period.is_some() && duration.is_none_or(|d| *left < d));
         let plan = Plan {
             duration,
             interval: config.interval,
