@@ -79,8 +79,10 @@ fn stack_of<'a>(report: &'a Report, function: &str, line: u32) -> &'a Stack {
 }
 
 /// Every check on a report of the fixture; `merged` when native frames
-/// are expected around the Python ones (not with `--python-only`).
-fn check(report: &Report, merged: bool) {
+/// are expected around the Python ones (not with `--python-only`), None
+/// when they may be cut short (a launched command's first moments are
+/// walked by frame pointer until its unwind tables are in).
+fn check(report: &Report, merged: Option<bool>) {
     let dump = describe_report(report);
     let handle = stack_of(report, "handle", 4);
     let what = describe_stack(handle);
@@ -102,7 +104,7 @@ fn check(report: &Report, merged: bool) {
         "{}",
         describe_stack(remember)
     );
-    if merged {
+    if merged == Some(true) {
         // Inside the allocation's native frames, under the evaluation loop:
         // 3.11+ runs both Python frames in one call of it, older versions
         // one call each.
@@ -113,7 +115,7 @@ fn check(report: &Report, merged: bool) {
         );
         assert!(at > 0, "native frames inside handle: {what}");
         assert!(!handle.truncated, "{what}");
-    } else {
+    } else if merged == Some(false) {
         assert_eq!(module, Some(at + 1), "{what}");
         assert_eq!(
             frame_index(handle, "_PyEval_EvalFrameDefault"),
@@ -136,7 +138,7 @@ fn debian_python_allocations_are_named_at_their_python_line() {
         tests::skip("/usr/bin/python3.11 is not installed (cargo xtask setup installs it)");
         return;
     }
-    check(&profile_script(python, &[]), true);
+    check(&profile_script(python, &[]), Some(true));
 }
 
 /// `--python-only` folds the interpreter's native frames away.
@@ -150,7 +152,7 @@ fn python_only_folds_the_interpreter_away() {
         tests::skip("/usr/bin/python3.11 is not installed (cargo xtask setup installs it)");
         return;
     }
-    check(&profile_script(python, &["--python-only"]), false);
+    check(&profile_script(python, &["--python-only"]), Some(false));
 }
 
 /// The same script launched by memprof (`memprof -- python3.11 script`):
@@ -186,7 +188,7 @@ fn launched_python_script_is_named_at_its_python_line() {
     let text = std::fs::read_to_string(&json).expect("the JSON report");
     let _ = std::fs::remove_file(&json);
     let report: Report = serde_json::from_str(&text).expect("a JSON report");
-    check(&report, true);
+    check(&report, None);
 }
 
 /// Every CPython 3 that pyenv installed, with its interpreter in
@@ -224,7 +226,7 @@ fn pyenv_pythons_are_named_at_their_python_line() {
         tests::say(&format!("pyenv {name}"));
         let report = profile_script(&python, &[]);
         if (8..=13).contains(&minor) {
-            check(&report, true);
+            check(&report, Some(true));
         } else {
             // Not a version memprof knows: native stacks, exact bytes.
             let dump = describe_report(&report);
