@@ -4,6 +4,7 @@
 //! padding (asserted at compile time), so both sides agree on the layout.
 #![no_std]
 
+pub mod python;
 pub mod unwind;
 
 /// Key of the `LIVE` map: a block is named by its process and its address
@@ -346,8 +347,18 @@ pub mod stat {
     pub const STACK_NO_ROOM: u32 = 21;
     /// Exits of recorded processes that could not be noted in `EXITS`.
     pub const EXITS_NOT_NOTED: u32 = 22;
+    /// Allocations of CPython processes whose Python frames were read.
+    pub const PY_STACKS: u32 = 23;
+    /// Allocations of CPython processes made by a thread without a Python
+    /// thread state (or one not found): native frames only.
+    pub const PY_NO_THREAD: u32 = 24;
+    /// Python frame chains cut short because a frame could not be read.
+    pub const PY_READ_FAILED: u32 = 25;
+    /// Python frame chains cut short at the most frames kept (or at the
+    /// room left after the native frames).
+    pub const PY_TOO_DEEP: u32 = 26;
     /// Number of counters.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 27;
 }
 
 /// Optional sources besides the heap (`--mmap`, `--kernel`): their maps,
@@ -485,4 +496,6 @@ mod pod {
     unsafe impl aya::Pod for super::unwind::RowChunk {}
     // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
     unsafe impl aya::Pod for super::unwind::ProcSlot {}
+    // SAFETY: repr(C), integers only, no padding (asserted in python.rs).
+    unsafe impl aya::Pod for super::python::PyProc {}
 }

@@ -31,6 +31,7 @@
 //!   function, read in one place for every mode;
 //! - [`record`]: `LIVE` and `AGG`: a block returned, freed, moved or put back;
 //! - [`stack`]: user stacks, captured and stored in `STACKS`;
+//! - [`python`]: the Python frames of allocations in CPython processes;
 //! - [`full`]: the programs that record every call (uprobe and uretprobe);
 //! - [`free`]: `free`, attached in every mode;
 //! - [`sampled`]: the uprobe session programs of `--sample-rate` and
@@ -49,6 +50,7 @@ mod kernel;
 mod maps;
 mod mmap;
 mod process;
+mod python;
 mod record;
 mod sampled;
 mod settings;

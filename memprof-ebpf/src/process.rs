@@ -59,6 +59,7 @@ pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     crate::stack::forget_unwind_table(tgid);
+    crate::python::forget(tgid);
     if let Some(events) = PROCS.get_ptr_mut(tgid) {
         // SAFETY: points into the map value; only this process's exec writes it.
         unsafe {

@@ -20,6 +20,7 @@ use aya_ebpf::{
 use memprof_common::{stat, unwind::walk, StackTrace, MAX_FRAMES, STACK_LOST};
 
 use crate::maps::{bump, EEXIST, STACKS};
+use crate::python;
 
 mod syscall;
 mod unwind;
@@ -36,14 +37,14 @@ const HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Mixes one value (a frame, the length) into a stack's hash.
 #[inline(always)]
-fn mix(hash: u64, value: u64) -> u64 {
+pub(crate) fn mix(hash: u64, value: u64) -> u64 {
     let hash = (hash ^ value).wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^ (hash >> 32)
 }
 
 /// This CPU's scratch buffer.
 #[inline(always)]
-fn scratch() -> Option<&'static mut StackTrace> {
+pub(crate) fn scratch() -> Option<&'static mut StackTrace> {
     let buf = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch value; programs do not migrate while running.
     Some(unsafe { &mut *buf })
@@ -77,7 +78,10 @@ pub(crate) fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32) -> i64 {
     if unwind::enabled() {
         match unwind::capture(regs, tgid, HASH_SEED ^ u64::from(tgid)) {
             Some((_, 0)) => return STACK_LOST,
-            Some((hash, len)) => return (mix(hash, len) >> 1) as i64,
+            Some((hash, len)) => {
+                let hash = python::append(buf, hash, len, tgid);
+                return (mix(hash, len) >> 1) as i64;
+            }
             None => {
                 bump(stat::UNWIND_NO_TABLE);
                 how |= walk::NO_TABLE;
@@ -109,6 +113,7 @@ pub(crate) fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32) -> i64 {
     }
     buf.len = len;
     buf.walk = how;
+    hash = python::append(buf, hash, len, tgid);
     // The length is part of the identity, as the frames are.
     hash = mix(hash, len);
     (hash >> 1) as i64
@@ -131,10 +136,15 @@ pub(crate) fn store_stack(id: i64) {
         }
         return;
     }
-    // A new stack: no frames of an older capture past its own.
-    for i in 0..MAX_FRAMES {
-        if i as u64 >= buf.len {
-            buf.ips[i] = 0;
+    // A new stack: no frames of an older capture past its own. (A stack
+    // with Python frames, at the end of `ips`, keeps what lies between:
+    // nothing reads it, and a second bound makes the verifier follow every
+    // pair of bounds.)
+    if memprof_common::python::frame::count(buf.walk) == 0 {
+        for i in 0..MAX_FRAMES {
+            if i as u64 >= buf.len {
+                buf.ips[i] = 0;
+            }
         }
     }
     // Passed by reference: a copy of the 1 KiB value would overflow the

@@ -214,6 +214,16 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub at_exit: bool,
 
+    /// For CPython processes: show the Python frames and fold away the interpreter's own
+    /// native frames (C extensions and the C library stay).
+    #[arg(long, conflicts_with = "no_python")]
+    pub python_only: bool,
+
+    /// Do not read the Python frames of CPython processes: native stacks only (each
+    /// allocation of a CPython process then costs what it costs in any other process).
+    #[arg(long)]
+    pub no_python: bool,
+
     /// Leave out stacks that hold fewer than this many outstanding bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub min_size: u64,
@@ -311,6 +321,8 @@ impl ProfileArgs {
             every: self.every,
             min_age: self.min_age,
             at_exit: self.at_exit,
+            python_only: self.python_only,
+            no_python: self.no_python,
             min_size: self.min_size,
             limits: Limits {
                 max_live: self.max_live,

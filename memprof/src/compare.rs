@@ -185,6 +185,7 @@ fn add_stats(a: &Stats, b: &Stats) -> Stats {
         stacks_freed: a.stacks_freed.saturating_add(b.stacks_freed),
         forks_not_followed: a.forks_not_followed.saturating_add(b.forks_not_followed),
         unwind: a.unwind.merged(&b.unwind),
+        python: a.python.merged(&b.python),
     }
 }
 

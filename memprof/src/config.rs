@@ -25,6 +25,10 @@ pub struct Config {
     pub min_age: Option<f64>,
     /// Report what a process that exited held at its exit.
     pub at_exit: bool,
+    /// CPython processes: Python frames without the interpreter's native ones.
+    pub python_only: bool,
+    /// CPython processes: no Python frames (`--no-python`).
+    pub no_python: bool,
     /// Stacks below this many outstanding bytes are not listed.
     pub min_size: u64,
     /// Sizes of the BPF maps.

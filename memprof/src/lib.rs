@@ -33,6 +33,7 @@ mod pipeline;
 mod placement;
 mod probes;
 mod procfs;
+mod python;
 pub mod render;
 mod report;
 mod select;

@@ -612,6 +612,49 @@ pub struct Stats {
     /// How stacks were walked (`--unwind`): see [`UnwindStats`].
     #[serde(flatten)]
     pub unwind: UnwindStats,
+    /// Python frames of CPython processes: see [`PythonStats`].
+    #[serde(flatten)]
+    pub python: PythonStats,
+}
+
+/// Allocations of CPython processes and their Python frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonStats {
+    /// Allocations whose Python frames were read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub py_stacks: u64,
+    /// Allocations by a thread whose Python thread state was not found
+    /// (a thread that never ran Python): native frames only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub py_no_thread: u64,
+    /// Python frame chains cut short where a frame could not be read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub py_read_failed: u64,
+    /// Python frame chains cut short at the most frames kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub py_too_deep: u64,
+}
+
+impl PythonStats {
+    /// Every counter with its name, for renderers.
+    pub fn named(&self) -> [(&'static str, u64); 4] {
+        [
+            ("py_stacks", self.py_stacks),
+            ("py_no_thread", self.py_no_thread),
+            ("py_read_failed", self.py_read_failed),
+            ("py_too_deep", self.py_too_deep),
+        ]
+    }
+
+    /// The sum of both, counter by counter.
+    pub fn merged(&self, other: &PythonStats) -> PythonStats {
+        PythonStats {
+            py_stacks: self.py_stacks.saturating_add(other.py_stacks),
+            py_no_thread: self.py_no_thread.saturating_add(other.py_no_thread),
+            py_read_failed: self.py_read_failed.saturating_add(other.py_read_failed),
+            py_too_deep: self.py_too_deep.saturating_add(other.py_too_deep),
+        }
+    }
 }
 
 /// Stacks walked from unwind tables, and why some ended early (each such

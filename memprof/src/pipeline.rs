@@ -78,6 +78,9 @@ pub(crate) fn run(
     log_attached(config, &probes, &processes, &describe);
     if let Some(launched) = &mut launched {
         launched.release()?;
+        // It has exec'd: a Python interpreter linked into the program is
+        // there to find now (one in a libpython is found at the next look).
+        probes.python_tick();
     }
 
     // Wait; in continuous mode, one period at a time, each reported while

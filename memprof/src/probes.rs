@@ -55,6 +55,8 @@ pub(crate) struct ProbeConfig {
     pub bench: Bench,
     /// Walk stacks from unwind tables (`--unwind`), with room for this many rows.
     pub unwind_rows: Option<u32>,
+    /// Read the Python frames of CPython processes (not `--no-python`).
+    pub python: bool,
 }
 
 impl ProbeConfig {
@@ -66,7 +68,16 @@ impl ProbeConfig {
             sources: config.sources,
             bench: config.bench,
             unwind_rows: config.unwind.rows(),
+            python: !config.no_python,
         }
+    }
+
+    /// True when the Python frames of CPython processes are read: not
+    /// with `--no-python`, and not with sampling yet (its uprobe session
+    /// programs do not walk frames with `bpf_loop`, as the unwinder's
+    /// tables are not used there either).
+    pub(crate) fn python_frames(&self) -> bool {
+        self.python && !self.sampled()
     }
 
     /// True when allocation calls are sampled.
@@ -149,6 +160,8 @@ pub(crate) struct Probes {
     sources: crate::sources::Attached,
     /// The unwind tables, when stacks are walked from them.
     unwind: Option<crate::unwind::UnwindTables>,
+    /// The CPython processes, whose allocations get Python frames.
+    python: crate::python::Watch,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -247,6 +260,10 @@ impl Probes {
             config.limits.max_stacks,
         );
         crate::unwind::configure(&mut loader, config.unwind_rows);
+        if config.python && config.sampled() {
+            log::debug!("sampled runs record native stacks only: no Python frames");
+        }
+        crate::python::configure(&mut loader, config.python_frames());
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
@@ -308,7 +325,7 @@ impl Probes {
             }
             _ => None,
         };
-        let probes = Probes {
+        let mut probes = Probes {
             windows,
             session: Vec::new(),
             ebpf,
@@ -318,9 +335,11 @@ impl Probes {
             attached: 0,
             sources,
             unwind,
+            python: crate::python::Watch::new(config.python_frames()),
         };
         if mode == filter::ONE && !config.bench.floor {
             probes.unwind_process(tgid);
+            probes.python.add(&mut probes.ebpf, tgid);
         }
         Ok(probes)
     }
@@ -397,6 +416,7 @@ impl Probes {
         }
         for &tgid in tgids {
             self.unwind_process(tgid);
+            self.python.add(&mut self.ebpf, tgid);
         }
         Ok(())
     }
@@ -409,6 +429,30 @@ impl Probes {
                 log::warn!("{e:#}: stacks of process {tgid} are walked by frame pointer");
             }
         }
+    }
+
+    /// Looks again at the recorded processes for CPython (a launched
+    /// command after its exec, a process that exec'd).
+    pub(crate) fn python_tick(&mut self) {
+        self.python.tick(&mut self.ebpf);
+    }
+
+    /// The stored stacks that have Python frames (see
+    /// [`crate::snapshot::read_traces`]), while the probes run.
+    pub(crate) fn python_traces(&self) -> HashMap<i64, Vec<u64>> {
+        let Some(map) = self.ebpf.map(maps::STACKS) else {
+            return HashMap::new();
+        };
+        let ids: Vec<i64> = match BpfHashMap::<&MapData, i64, StackTrace>::try_from(map) {
+            Ok(stacks) => stacks
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, t)| memprof_common::python::frame::count(t.walk) > 0)
+                .map(|(id, _)| id)
+                .collect(),
+            Err(_) => return HashMap::new(),
+        };
+        crate::snapshot::read_traces(map, ids).unwrap_or_default()
     }
 
     /// Takes a process out of the recorded set.

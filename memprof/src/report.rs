@@ -274,6 +274,11 @@ pub(crate) fn outstanding(
         })
         .collect();
     let mut frames = symbolizer.symbolize_stacks(&traces);
+    if config.python_only {
+        for stack in frames.values_mut() {
+            symbolizer.python_only(stack);
+        }
+    }
     let mut stacks: Vec<Stack> = shown
         .into_iter()
         .map(|s| {

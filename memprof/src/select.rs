@@ -643,6 +643,7 @@ impl Follow for Processes<'_> {
             for symbolizer in self.symbolizers.iter_mut().flat_map(HashMap::values_mut) {
                 symbolizer.refresh();
             }
+            self.read_python_ahead(probes);
         }
         Ok(none_left)
     }
@@ -656,7 +657,25 @@ impl Follow for Processes<'_> {
         if let Some(symbolizer) = self.symbolizers.as_mut().and_then(|s| s.get_mut(&pid)) {
             symbolizer.refresh();
         }
+        // Its code objects go with it: their names are read now.
+        self.read_python_ahead(probes);
         Ok(())
+    }
+}
+
+impl Processes<'_> {
+    /// Reads the code objects of the Python frames stored so far, while the
+    /// process holds them, when one process is recorded (the stored stacks
+    /// do not say whose they are).
+    fn read_python_ahead(&self, probes: &Probes) {
+        let Some(symbolizers) = &self.symbolizers else {
+            return;
+        };
+        if let [symbolizer] = symbolizers.values().collect::<Vec<_>>()[..] {
+            if symbolizer.runs_python() {
+                symbolizer.read_python_ahead(&probes.python_traces());
+            }
+        }
     }
 }
 

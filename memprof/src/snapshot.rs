@@ -56,6 +56,12 @@ pub(crate) fn read_stats(map: &Map) -> anyhow::Result<Stats> {
             unwind_read_failed: counter(stat::UNWIND_READ_FAILED)?,
             unwind_too_deep: counter(stat::UNWIND_TOO_DEEP)?,
         },
+        python: crate::model::PythonStats {
+            py_stacks: counter(stat::PY_STACKS)?,
+            py_no_thread: counter(stat::PY_NO_THREAD)?,
+            py_read_failed: counter(stat::PY_READ_FAILED)?,
+            py_too_deep: counter(stat::PY_TOO_DEEP)?,
+        },
     })
 }
 
@@ -129,7 +135,8 @@ pub(crate) fn read_all(
 }
 
 /// The user stacks `ids` from the `STACKS` map, instruction pointers
-/// innermost first. Negative ids (no stack) and stacks missing from the map
+/// innermost first, then the words of their Python frames (if any) marked
+/// with [`crate::python::MARK`]. Negative ids (no stack) and stacks missing from the map
 /// are left out.
 pub(crate) fn read_traces(
     stacks: &Map,
@@ -146,7 +153,21 @@ pub(crate) fn read_traces(
         match stack_map.get(&id, 0) {
             Ok(trace) => {
                 let len = usize::try_from(trace.len).unwrap_or(0).min(trace.ips.len());
-                traces.insert(id, trace.ips[..len].to_vec());
+                let mut ips = trace.ips[..len].to_vec();
+                // Python frames after the native ones, innermost first, marked.
+                use memprof_common::python::frame;
+                for i in 0..frame::count(trace.walk) as usize {
+                    let at = frame::at(i);
+                    if at < len {
+                        break;
+                    }
+                    ips.extend(
+                        trace.ips[at..at + 2]
+                            .iter()
+                            .map(|w| w | crate::python::MARK),
+                    );
+                }
+                traces.insert(id, ips);
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => log::warn!("stack {id} could not be read: {e}"),

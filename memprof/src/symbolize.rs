@@ -20,6 +20,7 @@ use blazesym::MaybeDefault;
 
 use crate::model::Frame;
 use crate::procfs;
+use crate::python;
 
 /// One executable, file-backed mapping of the target.
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub(crate) struct Symbolizer {
     blaze: Blaze,
     pid: u32,
     mappings: Vec<Mapping>,
+    /// Names Python frames, when the target runs a CPython memprof knows.
+    python: Option<python::Resolver>,
 }
 
 impl Symbolizer {
@@ -52,6 +55,7 @@ impl Symbolizer {
             blaze,
             pid,
             mappings: Vec::new(),
+            python: python::Resolver::of(pid),
         };
         sym.refresh();
         sym
@@ -61,6 +65,7 @@ impl Symbolizer {
     /// program's mappings are gone.
     pub(crate) fn reset(&mut self) {
         self.mappings.clear();
+        self.python = python::Resolver::of(self.pid);
         self.refresh();
     }
 
@@ -69,6 +74,9 @@ impl Symbolizer {
         let Ok(maps) = procfs::maps(self.pid) else {
             return;
         };
+        if self.python.is_none() {
+            self.python = python::Resolver::of(self.pid);
+        }
         for (start, end, file_offset, path) in executable_mappings(&maps) {
             if self
                 .mappings
@@ -107,7 +115,7 @@ impl Symbolizer {
     ) -> HashMap<i64, Vec<Frame>> {
         let mut addrs: Vec<u64> = stacks
             .values()
-            .flatten()
+            .flat_map(|ips| python::split(ips).0)
             .map(|ip| ip.saturating_sub(1))
             .collect();
         addrs.sort_unstable();
@@ -116,6 +124,7 @@ impl Symbolizer {
         stacks
             .iter()
             .map(|(&id, ips)| {
+                let (ips, py) = python::split(ips);
                 let frames = ips
                     .iter()
                     .flat_map(|&ip| match resolved.get(&ip.saturating_sub(1)) {
@@ -130,9 +139,39 @@ impl Symbolizer {
                         }],
                     })
                     .collect();
+                let frames = match &self.python {
+                    Some(resolver) if !py.is_empty() => {
+                        python::merge::merge(frames, resolver.frames(py))
+                    }
+                    _ => frames,
+                };
                 (id, frames)
             })
             .collect()
+    }
+
+    /// True when the target runs a CPython memprof knows.
+    pub(crate) fn runs_python(&self) -> bool {
+        self.python.is_some()
+    }
+
+    /// Reads the code objects of the Python frames of `stacks` now, while
+    /// the process holds them: they keep their names if it frees them (or
+    /// exits) before the report.
+    pub(crate) fn read_python_ahead(&self, stacks: &HashMap<i64, Vec<u64>>) {
+        if let Some(resolver) = &self.python {
+            for ips in stacks.values() {
+                let _ = resolver.frames(python::split(ips).1);
+            }
+        }
+    }
+
+    /// The interpreter's own native frames folded away from the stacks that
+    /// have Python frames (`--python-only`).
+    pub(crate) fn python_only(&self, frames: &mut Vec<Frame>) {
+        if let Some(resolver) = &self.python {
+            python::merge::python_only(frames, &resolver.interpreter.path);
+        }
     }
 
     /// Symbolizes kernel stacks (innermost first) from `/proc/kallsyms` (no

@@ -239,6 +239,7 @@ async fn wait_async(
                 None => child = None,
             },
             _ = housekeeping.tick() => {
+                probes.python_tick();
                 match probes.free_idle_stacks(STACK_IDLE_NS) {
                     Ok(n) => stacks_freed += n,
                     Err(e) => log::warn!("freeing unused stacks failed: {e:#}"),

@@ -11,7 +11,8 @@
 //! asserted. memprof and bpftrace are never attached at the same time: two tracers holding
 //! uprobes at one address with different reference counter offsets make the second attach fail.
 //!
-//! A last section ([`servers`]) measures real servers, Debian's redis-server and nginx.
+//! Then [`python`] measures the Python frames of a CPython loop, and a last section
+//! ([`servers`]) real servers, Debian's redis-server and nginx.
 
 use std::{
     fmt::Write as _,
@@ -34,6 +35,7 @@ use crate::{
     setup,
 };
 
+mod python;
 mod servers;
 
 #[derive(Debug, clap::Args)]
@@ -465,6 +467,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         )
         .context("the 10,000 stacks run")?;
     print_memory(&[live, stacks]);
+    python::run(
+        &bench.dir,
+        &bench.memprof,
+        rounds,
+        if args.quick { 20_000 } else { 200_000 },
+    )?;
     servers::run(&servers)
 }
 

@@ -94,6 +94,13 @@ const APT_PACKAGES: &[(Need, AptPackage)] = &[
         Need::Test,
         ("golang-go", "builds the Go program memprof must refuse"),
     ),
+    (
+        Need::Test,
+        (
+            "python3.11",
+            "Debian's CPython, whose Python frames the tests read",
+        ),
+    ),
 ];
 
 /// Components of the nightly toolchain: rust-src for `-Z build-std=core`, clippy for the eBPF

@@ -679,6 +679,7 @@ fn stats(stats: &Stats, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
     }
     render_unwind_stats(&stats.unwind, out)?;
+    render_python_stats(&stats.python, out)?;
     if stats.lost_data() {
         writeln!(out)?;
         writeln!(out, "{}", lost_data_warning(stats))?;
@@ -863,6 +864,29 @@ fn render_unwind_stats(
         };
         if value != 0 {
             writeln!(out, "  {name:<21} {value:>width$}  {why}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The Python counters of a text report, when CPython processes were
+/// recorded (nothing otherwise).
+fn render_python_stats(
+    stats: &crate::model::PythonStats,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    for (name, value) in stats.named() {
+        let why = match name {
+            "py_stacks" => "allocations of CPython processes with their Python frames",
+            "py_no_thread" => {
+                "allocations of CPython processes by threads without a Python thread state \
+                 (native frames only)"
+            }
+            "py_read_failed" => "Python frame chains cut short at a frame that could not be read",
+            _ => "Python frame chains cut short at the most frames kept",
+        };
+        if value != 0 {
+            writeln!(out, "  {name:<21} {value:>9}  {why}")?;
         }
     }
     Ok(())

@@ -169,6 +169,7 @@ pub(crate) fn sample_report() -> Report {
             stacks_freed: 12,
             forks_not_followed: 0,
             unwind: Default::default(),
+            python: Default::default(),
         },
         min_age_secs: None,
         younger: None,
