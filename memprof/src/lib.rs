@@ -14,6 +14,7 @@
 //! what the heap does not show (`--mmap`, `--kernel`).
 
 mod aggregate;
+mod batch;
 pub mod cli;
 pub mod compare;
 pub mod config;

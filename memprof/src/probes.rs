@@ -455,6 +455,20 @@ impl Probes {
             .context("BPF map EXITS missing from the object")?;
         let exits = BpfHashMap::<&MapData, u32, u64>::try_from(map)?;
         let mut out = HashMap::new();
+        // Read every second: in batches, as it fills with the machine's exits.
+        let mut cursor = crate::batch::Cursor::default();
+        let batched = crate::batch::read_some::<u32, u64>(
+            aya::maps::IterableMap::map(&exits),
+            &mut cursor,
+            usize::MAX,
+            |&tgid, &at| {
+                out.insert(tgid, at);
+            },
+        );
+        if batched.is_ok() {
+            return Ok(out);
+        }
+        out.clear();
         for entry in exits.iter() {
             match entry {
                 Ok((tgid, at)) => {
@@ -467,66 +481,109 @@ impl Probes {
         Ok(out)
     }
 
-    /// Takes out of the maps what the processes in `exited` (tgid -> exit
-    /// time) held when they exited: their blocks leave `LIVE`, and their
-    /// stacks leave `AGG` and `STACKS` (a stack's id includes its process,
-    /// so no other process uses it), which keeps the maps free for the
-    /// processes still running. Returns what each held, and what of that
-    /// was counted under the reserved ids ([`STACK_LOST`],
-    /// [`STACK_NO_ROOM`]), whose `AGG` entries stay (their per-CPU counts
-    /// cannot be lowered safely while programs add to them).
-    pub(crate) fn purge_exited(&mut self, exited: &HashMap<u32, u64>) -> anyhow::Result<Purged> {
-        let mut purged = Purged::default();
-        if exited.is_empty() {
-            return Ok(purged);
+    /// Walks the next `budget` blocks or so of `LIVE` from `cursor` and
+    /// takes out those that processes in `exited` (tgid -> exit time) held
+    /// when they exited, which keeps the map free for the processes still
+    /// running. A walk of the whole map may take several calls: its cost per
+    /// call stays bounded however many blocks the running processes hold.
+    /// Returns what each process held and the ids of their stacks (for
+    /// [`Probes::free_stacks`]: a stack's id includes its process, so no
+    /// other process uses it).
+    pub(crate) fn sweep_live(
+        &mut self,
+        cursor: &mut crate::batch::Cursor,
+        budget: usize,
+        exited: &HashMap<u32, u64>,
+    ) -> anyhow::Result<Swept> {
+        let mut swept = Swept::default();
+        let map = self
+            .ebpf
+            .map_mut(maps::LIVE)
+            .context("BPF map LIVE missing from the object")?;
+        let mut live = BpfHashMap::<&mut MapData, LiveKey, AllocInfo>::try_from(map)?;
+        let held_by_exited = |key: &LiveKey, info: &AllocInfo| {
+            exited
+                .get(&key.tgid)
+                .is_some_and(|&at| info.timestamp_ns <= at)
+        };
+        let mut gone = Vec::new();
+        let read = crate::batch::read_some::<LiveKey, AllocInfo>(
+            aya::maps::IterableMap::map(&live),
+            cursor,
+            budget,
+            |key, info| {
+                if held_by_exited(key, info) {
+                    gone.push((*key, *info));
+                }
+            },
+        );
+        match read {
+            Ok((walked, done)) => (swept.walked, swept.done) = (walked as u64, done),
+            Err(e) => {
+                log::debug!("reading LIVE in batches failed ({e}): reading it entry by entry");
+                *cursor = crate::batch::Cursor::default();
+                gone.clear();
+                for (key, info) in live.iter().filter_map(Result::ok) {
+                    swept.walked += 1;
+                    if held_by_exited(&key, &info) {
+                        gone.push((key, info));
+                    }
+                }
+                swept.done = true;
+            }
         }
-        let (mut live, mut agg, mut stacks) = (None, None, None);
+        for (key, info) in &gone {
+            if live.remove(key).is_err() {
+                continue;
+            }
+            let held = swept.by_process.entry(key.tgid).or_default();
+            held.bytes = held.bytes.saturating_add(info.size);
+            held.count += 1;
+            if info.stack_id < 0 {
+                let reserved = swept.reserved.entry(info.stack_id).or_default();
+                reserved.bytes = reserved.bytes.wrapping_add(info.size);
+                reserved.count += 1;
+            } else {
+                swept
+                    .stacks
+                    .entry(key.tgid)
+                    .or_default()
+                    .insert(info.stack_id);
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Takes the stacks `ids` out of `AGG` and `STACKS` (not the reserved
+    /// ids, [`STACK_LOST`] and [`STACK_NO_ROOM`], whose `AGG` entries stay:
+    /// their per-CPU counts cannot be lowered safely while programs add to
+    /// them). Returns how many were taken out.
+    pub(crate) fn free_stacks(
+        &mut self,
+        ids: impl IntoIterator<Item = i64>,
+    ) -> anyhow::Result<u64> {
+        let (mut agg, mut stacks) = (None, None);
         for (name, map) in self.ebpf.maps_mut() {
             match name {
-                maps::LIVE => live = Some(map),
                 maps::AGG => agg = Some(map),
                 maps::STACKS => stacks = Some(map),
                 _ => {}
             }
         }
-        let (Some(live), Some(agg), Some(stacks)) = (live, agg, stacks) else {
-            anyhow::bail!("BPF maps LIVE, AGG and STACKS missing from the object");
+        let (Some(agg), Some(stacks)) = (agg, stacks) else {
+            anyhow::bail!("BPF maps AGG and STACKS missing from the object");
         };
-        let mut live = BpfHashMap::<&mut MapData, LiveKey, AllocInfo>::try_from(live)?;
         let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
         let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
-        let gone: Vec<(LiveKey, AllocInfo)> = live
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, info)| {
-                exited
-                    .get(&key.tgid)
-                    .is_some_and(|&at| info.timestamp_ns <= at)
-            })
-            .collect();
-        let mut ids = HashSet::new();
-        for (key, info) in &gone {
-            if live.remove(key).is_err() {
-                continue;
-            }
-            let held = purged.by_process.entry(key.tgid).or_default();
-            held.bytes = held.bytes.saturating_add(info.size);
-            held.count += 1;
-            if info.stack_id < 0 {
-                let reserved = purged.reserved.entry(info.stack_id).or_default();
-                reserved.bytes = reserved.bytes.wrapping_add(info.size);
-                reserved.count += 1;
-            } else {
-                ids.insert(info.stack_id);
-            }
-        }
-        for id in ids {
+        let mut freed = 0;
+        for id in ids.into_iter().filter(|&id| id >= 0) {
             // The entry first, as when a stack is freed as idle.
-            let _ = agg.remove(&id);
+            if agg.remove(&id).is_ok() {
+                freed += 1;
+            }
             let _ = stacks.remove(&id);
-            purged.stacks += 1;
         }
-        Ok(purged)
+        Ok(freed)
     }
 
     /// Turns recording on or off for every probe at once. With sampling by
@@ -641,9 +698,11 @@ impl Probes {
         };
         let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
         let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
+        let mut held = 0u64;
         let idle: Vec<i64> = agg
             .iter()
             .filter_map(Result::ok)
+            .inspect(|_| held += 1)
             // The reserved entries stay.
             .filter(|(id, _)| *id >= 0)
             .filter(|(_, values)| {
@@ -670,6 +729,7 @@ impl Probes {
                 _ => freed += 1,
             }
         }
+        log::debug!("stacks: {held} in AGG, {freed} of them freed as idle");
         Ok(freed)
     }
 
@@ -875,7 +935,22 @@ impl SiteError {
     }
 }
 
-/// What [`Probes::purge_exited`] took out of the maps.
+/// What [`Probes::sweep_live`] took out of `LIVE`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// What each process held at its exit.
+    pub(crate) by_process: HashMap<u32, crate::model::Totals>,
+    /// What of it was counted under [`STACK_LOST`] or [`STACK_NO_ROOM`].
+    pub(crate) reserved: HashMap<i64, crate::model::Totals>,
+    /// The stacks of those blocks, by process.
+    pub(crate) stacks: HashMap<u32, HashSet<i64>>,
+    /// Blocks read.
+    pub(crate) walked: u64,
+    /// Whether the walk of the whole map ended.
+    pub(crate) done: bool,
+}
+
+/// What left the maps during the run with the processes that exited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Purged {
     /// What each process held at its exit.
