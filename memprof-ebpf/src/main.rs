@@ -52,6 +52,7 @@ mod process;
 mod record;
 mod sampled;
 mod settings;
+mod share;
 mod stack;
 mod task;
 

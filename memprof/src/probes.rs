@@ -25,8 +25,8 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
-    control, filter, globals, maps, programs, sampled, window_cookie, window_frees, AllocInfo,
-    LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
+    control, filter, globals, maps, programs, sampled, share, window_cookie, window_frees,
+    AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -230,7 +230,18 @@ impl Probes {
                 maps::AGG,
                 config.limits.max_stacks.saturating_add(AGG_RESERVED),
             )
-            .map_max_entries(maps::STACKS, config.limits.max_stacks);
+            .map_max_entries(maps::STACKS, config.limits.max_stacks)
+            .map_max_entries(share::STACK_OWNERS, config.limits.max_stacks);
+        // Over many processes, a share of the stack maps each (see
+        // `set_shares`).
+        let (stack_share, share_from) = if mode == filter::ONE {
+            (0u64, 0u64)
+        } else {
+            stack_shares(config.limits.max_stacks)
+        };
+        loader
+            .override_global(share::STACK_SHARE, &stack_share, true)
+            .override_global(share::STACK_SHARE_FROM, &share_from, true);
         if mode == filter::ONE {
             // One process: no set to fill, and few execs to note; the
             // default sizes serve runs over many processes.
@@ -575,15 +586,16 @@ impl Probes {
         };
         let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
         let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
-        let mut freed = 0;
+        let mut freed = Vec::new();
         for id in ids.into_iter().filter(|&id| id >= 0) {
             // The entry first, as when a stack is freed as idle.
             if agg.remove(&id).is_ok() {
-                freed += 1;
+                freed.push(id);
             }
             let _ = stacks.remove(&id);
         }
-        Ok(freed)
+        self.forget_owners(&freed)?;
+        Ok(freed.len() as u64)
     }
 
     /// Turns recording on or off for every probe at once. With sampling by
@@ -712,6 +724,7 @@ impl Probes {
             .map(|(id, _)| id)
             .collect();
         let mut freed = 0;
+        let mut freed_ids = Vec::new();
         for id in idle {
             let trace = stacks.get(&id, 0).ok();
             let _ = agg.remove(&id);
@@ -726,11 +739,92 @@ impl Probes {
                     // EEXIST: the allocation's program stored it again first.
                     let _ = stacks.insert(id, trace, u64::from(BPF_NOEXIST));
                 }
-                _ => freed += 1,
+                _ => {
+                    freed += 1;
+                    freed_ids.push(id);
+                }
             }
         }
         log::debug!("stacks: {held} in AGG, {freed} of them freed as idle");
+        self.forget_owners(&freed_ids)?;
+        self.recount_shares()?;
         Ok(freed)
+    }
+
+    /// Takes the freed stacks `ids` out of `STACK_OWNERS` (see
+    /// [`Probes::recount_shares`]).
+    fn forget_owners(&mut self, ids: &[i64]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut(share::STACK_OWNERS)
+            .context("BPF map STACK_OWNERS missing from the object")?;
+        let mut owners = BpfHashMap::<&mut MapData, i64, u32>::try_from(map)?;
+        for id in ids {
+            let _ = owners.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Recounts the stacks each process holds (`PROC_STACKS`) and in all
+    /// (`SHARE_FILL`) from `STACK_OWNERS`, for the share of the stack maps
+    /// per process that the programs keep: they only add to the counts, and
+    /// user space frees stacks. A stack stored meanwhile may go uncounted
+    /// until the next recount.
+    fn recount_shares(&mut self) -> anyhow::Result<()> {
+        let (mut owners, mut per_process, mut fill) = (None, None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                share::STACK_OWNERS => owners = Some(map),
+                share::PROC_STACKS => per_process = Some(map),
+                share::SHARE_FILL => fill = Some(map),
+                _ => {}
+            }
+        }
+        let (Some(owners), Some(per_process), Some(fill)) = (owners, per_process, fill) else {
+            anyhow::bail!(
+                "BPF maps STACK_OWNERS, PROC_STACKS and SHARE_FILL missing from the object"
+            );
+        };
+        let owners = BpfHashMap::<&mut MapData, i64, u32>::try_from(owners)?;
+        let mut held: HashMap<u32, u64> = HashMap::new();
+        let mut cursor = crate::batch::Cursor::default();
+        let mut total = 0u64;
+        let counted = crate::batch::read_some::<i64, u32>(
+            aya::maps::IterableMap::map(&owners),
+            &mut cursor,
+            usize::MAX,
+            |_, &tgid| {
+                *held.entry(tgid).or_default() += 1;
+                total += 1;
+            },
+        );
+        if counted.is_err() {
+            (held, total) = (HashMap::new(), 0);
+            for (_, tgid) in owners.iter().filter_map(Result::ok) {
+                *held.entry(tgid).or_default() += 1;
+                total += 1;
+            }
+        }
+        let mut per_process = BpfHashMap::<&mut MapData, u32, u64>::try_from(per_process)?;
+        let gone: Vec<u32> = per_process
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tgid| !held.contains_key(tgid))
+            .collect();
+        for tgid in gone {
+            let _ = per_process.remove(&tgid);
+        }
+        for (tgid, n) in held {
+            let _ = per_process.insert(tgid, n, 0);
+        }
+        let mut fill = Array::<&mut MapData, u64>::try_from(fill)?;
+        fill.set(share::FILL, total, 0)
+            .context("writing SHARE_FILL")?;
+        fill.set(share::ADDED, 0, 0).context("writing SHARE_FILL")?;
+        Ok(())
     }
 
     /// The execs of the recorded processes, by tgid.
@@ -959,6 +1053,15 @@ pub(crate) struct Purged {
     pub(crate) reserved: HashMap<i64, crate::model::Totals>,
     /// Stacks freed.
     pub(crate) stacks: u64,
+}
+
+/// The share of the stack maps each process may hold once they are past
+/// some fill, and that fill, for maps of `max_stacks` stacks: past half the
+/// maps, an eighth each, so that one process meeting endless new stacks
+/// leaves half the maps to the others, and at least four of them their share.
+fn stack_shares(max_stacks: u32) -> (u64, u64) {
+    let max = u64::from(max_stacks);
+    ((max / 8).max(1), max / 2)
 }
 
 /// Puts the `AGG` entries of [`STACK_LOST`] and [`STACK_NO_ROOM`] in before
