@@ -547,6 +547,7 @@ impl Probes {
             if live.remove(key).is_err() {
                 continue;
             }
+            swept.blocks.push((*key, *info));
             let held = swept.by_process.entry(key.tgid).or_default();
             held.bytes = held.bytes.saturating_add(info.size);
             held.count += 1;
@@ -563,6 +564,18 @@ impl Probes {
             }
         }
         Ok(swept)
+    }
+
+    /// The frames of the stacks `ids` (those in `STACKS`).
+    pub(crate) fn read_traces(
+        &self,
+        ids: impl IntoIterator<Item = i64>,
+    ) -> anyhow::Result<HashMap<i64, Vec<u64>>> {
+        let map = self
+            .ebpf
+            .map(maps::STACKS)
+            .context("BPF map STACKS missing from the object")?;
+        crate::snapshot::read_traces(map, ids)
     }
 
     /// Takes the stacks `ids` out of `AGG` and `STACKS` (not the reserved
@@ -1038,6 +1051,8 @@ pub(crate) struct Swept {
     pub(crate) reserved: HashMap<i64, crate::model::Totals>,
     /// The stacks of those blocks, by process.
     pub(crate) stacks: HashMap<u32, HashSet<i64>>,
+    /// The blocks taken out.
+    pub(crate) blocks: Vec<(LiveKey, AllocInfo)>,
     /// Blocks read.
     pub(crate) walked: u64,
     /// Whether the walk of the whole map ended.

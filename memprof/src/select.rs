@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use memprof_common::filter;
+use memprof_common::{filter, AllocInfo, LiveKey};
 use regex::Regex;
 
 use crate::config::Select;
@@ -243,6 +243,9 @@ pub(crate) struct Seen {
     pub allocator: String,
 }
 
+/// A block of `LIVE`.
+type Block = (LiveKey, AllocInfo);
+
 /// The (device, inode) of every file a process maps executable.
 type ObjectSet = BTreeSet<(u64, u64)>;
 
@@ -282,9 +285,13 @@ pub(crate) struct Processes<'a> {
     symbolizers: Option<HashMap<u32, Symbolizer>>,
     /// When the kept symbolizers last read their processes' mappings.
     last_refresh: Instant,
-    /// Whether what processes held at their exit leaves the maps during the
-    /// run (not with --at-exit, whose report it is).
-    purge: bool,
+    /// With --at-exit: what processes held at their exit leaves the maps
+    /// during the run all the same, kept here (blocks, and their stacks'
+    /// frames, read before the stacks leave) for the report, which
+    /// symbolizes them with the processes' kept symbolizers.
+    keep_exited: bool,
+    kept: Vec<Block>,
+    kept_traces: HashMap<i64, Vec<u64>>,
     /// What left the maps so, and the exits (pid, time) it came from.
     purged: Purged,
     purged_exits: HashSet<(u32, u64)>,
@@ -342,7 +349,9 @@ impl<'a> Processes<'a> {
                 HashMap::new()
             }),
             last_refresh: Instant::now(),
-            purge: !at_exit,
+            keep_exited: at_exit,
+            kept: Vec::new(),
+            kept_traces: HashMap::new(),
             purged: Purged::default(),
             purged_exits: HashSet::new(),
             sweep: Sweep::default(),
@@ -646,7 +655,19 @@ impl Processes<'_> {
         let swept = probes.sweep_live(&mut sweep.cursor, SWEEP_PER_TICK, &exited)?;
         sweep.walked += swept.walked;
         let mut blocks = 0;
-        for (pid, held) in swept.by_process {
+        if self.keep_exited {
+            blocks = swept.blocks.len() as u64;
+            let ids = swept.stacks.values().flatten().copied();
+            self.kept_traces.extend(probes.read_traces(ids)?);
+            self.kept.extend(swept.blocks);
+        }
+        // Kept blocks are reported, not released.
+        let by_process = if self.keep_exited {
+            HashMap::new()
+        } else {
+            swept.by_process
+        };
+        for (pid, held) in by_process {
             blocks += held.count;
             let sum = self.purged.by_process.entry(pid).or_default();
             *sum = crate::report::add_totals(*sum, held);
@@ -681,6 +702,15 @@ impl Processes<'_> {
     pub(crate) fn purged(&self) -> &Purged {
         &self.purged
     }
+
+    /// With --at-exit: the blocks that processes held at their exit and
+    /// that left the maps during the run, and their stacks' frames.
+    pub(crate) fn take_kept(&mut self) -> (Vec<Block>, HashMap<i64, Vec<u64>>) {
+        (
+            std::mem::take(&mut self.kept),
+            std::mem::take(&mut self.kept_traces),
+        )
+    }
 }
 
 impl Follow for Processes<'_> {
@@ -692,9 +722,7 @@ impl Follow for Processes<'_> {
     }
 
     fn tick(&mut self, probes: &mut Probes) -> anyhow::Result<bool> {
-        if self.purge {
-            self.purge_exited(probes)?;
-        }
+        self.purge_exited(probes)?;
         let none_left = self.follow(probes)?;
         if self.last_refresh.elapsed() >= REFRESH_MAPPINGS_EVERY {
             self.last_refresh = Instant::now();

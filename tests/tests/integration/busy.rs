@@ -3,12 +3,14 @@
 //! than the stack map holds), a process that leaks a known ground truth is
 //! reported exactly, under its pid, as alive; nothing is dropped. A process
 //! that exits after recording stopped, while memprof reads the maps, was
-//! alive at the end of the run and is reported so. Needs root (run through
-//! `cargo xtask test`).
+//! alive at the end of the run and is reported so. With `--at-exit`, what
+//! the short-lived programs held is reported, each exactly, with every
+//! stack named, although it left the maps as each exited. Needs root (run
+//! through `cargo xtask test`).
 
 use tests::{
-    describe_report, root_or_skip, Fixture, Kind, Memprof, Output, Report, ATTACH_TIMEOUT,
-    DONE_TIMEOUT, FINISH_TIMEOUT,
+    describe_report, function_is, root_or_skip, Fixture, Kind, Memprof, Output, Report,
+    ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT,
 };
 
 /// The processes of `report`, for messages.
@@ -121,4 +123,78 @@ fn a_process_that_exits_after_recording_stopped_was_alive() {
         .unwrap_or_else(|| panic!("pid {leaky_pid} is not in the report\n{dump}"));
     assert!(!process.exited, "{dump}");
     assert_eq!(process.totals, Kind::Leaky.truth().total(), "{dump}");
+}
+
+/// spawner.c: what each child holds at its exit, from as many stacks.
+const CHILD_LEAKS: u64 = 512;
+const CHILD_BYTES: u64 = 64;
+
+#[test]
+fn at_exit_reports_short_lived_programs_whose_stacks_left_the_maps() {
+    if !root_or_skip() {
+        return;
+    }
+    // Room for 8,192 stacks; the first 40 children alone meet 20,480.
+    let mut spawner = Fixture::spawn(Kind::Spawner);
+    let mut memprof = Memprof::spawn(&[
+        "--at-exit",
+        "--max-stacks",
+        "8192",
+        "--format",
+        "json",
+        "--top",
+        "0",
+    ]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    spawner.go();
+    spawner.expect_line("spawned", DONE_TIMEOUT);
+    let spawner_pid = spawner.pid();
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    assert!(spawner.finish(DONE_TIMEOUT).success());
+    let report = output.report();
+    let dump = describe(&report);
+    assert_nothing_dropped(&report, &dump);
+    // The children (forks of the spawner, which exited holding their blocks).
+    let children: Vec<_> = report
+        .processes
+        .iter()
+        .filter(|p| p.comm == "spawner" && p.pid != spawner_pid && p.exited)
+        .collect();
+    assert!(
+        children.len() >= 40,
+        "{} children reported\n{dump}",
+        children.len()
+    );
+    for child in children {
+        assert_eq!(
+            (child.totals.count, child.totals.bytes),
+            (CHILD_LEAKS, CHILD_LEAKS * CHILD_BYTES),
+            "pid {}\n{dump}",
+            child.pid
+        );
+        let stacks: Vec<_> = report
+            .stacks
+            .iter()
+            .filter(|s| s.pid == Some(child.pid))
+            .collect();
+        assert_eq!(
+            stacks.len() as u64,
+            CHILD_LEAKS,
+            "pid {}\n{dump}",
+            child.pid
+        );
+        for stack in stacks {
+            assert!(
+                stack
+                    .frames
+                    .first()
+                    .is_some_and(|f| function_is(f, "child_leaf")),
+                "pid {}: {stack:?}",
+                child.pid
+            );
+        }
+    }
+    assert!(report.stats.stacks_freed >= 20_480 - 8_192, "{dump}");
 }
