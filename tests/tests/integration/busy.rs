@@ -80,8 +80,18 @@ fn a_leaker_is_exact_while_short_lived_programs_come_and_go() {
     let dump = describe(&report);
     assert_nothing_dropped(&report, &dump);
     // What the children held left the maps when they exited: every stack
-    // of the leaker found room.
-    assert_eq!(report.stats.stack_no_room, 0, "{dump}");
+    // of the leaker found room (other processes of the machine may have
+    // met more stacks than their share).
+    let no_room: Vec<_> = report
+        .stacks
+        .iter()
+        .filter(|s| s.pid == Some(leaky_pid))
+        .filter(|s| {
+            s.frames.first().and_then(|f| f.function.as_deref())
+                == Some(memprof::model::NO_ROOM_FRAME)
+        })
+        .collect();
+    assert!(no_room.is_empty(), "{no_room:?}\n{dump}");
     assert!(report.stats.stacks_freed >= 16_384, "{dump}");
     let process = report
         .processes
@@ -134,12 +144,12 @@ fn at_exit_reports_short_lived_programs_whose_stacks_left_the_maps() {
     if !root_or_skip() {
         return;
     }
-    // Room for 8,192 stacks; the first 40 children alone meet 20,480.
+    // Room for 16,384 stacks; the first 40 children alone meet 20,480.
     let mut spawner = Fixture::spawn(Kind::Spawner);
     let mut memprof = Memprof::spawn(&[
         "--at-exit",
         "--max-stacks",
-        "8192",
+        "16384",
         "--format",
         "json",
         "--top",
@@ -156,11 +166,21 @@ fn at_exit_reports_short_lived_programs_whose_stacks_left_the_maps() {
     let report = output.report();
     let dump = describe(&report);
     assert_nothing_dropped(&report, &dump);
-    // The children (forks of the spawner, which exited holding their blocks).
+    // The children: forks of the spawner that exited holding their blocks
+    // (too short-lived for their names to be read), known by their stacks.
+    let is_child = |pid: u32| {
+        pid != spawner_pid
+            && report.stacks.iter().any(|s| {
+                s.pid == Some(pid)
+                    && s.frames
+                        .first()
+                        .is_some_and(|f| function_is(f, "child_leaf"))
+            })
+    };
     let children: Vec<_> = report
         .processes
         .iter()
-        .filter(|p| p.comm == "spawner" && p.pid != spawner_pid && p.exited)
+        .filter(|p| p.exited && is_child(p.pid))
         .collect();
     assert!(
         children.len() >= 40,
@@ -196,5 +216,5 @@ fn at_exit_reports_short_lived_programs_whose_stacks_left_the_maps() {
             );
         }
     }
-    assert!(report.stats.stacks_freed >= 20_480 - 8_192, "{dump}");
+    assert!(report.stats.stacks_freed >= 20_480 - 16_384, "{dump}");
 }

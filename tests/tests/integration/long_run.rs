@@ -186,7 +186,9 @@ fn a_system_wide_run_with_short_lived_processes_stays_flat() {
     let mut leaky = Fixture::spawn(Kind::Leaky);
     let mut spawner = Fixture::spawn(Kind::Spawner);
     let mut memprof = Memprof::spawn(&["-v", "--format", "json", "--top", "0"]);
-    memprof.wait_attached(ATTACH_TIMEOUT);
+    // Not `wait_attached`: with -v, lines about probes attached come before
+    // recording starts.
+    memprof.wait_line("recording until Ctrl-C", ATTACH_TIMEOUT);
     spawner.go();
     leaky.go();
     leaky.wait_done(DONE_TIMEOUT);
