@@ -1102,6 +1102,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn past_half_the_stack_maps_a_process_may_hold_an_eighth() {
+        assert_eq!(stack_shares(65_536), (8_192, 32_768));
+        assert_eq!(stack_shares(1_024), (128, 512));
+        // Never a share of nothing.
+        assert_eq!(stack_shares(4), (1, 2));
+    }
+
+    #[test]
     fn this_kernel_has_the_fork_tracepoint() {
         let offset = fork_child_pid_offset().unwrap();
         assert!(offset >= 8, "after the common fields: {offset}");
