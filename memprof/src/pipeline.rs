@@ -100,6 +100,11 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
     log_end(config, end, &processes);
+    // No exited process left half taken out of the maps (its stacks freed,
+    // some of its blocks still in LIVE).
+    if let Err(e) = processes.finish_purge(&mut probes) {
+        log::warn!("taking exited processes' blocks out of the maps failed: {e:#}");
+    }
 
     // Detach and read.
     log::info!(

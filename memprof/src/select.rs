@@ -706,6 +706,21 @@ impl Processes<'_> {
         Ok(())
     }
 
+    /// Ends the walk of `LIVE` under way (see [`Processes::purge_exited`]),
+    /// once recording stopped: what a process that exited held is then all
+    /// out of the maps, or all in them (its stacks too), to be settled by
+    /// the report.
+    pub(crate) fn finish_purge(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
+        // A walk takes about SWEEP_PARTS calls; the bound is for safety.
+        for _ in 0..4 * SWEEP_PARTS {
+            if self.sweep.cursor.at_start() {
+                break;
+            }
+            self.purge_exited(probes)?;
+        }
+        Ok(())
+    }
+
     /// What left the maps during the run with the processes that exited.
     pub(crate) fn purged(&self) -> &Purged {
         &self.purged
