@@ -706,14 +706,17 @@ impl Processes<'_> {
         Ok(())
     }
 
-    /// Ends the walk of `LIVE` under way (see [`Processes::purge_exited`]),
-    /// once recording stopped: what a process that exited held is then all
-    /// out of the maps, or all in them (its stacks too), to be settled by
-    /// the report.
+    /// Walks `LIVE` (see [`Processes::purge_exited`]) until every exit seen
+    /// is settled, once recording stopped: what a process that exited held
+    /// is then all out of the maps, or all in them (its stacks too), to be
+    /// settled by the report.
     pub(crate) fn finish_purge(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
-        // A walk takes about SWEEP_PARTS calls; the bound is for safety.
-        for _ in 0..4 * SWEEP_PARTS {
-            if self.sweep.cursor.at_start() {
+        // Until every exit is settled: an exit seen during a walk needs the
+        // next walk too, for the blocks before where it was seen. (No exit
+        // is noted once recording stopped.) A walk takes about SWEEP_PARTS
+        // calls; the bound is for safety.
+        for _ in 0..8 * SWEEP_PARTS {
+            if self.sweep.pending.is_empty() {
                 break;
             }
             self.purge_exited(probes)?;
