@@ -181,6 +181,27 @@ pub mod window_frees {
     pub const LEN: u32 = 2;
 }
 
+/// The per-process share of the stack maps (memprof-ebpf's `share.rs`).
+pub mod share {
+    /// `HashMap<i64, u32>`: the process (tgid) that stored each stack.
+    pub const STACK_OWNERS: &str = "STACK_OWNERS";
+    /// `HashMap<u32, u64>`: stacks each process holds.
+    pub const PROC_STACKS: &str = "PROC_STACKS";
+    /// `Array<u64>` indexed by [`FILL`] and [`ADDED`].
+    pub const SHARE_FILL: &str = "SHARE_FILL";
+    /// Stacks held at user space's last count.
+    pub const FILL: u32 = 0;
+    /// Stacks stored since.
+    pub const ADDED: u32 = 1;
+    /// Entries of `SHARE_FILL`.
+    pub const LEN: u32 = 2;
+    /// Global `u64`: stacks a process may hold once the maps hold
+    /// [`STACK_SHARE_FROM`]; 0: no share.
+    pub const STACK_SHARE: &str = "STACK_SHARE";
+    /// Global `u64`: stacks the maps hold before shares apply.
+    pub const STACK_SHARE_FROM: &str = "STACK_SHARE_FROM";
+}
+
 /// Entries of the [`maps::CONTROL`] array.
 pub mod control {
     /// Nonzero while the probes record.

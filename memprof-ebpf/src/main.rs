@@ -54,6 +54,7 @@ mod python;
 mod record;
 mod sampled;
 mod settings;
+mod share;
 mod stack;
 mod task;
 

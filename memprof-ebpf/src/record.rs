@@ -15,6 +15,7 @@ use memprof_common::{stat, AllocInfo, LiveKey, PendingCall, StackAgg, STACK_LOST
 use crate::decode::Return;
 use crate::maps::{add, bump, bump_by, AGG, EEXIST, LIVE};
 use crate::settings::SAMPLE_RATE;
+use crate::share::{note_stack, over_share};
 use crate::stack::{capture_stack, store_stack};
 
 /// Adds one allocation to this CPU's value of an aggregate; returns how
@@ -62,6 +63,23 @@ fn agg_add(stack_id: i64, size: u64, now: u64) -> Option<u64> {
     }
 }
 
+/// [`agg_add`] for a block of process `tgid`, or None when the stack is new
+/// and the process holds its share of the maps (see [`crate::share`]).
+#[inline(always)]
+fn agg_add_within_share(tgid: u32, stack_id: i64, size: u64, now: u64) -> Option<u64> {
+    if let Some(agg) = AGG.get_ptr_mut(stack_id) {
+        return Some(agg_add_to(agg, size, now));
+    }
+    if stack_id >= 0 && over_share(tgid) {
+        return None;
+    }
+    let before = agg_add(stack_id, size, now)?;
+    if before == 0 && stack_id >= 0 {
+        note_stack(tgid, stack_id);
+    }
+    Some(before)
+}
+
 /// Adds the block `key` (just put in `LIVE`) to its stack's aggregate, or,
 /// when `AGG` has no room for that stack, to [`STACK_NO_ROOM`]'s (and
 /// relabels the block). Returns how many allocations this CPU had added to
@@ -71,7 +89,7 @@ fn agg_add(stack_id: i64, size: u64, now: u64) -> Option<u64> {
 /// `STACK_MAP_FULL`.
 #[inline(always)]
 fn agg_add_or_no_room(key: &LiveKey, stack_id: i64, size: u64, now: u64) -> Option<u64> {
-    if let Some(before) = agg_add(stack_id, size, now) {
+    if let Some(before) = agg_add_within_share(key.tgid, stack_id, size, now) {
         return Some(before);
     }
     if agg_add(STACK_NO_ROOM, size, now).is_none() {

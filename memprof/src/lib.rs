@@ -18,6 +18,7 @@
 //! what the heap does not show (`--mmap`, `--kernel`).
 
 mod aggregate;
+mod batch;
 pub mod check;
 pub mod cli;
 pub mod compare;

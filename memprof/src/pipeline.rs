@@ -135,6 +135,11 @@ pub(crate) fn run(
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
     log_end(config, end, &processes);
+    // No exited process left half taken out of the maps (its stacks freed,
+    // some of its blocks still in LIVE).
+    if let Err(e) = processes.finish_purge(&mut probes) {
+        log::warn!("taking exited processes' blocks out of the maps failed: {e:#}");
+    }
 
     // Detach and read.
     log::info!(
@@ -166,6 +171,19 @@ pub(crate) fn run(
         &snap,
         &aggregate::totals(&aggregate::by_stack(&snap.live, end_ns)),
     );
+    // With --at-exit, what exited processes held left the maps during the
+    // run and was kept: back with the rest.
+    let (kept, kept_traces) = processes.take_kept();
+    for (id, frames) in kept_traces {
+        snap.traces.entry(id).or_insert(frames);
+    }
+    for (key, mut info) in kept {
+        // As read_all does: a stack that was never stored is lost.
+        if info.stack_id >= 0 && !snap.traces.contains_key(&info.stack_id) {
+            info.stack_id = memprof_common::STACK_LOST;
+        }
+        snap.live.push((key, info));
+    }
     let windows = maps.windows.as_ref();
 
     // Report: what each process held, then the run as a whole.

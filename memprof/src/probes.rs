@@ -25,8 +25,8 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
-    control, filter, globals, maps, programs, sampled, window_cookie, window_frees, AllocInfo,
-    LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
+    control, filter, globals, maps, programs, sampled, share, window_cookie, window_frees,
+    AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -243,7 +243,18 @@ impl Probes {
                 maps::AGG,
                 config.limits.max_stacks.saturating_add(AGG_RESERVED),
             )
-            .map_max_entries(maps::STACKS, config.limits.max_stacks);
+            .map_max_entries(maps::STACKS, config.limits.max_stacks)
+            .map_max_entries(share::STACK_OWNERS, config.limits.max_stacks);
+        // Over many processes, a share of the stack maps each (see
+        // `set_shares`).
+        let (stack_share, share_from) = if mode == filter::ONE {
+            (0u64, 0u64)
+        } else {
+            stack_shares(config.limits.max_stacks)
+        };
+        loader
+            .override_global(share::STACK_SHARE, &stack_share, true)
+            .override_global(share::STACK_SHARE_FROM, &share_from, true);
         if mode == filter::ONE {
             // One process: no set to fill, and few execs to note; the
             // default sizes serve runs over many processes.
@@ -499,6 +510,20 @@ impl Probes {
             .context("BPF map EXITS missing from the object")?;
         let exits = BpfHashMap::<&MapData, u32, u64>::try_from(map)?;
         let mut out = HashMap::new();
+        // Read every second: in batches, as it fills with the machine's exits.
+        let mut cursor = crate::batch::Cursor::default();
+        let batched = crate::batch::read_some::<u32, u64>(
+            aya::maps::IterableMap::map(&exits),
+            &mut cursor,
+            usize::MAX,
+            |&tgid, &at| {
+                out.insert(tgid, at);
+            },
+        );
+        if batched.is_ok() {
+            return Ok(out);
+        }
+        out.clear();
         for entry in exits.iter() {
             match entry {
                 Ok((tgid, at)) => {
@@ -511,66 +536,123 @@ impl Probes {
         Ok(out)
     }
 
-    /// Takes out of the maps what the processes in `exited` (tgid -> exit
-    /// time) held when they exited: their blocks leave `LIVE`, and their
-    /// stacks leave `AGG` and `STACKS` (a stack's id includes its process,
-    /// so no other process uses it), which keeps the maps free for the
-    /// processes still running. Returns what each held, and what of that
-    /// was counted under the reserved ids ([`STACK_LOST`],
-    /// [`STACK_NO_ROOM`]), whose `AGG` entries stay (their per-CPU counts
-    /// cannot be lowered safely while programs add to them).
-    pub(crate) fn purge_exited(&mut self, exited: &HashMap<u32, u64>) -> anyhow::Result<Purged> {
-        let mut purged = Purged::default();
-        if exited.is_empty() {
-            return Ok(purged);
+    /// Walks the next `budget` blocks or so of `LIVE` from `cursor` and
+    /// takes out those that processes in `exited` (tgid -> exit time) held
+    /// when they exited, which keeps the map free for the processes still
+    /// running. A walk of the whole map may take several calls: its cost per
+    /// call stays bounded however many blocks the running processes hold.
+    /// Returns what each process held and the ids of their stacks (for
+    /// [`Probes::free_stacks`]: a stack's id includes its process, so no
+    /// other process uses it).
+    pub(crate) fn sweep_live(
+        &mut self,
+        cursor: &mut crate::batch::Cursor,
+        budget: usize,
+        exited: &HashMap<u32, u64>,
+    ) -> anyhow::Result<Swept> {
+        let mut swept = Swept::default();
+        let map = self
+            .ebpf
+            .map_mut(maps::LIVE)
+            .context("BPF map LIVE missing from the object")?;
+        let mut live = BpfHashMap::<&mut MapData, LiveKey, AllocInfo>::try_from(map)?;
+        let held_by_exited = |key: &LiveKey, info: &AllocInfo| {
+            exited
+                .get(&key.tgid)
+                .is_some_and(|&at| info.timestamp_ns <= at)
+        };
+        let mut gone = Vec::new();
+        let read = crate::batch::read_some::<LiveKey, AllocInfo>(
+            aya::maps::IterableMap::map(&live),
+            cursor,
+            budget,
+            |key, info| {
+                if held_by_exited(key, info) {
+                    gone.push((*key, *info));
+                }
+            },
+        );
+        match read {
+            Ok((walked, done)) => (swept.walked, swept.done) = (walked as u64, done),
+            Err(e) => {
+                log::debug!("reading LIVE in batches failed ({e}): reading it entry by entry");
+                *cursor = crate::batch::Cursor::default();
+                gone.clear();
+                for (key, info) in live.iter().filter_map(Result::ok) {
+                    swept.walked += 1;
+                    if held_by_exited(&key, &info) {
+                        gone.push((key, info));
+                    }
+                }
+                swept.done = true;
+            }
         }
-        let (mut live, mut agg, mut stacks) = (None, None, None);
+        for (key, info) in &gone {
+            if live.remove(key).is_err() {
+                continue;
+            }
+            swept.blocks.push((*key, *info));
+            let held = swept.by_process.entry(key.tgid).or_default();
+            held.bytes = held.bytes.saturating_add(info.size);
+            held.count += 1;
+            if info.stack_id < 0 {
+                let reserved = swept.reserved.entry(info.stack_id).or_default();
+                reserved.bytes = reserved.bytes.wrapping_add(info.size);
+                reserved.count += 1;
+            } else {
+                swept
+                    .stacks
+                    .entry(key.tgid)
+                    .or_default()
+                    .insert(info.stack_id);
+            }
+        }
+        Ok(swept)
+    }
+
+    /// The frames of the stacks `ids` (those in `STACKS`).
+    pub(crate) fn read_traces(
+        &self,
+        ids: impl IntoIterator<Item = i64>,
+    ) -> anyhow::Result<HashMap<i64, Vec<u64>>> {
+        let map = self
+            .ebpf
+            .map(maps::STACKS)
+            .context("BPF map STACKS missing from the object")?;
+        crate::snapshot::read_traces(map, ids)
+    }
+
+    /// Takes the stacks `ids` out of `AGG` and `STACKS` (not the reserved
+    /// ids, [`STACK_LOST`] and [`STACK_NO_ROOM`], whose `AGG` entries stay:
+    /// their per-CPU counts cannot be lowered safely while programs add to
+    /// them). Returns how many were taken out.
+    pub(crate) fn free_stacks(
+        &mut self,
+        ids: impl IntoIterator<Item = i64>,
+    ) -> anyhow::Result<u64> {
+        let (mut agg, mut stacks) = (None, None);
         for (name, map) in self.ebpf.maps_mut() {
             match name {
-                maps::LIVE => live = Some(map),
                 maps::AGG => agg = Some(map),
                 maps::STACKS => stacks = Some(map),
                 _ => {}
             }
         }
-        let (Some(live), Some(agg), Some(stacks)) = (live, agg, stacks) else {
-            anyhow::bail!("BPF maps LIVE, AGG and STACKS missing from the object");
+        let (Some(agg), Some(stacks)) = (agg, stacks) else {
+            anyhow::bail!("BPF maps AGG and STACKS missing from the object");
         };
-        let mut live = BpfHashMap::<&mut MapData, LiveKey, AllocInfo>::try_from(live)?;
         let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
         let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
-        let gone: Vec<(LiveKey, AllocInfo)> = live
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, info)| {
-                exited
-                    .get(&key.tgid)
-                    .is_some_and(|&at| info.timestamp_ns <= at)
-            })
-            .collect();
-        let mut ids = HashSet::new();
-        for (key, info) in &gone {
-            if live.remove(key).is_err() {
-                continue;
-            }
-            let held = purged.by_process.entry(key.tgid).or_default();
-            held.bytes = held.bytes.saturating_add(info.size);
-            held.count += 1;
-            if info.stack_id < 0 {
-                let reserved = purged.reserved.entry(info.stack_id).or_default();
-                reserved.bytes = reserved.bytes.wrapping_add(info.size);
-                reserved.count += 1;
-            } else {
-                ids.insert(info.stack_id);
-            }
-        }
-        for id in ids {
+        let mut freed = Vec::new();
+        for id in ids.into_iter().filter(|&id| id >= 0) {
             // The entry first, as when a stack is freed as idle.
-            let _ = agg.remove(&id);
+            if agg.remove(&id).is_ok() {
+                freed.push(id);
+            }
             let _ = stacks.remove(&id);
-            purged.stacks += 1;
         }
-        Ok(purged)
+        self.forget_owners(&freed)?;
+        Ok(freed.len() as u64)
     }
 
     /// Turns recording on or off for every probe at once. With sampling by
@@ -685,9 +767,11 @@ impl Probes {
         };
         let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
         let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
+        let mut held = 0u64;
         let idle: Vec<i64> = agg
             .iter()
             .filter_map(Result::ok)
+            .inspect(|_| held += 1)
             // The reserved entries stay.
             .filter(|(id, _)| *id >= 0)
             .filter(|(_, values)| {
@@ -697,6 +781,7 @@ impl Probes {
             .map(|(id, _)| id)
             .collect();
         let mut freed = 0;
+        let mut freed_ids = Vec::new();
         for id in idle {
             let trace = stacks.get(&id, 0).ok();
             let _ = agg.remove(&id);
@@ -711,10 +796,92 @@ impl Probes {
                     // EEXIST: the allocation's program stored it again first.
                     let _ = stacks.insert(id, trace, u64::from(BPF_NOEXIST));
                 }
-                _ => freed += 1,
+                _ => {
+                    freed += 1;
+                    freed_ids.push(id);
+                }
             }
         }
+        log::debug!("stacks: {held} in AGG, {freed} of them freed as idle");
+        self.forget_owners(&freed_ids)?;
+        self.recount_shares()?;
         Ok(freed)
+    }
+
+    /// Takes the freed stacks `ids` out of `STACK_OWNERS` (see
+    /// [`Probes::recount_shares`]).
+    fn forget_owners(&mut self, ids: &[i64]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut(share::STACK_OWNERS)
+            .context("BPF map STACK_OWNERS missing from the object")?;
+        let mut owners = BpfHashMap::<&mut MapData, i64, u32>::try_from(map)?;
+        for id in ids {
+            let _ = owners.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Recounts the stacks each process holds (`PROC_STACKS`) and in all
+    /// (`SHARE_FILL`) from `STACK_OWNERS`, for the share of the stack maps
+    /// per process that the programs keep: they only add to the counts, and
+    /// user space frees stacks. A stack stored meanwhile may go uncounted
+    /// until the next recount.
+    fn recount_shares(&mut self) -> anyhow::Result<()> {
+        let (mut owners, mut per_process, mut fill) = (None, None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                share::STACK_OWNERS => owners = Some(map),
+                share::PROC_STACKS => per_process = Some(map),
+                share::SHARE_FILL => fill = Some(map),
+                _ => {}
+            }
+        }
+        let (Some(owners), Some(per_process), Some(fill)) = (owners, per_process, fill) else {
+            anyhow::bail!(
+                "BPF maps STACK_OWNERS, PROC_STACKS and SHARE_FILL missing from the object"
+            );
+        };
+        let owners = BpfHashMap::<&mut MapData, i64, u32>::try_from(owners)?;
+        let mut held: HashMap<u32, u64> = HashMap::new();
+        let mut cursor = crate::batch::Cursor::default();
+        let mut total = 0u64;
+        let counted = crate::batch::read_some::<i64, u32>(
+            aya::maps::IterableMap::map(&owners),
+            &mut cursor,
+            usize::MAX,
+            |_, &tgid| {
+                *held.entry(tgid).or_default() += 1;
+                total += 1;
+            },
+        );
+        if counted.is_err() {
+            (held, total) = (HashMap::new(), 0);
+            for (_, tgid) in owners.iter().filter_map(Result::ok) {
+                *held.entry(tgid).or_default() += 1;
+                total += 1;
+            }
+        }
+        let mut per_process = BpfHashMap::<&mut MapData, u32, u64>::try_from(per_process)?;
+        let gone: Vec<u32> = per_process
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tgid| !held.contains_key(tgid))
+            .collect();
+        for tgid in gone {
+            let _ = per_process.remove(&tgid);
+        }
+        for (tgid, n) in held {
+            let _ = per_process.insert(tgid, n, 0);
+        }
+        let mut fill = Array::<&mut MapData, u64>::try_from(fill)?;
+        fill.set(share::FILL, total, 0)
+            .context("writing SHARE_FILL")?;
+        fill.set(share::ADDED, 0, 0).context("writing SHARE_FILL")?;
+        Ok(())
     }
 
     /// The execs of the recorded processes, by tgid.
@@ -919,7 +1086,24 @@ impl SiteError {
     }
 }
 
-/// What [`Probes::purge_exited`] took out of the maps.
+/// What [`Probes::sweep_live`] took out of `LIVE`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// What each process held at its exit.
+    pub(crate) by_process: HashMap<u32, crate::model::Totals>,
+    /// What of it was counted under [`STACK_LOST`] or [`STACK_NO_ROOM`].
+    pub(crate) reserved: HashMap<i64, crate::model::Totals>,
+    /// The stacks of those blocks, by process.
+    pub(crate) stacks: HashMap<u32, HashSet<i64>>,
+    /// The blocks taken out.
+    pub(crate) blocks: Vec<(LiveKey, AllocInfo)>,
+    /// Blocks read.
+    pub(crate) walked: u64,
+    /// Whether the walk of the whole map ended.
+    pub(crate) done: bool,
+}
+
+/// What left the maps during the run with the processes that exited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Purged {
     /// What each process held at its exit.
@@ -928,6 +1112,15 @@ pub(crate) struct Purged {
     pub(crate) reserved: HashMap<i64, crate::model::Totals>,
     /// Stacks freed.
     pub(crate) stacks: u64,
+}
+
+/// The share of the stack maps each process may hold once they are past
+/// some fill, and that fill, for maps of `max_stacks` stacks: past half the
+/// maps, an eighth each, so that one process meeting endless new stacks
+/// leaves half the maps to the others, and at least four of them their share.
+fn stack_shares(max_stacks: u32) -> (u64, u64) {
+    let max = u64::from(max_stacks);
+    ((max / 8).max(1), max / 2)
 }
 
 /// Puts the `AGG` entries of [`STACK_LOST`] and [`STACK_NO_ROOM`] in before
@@ -951,6 +1144,14 @@ fn reserve_agg_entries(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_half_the_stack_maps_a_process_may_hold_an_eighth() {
+        assert_eq!(stack_shares(65_536), (8_192, 32_768));
+        assert_eq!(stack_shares(1_024), (128, 512));
+        // Never a share of nothing.
+        assert_eq!(stack_shares(4), (1, 2));
+    }
 
     #[test]
     fn this_kernel_has_the_fork_tracepoint() {

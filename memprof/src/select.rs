@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use memprof_common::filter;
+use memprof_common::{filter, AllocInfo, LiveKey};
 use regex::Regex;
 
 use crate::config::Select;
@@ -243,6 +243,9 @@ pub(crate) struct Seen {
     pub allocator: String,
 }
 
+/// A block of `LIVE`.
+type Block = (LiveKey, AllocInfo);
+
 /// The (device, inode) of every file a process maps executable.
 type ObjectSet = BTreeSet<(u64, u64)>;
 
@@ -282,12 +285,41 @@ pub(crate) struct Processes<'a> {
     symbolizers: Option<HashMap<u32, Symbolizer>>,
     /// When the kept symbolizers last read their processes' mappings.
     last_refresh: Instant,
-    /// Whether what processes held at their exit leaves the maps during the
-    /// run (not with --at-exit, whose report it is).
-    purge: bool,
+    /// With --at-exit: what processes held at their exit leaves the maps
+    /// during the run all the same, kept here (blocks, and their stacks'
+    /// frames, read before the stacks leave) for the report, which
+    /// symbolizes them with the processes' kept symbolizers.
+    keep_exited: bool,
+    kept: Vec<Block>,
+    kept_traces: HashMap<i64, Vec<u64>>,
     /// What left the maps so, and the exits (pid, time) it came from.
     purged: Purged,
     purged_exits: HashSet<(u32, u64)>,
+    /// The walk of `LIVE` that takes exited processes' blocks out.
+    sweep: Sweep,
+}
+
+/// Blocks of `LIVE` read per second while exited processes' blocks are
+/// taken out: at least this many (about 50 ms of a CPU), or a quarter of
+/// what the last walk met, so that a walk of the whole map takes at most
+/// about 4 s however full it is (a machine where processes holding 100,000
+/// blocks each exit every second fills a map that is walked more slowly).
+/// Exited processes' blocks that a walk has not reached yet leave the map
+/// when it does (or, at the end of the run, when the report is made).
+const SWEEP_PER_TICK: usize = 1 << 16;
+const SWEEP_PARTS: u64 = 4;
+
+/// The walk of `LIVE` that takes out what exited processes held.
+#[derive(Default)]
+struct Sweep {
+    cursor: crate::batch::Cursor,
+    /// Exits whose blocks are being taken out: pid -> exit time, and
+    /// whether the walk under way started after the exit was seen (the exit
+    /// is settled when such a walk ends).
+    pending: HashMap<u32, (u64, bool)>,
+    /// Blocks read by the walk under way, and by the last whole walk.
+    walked: u64,
+    last_walk: u64,
 }
 
 impl<'a> Processes<'a> {
@@ -321,9 +353,12 @@ impl<'a> Processes<'a> {
                 HashMap::new()
             }),
             last_refresh: Instant::now(),
-            purge: !at_exit,
+            keep_exited: at_exit,
+            kept: Vec::new(),
+            kept_traces: HashMap::new(),
             purged: Purged::default(),
             purged_exits: HashSet::new(),
+            sweep: Sweep::default(),
         };
         for pid in roots {
             let (opened, pidfd) = match launched.filter(|l| l.pid == pid) {
@@ -594,34 +629,118 @@ impl<'a> Processes<'a> {
 }
 
 impl Processes<'_> {
-    /// Takes what the processes that exited since the last call held out of
-    /// the maps (see [`Probes::purge_exited`]), so that short-lived programs
-    /// do not crowd the running ones out of them. Never the launched
-    /// command's: what it holds at its exit is the report.
+    /// Takes what the processes that exited held out of the maps, a part of
+    /// `LIVE` per call (see [`Probes::sweep_live`]), so that short-lived
+    /// programs do not crowd the running ones out of them. Never the
+    /// launched command's: what it holds at its exit is the report.
     fn purge_exited(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
         let command = self.command;
         let seen = &mut self.purged_exits;
-        let new: HashMap<u32, u64> = probes
-            .exits()?
-            .into_iter()
-            .filter(|&(pid, at)| Some(pid) != command && seen.insert((pid, at)))
+        let sweep = &mut self.sweep;
+        for (pid, at) in probes.exits()? {
+            if Some(pid) == command || !seen.insert((pid, at)) {
+                continue;
+            }
+            // A pid taken again and exited again: the later exit covers both.
+            let entry = sweep.pending.entry(pid).or_default();
+            entry.0 = entry.0.max(at);
+            entry.1 = false;
+        }
+        if sweep.pending.is_empty() {
+            return Ok(());
+        }
+        if sweep.cursor.at_start() {
+            for entry in sweep.pending.values_mut() {
+                entry.1 = true;
+            }
+            sweep.walked = 0;
+        }
+        let started = Instant::now();
+        let exited: HashMap<u32, u64> = sweep
+            .pending
+            .iter()
+            .map(|(&pid, &(at, _))| (pid, at))
             .collect();
-        let now = probes.purge_exited(&new)?;
-        for (pid, held) in now.by_process {
+        let budget = SWEEP_PER_TICK.max((sweep.last_walk / SWEEP_PARTS) as usize);
+        let swept = probes.sweep_live(&mut sweep.cursor, budget, &exited)?;
+        sweep.walked += swept.walked;
+        if swept.done {
+            sweep.last_walk = sweep.walked;
+        }
+        let mut blocks = 0;
+        if self.keep_exited {
+            blocks = swept.blocks.len() as u64;
+            let ids = swept.stacks.values().flatten().copied();
+            self.kept_traces.extend(probes.read_traces(ids)?);
+            self.kept.extend(swept.blocks);
+        }
+        // Kept blocks are reported, not released.
+        let by_process = if self.keep_exited {
+            HashMap::new()
+        } else {
+            swept.by_process
+        };
+        for (pid, held) in by_process {
+            blocks += held.count;
             let sum = self.purged.by_process.entry(pid).or_default();
             *sum = crate::report::add_totals(*sum, held);
         }
-        for (id, held) in now.reserved {
+        for (id, held) in swept.reserved {
             let sum = self.purged.reserved.entry(id).or_default();
             *sum = crate::report::add_totals(*sum, held);
         }
-        self.purged.stacks += now.stacks;
+        // Freed at once: a stack's id includes its process, so no process
+        // alive uses it; blocks of the exited process that the walk has not
+        // reached yet are taken out when it does.
+        let stacks = probes.free_stacks(swept.stacks.into_values().flatten())?;
+        self.purged.stacks += stacks;
+        if swept.done {
+            sweep.pending.retain(|_, entry| !entry.1);
+        }
+        log::debug!(
+            "purge: {blocks} blocks and {stacks} stacks of exited processes, out of {} blocks \
+             read from LIVE, in {:.1} ms{}",
+            swept.walked,
+            started.elapsed().as_secs_f64() * 1e3,
+            if swept.done {
+                format!("; walk over: LIVE held {} blocks", sweep.walked)
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    /// Walks `LIVE` (see [`Processes::purge_exited`]) until every exit seen
+    /// is settled, once recording stopped: what a process that exited held
+    /// is then all out of the maps, or all in them (its stacks too), to be
+    /// settled by the report.
+    pub(crate) fn finish_purge(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
+        // Until every exit is settled: an exit seen during a walk needs the
+        // next walk too, for the blocks before where it was seen. (No exit
+        // is noted once recording stopped.) A walk takes about SWEEP_PARTS
+        // calls; the bound is for safety.
+        for _ in 0..8 * SWEEP_PARTS {
+            if self.sweep.pending.is_empty() {
+                break;
+            }
+            self.purge_exited(probes)?;
+        }
         Ok(())
     }
 
     /// What left the maps during the run with the processes that exited.
     pub(crate) fn purged(&self) -> &Purged {
         &self.purged
+    }
+
+    /// With --at-exit: the blocks that processes held at their exit and
+    /// that left the maps during the run, and their stacks' frames.
+    pub(crate) fn take_kept(&mut self) -> (Vec<Block>, HashMap<i64, Vec<u64>>) {
+        (
+            std::mem::take(&mut self.kept),
+            std::mem::take(&mut self.kept_traces),
+        )
     }
 }
 
@@ -634,9 +753,7 @@ impl Follow for Processes<'_> {
     }
 
     fn tick(&mut self, probes: &mut Probes) -> anyhow::Result<bool> {
-        if self.purge {
-            self.purge_exited(probes)?;
-        }
+        self.purge_exited(probes)?;
         let none_left = self.follow(probes)?;
         if self.last_refresh.elapsed() >= REFRESH_MAPPINGS_EVERY {
             self.last_refresh = Instant::now();

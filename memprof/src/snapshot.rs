@@ -109,13 +109,24 @@ pub(crate) fn read_all(
     let live_map =
         BpfHashMap::<&MapData, LiveKey, AllocInfo>::try_from(live).context("LIVE map")?;
     let mut entries = Vec::new();
-    for entry in live_map.iter() {
-        match entry {
-            Ok(kv) => entries.push(kv),
-            // An entry removed between listing its key and reading it: the
-            // target freed it while we read (only possible while attached).
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e).context("reading LIVE"),
+    // In batches when the kernel has them: LIVE may hold a million blocks.
+    let mut cursor = crate::batch::Cursor::default();
+    let batched = crate::batch::read_some::<LiveKey, AllocInfo>(
+        aya::maps::IterableMap::map(&live_map),
+        &mut cursor,
+        usize::MAX,
+        |key, info| entries.push((*key, *info)),
+    );
+    if batched.is_err() {
+        entries.clear();
+        for entry in live_map.iter() {
+            match entry {
+                Ok(kv) => entries.push(kv),
+                // An entry removed between listing its key and reading it: the
+                // target freed it while we read (only possible while attached).
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading LIVE"),
+            }
         }
     }
     let traces = read_traces(stacks, entries.iter().map(|(_, info)| info.stack_id))?;

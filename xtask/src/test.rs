@@ -102,8 +102,10 @@ fn integration_tests() -> Result<Command> {
 /// The test binary that holds every integration test (`tests/tests/integration/`).
 const INTEGRATION_TESTS: &str = "integration";
 
-/// `cargo xtask soak`: the long-run integration test (the `long_run` module of the integration
-/// tests) for `secs` seconds against a release build, printing memprof's memory over the run.
+/// `cargo xtask soak`: the long-run integration tests (the `long_run` module of the integration
+/// tests: a churning target, and a system-wide run while short-lived processes come and go) for
+/// `secs` seconds each against a release build, printing memprof's memory and the maps' use over
+/// the run.
 pub(crate) fn soak(secs: u64) -> Result<()> {
     setup::for_tests()?;
     let bin = cmd::build_release_memprof()?;

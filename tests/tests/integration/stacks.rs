@@ -8,11 +8,16 @@
 //! profiled exactly; and when the maps do fill, a block whose stack finds no
 //! room is still counted (under a stack that says so), so the totals stay
 //! exact, and a full live map is counted and makes the totals lower bounds.
-//! Needs root (run through `cargo xtask test`).
+//! Over many processes, one that meets more distinct live stacks than the
+//! maps hold takes no more than its share of them: a leaker beside it keeps
+//! every stack. Needs root (run through `cargo xtask test`).
 
 use std::collections::HashSet;
 
-use tests::{check_no_loss, describe_report, profile_fixture, root_or_skip, Kind, Leak};
+use tests::{
+    check_no_loss, describe_report, profile_fixture, root_or_skip, Fixture, Kind, Leak, Memprof,
+    Report, ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT,
+};
 
 /// `transient.c`: rounds, and distinct transient stacks per round.
 const TRANSIENT_ROUNDS: u64 = 5;
@@ -178,4 +183,89 @@ fn a_process_with_more_stacks_than_the_map_holds_keeps_exact_totals() {
     let text = output.stdout_text();
     assert!(!text.contains("lower bounds"), "{text}");
     assert!(text.contains("found no room in the stack map"), "{text}");
+}
+
+/// The stacks of `report` that belong to `pid`, as a report of their own.
+fn stacks_of(report: &Report, pid: u32) -> Report {
+    let totals = report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .map(|p| p.totals)
+        .unwrap_or_default();
+    Report {
+        stacks: report
+            .stacks
+            .iter()
+            .filter(|s| s.pid == Some(pid))
+            .cloned()
+            .collect(),
+        totals,
+        ..report.clone()
+    }
+}
+
+#[test]
+fn a_process_with_endless_stacks_leaves_room_for_the_others() {
+    if !root_or_skip() {
+        return;
+    }
+    // 4096 live stacks against maps of 1024: without a share each, the
+    // stacks fixture would fill them and the leaker's stacks find no room.
+    let mut stacks = Fixture::spawn(Kind::Stacks);
+    let mut leaky = Fixture::spawn(Kind::Leaky);
+    let mut memprof = Memprof::spawn(&[
+        "--comm",
+        "^(stacks|leaky)$",
+        "--format",
+        "json",
+        "--top",
+        "0",
+        "--max-stacks",
+        "1024",
+    ]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    stacks.go();
+    stacks.wait_done(DONE_TIMEOUT);
+    leaky.go();
+    leaky.wait_done(DONE_TIMEOUT);
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    let (stacks_pid, leaky_pid) = (stacks.pid(), leaky.pid());
+    assert!(stacks.finish(DONE_TIMEOUT).success());
+    assert!(leaky.finish(DONE_TIMEOUT).success());
+    let report = output.report();
+    let dump = describe_report(&report);
+    let problems = check_no_loss(&report.stats);
+    assert!(problems.is_empty(), "{problems:?}\n{dump}");
+
+    // The leaker: exact, every leak under its own stack.
+    let leaker = stacks_of(&report, leaky_pid);
+    let truth = Kind::Leaky.truth();
+    assert_eq!(leaker.totals, truth.total(), "{dump}");
+    let problems = truth.check_leaks(&leaker);
+    assert!(problems.is_empty(), "{problems:#?}\n{dump}");
+
+    // The stacks fixture: exact, what did not fit under no room, and no
+    // more stacks stored than half the maps.
+    let (leaves, _) = one_leak(Kind::Stacks);
+    let mine = stacks_of(&report, stacks_pid);
+    assert_eq!(
+        (mine.totals.count, mine.totals.bytes),
+        (leaves.count, leaves.bytes),
+        "{dump}"
+    );
+    let no_room = mine
+        .stacks
+        .iter()
+        .find(|s| {
+            s.frames.first().and_then(|f| f.function.as_deref())
+                == Some(memprof::model::NO_ROOM_FRAME)
+        })
+        .unwrap_or_else(|| panic!("no stack of pid {stacks_pid} is under no room\n{dump}"));
+    let stored = mine.stacks.len() as u64 - 1;
+    assert!(stored <= 512 + 8, "{stored} stacks stored\n{dump}");
+    assert_eq!(no_room.count, leaves.count - stored, "{dump}");
+    assert_eq!(report.stats.stack_no_room, no_room.count, "{dump}");
 }
