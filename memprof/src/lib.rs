@@ -17,6 +17,7 @@ mod aggregate;
 pub mod cli;
 pub mod compare;
 pub mod config;
+mod debuginfo;
 pub mod error;
 mod exits;
 mod launch;

@@ -210,6 +210,7 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             live: &live,
             all: &all,
             traces: &snap.traces,
+            walks: &snap.walks,
             samples: &samples,
             windows,
         };

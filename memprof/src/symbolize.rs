@@ -7,17 +7,25 @@
 //! exits during the run, when its binaries are deleted or replaced, and when it
 //! lives in another mount namespace.
 //!
+//! Names come from, in this order: the object's separate debug file (by
+//! build id or `.gnu_debuglink`, found by [`crate::debuginfo`], DWARF and
+//! its symbol table); the object itself (DWARF, `.symtab`, the
+//! MiniDebugInfo of `.gnu_debugdata`, `.dynsym`). An address none of them
+//! names keeps its module and its ELF address in it (`module+0x...`).
+//!
 //! Kernel stacks (`--kernel`) go through the same symbolizer, from
 //! `/proc/kallsyms`.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
+use std::rc::Rc;
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
 
+use crate::debuginfo::{self, ObjectInfo};
 use crate::model::Frame;
 use crate::procfs;
 
@@ -29,8 +37,12 @@ struct Mapping {
     file_offset: u64,
     /// The file's path as the target sees it.
     path: String,
+    /// The name frames show: `path`, or the name the user ran it by.
+    module: String,
     /// The file itself, opened through `/proc/PID/map_files`.
     file: File,
+    /// Its load segments and debug file (shared by its mappings).
+    info: Rc<ObjectInfo>,
 }
 
 /// One long-lived symbolizer per target (blazesym caches parsed ELF and DWARF).
@@ -38,6 +50,8 @@ pub(crate) struct Symbolizer {
     blaze: Blaze,
     pid: u32,
     mappings: Vec<Mapping>,
+    /// Executable mappings of no file: start, end, name (`[vdso]`, `[anon]`).
+    other: Vec<(u64, u64, String)>,
 }
 
 impl Symbolizer {
@@ -52,6 +66,7 @@ impl Symbolizer {
             blaze,
             pid,
             mappings: Vec::new(),
+            other: Vec::new(),
         };
         sym.refresh();
         sym
@@ -61,6 +76,7 @@ impl Symbolizer {
     /// program's mappings are gone.
     pub(crate) fn reset(&mut self) {
         self.mappings.clear();
+        self.other.clear();
         self.refresh();
     }
 
@@ -69,6 +85,18 @@ impl Symbolizer {
         let Ok(maps) = procfs::maps(self.pid) else {
             return;
         };
+        let exe = procfs::exe_path(self.pid);
+        for m in procfs::parse_maps(&maps).filter(|m| m.executable() && m.file().is_none()) {
+            let name = m.path.unwrap_or("[anon]").to_string();
+            if !self
+                .other
+                .iter()
+                .any(|o| *o == (m.start, m.end, name.clone()))
+            {
+                self.other.retain(|&(s, e, _)| e <= m.start || s >= m.end);
+                self.other.push((m.start, m.end, name));
+            }
+        }
         for (start, end, file_offset, path) in executable_mappings(&maps) {
             if self
                 .mappings
@@ -82,13 +110,30 @@ impl Symbolizer {
                 .or_else(|_| File::open(procfs::host_path(pid, path)));
             match opened {
                 Ok(file) => {
+                    // Mappings of one file share what was read of it.
+                    let known = self
+                        .mappings
+                        .iter()
+                        .find(|m| m.path == path)
+                        .map(|m| (Rc::clone(&m.info), m.module.clone()));
+                    let (info, module) = known.unwrap_or_else(|| {
+                        let alias = (path == exe)
+                            .then(|| debuginfo::alias_of_exe(pid, path, &file))
+                            .flatten();
+                        (
+                            Rc::new(ObjectInfo::read(pid, path, &file)),
+                            alias.unwrap_or_else(|| path.to_string()),
+                        )
+                    });
                     self.mappings.retain(|m| m.end <= start || m.start >= end);
                     self.mappings.push(Mapping {
                         start,
                         end,
                         file_offset,
                         path: path.to_string(),
+                        module,
                         file,
+                        info,
                     });
                 }
                 Err(e) => log::debug!("cannot open {path} of pid {pid}: {e}"),
@@ -119,20 +164,37 @@ impl Symbolizer {
                 let frames = ips
                     .iter()
                     .flat_map(|&ip| match resolved.get(&ip.saturating_sub(1)) {
+                        // The return address itself, as `addr` is.
                         Some(frames) => frames
                             .iter()
                             .cloned()
-                            .map(|f| Frame { addr: ip, ..f })
+                            .map(|f| Frame {
+                                addr: ip,
+                                module_offset: f.module_offset.map(|o| o + 1),
+                                ..f
+                            })
                             .collect(),
-                        None => vec![Frame {
-                            addr: ip,
-                            ..Frame::default()
-                        }],
+                        None => vec![self.unnamed(ip)],
                     })
                     .collect();
                 (id, frames)
             })
             .collect()
+    }
+
+    /// The frame of an address in no mapped file: in code the kernel or a
+    /// JIT mapped (`[vdso]+0x...`, `[anon]+0x...`), else the bare address.
+    fn unnamed(&self, addr: u64) -> Frame {
+        let other = self
+            .other
+            .iter()
+            .find(|(start, end, _)| *start <= addr && addr < *end);
+        Frame {
+            addr,
+            module: other.map(|(_, _, name)| name.clone()),
+            module_offset: other.map(|(start, _, _)| addr - start),
+            ..Frame::default()
+        }
     }
 
     /// Symbolizes kernel stacks (innermost first) from `/proc/kallsyms` (no
@@ -198,18 +260,78 @@ impl Symbolizer {
         for (i, addrs) in by_mapping {
             let m = &self.mappings[i];
             let offsets: Vec<u64> = addrs.iter().map(|a| a - m.start + m.file_offset).collect();
-            let src = Source::Elf(Elf::new(format!("/proc/self/fd/{}", m.file.as_raw_fd())));
-            match self.blaze.symbolize(&src, Input::FileOffset(&offsets)) {
-                Ok(results) => {
-                    for (&addr, sym) in addrs.iter().zip(results) {
-                        out.insert(addr, frames_of(addr, &m.path, sym));
+            let vaddrs: Vec<Option<u64>> = offsets.iter().map(|&o| m.info.vaddr(o)).collect();
+            let mut found: Vec<Option<Vec<Frame>>> = vec![None; addrs.len()];
+            // The separate debug file first: it is where a stripped
+            // binary's names are.
+            if let Some((debug_path, debug_file)) = &m.info.debug_file {
+                let wanted: Vec<(usize, u64)> = vaddrs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, v)| v.map(|v| (j, v)))
+                    .collect();
+                let input: Vec<u64> = wanted.iter().map(|&(_, v)| v).collect();
+                let src = Source::Elf(Elf::new(fd_path(debug_file)));
+                match self.blaze.symbolize(&src, Input::VirtOffset(&input)) {
+                    Ok(results) => {
+                        for (&(j, vaddr), sym) in wanted.iter().zip(results) {
+                            if let Some(frames) = frames_of(addrs[j], &m.module, Some(vaddr), sym) {
+                                found[j] = Some(frames);
+                            }
+                        }
                     }
+                    Err(e) => log::warn!(
+                        "symbolizing addresses in {} with {}: {e}",
+                        m.path,
+                        debug_path.display()
+                    ),
                 }
-                Err(e) => log::warn!("symbolizing addresses in {}: {e}", m.path),
+            }
+            let rest: Vec<usize> = (0..addrs.len()).filter(|&j| found[j].is_none()).collect();
+            if !rest.is_empty() {
+                let input: Vec<u64> = rest.iter().map(|&j| offsets[j]).collect();
+                let mut elf = Elf::new(fd_path(&m.file));
+                let mut results = self
+                    .blaze
+                    .symbolize(&elf.clone().into(), Input::FileOffset(&input));
+                if let Err(e) = &results {
+                    // A debug link blazesym follows to a wrong file fails
+                    // the whole object: its own symbols are still good.
+                    log::debug!(
+                        "symbolizing addresses in {} with its debug information: {e}",
+                        m.path
+                    );
+                    elf.debug_syms = false;
+                    results = self.blaze.symbolize(&elf.into(), Input::FileOffset(&input));
+                }
+                match results {
+                    Ok(results) => {
+                        for (&j, sym) in rest.iter().zip(results) {
+                            found[j] = frames_of(addrs[j], &m.module, vaddrs[j], sym);
+                        }
+                    }
+                    Err(e) => log::warn!("symbolizing addresses in {}: {e}", m.path),
+                }
+            }
+            for (j, frames) in found.into_iter().enumerate() {
+                let frames = frames.unwrap_or_else(|| {
+                    vec![Frame {
+                        addr: addrs[j],
+                        module: Some(m.module.clone()),
+                        module_offset: vaddrs[j],
+                        ..Frame::default()
+                    }]
+                });
+                out.insert(addrs[j], frames);
             }
         }
         out
     }
+}
+
+/// The path that opens `file` again, from this process.
+fn fd_path(file: &File) -> String {
+    format!("/proc/self/fd/{}", file.as_raw_fd())
 }
 
 /// Functions where a complete user stack ends: the program's start, or a
@@ -242,15 +364,17 @@ fn executable_mappings(maps: &str) -> impl Iterator<Item = (u64, u64, u64, &str)
         .filter_map(|m| Some((m.start, m.end, m.offset, m.file()?)))
 }
 
-/// Frames of one address, innermost first: inlined functions, then the real one.
-fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
+/// Frames of one address, innermost first: inlined functions, then the real
+/// one; None when it has no name there.
+fn frames_of(
+    addr: u64,
+    module: &str,
+    module_offset: Option<u64>,
+    sym: Symbolized<'_>,
+) -> Option<Vec<Frame>> {
     let module = Some(module.to_string());
     let Symbolized::Sym(sym) = sym else {
-        return vec![Frame {
-            addr,
-            module,
-            ..Frame::default()
-        }];
+        return None;
     };
     let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
     // blazesym lists inlined functions outermost first, each with the location
@@ -266,6 +390,7 @@ fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
             addr,
             function: Some(inlined.name.to_string()),
             module: module.clone(),
+            module_offset,
             file,
             line,
             inlined: true,
@@ -280,11 +405,12 @@ fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
         addr,
         function: Some(sym.name.to_string()),
         module,
+        module_offset,
         file,
         line,
         inlined: false,
     });
-    frames
+    Some(frames)
 }
 
 fn code_location(info: &CodeInfo<'_>) -> (Option<String>, Option<u32>) {
