@@ -35,4 +35,5 @@ mod rust_fixture;
 mod sampling;
 mod sources;
 mod stacks;
+mod symbols;
 mod unwind;
