@@ -6,7 +6,7 @@
 //! [`select`] (which processes; [`launch`] starts a command) with [`target`]
 //! (a process's allocator and probe sites), [`probes`] (load, attach, detach),
 //! [`wait`] (the only async module), [`snapshot`] (read the maps),
-//! [`aggregate`] (pure), [`symbolize`] and [`report`] (assembly of the
+//! [`aggregate`] (pure), [`symbolize`] (with [`debuginfo`]) and [`report`] (assembly of the
 //! [`model::Report`]) -> [`render`].
 //!
 //! Below them, [`procfs`] and [`tracefs`] read the system; [`session_link`]

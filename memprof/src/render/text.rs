@@ -635,10 +635,12 @@ fn stack_block(
         writeln!(out, "{FRAME_INDENT}{}", frame_line(frame))?;
     }
     if stack.truncated {
-        let why = stack
-            .truncation
-            .unwrap_or(Truncation::FramePointers)
-            .describe();
+        let why = match (stack.walk, stack.truncation) {
+            (Some(Walk::NoTable), None | Some(Truncation::FramePointers)) => {
+                "walked by frame pointer: memprof had no unwind table of the process yet"
+            }
+            (_, t) => t.unwrap_or(Truncation::FramePointers).describe(),
+        };
         writeln!(out, "{FRAME_INDENT}[the walk ended here: {why}]")?;
     }
     Ok(())
@@ -809,7 +811,12 @@ fn truncated_warning(report: &Report) -> Option<String> {
     let by_frame_pointer = cut
         .iter()
         .all(|s| matches!(s.truncation, None | Some(Truncation::FramePointers)));
-    let why = if by_frame_pointer {
+    let before_tables = cut.iter().all(|s| s.walk == Some(Walk::NoTable));
+    let why = if by_frame_pointer && before_tables {
+        "they were walked by frame pointer, before memprof had the process's unwind tables \
+         (allocations right after it started or called exec). Their first frame is right; \
+         the callers after it may be missing or wrong"
+    } else if by_frame_pointer {
         "they were probably cut short by code built without frame pointers (C, C++: \
          -fno-omit-frame-pointer; Rust: -C force-frame-pointers=yes). Their first frame is \
          right; the callers after it may be missing or wrong"
