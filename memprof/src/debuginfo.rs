@@ -99,10 +99,15 @@ fn roots(pid: u32) -> Vec<PathBuf> {
         return vec![host];
     }
     let theirs = procfs::host_path(pid, "/");
-    let same = match (std::fs::metadata(&theirs), std::fs::metadata(&host)) {
+    let same_root = match (std::fs::metadata(&theirs), std::fs::metadata(&host)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     };
+    // The same root directory with other mounts on it is another file system.
+    let mount_ns = |dir: PathBuf| std::fs::read_link(dir.join("ns/mnt")).ok();
+    let same = same_root
+        && mount_ns(procfs::dir(pid)).is_some()
+        && mount_ns(procfs::dir(pid)) == mount_ns(PathBuf::from("/proc/self"));
     if same {
         vec![host]
     } else {

@@ -191,6 +191,63 @@ fn a_debug_file_found_by_build_id_names_a_stripped_binary() {
     );
 }
 
+/// A container's debug files are in its own file system: here the debug
+/// file by build id is only in the target's mount namespace (a directory
+/// mounted over `/usr/lib/debug` there), and memprof finds it through
+/// `/proc/PID/root`.
+#[test]
+fn a_debug_file_in_the_targets_mount_namespace_is_found() {
+    if !root_or_skip() {
+        return;
+    }
+    if !Path::new("/usr/lib/debug").is_dir() {
+        tests::skip("/usr/lib/debug does not exist (cargo xtask setup installs libc6-dbg)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = copy_leaky(dir.path(), "leaky-namespace");
+    let b = path_str(&bin);
+    let id = build_id(&bin);
+    let theirs = dir.path().join("debug");
+    let debug = theirs
+        .join(".build-id")
+        .join(&id[..2])
+        .join(format!("{}.debug", &id[2..]));
+    std::fs::create_dir_all(debug.parent().unwrap()).unwrap();
+    run("objcopy", &["--only-keep-debug", b, path_str(&debug)]);
+    run("strip", &["--strip-all", b]);
+    let mount = format!(
+        "mount --bind '{}' /usr/lib/debug && exec \"$0\"",
+        path_str(&theirs)
+    );
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        mount.as_str(),
+    ];
+
+    let mut fixture = tests::Fixture::spawn_binary(Kind::Leaky, &bin, &wrapper, &[]);
+    let pid = fixture.pid().to_string();
+    let mut memprof = tests::Memprof::spawn(&["-p", &pid, "--format", "json", "--top", "1000"]);
+    memprof.wait_attached(tests::ATTACH_TIMEOUT);
+    fixture.go();
+    fixture.wait_done(tests::DONE_TIMEOUT);
+    memprof.interrupt();
+    let output = memprof.finish(tests::FINISH_TIMEOUT);
+    output.assert_success();
+    let report = output.report();
+    assert_leaks_named(&report);
+    assert!(
+        has_line_in_leaky_c(&report, "leak_malloc"),
+        "no source line from the debug file\n{}",
+        describe_report(&report)
+    );
+}
+
 /// The binary names its debug file in `.gnu_debuglink`, next to it.
 #[test]
 fn a_debug_link_names_a_stripped_binary() {
