@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::rc::Rc;
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
@@ -41,6 +42,8 @@ struct Mapping {
     module: String,
     /// The file itself, opened through `/proc/PID/map_files`.
     file: File,
+    /// Its device and inode.
+    id: Option<(u64, u64)>,
     /// Its load segments and debug file (shared by its mappings).
     info: Rc<ObjectInfo>,
 }
@@ -111,10 +114,11 @@ impl Symbolizer {
             match opened {
                 Ok(file) => {
                     // Mappings of one file share what was read of it.
+                    let id = file.metadata().ok().map(|m| (m.dev(), m.ino()));
                     let known = self
                         .mappings
                         .iter()
-                        .find(|m| m.path == path)
+                        .find(|m| m.path == path && id.is_some() && m.id == id)
                         .map(|m| (Rc::clone(&m.info), m.module.clone()));
                     let (info, module) = known.unwrap_or_else(|| {
                         let alias = (path == exe)
@@ -133,6 +137,7 @@ impl Symbolizer {
                         path: path.to_string(),
                         module,
                         file,
+                        id,
                         info,
                     });
                 }
