@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind}.c` are compiled with gcc (`leaky.c` also with musl-gcc) and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind}.c` are compiled with gcc (`leaky.c` also with musl-gcc), the `.cpp` ones with g++, and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -11,6 +11,10 @@
 //! compile. A fixture that fails to build (no gcc; no `libc.a` for the static
 //! one) does not fail the build: the error goes to `<name>.error` next to
 //! where the binary would be, and the test that needs it reports it.
+//!
+//! `fixtures/leaky_nofp.rs` (no crates) is compiled with `rustc` alone, at
+//! `-C opt-level=2`, with and without frame pointers (`leaky-rust-fp`,
+//! `leaky-rust-nofp`), whatever flags this package is built with.
 //!
 //! # Frame pointers of the Rust fixture
 //!
@@ -100,6 +104,13 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("leaky-cxx", "leaky_cxx.cpp", &[]),
     ("leaky-cxx-tcmalloc", "leaky_cxx.cpp", ALLOC_TCMALLOC),
     ("leaky-cxx-mimalloc", "leaky_cxx.cpp", ALLOC_MIMALLOC),
+    // C++ containers several calls below main, with and without frame pointers.
+    ("containers", "containers.cpp", &[]),
+    (
+        "containers-nofp",
+        "containers.cpp",
+        &["-O2", "-fomit-frame-pointer", "-momit-leaf-frame-pointer"],
+    ),
     ("selfcheck", "selfcheck", &[]),
     ("demo", "demo", &[]),
     ("static", "static", &["-static"]),
@@ -151,6 +162,15 @@ fn main() {
         let built = compile_with("musl-gcc", &src, extra, &out_dir.join(name));
         record(&out_dir, name, built);
     }
+    let rust = Path::new("fixtures/leaky_nofp.rs");
+    println!("cargo:rerun-if-changed={}", rust.display());
+    for (name, frame_pointers) in [("leaky-rust-fp", "yes"), ("leaky-rust-nofp", "no")] {
+        record(
+            &out_dir,
+            name,
+            compile_rust(rust, frame_pointers, &out_dir.join(name)),
+        );
+    }
     let go = Path::new("fixtures/gosleeper.go");
     println!("cargo:rerun-if-changed={}", go.display());
     record(&out_dir, "go-sleeper", compile_go(go, &out_dir));
@@ -191,6 +211,21 @@ fn compile_with(compiler: &str, src: &Path, extra: &[&str], out: &Path) -> Resul
         .arg(out)
         .stdin(Stdio::null());
     build(&mut cmd, compiler)
+}
+
+/// `rustc -C opt-level=2 -C force-frame-pointers=<frame_pointers> src -o
+/// out`: a Rust fixture without crates, built as a release build would be,
+/// with or without frame pointers whatever this package is built with.
+fn compile_rust(src: &Path, frame_pointers: &str, out: &Path) -> Result<String, String> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let mut cmd = Command::new(&rustc);
+    cmd.args(["--edition", "2021", "-C", "opt-level=2", "-g", "-C"])
+        .arg(format!("force-frame-pointers={frame_pointers}"))
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null());
+    build(&mut cmd, "rustc")
 }
 
 /// Runs a compiler: its warnings (stderr), or why it failed.

@@ -115,6 +115,9 @@ pub mod walk {
     pub const NO_TABLE: u64 = 4;
     /// Shift of the [`end`] code.
     pub const END_SHIFT: u32 = 8;
+    /// Mask of the [`end`] code once shifted down (bits above it hold the
+    /// number of Python frames, `python::frame::COUNT_SHIFT`).
+    pub const END_MASK: u64 = 0xff;
 
     /// Why a walk ended before the outermost frame (the stack is truncated).
     pub mod end {

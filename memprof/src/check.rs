@@ -229,8 +229,7 @@ mod tests {
             function: Some(function.to_string()),
             module: Some(module.to_string()),
             file: file.map(str::to_string),
-            line: None,
-            inlined: false,
+            ..Frame::default()
         }
     }
 

@@ -43,6 +43,8 @@ pub fn merge(reports: &[Report]) -> Report {
                     stack: Stack {
                         frames: stack.frames.clone(),
                         truncated: stack.truncated,
+                        walk: stack.walk,
+                        truncation: stack.truncation,
                         growth: None,
                         ..Stack::default()
                     },
@@ -502,6 +504,8 @@ mod tests {
             median_age_secs: median,
             frames: names.iter().map(|n| frame(n, addr)).collect(),
             truncated: false,
+            walk: None,
+            truncation: None,
             growth: None,
             pid: None,
             estimate: None,

@@ -6,7 +6,7 @@
 //! [`select`] (which processes; [`launch`] starts a command) with [`target`]
 //! (a process's allocator and probe sites), [`probes`] (load, attach, detach),
 //! [`wait`] (the only async module), [`snapshot`] (read the maps),
-//! [`aggregate`] (pure), [`symbolize`] and [`report`] (assembly of the
+//! [`aggregate`] (pure), [`symbolize`] (with [`debuginfo`]) and [`report`] (assembly of the
 //! [`model::Report`]) -> [`render`].
 //!
 //! Continuous mode (`--every`) reports each period from [`periods`] while
@@ -24,6 +24,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod continuous;
+mod debuginfo;
 pub mod error;
 mod exits;
 mod launch;

@@ -10,11 +10,14 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the JSON schema written by `--format json`.
 ///
+/// - 3: [`Stack::walk`] and [`Stack::truncation`] (how each stack was walked
+///   and why it ended early), [`Frame::module_offset`] (where in its module
+///   a frame is, so that frames without a name still read `module+0x...`).
 /// - 2: [`Report::processes`], [`Report::selection`] and [`Stack::pid`] for
 ///   runs over many processes; [`Report::sampling`] (a reader of version 1
 ///   would take sampled estimates for exact figures).
 /// - 1: the first version.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Everything one run of memprof found about one target, or about the
 /// processes of a run over many ([`Report::processes`]).
@@ -472,6 +475,13 @@ pub struct Stack {
     /// outer frames are missing (or, past the first frame, wrong).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// How the stack was walked: from call frame information, by frame
+    /// pointer, or both (absent from reports of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub walk: Option<Walk>,
+    /// When [`Stack::truncated`]: why the walk ended where it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncation: Option<Truncation>,
     /// With `--interval`: how this stack's outstanding bytes evolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub growth: Option<Growth>,
@@ -481,6 +491,78 @@ pub struct Stack {
     /// In a sampled run: how `bytes` and `count` were estimated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate: Option<StackEstimate>,
+}
+
+/// How a stack was walked (`--unwind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Walk {
+    /// Every frame from call frame information (`.eh_frame`): complete
+    /// stacks without frame pointers.
+    Cfi,
+    /// Every frame by frame pointer (`--unwind fp`, or code without a table).
+    FramePointers,
+    /// Some frames from call frame information, others by frame pointer
+    /// (code without a table, such as JIT code).
+    Mixed,
+    /// By frame pointer because the process had no unwind table yet (it
+    /// had just started or called exec).
+    NoTable,
+}
+
+impl Walk {
+    /// The word the text report shows (`cfi`, `frame pointers`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            Walk::Cfi => "cfi",
+            Walk::FramePointers => "frame pointers",
+            Walk::Mixed => "cfi + frame pointers",
+            Walk::NoTable => "frame pointers, no table yet",
+        }
+    }
+}
+
+/// Why a stack's walk ended before the start of the program or thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncation {
+    /// The next return address lay in no executable mapping (it was not
+    /// recorded).
+    NotMapped,
+    /// No call frame information covers the last frame's code.
+    NoCfi,
+    /// A rule the unwinder cannot follow (a DWARF expression).
+    UnsupportedRule,
+    /// The stack could not be read.
+    ReadFailed,
+    /// More frames than a stack keeps (126).
+    TooDeep,
+    /// A frame pointer that did not move up the stack.
+    BadFramePointer,
+    /// The walk by frame pointer ended without reaching `main` or a
+    /// thread's start: code without frame pointers on the way.
+    FramePointers,
+    /// A cause this version of memprof does not name.
+    #[serde(other)]
+    Other,
+}
+
+impl Truncation {
+    /// What the text report says at the end of the stack.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Truncation::NotMapped => "the next return address is in no code of the process",
+            Truncation::NoCfi => "no call frame information for this code",
+            Truncation::UnsupportedRule => "an unwind rule memprof cannot follow",
+            Truncation::ReadFailed => "the stack could not be read",
+            Truncation::TooDeep => "more frames than a stack keeps",
+            Truncation::BadFramePointer => "a frame pointer that does not move up the stack",
+            Truncation::FramePointers => {
+                "walked by frame pointer, before main or a thread's start: no frame pointers?"
+            }
+            Truncation::Other => "the walk ended early",
+        }
+    }
 }
 
 /// Outstanding bytes of one stack over the run, from periodic snapshots.
@@ -510,6 +592,11 @@ pub struct Frame {
     /// Binary or library containing the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    /// Where the address is in [`Frame::module`]: its ELF virtual address
+    /// (what `nm`, `objdump` and `addr2line -e MODULE` use), the same in
+    /// every run whatever the load address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_offset: Option<u64>,
     /// Source file, when debug information was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
@@ -529,22 +616,31 @@ impl Frame {
             addr: 0,
             function: Some(NO_ROOM_FRAME.to_string()),
             module: None,
+            module_offset: None,
             file: None,
             line: None,
             inlined: false,
         }
     }
 
-    /// The name shown for this frame: the function, else `module+0xaddr`, else the address.
+    /// The name shown for this frame: the function, else `module+0xoffset`
+    /// (the ELF address in the module), else `module@0xaddress` (reports of
+    /// earlier versions), else the address.
     pub fn display_name(&self) -> String {
-        match (&self.function, &self.module) {
+        match (&self.function, self.module_name()) {
             (Some(f), _) => f.clone(),
-            (None, Some(m)) => {
-                let base = m.rsplit('/').next().unwrap_or(m);
-                format!("{base}@{:#x}", self.addr)
-            }
+            (None, Some(m)) => match self.module_offset {
+                Some(offset) => format!("{m}+{offset:#x}"),
+                None => format!("{m}@{:#x}", self.addr),
+            },
             (None, None) => format!("{:#x}", self.addr),
         }
+    }
+
+    /// The file name of [`Frame::module`], without its directory.
+    pub fn module_name(&self) -> Option<&str> {
+        let m = self.module.as_deref()?;
+        Some(m.rsplit('/').next().unwrap_or(m))
     }
 
     /// `file:line` when known.

@@ -143,6 +143,7 @@ pub(crate) fn report(
             live: &live,
             all: &all,
             traces: &snap.traces,
+            walks: &snap.walks,
             samples: &waited.samples,
             windows: None,
         };

@@ -263,6 +263,7 @@ pub(crate) fn run(
             live: &live,
             all: &all,
             traces: &snap.traces,
+            walks: &snap.walks,
             samples: &samples,
             windows,
         };

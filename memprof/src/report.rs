@@ -9,7 +9,8 @@ use memprof_common::{AllocInfo, LiveKey};
 use crate::aggregate;
 use crate::config::Config;
 use crate::model::{
-    self, Growth, ProbePlacement, Released, Report, Sampling, Stack, Stats, Totals, SCHEMA_VERSION,
+    self, Growth, ProbePlacement, Released, Report, Sampling, Stack, Stats, Totals, Truncation,
+    Walk, SCHEMA_VERSION,
 };
 use crate::snapshot::Snapshot;
 use crate::sources::Found;
@@ -199,6 +200,8 @@ pub(crate) struct Recorded<'a> {
     pub all: &'a [aggregate::StackTotals],
     /// Every stack's frames (of this process or not).
     pub traces: &'a HashMap<i64, Vec<u64>>,
+    /// How each stack was walked (its `walk` word).
+    pub walks: &'a HashMap<i64, u64>,
     /// The `--interval` snapshots.
     pub samples: &'a [Sample],
     /// With sampling by window: when the windows were open.
@@ -287,8 +290,17 @@ pub(crate) fn outstanding(
             }
             let no_room = s.stack_id == memprof_common::STACK_NO_ROOM;
             let frames = frames.remove(&s.stack_id).unwrap_or_default();
+            let word = recorded.walks.get(&s.stack_id).copied();
+            let (walk, truncation) = match word {
+                Some(word) if !no_room && !frames.is_empty() => {
+                    walk_of(word, symbolize::reaches_start(&frames))
+                }
+                _ => (None, None),
+            };
             Stack {
-                truncated: !no_room && !frames.is_empty() && !symbolize::reaches_start(&frames),
+                truncated: truncation.is_some(),
+                walk,
+                truncation,
                 frames,
                 bytes: s.bytes,
                 count: s.count,
@@ -309,6 +321,43 @@ pub(crate) fn outstanding(
         younger,
         sampling,
     }
+}
+
+/// How a stack was walked, from its `walk` word, and why it ended early if
+/// it did. A walk from call frame information that found the outermost
+/// frame (or a null return address) is complete, whatever the last
+/// function's name; a walk by frame pointer cannot tell where it lost its
+/// way, so one that does not reach the start of the program or of a thread
+/// (`reaches_start`) is marked truncated.
+pub(crate) fn walk_of(word: u64, reaches_start: bool) -> (Option<Walk>, Option<Truncation>) {
+    use memprof_common::unwind::walk;
+    let (cfi, fp) = (word & walk::CFI != 0, word & walk::FP != 0);
+    let how = if word & walk::NO_TABLE != 0 {
+        Walk::NoTable
+    } else if cfi && fp {
+        Walk::Mixed
+    } else if cfi {
+        Walk::Cfi
+    } else {
+        Walk::FramePointers
+    };
+    let ended = match (word >> walk::END_SHIFT) & walk::END_MASK {
+        walk::end::COMPLETE => None,
+        walk::end::NOT_MAPPED => Some(Truncation::NotMapped),
+        walk::end::NO_CFI => Some(Truncation::NoCfi),
+        walk::end::UNSUPPORTED => Some(Truncation::UnsupportedRule),
+        walk::end::READ_FAILED => Some(Truncation::ReadFailed),
+        walk::end::TOO_DEEP => Some(Truncation::TooDeep),
+        walk::end::BAD_FRAME_POINTER => Some(Truncation::BadFramePointer),
+        // A cause this build does not know: still cut short.
+        _ => Some(Truncation::Other),
+    };
+    let truncation = match ended {
+        Some(t) => Some(t),
+        None if how == Walk::Cfi || reaches_start => None,
+        None => Some(Truncation::FramePointers),
+    };
+    (Some(how), truncation)
 }
 
 /// Each stack's bytes at every sample, then at the end of the run.
@@ -422,5 +471,50 @@ mod tests {
         rank_growing_first(&mut stacks);
         let order: Vec<u64> = stacks.iter().map(|s| s.bytes).collect();
         assert_eq!(order, vec![500, 10, 1_000_000, 2_000]);
+    }
+
+    #[test]
+    fn says_how_each_stack_was_walked_and_why_it_ended() {
+        use memprof_common::unwind::walk;
+        let end = |code: u64| code << walk::END_SHIFT;
+        // From tables to the outermost frame: complete, whatever the last name.
+        assert_eq!(walk_of(walk::CFI, false), (Some(Walk::Cfi), None));
+        assert_eq!(
+            walk_of(walk::CFI | end(walk::end::TOO_DEEP), false),
+            (Some(Walk::Cfi), Some(Truncation::TooDeep))
+        );
+        assert_eq!(
+            walk_of(walk::CFI | walk::FP | end(walk::end::NOT_MAPPED), true),
+            (Some(Walk::Mixed), Some(Truncation::NotMapped))
+        );
+        // By frame pointer: complete only when it reaches a start.
+        assert_eq!(walk_of(walk::FP, true), (Some(Walk::FramePointers), None));
+        assert_eq!(
+            walk_of(walk::FP, false),
+            (Some(Walk::FramePointers), Some(Truncation::FramePointers))
+        );
+        assert_eq!(
+            walk_of(walk::FP | walk::NO_TABLE, false),
+            (Some(Walk::NoTable), Some(Truncation::FramePointers))
+        );
+        assert_eq!(
+            walk_of(walk::CFI | end(99), true),
+            (Some(Walk::Cfi), Some(Truncation::Other))
+        );
+    }
+
+    #[test]
+    fn walks_read_back_from_json() {
+        let json = r#"["cfi","frame-pointers","mixed","no-table"]"#;
+        let walks: Vec<Walk> = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            walks,
+            [Walk::Cfi, Walk::FramePointers, Walk::Mixed, Walk::NoTable]
+        );
+        // A cause a later version names is still read, as Other.
+        let t: Truncation = serde_json::from_str(r#""stack-on-fire""#).unwrap();
+        assert_eq!(t, Truncation::Other);
+        let t: Truncation = serde_json::from_str(r#""not-mapped""#).unwrap();
+        assert_eq!(t, Truncation::NotMapped);
     }
 }

@@ -19,6 +19,8 @@ pub(crate) struct Snapshot {
     pub agg: HashMap<i64, StackAgg>,
     /// Instruction pointers of each stack id referenced by `live`, innermost first.
     pub traces: HashMap<i64, Vec<u64>>,
+    /// How each of those stacks was walked (`StackTrace::walk`).
+    pub walks: HashMap<i64, u64>,
     /// Counters, summed over CPUs.
     pub stats: Stats,
 }
@@ -129,7 +131,8 @@ pub(crate) fn read_all(
             }
         }
     }
-    let traces = read_traces(stacks, entries.iter().map(|(_, info)| info.stack_id))?;
+    let (traces, walks) =
+        read_traces_and_walks(stacks, entries.iter().map(|(_, info)| info.stack_id))?;
     // The stacks the kernel could not store (the map was full): counted as
     // stack_lost by the programs, shown as such here.
     for (_, info) in &mut entries {
@@ -141,9 +144,15 @@ pub(crate) fn read_all(
         live: entries,
         agg: read_agg(agg)?,
         traces,
+        walks,
         stats: read_stats(stats)?,
     })
 }
+
+/// Instruction pointers of each stack, innermost first, by stack id.
+type Traces = HashMap<i64, Vec<u64>>;
+/// The `walk` word of each stack (see `memprof_common::unwind::walk`), by stack id.
+type Walks = HashMap<i64, u64>;
 
 /// The user stacks `ids` from the `STACKS` map, instruction pointers
 /// innermost first, then the words of their Python frames (if any) marked
@@ -153,9 +162,18 @@ pub(crate) fn read_traces(
     stacks: &Map,
     ids: impl IntoIterator<Item = i64>,
 ) -> anyhow::Result<HashMap<i64, Vec<u64>>> {
+    Ok(read_traces_and_walks(stacks, ids)?.0)
+}
+
+/// [`read_traces`], and how each stack was walked (its `walk` word).
+pub(crate) fn read_traces_and_walks(
+    stacks: &Map,
+    ids: impl IntoIterator<Item = i64>,
+) -> anyhow::Result<(Traces, Walks)> {
     let stack_map =
         BpfHashMap::<&MapData, i64, StackTrace>::try_from(stacks).context("STACKS map")?;
     let mut traces = HashMap::new();
+    let mut walks = HashMap::new();
     let mut tried = std::collections::HashSet::new();
     for id in ids {
         if id < 0 || !tried.insert(id) {
@@ -179,12 +197,13 @@ pub(crate) fn read_traces(
                     );
                 }
                 traces.insert(id, ips);
+                walks.insert(id, trace.walk);
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => log::warn!("stack {id} could not be read: {e}"),
         }
     }
-    Ok(traces)
+    Ok((traces, walks))
 }
 
 /// The counters of the optional sources (`SOURCE_STATS`, indexed by

@@ -7,17 +7,26 @@
 //! exits during the run, when its binaries are deleted or replaced, and when it
 //! lives in another mount namespace.
 //!
+//! Names come from, in this order: the object's separate debug file (by
+//! build id or `.gnu_debuglink`, found by [`crate::debuginfo`], DWARF and
+//! its symbol table); the object itself (DWARF, `.symtab`, the
+//! MiniDebugInfo of `.gnu_debugdata`, `.dynsym`). An address none of them
+//! names keeps its module and its ELF address in it (`module+0x...`).
+//!
 //! Kernel stacks (`--kernel`) go through the same symbolizer, from
 //! `/proc/kallsyms`.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::rc::Rc;
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
 
+use crate::debuginfo::{self, ObjectInfo};
 use crate::model::Frame;
 use crate::procfs;
 use crate::python;
@@ -30,8 +39,14 @@ struct Mapping {
     file_offset: u64,
     /// The file's path as the target sees it.
     path: String,
+    /// The name frames show: `path`, or the name the user ran it by.
+    module: String,
     /// The file itself, opened through `/proc/PID/map_files`.
     file: File,
+    /// Its device and inode.
+    id: Option<(u64, u64)>,
+    /// Its load segments and debug file (shared by its mappings).
+    info: Rc<ObjectInfo>,
 }
 
 /// One long-lived symbolizer per target (blazesym caches parsed ELF and DWARF).
@@ -41,6 +56,8 @@ pub(crate) struct Symbolizer {
     mappings: Vec<Mapping>,
     /// Names Python frames, when the target runs a CPython memprof knows.
     python: Option<python::Resolver>,
+    /// Executable mappings of no file: start, end, name (`[vdso]`, `[anon]`).
+    other: Vec<(u64, u64, String)>,
 }
 
 impl Symbolizer {
@@ -56,6 +73,7 @@ impl Symbolizer {
             pid,
             mappings: Vec::new(),
             python: python::Resolver::of(pid),
+            other: Vec::new(),
         };
         sym.refresh();
         sym
@@ -66,6 +84,7 @@ impl Symbolizer {
     pub(crate) fn reset(&mut self) {
         self.mappings.clear();
         self.python = python::Resolver::of(self.pid);
+        self.other.clear();
         self.refresh();
     }
 
@@ -76,6 +95,18 @@ impl Symbolizer {
         };
         if self.python.is_none() {
             self.python = python::Resolver::of(self.pid);
+        }
+        let exe = procfs::exe_path(self.pid);
+        for m in procfs::parse_maps(&maps).filter(|m| m.executable() && m.file().is_none()) {
+            let name = m.path.unwrap_or("[anon]").to_string();
+            if !self
+                .other
+                .iter()
+                .any(|o| *o == (m.start, m.end, name.clone()))
+            {
+                self.other.retain(|&(s, e, _)| e <= m.start || s >= m.end);
+                self.other.push((m.start, m.end, name));
+            }
         }
         for (start, end, file_offset, path) in executable_mappings(&maps) {
             if self
@@ -90,13 +121,32 @@ impl Symbolizer {
                 .or_else(|_| File::open(procfs::host_path(pid, path)));
             match opened {
                 Ok(file) => {
+                    // Mappings of one file share what was read of it.
+                    let id = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+                    let known = self
+                        .mappings
+                        .iter()
+                        .find(|m| m.path == path && id.is_some() && m.id == id)
+                        .map(|m| (Rc::clone(&m.info), m.module.clone()));
+                    let (info, module) = known.unwrap_or_else(|| {
+                        let alias = (path == exe)
+                            .then(|| debuginfo::alias_of_exe(pid, path, &file))
+                            .flatten();
+                        (
+                            Rc::new(ObjectInfo::read(pid, path, &file)),
+                            alias.unwrap_or_else(|| path.to_string()),
+                        )
+                    });
                     self.mappings.retain(|m| m.end <= start || m.start >= end);
                     self.mappings.push(Mapping {
                         start,
                         end,
                         file_offset,
                         path: path.to_string(),
+                        module,
                         file,
+                        id,
+                        info,
                     });
                 }
                 Err(e) => log::debug!("cannot open {path} of pid {pid}: {e}"),
@@ -128,15 +178,17 @@ impl Symbolizer {
                 let frames = ips
                     .iter()
                     .flat_map(|&ip| match resolved.get(&ip.saturating_sub(1)) {
+                        // The return address itself, as `addr` is.
                         Some(frames) => frames
                             .iter()
                             .cloned()
-                            .map(|f| Frame { addr: ip, ..f })
+                            .map(|f| Frame {
+                                addr: ip,
+                                module_offset: f.module_offset.map(|o| o + 1),
+                                ..f
+                            })
                             .collect(),
-                        None => vec![Frame {
-                            addr: ip,
-                            ..Frame::default()
-                        }],
+                        None => vec![self.unnamed(ip)],
                     })
                     .collect();
                 let frames = match &self.python {
@@ -171,6 +223,21 @@ impl Symbolizer {
     pub(crate) fn python_only(&self, frames: &mut Vec<Frame>) {
         if let Some(resolver) = &self.python {
             python::merge::python_only(frames, &resolver.interpreter.path);
+        }
+    }
+
+    /// The frame of an address in no mapped file: in code the kernel or a
+    /// JIT mapped (`[vdso]+0x...`, `[anon]+0x...`), else the bare address.
+    fn unnamed(&self, addr: u64) -> Frame {
+        let other = self
+            .other
+            .iter()
+            .find(|(start, end, _)| *start <= addr && addr < *end);
+        Frame {
+            addr,
+            module: other.map(|(_, _, name)| name.clone()),
+            module_offset: other.map(|(start, _, _)| addr - start),
+            ..Frame::default()
         }
     }
 
@@ -237,18 +304,78 @@ impl Symbolizer {
         for (i, addrs) in by_mapping {
             let m = &self.mappings[i];
             let offsets: Vec<u64> = addrs.iter().map(|a| a - m.start + m.file_offset).collect();
-            let src = Source::Elf(Elf::new(format!("/proc/self/fd/{}", m.file.as_raw_fd())));
-            match self.blaze.symbolize(&src, Input::FileOffset(&offsets)) {
-                Ok(results) => {
-                    for (&addr, sym) in addrs.iter().zip(results) {
-                        out.insert(addr, frames_of(addr, &m.path, sym));
+            let vaddrs: Vec<Option<u64>> = offsets.iter().map(|&o| m.info.vaddr(o)).collect();
+            let mut found: Vec<Option<Vec<Frame>>> = vec![None; addrs.len()];
+            // The separate debug file first: it is where a stripped
+            // binary's names are.
+            if let Some((debug_path, debug_file)) = &m.info.debug_file {
+                let wanted: Vec<(usize, u64)> = vaddrs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, v)| v.map(|v| (j, v)))
+                    .collect();
+                let input: Vec<u64> = wanted.iter().map(|&(_, v)| v).collect();
+                let src = Source::Elf(Elf::new(fd_path(debug_file)));
+                match self.blaze.symbolize(&src, Input::VirtOffset(&input)) {
+                    Ok(results) => {
+                        for (&(j, vaddr), sym) in wanted.iter().zip(results) {
+                            if let Some(frames) = frames_of(addrs[j], &m.module, Some(vaddr), sym) {
+                                found[j] = Some(frames);
+                            }
+                        }
                     }
+                    Err(e) => log::warn!(
+                        "symbolizing addresses in {} with {}: {e}",
+                        m.path,
+                        debug_path.display()
+                    ),
                 }
-                Err(e) => log::warn!("symbolizing addresses in {}: {e}", m.path),
+            }
+            let rest: Vec<usize> = (0..addrs.len()).filter(|&j| found[j].is_none()).collect();
+            if !rest.is_empty() {
+                let input: Vec<u64> = rest.iter().map(|&j| offsets[j]).collect();
+                let mut elf = Elf::new(fd_path(&m.file));
+                let mut results = self
+                    .blaze
+                    .symbolize(&elf.clone().into(), Input::FileOffset(&input));
+                if let Err(e) = &results {
+                    // A debug link blazesym follows to a wrong file fails
+                    // the whole object: its own symbols are still good.
+                    log::debug!(
+                        "symbolizing addresses in {} with its debug information: {e}",
+                        m.path
+                    );
+                    elf.debug_syms = false;
+                    results = self.blaze.symbolize(&elf.into(), Input::FileOffset(&input));
+                }
+                match results {
+                    Ok(results) => {
+                        for (&j, sym) in rest.iter().zip(results) {
+                            found[j] = frames_of(addrs[j], &m.module, vaddrs[j], sym);
+                        }
+                    }
+                    Err(e) => log::warn!("symbolizing addresses in {}: {e}", m.path),
+                }
+            }
+            for (j, frames) in found.into_iter().enumerate() {
+                let frames = frames.unwrap_or_else(|| {
+                    vec![Frame {
+                        addr: addrs[j],
+                        module: Some(m.module.clone()),
+                        module_offset: vaddrs[j],
+                        ..Frame::default()
+                    }]
+                });
+                out.insert(addrs[j], frames);
             }
         }
         out
     }
+}
+
+/// The path that opens `file` again, from this process.
+fn fd_path(file: &File) -> String {
+    format!("/proc/self/fd/{}", file.as_raw_fd())
 }
 
 /// Functions where a complete user stack ends: the program's start, or a
@@ -281,15 +408,17 @@ fn executable_mappings(maps: &str) -> impl Iterator<Item = (u64, u64, u64, &str)
         .filter_map(|m| Some((m.start, m.end, m.offset, m.file()?)))
 }
 
-/// Frames of one address, innermost first: inlined functions, then the real one.
-fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
+/// Frames of one address, innermost first: inlined functions, then the real
+/// one; None when it has no name there.
+fn frames_of(
+    addr: u64,
+    module: &str,
+    module_offset: Option<u64>,
+    sym: Symbolized<'_>,
+) -> Option<Vec<Frame>> {
     let module = Some(module.to_string());
     let Symbolized::Sym(sym) = sym else {
-        return vec![Frame {
-            addr,
-            module,
-            ..Frame::default()
-        }];
+        return None;
     };
     let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
     // blazesym lists inlined functions outermost first, each with the location
@@ -305,6 +434,7 @@ fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
             addr,
             function: Some(inlined.name.to_string()),
             module: module.clone(),
+            module_offset,
             file,
             line,
             inlined: true,
@@ -319,11 +449,12 @@ fn frames_of(addr: u64, module: &str, sym: Symbolized<'_>) -> Vec<Frame> {
         addr,
         function: Some(sym.name.to_string()),
         module,
+        module_offset,
         file,
         line,
         inlined: false,
     });
-    frames
+    Some(frames)
 }
 
 fn code_location(info: &CodeInfo<'_>) -> (Option<String>, Option<u32>) {

@@ -73,6 +73,16 @@ pub enum Kind {
     /// and delete themselves.
     LeakyCxxTcmalloc,
     LeakyCxxMimalloc,
+    /// `tests/fixtures/containers.cpp`: leaks through operator new and the
+    /// standard containers four calls below main; built with frame pointers
+    /// and without (`-O2 -fomit-frame-pointer`), the same leaks.
+    Containers,
+    ContainersNoFramePointers,
+    /// `tests/fixtures/leaky_nofp.rs`, compiled by rustc alone at
+    /// `-C opt-level=2` with `-C force-frame-pointers=yes` or `=no`: leaks
+    /// through the global allocator and libc four calls below main.
+    LeakyRustFramePointers,
+    LeakyRustNoFramePointers,
     /// `tests/fixtures/gosleeper.go`, built with the Go toolchain: prints
     /// `ready <pid>` and waits for EOF on stdin.
     GoSleeper,
@@ -154,6 +164,10 @@ impl Kind {
             Kind::LeakyCxx => c_fixture("leaky-cxx"),
             Kind::LeakyCxxTcmalloc => c_fixture("leaky-cxx-tcmalloc"),
             Kind::LeakyCxxMimalloc => c_fixture("leaky-cxx-mimalloc"),
+            Kind::Containers => c_fixture("containers"),
+            Kind::ContainersNoFramePointers => c_fixture("containers-nofp"),
+            Kind::LeakyRustFramePointers => c_fixture("leaky-rust-fp"),
+            Kind::LeakyRustNoFramePointers => c_fixture("leaky-rust-nofp"),
             Kind::SelfCheck => c_fixture("selfcheck"),
             Kind::Demo => c_fixture("demo"),
             Kind::Static => c_fixture("static"),
@@ -269,6 +283,8 @@ impl Kind {
             | Kind::LeakyMuslStatic => &LEAKY_C,
             Kind::LeakyCxx | Kind::LeakyCxxTcmalloc | Kind::LeakyCxxMimalloc => &LEAKY_CXX,
             Kind::LeakyRust => &LEAKY_RUST,
+            Kind::Containers | Kind::ContainersNoFramePointers => &CONTAINERS,
+            Kind::LeakyRustFramePointers | Kind::LeakyRustNoFramePointers => &LEAKY_RUST_NOFP,
             Kind::LeakyRustJemalloc => &LEAKY_RUST_JEMALLOC,
             Kind::Phases => &PHASES,
             Kind::Forker => &FORKER,
@@ -352,6 +368,40 @@ const LEAKY_CXX: GroundTruth = GroundTruth {
     max_depth: Some(1),
     // 2,000 new/delete pairs.
     min_churn: 2_000,
+    ..NOTHING
+};
+
+/// `tests/fixtures/containers.cpp` (the table at its top; checked with valgrind).
+const CONTAINERS: GroundTruth = GroundTruth {
+    leaks: &[
+        leak("leak_widgets", 5, 240),
+        // new vector (24 bytes) + reserve(250) of u64 (2000 bytes), 3 times
+        leak("leak_vectors", 6, 6_072),
+        // new string (32 bytes) + 100 chars (101 bytes), 4 times
+        leak("leak_strings", 8, 532),
+        // new map (48 bytes) + 10 nodes of 40 bytes
+        leak("leak_map", 11, 448),
+    ],
+    clean: &["churn"],
+    // The containers' own functions come first.
+    max_depth: None,
+    // 1,000 vectors grown to 40 ints: 7 allocations each.
+    min_churn: 7_000,
+    ..NOTHING
+};
+
+/// `tests/fixtures/leaky_nofp.rs` (the table at its top; checked with valgrind).
+const LEAKY_RUST_NOFP: GroundTruth = GroundTruth {
+    leaks: &[
+        leak("leak_boxes", 8, 32_768),
+        leak("leak_vecs", 4, 32_000),
+        leak("leak_strings", 3, 1_500),
+        leak("leak_libc_malloc", 5, 3_885),
+    ],
+    clean: &["churn"],
+    max_depth: None,
+    // 10,000 vectors, most grown a few times.
+    min_churn: 10_000,
     ..NOTHING
 };
 

@@ -226,13 +226,19 @@ impl Fixture {
         let bin = kind
             .path()
             .unwrap_or_else(|e| panic!("the {kind:?} fixture is not available: {e}"));
+        Fixture::spawn_binary(kind, &bin, wrapper, args)
+    }
+
+    /// Like [`Fixture::spawn_with`], with `bin` a copy of the fixture `kind`
+    /// (stripped, moved, ...) that speaks its protocol.
+    pub fn spawn_binary(kind: Kind, bin: &Path, wrapper: &[&str], args: &[&str]) -> Fixture {
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(&bin);
+                c.args(rest).arg(bin);
                 c
             }
-            None => Command::new(&bin),
+            None => Command::new(bin),
         };
         command
             .args(args)
@@ -619,7 +625,20 @@ pub fn profile_fixture_with(
     fixture_args: &[&str],
     memprof_args: &[&str],
 ) -> (Output, u32) {
-    let mut fixture = Fixture::spawn_with(kind, &[], fixture_args);
+    let bin = kind
+        .path()
+        .unwrap_or_else(|e| panic!("the {kind:?} fixture is not available: {e}"));
+    profile_fixture_binary(kind, &bin, fixture_args, memprof_args)
+}
+
+/// [`profile_fixture_with`] of `bin`, a copy of the fixture `kind`.
+pub fn profile_fixture_binary(
+    kind: Kind,
+    bin: &Path,
+    fixture_args: &[&str],
+    memprof_args: &[&str],
+) -> (Output, u32) {
+    let mut fixture = Fixture::spawn_binary(kind, bin, &[], fixture_args);
     let pid = fixture.pid();
     let pid_arg = pid.to_string();
     let mut args = vec!["-p", pid_arg.as_str()];

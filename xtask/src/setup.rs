@@ -101,6 +101,17 @@ const APT_PACKAGES: &[(Need, AptPackage)] = &[
             "Debian's CPython, whose Python frames the tests read",
         ),
     ),
+    (
+        Need::Test,
+        (
+            "binutils",
+            "objcopy, strip and nm: stripped fixtures, as distributions strip",
+        ),
+    ),
+    (
+        Need::Test,
+        ("xz-utils", "xz: the MiniDebugInfo of a stripped fixture"),
+    ),
 ];
 
 /// Components of the nightly toolchain: rust-src for `-Z build-std=core`, clippy for the eBPF

@@ -195,6 +195,7 @@ impl Resolver {
                         file: (!loc.filename.is_empty()).then_some(loc.filename),
                         line: loc.line,
                         inlined: false,
+                        module_offset: None,
                     });
                 merge::PyFrame { frame, ends_call }
             })

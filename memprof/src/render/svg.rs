@@ -267,6 +267,7 @@ mod tests {
     #[test]
     fn labels() {
         let mut f = Frame {
+            module_offset: None,
             addr: 0x10,
             function: Some("leak".into()),
             module: Some("/bin/app".into()),

@@ -12,7 +12,7 @@ use super::{
     default_title, human_bytes, human_secs, relative, sampling_statement, stacks_by_bytes,
     RenderOptions,
 };
-use crate::model::{Frame, Growth, Report, Stack, Stats, Totals, NO_ROOM_FRAME};
+use crate::model::{Frame, Growth, Report, Stack, Stats, Totals, Truncation, Walk, NO_ROOM_FRAME};
 
 /// Indentation of the frames under a stack's heading.
 const FRAME_INDENT: &str = "      ";
@@ -245,6 +245,9 @@ fn header(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
     }
     if let Some(note) = no_room_note(report) {
         writeln!(out, "{note}")?;
+    }
+    if let Some(walks) = walk_summary(report) {
+        writeln!(out, "stacks:       {walks}")?;
     }
     if let Some(warning) = truncated_warning(report) {
         writeln!(out, "{warning}")?;
@@ -605,9 +608,13 @@ fn stack_block(
             ))
         })
         .unwrap_or_default();
+    let walk = stack
+        .walk
+        .map(|w| format!(" [{}]", w.label()))
+        .unwrap_or_default();
     writeln!(
         out,
-        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}; oldest {}, median age {}{error}",
+        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}; oldest {}, median age {}{error}{walk}",
         human_bytes(stack.bytes),
         stack.bytes,
         stack.count,
@@ -628,30 +635,35 @@ fn stack_block(
         writeln!(out, "{FRAME_INDENT}{}", frame_line(frame))?;
     }
     if stack.truncated {
-        writeln!(
-            out,
-            "{FRAME_INDENT}[the walk ended here, before main or a thread's start: no frame pointers?]"
-        )?;
+        let why = match (stack.walk, stack.truncation) {
+            (Some(Walk::NoTable), None | Some(Truncation::FramePointers)) => {
+                "walked by frame pointer: memprof had no unwind table of the process yet"
+            }
+            (_, t) => t.unwrap_or(Truncation::FramePointers).describe(),
+        };
+        writeln!(out, "{FRAME_INDENT}[the walk ended here: {why}]")?;
     }
     Ok(())
 }
 
-/// One frame: `function at file:line`, or `function (module 0xaddr)` without
-/// debug information, or `module@0xaddr` when not even the function is known.
+/// One frame: `function at file:line`, or `function (module+0xoffset)`
+/// without debug information, or `module+0xoffset` when not even the
+/// function is known (the offset is the ELF address in the module).
 fn frame_line(frame: &Frame) -> String {
     let mut line = frame.display_name();
-    match (frame.location(), &frame.function, &frame.module) {
+    match (frame.location(), &frame.function, frame.module_name()) {
         (Some(loc), _, _) => {
             line.push_str(" at ");
             line.push_str(&loc);
         }
-        (None, Some(_), Some(module)) => {
-            line.push_str(&format!(" ({module} {:#x})", frame.addr));
-        }
+        (None, Some(_), Some(module)) => match frame.module_offset {
+            Some(offset) => line.push_str(&format!(" ({module}+{offset:#x})")),
+            None => line.push_str(&format!(" ({module} {:#x})", frame.addr)),
+        },
         (None, Some(_), None) => {
             line.push_str(&format!(" ({:#x})", frame.addr));
         }
-        // display_name() already is module@addr or the address.
+        // display_name() already is module+offset or the address.
         (None, None, _) => {}
     }
     if frame.inlined {
@@ -749,6 +761,47 @@ fn no_room_note(report: &Report) -> Option<String> {
     ))
 }
 
+/// `walked from call frame information: 3 stacks (170.0 KiB); by frame
+/// pointers: 1 (3.1 KiB), truncated: 1 (3.1 KiB)`: how the stacks listed in
+/// the report were walked; None for reports without that information.
+fn walk_summary(report: &Report) -> Option<String> {
+    let mut by_walk: std::collections::BTreeMap<Walk, Totals> = Default::default();
+    for stack in &report.stacks {
+        if let Some(walk) = stack.walk {
+            let t = by_walk.entry(walk).or_default();
+            t.count += 1;
+            t.bytes = t.bytes.saturating_add(stack.bytes);
+        }
+    }
+    if by_walk.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<String> = by_walk
+        .iter()
+        .map(|(walk, t)| {
+            let how = match walk {
+                Walk::Cfi => "walked from call frame information",
+                Walk::FramePointers => "by frame pointer",
+                Walk::Mixed => "from call frame information and frame pointers",
+                Walk::NoTable => "by frame pointer before their unwind table was ready",
+            };
+            format!(
+                "{how}: {} {} ({})",
+                t.count,
+                plural(t.count, "stack", "stacks"),
+                human_bytes(t.bytes)
+            )
+        })
+        .collect();
+    let cut: Vec<&Stack> = report.stacks.iter().filter(|s| s.truncated).collect();
+    let bytes: u64 = cut.iter().map(|s| s.bytes).sum();
+    parts.push(match cut.len() {
+        0 => "none cut short".to_string(),
+        n => format!("cut short: {n} ({})", human_bytes(bytes)),
+    });
+    Some(parts.join("; "))
+}
+
 /// The warning printed when stacks look cut short, or None.
 fn truncated_warning(report: &Report) -> Option<String> {
     let cut: Vec<&Stack> = report.stacks.iter().filter(|s| s.truncated).collect();
@@ -756,11 +809,23 @@ fn truncated_warning(report: &Report) -> Option<String> {
         return None;
     }
     let bytes: u64 = cut.iter().map(|s| s.bytes).sum();
-    Some(format!(
-        "WARNING: {} of {} stacks ({} bytes) end before main or a thread's start: they were \
-         probably cut short by code built without frame pointers (C, C++: \
+    let by_frame_pointer = cut
+        .iter()
+        .all(|s| matches!(s.truncation, None | Some(Truncation::FramePointers)));
+    let before_tables = cut.iter().all(|s| s.walk == Some(Walk::NoTable));
+    let why = if by_frame_pointer && before_tables {
+        "they were walked by frame pointer, before memprof had the process's unwind tables \
+         (allocations right after it started or called exec). Their first frame is right; \
+         the callers after it may be missing or wrong"
+    } else if by_frame_pointer {
+        "they were probably cut short by code built without frame pointers (C, C++: \
          -fno-omit-frame-pointer; Rust: -C force-frame-pointers=yes). Their first frame is \
-         right; the callers after it may be missing or wrong.",
+         right; the callers after it may be missing or wrong"
+    } else {
+        "each says why at its end. The frames shown are right; the outer ones are missing"
+    };
+    Some(format!(
+        "WARNING: {} of {} stacks ({} bytes) end before main or a thread's start: {why}.",
         cut.len(),
         report.stacks.len(),
         bytes
@@ -917,6 +982,7 @@ mod tests {
     #[test]
     fn frame_lines() {
         let mut f = Frame {
+            module_offset: None,
             addr: 0x1234,
             function: Some("leak".into()),
             module: Some("/usr/bin/app".into()),
@@ -927,11 +993,17 @@ mod tests {
         assert_eq!(frame_line(&f), "leak at /src/app.c:12");
         f.file = None;
         f.line = None;
-        assert_eq!(frame_line(&f), "leak (/usr/bin/app 0x1234)");
+        // A report of an earlier version: no offset in the module.
+        assert_eq!(frame_line(&f), "leak (app 0x1234)");
         f.function = None;
         assert_eq!(frame_line(&f), "app@0x1234");
         f.inlined = true;
         assert_eq!(frame_line(&f), "app@0x1234 [inlined]");
+        f.module_offset = Some(0x234);
+        f.inlined = false;
+        assert_eq!(frame_line(&f), "app+0x234");
+        f.function = Some("leak".into());
+        assert_eq!(frame_line(&f), "leak (app+0x234)");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 #![allow(dead_code)] // each test crate uses part of this
 
 use memprof::model::{
-    Frame, Growth, Host, Released, Report, Stack, Stats, Target, Totals, SCHEMA_VERSION,
+    Frame, Growth, Host, Released, Report, Stack, Stats, Target, Totals, Truncation, Walk,
+    SCHEMA_VERSION,
 };
 
 const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
@@ -18,7 +19,7 @@ fn c_frame(addr: u64, function: &str, file: &str, line: u32) -> Frame {
         module: Some(APP.to_string()),
         file: Some(file.to_string()),
         line: Some(line),
-        inlined: false,
+        ..Frame::default()
     }
 }
 
@@ -55,6 +56,9 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
         median_age_secs: median,
         // As memprof sets it.
         truncated: !frames.is_empty() && !memprof::reaches_start(&frames),
+        walk: (!frames.is_empty()).then_some(Walk::Cfi),
+        truncation: (!frames.is_empty() && !memprof::reaches_start(&frames))
+            .then_some(Truncation::FramePointers),
         frames,
         growth: None,
         pid: None,
@@ -85,6 +89,7 @@ pub(crate) fn sample_report() -> Report {
             file: Some("/rustc/library/alloc/src/raw_vec.rs".to_string()),
             line: Some(567),
             inlined: true,
+            ..Frame::default()
         },
         Frame {
             addr: 0x5555_5555_6a10,
@@ -92,7 +97,7 @@ pub(crate) fn sample_report() -> Report {
             module: Some(APP.to_string()),
             file: Some("/src/leaky/src/cache.rs".to_string()),
             line: Some(31),
-            inlined: false,
+            ..Frame::default()
         },
         c_frame(
             0x5555_5555_6b22,
@@ -114,13 +119,17 @@ pub(crate) fn sample_report() -> Report {
     let mut unsymbolized = vec![Frame {
         addr: 0x7fff_f7e0_1234,
         module: Some("/usr/lib/libfoo.so.1".to_string()),
+        module_offset: Some(0x1234),
         ..Frame::default()
     }];
     unsymbolized.extend(start.clone());
 
+    // Rust's std has frame pointers; the rest of the program has none.
+    let mut rust = stack(256 << 10, 64, 20.0, 10.25, rust);
+    rust.walk = Some(Walk::Mixed);
     let stacks = vec![
         stack(1 << 20, 16, 29.75, 15.5, leak),
-        stack(256 << 10, 64, 20.0, 10.25, rust),
+        rust,
         stack(8192, 1, 0.125, 0.125, unsymbolized),
         stack(4096, 2, 3.5, 2.0, vec![]),
         stack(1000, 10, 61.0, 0.5, semicolon),

@@ -3,6 +3,7 @@
 //! must say so instead of presenting short or wrong stacks as complete. The same leaky.c, built with and without
 //! frame pointers. Needs root (run through `cargo xtask test`).
 
+use memprof::model::{Truncation, Walk};
 use tests::{describe_report, profile_fixture, root_or_skip, Kind};
 
 #[test]
@@ -19,6 +20,13 @@ fn stacks_cut_short_by_missing_frame_pointers_are_flagged() {
     // Attribution suffers; the counting does not.
     let truth = Kind::LeakyNoFramePointers.truth();
     assert_eq!(report.totals, truth.total(), "{dump}");
+    // Walked by frame pointer, and those cut short say so.
+    for stack in &report.stacks {
+        assert_eq!(stack.walk, Some(Walk::FramePointers), "{dump}");
+        if stack.truncated {
+            assert_eq!(stack.truncation, Some(Truncation::FramePointers), "{dump}");
+        }
+    }
     let cut = report.stacks.iter().filter(|s| s.truncated).count();
     assert!(
         cut * 2 >= report.stacks.len() && cut > 0,
@@ -34,6 +42,12 @@ fn stacks_cut_short_by_missing_frame_pointers_are_flagged() {
     assert!(
         text.contains("built without frame pointers") && text.contains("the walk ended here"),
         "the text report does not warn about cut stacks:\n{text}"
+    );
+    assert!(
+        text.contains(" [frame pointers]\n")
+            && text.contains("stacks:       by frame pointer: ")
+            && text.contains("; cut short: "),
+        "the text report does not say how stacks were walked:\n{text}"
     );
 }
 

@@ -41,4 +41,5 @@ mod rust_fixture;
 mod sampling;
 mod sources;
 mod stacks;
+mod symbols;
 mod unwind;

@@ -3,6 +3,7 @@
 //! full stack down to `main`, the same bytes as with frame pointers, and no
 //! frame outside the process's code. Needs root (run through `cargo xtask test`).
 
+use memprof::model::{Truncation, Walk};
 use tests::{describe_report, describe_stack, frame_index, profile_fixture, root_or_skip, Kind};
 
 /// leaky.c at `-O2 -fomit-frame-pointer`: each leak's stack, from the
@@ -33,6 +34,9 @@ fn assert_full_stacks(args: &[&str]) {
                 describe_stack(stack)
             );
             assert!(!stack.truncated, "{}\n{dump}", describe_stack(stack));
+            // Every frame from call frame information: none has a frame pointer.
+            assert_eq!(stack.walk, Some(Walk::Cfi), "{}", describe_stack(stack));
+            assert_eq!(stack.truncation, None, "{}", describe_stack(stack));
         }
     }
     assert_eq!(report.stats.unwind.unwind_not_mapped, 0, "{dump}");
@@ -53,6 +57,28 @@ fn stacks_without_frame_pointers_reach_main_by_default() {
         return;
     }
     assert_full_stacks(&[]);
+}
+
+/// The text report says how each stack was walked, and sums it up.
+#[test]
+fn the_text_report_says_how_stacks_were_walked() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(
+        Kind::LeakyNoFramePointers,
+        &["--format", "text", "--top", "0", "--unwind", "dwarf"],
+    );
+    let text = output.stdout_text();
+    let stacks = text.matches("\n#").count();
+    assert!(stacks >= 8, "{text}");
+    assert_eq!(text.matches(" [cfi]\n").count(), stacks, "{text}");
+    assert!(
+        text.contains(&format!(
+            "stacks:       walked from call frame information: {stacks} stacks ("
+        )) && text.contains("; none cut short\n"),
+        "{text}"
+    );
 }
 
 /// A Python program that grows a list of 1,000-byte `bytearray`s (their
@@ -210,6 +236,7 @@ fn a_recursion_deeper_than_a_stack_is_marked_truncated_never_wrong() {
         describe_stack(stack)
     );
     assert!(stack.truncated, "{}", describe_stack(stack));
+    assert_eq!(stack.truncation, Some(Truncation::TooDeep), "{dump}");
     assert!(report.stats.unwind.unwind_too_deep >= 1, "{dump}");
 }
 
@@ -243,4 +270,62 @@ fn a_junk_frame_pointer_does_not_derail_the_walk() {
     // shows nothing outside the process's code.
     let (report, code) = profile_program(&unwind_fixture(), &[], &["--unwind", "fp"]);
     assert_frames_in_code(&report, &code);
+}
+
+/// `fp` and `nofp`, the same program built with and without frame
+/// pointers: the same leaks, exactly, and each leak's stack runs through
+/// `serve` (four frames of it) to `main`, complete; the build without frame
+/// pointers is walked from call frame information alone.
+fn assert_full_stacks_like_with_frame_pointers(fp: Kind, nofp: Kind) {
+    for kind in [fp, nofp] {
+        let report = tests::profile_json(kind);
+        let dump = describe_report(&report);
+        tests::assert_ground_truth(&report, kind);
+        for leak in kind.truth().leaks {
+            for stack in report
+                .stacks
+                .iter()
+                .filter(|s| frame_index(s, leak.function).is_some())
+            {
+                let at = frame_index(stack, leak.function).unwrap_or(usize::MAX);
+                let serve: Vec<usize> = stack
+                    .frames
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| tests::function_is(f, "serve"))
+                    .map(|(i, _)| i)
+                    .collect();
+                let main = frame_index(stack, "main");
+                assert!(
+                    serve.len() == 4 && serve[0] > at && main.is_some_and(|m| m > serve[3]),
+                    "{kind:?}: the stack of {} does not run through serve to main: {}\n{dump}",
+                    leak.function,
+                    describe_stack(stack)
+                );
+                assert!(!stack.truncated, "{kind:?}: {}", describe_stack(stack));
+                if kind == nofp {
+                    assert_eq!(stack.walk, Some(Walk::Cfi), "{}", describe_stack(stack));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cxx_without_frame_pointers_has_full_stacks() {
+    if !root_or_skip() {
+        return;
+    }
+    assert_full_stacks_like_with_frame_pointers(Kind::Containers, Kind::ContainersNoFramePointers);
+}
+
+#[test]
+fn rust_without_frame_pointers_has_full_stacks() {
+    if !root_or_skip() {
+        return;
+    }
+    assert_full_stacks_like_with_frame_pointers(
+        Kind::LeakyRustFramePointers,
+        Kind::LeakyRustNoFramePointers,
+    );
 }
