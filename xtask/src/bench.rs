@@ -35,6 +35,7 @@ use crate::{
 };
 
 mod servers;
+mod unwind;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -52,6 +53,9 @@ pub(crate) struct BenchArgs {
     /// Only the real-server section (redis-server, nginx).
     #[arg(long)]
     pub servers_only: bool,
+    /// Only the stack-walk section (the cost per frame of each `--unwind`).
+    #[arg(long, conflicts_with = "servers_only")]
+    pub unwind_only: bool,
     /// Another memprof binary (an earlier build, say), measured beside this one in the
     /// real-server section, in the same rounds.
     #[arg(long, value_name = "PATH")]
@@ -377,6 +381,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.servers_only {
         return servers::run(&servers);
     }
+    if args.unwind_only {
+        return unwind::run(&dir, &memprof, rounds, pairs);
+    }
     for name in WORKLOADS {
         let source = cmd::root().join(format!("xtask/bench/{name}.c"));
         cmd::step(
@@ -465,6 +472,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         )
         .context("the 10,000 stacks run")?;
     print_memory(&[live, stacks]);
+    unwind::run(&bench.dir, &bench.memprof, rounds, pairs)?;
     servers::run(&servers)
 }
 
@@ -1073,6 +1081,8 @@ struct Memprof {
 
 struct Stopped {
     report: Value,
+    /// Every line memprof wrote (its log, then the text report).
+    log: Vec<String>,
     /// From SIGINT to memprof's exit: detach, read the maps, symbolize, render.
     report_time: Duration,
     /// Peak RSS over memprof's life (VmHWM, as wait4's ru_maxrss).
@@ -1137,6 +1147,7 @@ impl Memprof {
             .with_context(|| format!("{} is not JSON", self.json.display()))?;
         Ok(Stopped {
             report,
+            log: std::mem::take(&mut self.out.seen),
             report_time,
             peak_rss_kib: exit.max_rss_kib,
         })
