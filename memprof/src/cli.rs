@@ -387,8 +387,10 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 /// `--unwind`: how user stacks are walked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum UnwindArg {
-    /// From call frame information wherever an object has it, frame
-    /// pointers elsewhere (the same as `dwarf`).
+    /// From call frame information wherever an object has it, except in
+    /// objects built with frame pointers, walked by them (cheaper, and the
+    /// same frames at a return address); frame pointers where there is no
+    /// call frame information.
     #[default]
     Auto,
     /// Frame pointers only: the cheapest, and one frame deep in code built
@@ -416,6 +418,7 @@ impl ProfileArgs {
         }
         Unwind::Tables {
             rows: self.unwind_rows,
+            fp_objects: self.unwind == UnwindArg::Auto,
         }
     }
 }

@@ -53,8 +53,8 @@ pub(crate) struct ProbeConfig {
     pub sources: crate::sources::Sources,
     /// Record nothing ([`Bench::floor`]); probes at entry ([`Bench::probe_at_entry`]).
     pub bench: Bench,
-    /// Walk stacks from unwind tables (`--unwind`), with room for this many rows.
-    pub unwind_rows: Option<u32>,
+    /// How stacks are walked (`--unwind`).
+    pub unwind: crate::config::Unwind,
 }
 
 impl ProbeConfig {
@@ -65,7 +65,7 @@ impl ProbeConfig {
             sampling: config.sampling,
             sources: config.sources,
             bench: config.bench,
-            unwind_rows: config.unwind.rows(),
+            unwind: config.unwind,
         }
     }
 
@@ -246,7 +246,7 @@ impl Probes {
             &offsets,
             config.limits.max_stacks,
         );
-        crate::unwind::configure(&mut loader, config.unwind_rows);
+        crate::unwind::configure(&mut loader, config.unwind);
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
@@ -297,7 +297,7 @@ impl Probes {
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
-        let unwind = crate::unwind::tables_of(&ebpf, config.unwind_rows)?;
+        let unwind = crate::unwind::tables_of(&ebpf, config.unwind)?;
         let windows = match config.sampling.and_then(|s| Some((s.rate, s.window()?))) {
             Some((rate, window)) => {
                 let control = match ebpf.map(maps::CONTROL) {

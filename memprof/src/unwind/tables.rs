@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use memprof_common::unwind::{
-    ExecMapping, ProcSlot, RowChunk, UnwindRow, MAX_MAPPINGS, ROWS_PER_CHUNK,
+    mapping, ExecMapping, PageChunk, ProcSlot, RowChunk, UnwindRow, MAX_MAPPINGS, PAGES_PER_CHUNK,
+    ROWS_PER_CHUNK,
 };
 
 use super::compile;
@@ -33,8 +34,12 @@ pub(crate) struct TableStats {
     pub rows: u64,
     /// Rows with a rule the BPF unwinder cannot follow.
     pub unsupported_rows: u64,
-    /// Kernel memory the rows take, bytes (whole chunks).
+    /// Kernel memory the rows and page indexes take, bytes (whole chunks).
     pub kernel_bytes: u64,
+    /// Objects built with frame pointers.
+    pub fp_objects: u64,
+    /// Objects without a page index (no room left): their rows are searched whole.
+    pub no_page_index: u64,
     /// Time spent compiling and loading, microseconds.
     pub build_us: u64,
     /// Processes whose mappings did not all fit a table.
@@ -46,6 +51,10 @@ pub(crate) struct TableStats {
 struct Object {
     /// `(start, len)` in `UNWIND_ROWS` rows; None: no table (frame pointers).
     rows: Option<(u32, u32)>,
+    /// `(pages_start, page0, pages_len)` of its page index (len 0: none).
+    pages: (u32, u32, u32),
+    /// Bits of [`mapping`].
+    flags: u32,
     /// Loadable segments.
     segments: Vec<Segment>,
 }
@@ -56,6 +65,7 @@ type MappingKey = (u64, u64, u64, (u64, u64));
 /// The maps and what is in them.
 struct Inner {
     rows: Array<MapData, RowChunk>,
+    pages: Array<MapData, PageChunk>,
     procs: BpfHashMap<MapData, u32, ProcSlot>,
     mappings: Array<MapData, ExecMapping>,
     /// Slots of `mappings` no process uses.
@@ -65,6 +75,9 @@ struct Inner {
     /// Next free chunk of `rows`.
     next_chunk: u32,
     max_chunks: u32,
+    /// Next free chunk of `pages`, and their number.
+    next_page_chunk: u32,
+    max_page_chunks: u32,
     /// By (device, inode).
     objects: HashMap<(u64, u64), Object>,
     /// Each process's executable mappings as last written.
@@ -81,10 +94,17 @@ pub(crate) struct UnwindTables {
 }
 
 impl UnwindTables {
-    /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PROCS` and
-    /// `UNWIND_MAPPINGS` and starts the thread that keeps them current.
-    pub(crate) fn new(rows: Map, procs: Map, mappings: Map) -> anyhow::Result<UnwindTables> {
+    /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PAGES`, `UNWIND_PROCS`
+    /// and `UNWIND_MAPPINGS` and starts the thread that keeps them current.
+    pub(crate) fn new(
+        rows: Map,
+        pages: Map,
+        procs: Map,
+        mappings: Map,
+    ) -> anyhow::Result<UnwindTables> {
         let rows = Array::<MapData, RowChunk>::try_from(rows).context("UNWIND_ROWS map")?;
+        let pages = Array::<MapData, PageChunk>::try_from(pages).context("UNWIND_PAGES map")?;
+        let max_page_chunks = pages.len();
         let procs =
             BpfHashMap::<MapData, u32, ProcSlot>::try_from(procs).context("UNWIND_PROCS map")?;
         let mappings =
@@ -93,8 +113,11 @@ impl UnwindTables {
         let slots = mappings.len() / MAX_MAPPINGS as u32;
         let inner = Arc::new(Mutex::new(Inner {
             rows,
+            pages,
             procs,
             mappings,
+            next_page_chunk: 0,
+            max_page_chunks,
             free_slots: (0..slots).rev().collect(),
             slots: HashMap::new(),
             next_chunk: 0,
@@ -237,6 +260,8 @@ impl Inner {
                     entry.bias = bias;
                     entry.rows_start = start;
                     entry.rows_len = len;
+                    (entry.pages_start, entry.page0, entry.pages_len) = object.pages;
+                    entry.flags = object.flags;
                 }
             }
             table.push(entry);
@@ -290,6 +315,8 @@ impl Inner {
                 self.stats.failed += 1;
                 Object {
                     rows: None,
+                    pages: (0, 0, 0),
+                    flags: 0,
                     segments: Vec::new(),
                 }
             }
@@ -302,18 +329,40 @@ impl Inner {
     /// Compiles `data` and writes its rows.
     fn load(&mut self, data: &[u8], name: &str) -> Object {
         let segments = segments(data);
+        let (mut pages, mut flags) = ((0, 0, 0), 0);
         let rows = match compile::compile(data) {
             Ok(compiled) => match self.write_rows(&compiled.rows) {
                 Ok(place) => {
+                    if compiled.frame_pointers() {
+                        flags |= mapping::FRAME_POINTERS;
+                        self.stats.fp_objects += 1;
+                    }
+                    pages = match compile::page_index(&compiled.rows)
+                        .map(|(page0, index)| (page0, self.write_pages(&index)))
+                    {
+                        Some((page0, Ok((start, len)))) => (start, page0, len),
+                        Some((_, Err(e))) => {
+                            log::debug!("{name}: {e:#}: its rows are searched whole");
+                            self.stats.no_page_index += 1;
+                            (0, 0, 0)
+                        }
+                        None => {
+                            self.stats.no_page_index += 1;
+                            (0, 0, 0)
+                        }
+                    };
                     self.stats.objects += 1;
                     self.stats.rows += compiled.rows.len() as u64;
                     self.stats.unsupported_rows += compiled.unsupported;
                     log::debug!(
-                        "{name}: {} FDEs, {} rows ({} unsupported, {} PLT)",
+                        "{name}: {} FDEs ({} with a frame pointer), {} rows ({} unsupported, \
+                         {} PLT), {} index pages",
                         compiled.fdes,
+                        compiled.fp_fdes,
                         compiled.rows.len(),
                         compiled.unsupported,
-                        compiled.plt
+                        compiled.plt,
+                        pages.2
                     );
                     Some(place)
                 }
@@ -329,7 +378,39 @@ impl Inner {
                 None
             }
         };
-        Object { rows, segments }
+        Object {
+            rows,
+            pages,
+            flags,
+            segments,
+        }
+    }
+
+    /// Writes a page index from the next free chunk of `UNWIND_PAGES`;
+    /// returns (first entry, count).
+    fn write_pages(&mut self, index: &[u32]) -> anyhow::Result<(u32, u32)> {
+        let chunks = index.len().div_ceil(PAGES_PER_CHUNK) as u32;
+        if index.is_empty() || self.next_page_chunk + chunks > self.max_page_chunks {
+            anyhow::bail!(
+                "no room for {} page index entries ({} of {} used)",
+                index.len(),
+                u64::from(self.next_page_chunk) * PAGES_PER_CHUNK as u64,
+                u64::from(self.max_page_chunks) * PAGES_PER_CHUNK as u64
+            );
+        }
+        let first = self.next_page_chunk;
+        for (i, part) in index.chunks(PAGES_PER_CHUNK).enumerate() {
+            let mut chunk = PageChunk {
+                pages: [0; PAGES_PER_CHUNK],
+            };
+            chunk.pages[..part.len()].copy_from_slice(part);
+            self.pages
+                .set(first + i as u32, chunk, 0)
+                .context("writing an unwind page index")?;
+        }
+        self.next_page_chunk += chunks;
+        self.stats.kernel_bytes += u64::from(chunks) * std::mem::size_of::<PageChunk>() as u64;
+        Ok((first * PAGES_PER_CHUNK as u32, index.len() as u32))
     }
 
     /// Writes `rows` from the next free chunk; returns (first row, count).
