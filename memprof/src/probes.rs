@@ -246,7 +246,7 @@ impl Probes {
             &offsets,
             config.limits.max_stacks,
         );
-        crate::unwind::configure(&mut loader, config.unwind);
+        crate::unwind::configure(&mut loader, config.unwind, mode != filter::ONE);
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .context("loading the BPF programs into the kernel")?;
@@ -404,6 +404,9 @@ impl Probes {
     /// Builds the unwind tables of `tgid` and keeps them current; a process
     /// without them has its stacks walked by frame pointer (and counted).
     pub(crate) fn unwind_process(&self, tgid: u32) {
+        if self.config.bench.floor {
+            return;
+        }
         if let Some(tables) = &self.unwind {
             if let Err(e) = tables.add_process(tgid) {
                 log::warn!("{e:#}: stacks of process {tgid} are walked by frame pointer");
@@ -561,14 +564,24 @@ impl Probes {
         if let Some(tables) = &self.unwind {
             let s = tables.stats();
             log::info!(
-                "unwind tables: {} objects ({} without usable call frame information), {} rows \
-                 ({} unsupported), {:.1} MiB of kernel memory, built in {:.2} s{}",
+                "unwind tables: {} objects ({} without usable call frame information, {} built \
+                 with frame pointers), {} rows ({} unsupported), {:.1} MiB of kernel memory, \
+                 built in {:.2} s{}{}",
                 s.objects,
                 s.failed,
+                s.fp_objects,
                 s.rows,
                 s.unsupported_rows,
                 s.kernel_bytes as f64 / (1024.0 * 1024.0),
                 s.build_us as f64 / 1e6,
+                if s.procs_without_table > 0 {
+                    format!(
+                        "; {} processes got no table (no room: walked by frame pointer)",
+                        s.procs_without_table
+                    )
+                } else {
+                    String::new()
+                },
                 if s.mappings_dropped > 0 {
                     format!(
                         "; {} processes had more mappings than a table holds",

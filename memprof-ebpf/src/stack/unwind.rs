@@ -310,7 +310,8 @@ fn frame(st: &mut Walk, m: &ExecMapping) -> i64 {
         if st.bp < st.sp {
             return stop(st, walk::end::BAD_FRAME_POINTER);
         }
-        let (Some(next), Some(ret)) = (read(st.bp), read(st.bp.wrapping_add(8))) else {
+        // SAFETY: reading user memory through the helper, which handles faults.
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(st.bp as *const [u64; 2]) }) else {
             return stop(st, walk::end::READ_FAILED);
         };
         if ret == 0 {

@@ -40,9 +40,12 @@ pub(crate) mod tables;
 
 pub(crate) use tables::UnwindTables;
 
-/// Mapping tables in the kernel at once: two per process (a new one is
-/// written before the old one is let go), 16 KiB each.
-const MAPPING_SLOTS: u32 = 128;
+/// Mapping tables in the kernel at once, 24 KiB each: two per process (a
+/// new one is written before the old one is let go). One process, and its
+/// execs: a few; many (`--comm`, `--cgroup`, system-wide): the processes
+/// that get tables at once are half of these, the others are counted.
+const MAPPING_SLOTS_ONE: u32 = 8;
+const MAPPING_SLOTS_MANY: u32 = 256;
 
 /// Page index entries per row of room: objects have one page of code
 /// ([`memprof_common::unwind::PAGE_SHIFT`]) per 2 to 5 rows, and an
@@ -50,8 +53,12 @@ const MAPPING_SLOTS: u32 = 128;
 const PAGES_PER_ROW: u32 = 2;
 
 /// Sets the BPF object's unwind mode and sizes its tables (frame pointers
-/// only: the tables take no kernel memory).
-pub(crate) fn configure(loader: &mut aya::EbpfLoader<'_>, unwind: crate::config::Unwind) {
+/// only: the tables take no kernel memory) for one process or `many`.
+pub(crate) fn configure(
+    loader: &mut aya::EbpfLoader<'_>,
+    unwind: crate::config::Unwind,
+    many: bool,
+) {
     static FP: u32 = memprof_common::unwind::mode::FP;
     static DWARF: u32 = memprof_common::unwind::mode::DWARF;
     static AUTO: u32 = memprof_common::unwind::mode::AUTO;
@@ -67,7 +74,11 @@ pub(crate) fn configure(loader: &mut aya::EbpfLoader<'_>, unwind: crate::config:
                 .div_ceil(PAGES_PER_CHUNK as u32)
                 .max(1),
             memprof_common::unwind::MAX_UNWIND_PROCS,
-            MAPPING_SLOTS * MAX_MAPPINGS as u32,
+            if many {
+                MAPPING_SLOTS_MANY
+            } else {
+                MAPPING_SLOTS_ONE
+            } * MAX_MAPPINGS as u32,
         ),
         crate::config::Unwind::FramePointers => (&FP, 1, 1, 1, 1),
     };

@@ -44,6 +44,9 @@ pub(crate) struct TableStats {
     pub build_us: u64,
     /// Processes whose mappings did not all fit a table.
     pub mappings_dropped: u64,
+    /// Processes that got no table: every slot was taken (their stacks are
+    /// walked by frame pointer, counted as `unwind_no_table`).
+    pub procs_without_table: u64,
 }
 
 /// Where an object's rows are, and how its file offsets map to its addresses.
@@ -82,6 +85,8 @@ struct Inner {
     objects: HashMap<(u64, u64), Object>,
     /// Each process's executable mappings as last written.
     written: HashMap<u32, Vec<MappingKey>>,
+    /// Processes counted in `procs_without_table`.
+    refused: std::collections::HashSet<u32>,
     stats: TableStats,
 }
 
@@ -124,12 +129,14 @@ impl UnwindTables {
             max_chunks,
             objects: HashMap::new(),
             written: HashMap::new(),
+            refused: Default::default(),
             stats: TableStats::default(),
         }));
         let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (inner, pids, stop) = (inner.clone(), pids.clone(), stop.clone());
+            let inner_for_gone = inner.clone();
             std::thread::Builder::new()
                 .name("memprof-unwind".into())
                 .spawn(move || {
@@ -137,10 +144,25 @@ impl UnwindTables {
                         std::thread::sleep(REFRESH_EVERY);
                         let list = pids.lock().map(|p| p.clone()).unwrap_or_default();
                         let Ok(mut inner) = inner.lock() else { return };
+                        let mut gone = Vec::new();
                         for pid in list {
-                            // A process that is gone keeps its old table
-                            // until the run ends; nothing to report.
-                            let _ = inner.update(pid);
+                            if inner.update(pid).is_err() && !alive(pid) {
+                                gone.push(pid);
+                            }
+                        }
+                        drop(inner);
+                        // A process that is gone gives its slot back (a
+                        // pid reused meanwhile is added again when it is
+                        // met).
+                        if !gone.is_empty() {
+                            if let Ok(mut inner) = inner_for_gone.lock() {
+                                for &pid in &gone {
+                                    inner.forget(pid);
+                                }
+                            }
+                            if let Ok(mut pids) = pids.lock() {
+                                pids.retain(|p| !gone.contains(p));
+                            }
                         }
                     }
                 })
@@ -184,6 +206,11 @@ impl Drop for UnwindTables {
             let _ = thread.join();
         }
     }
+}
+
+/// True while process `pid` exists (a zombie included).
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// One executable mapping of `/proc/PID/maps`.
@@ -269,7 +296,14 @@ impl Inner {
         // A fresh slot, then the pointer to it: a walk sees the old table
         // or the new one, never half of each.
         let Some(slot) = self.free_slots.pop() else {
-            anyhow::bail!("no room for the mapping table of process {pid} (too many processes)");
+            if self.refused.insert(pid) {
+                self.stats.procs_without_table += 1;
+                log::debug!(
+                    "no room for the mapping table of process {pid}: its stacks are walked by \
+                     frame pointer"
+                );
+            }
+            return Ok(());
         };
         let base = slot * MAX_MAPPINGS as u32;
         for (i, entry) in table.iter().enumerate() {
@@ -292,6 +326,16 @@ impl Inner {
         }
         self.written.insert(pid, key);
         Ok(())
+    }
+
+    /// Lets the table of `pid`, which is gone, go.
+    fn forget(&mut self, pid: u32) {
+        let _ = self.procs.remove(&pid);
+        if let Some(slot) = self.slots.remove(&pid) {
+            self.free_slots.push(slot);
+        }
+        self.written.remove(&pid);
+        self.refused.remove(&pid);
     }
 
     /// The object of `line`, compiled and loaded the first time it is met.

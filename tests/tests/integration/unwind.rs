@@ -244,3 +244,52 @@ fn a_junk_frame_pointer_does_not_derail_the_walk() {
     let (report, code) = profile_program(&unwind_fixture(), &[], &["--unwind", "fp"]);
     assert_frames_in_code(&report, &code);
 }
+
+/// A system-wide run (no `-p`): the processes found at the start get unwind
+/// tables too, so the fixture without frame pointers has every leak's
+/// stack complete, through `main`, with its exact bytes.
+#[test]
+fn system_wide_runs_walk_stacks_from_tables() {
+    use tests::{Fixture, Memprof, ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT};
+    if !root_or_skip() {
+        return;
+    }
+    let mut fixture = Fixture::spawn(Kind::LeakyNoFramePointers);
+    let pid = fixture.pid();
+    let mut memprof = Memprof::spawn(&["--format", "json", "--top", "1000"]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    fixture.go();
+    fixture.wait_done(DONE_TIMEOUT);
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    let mut report = output.report();
+    assert_eq!(report.selection.as_deref(), Some("system-wide"));
+    let dump = describe_report(&report);
+    report.stacks.retain(|s| s.pid == Some(pid));
+    report.totals = report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} is not in the report\n{dump}"))
+        .totals;
+    let truth = Kind::LeakyNoFramePointers.truth();
+    let problems = truth.check_leaks(&report);
+    assert!(problems.is_empty(), "{problems:?}\n{dump}");
+    for leak in truth.leaks {
+        for stack in report
+            .stacks
+            .iter()
+            .filter(|s| frame_index(s, leak.function).is_some())
+        {
+            let at = frame_index(stack, leak.function).unwrap_or(usize::MAX);
+            assert!(
+                frame_index(stack, "main").is_some_and(|m| m > at),
+                "pid {pid}: the stack of {} does not reach main: {}\n{dump}",
+                leak.function,
+                describe_stack(stack)
+            );
+            assert!(!stack.truncated, "{}\n{dump}", describe_stack(stack));
+        }
+    }
+}

@@ -6,7 +6,10 @@
 //!
 //! The workload is `xtask/bench/deep.c`: churn.c's malloc/free pairs from the bottom of a
 //! recursion, at a stack 2 and 10 frames deep; the cost per frame is the difference over the
-//! 8 frames between them.
+//! 8 frames between them. Two figures per run: the workload's wall time per pair (traps
+//! included, and whatever else the machine runs), and the CPU time memprof's BPF programs took
+//! per pair, from the kernel's BPF statistics (`kernel.bpf_stats_enabled`, switched on for the
+//! section): the walk's own cost, steady on a busy machine.
 
 use std::{fs, path::Path, process::Command};
 
@@ -111,14 +114,19 @@ pub(super) fn run(dir: &Path, memprof: &Path, rounds: u32, pairs: u64) -> Result
         "\n==> stack walks: deep.c, 2 threads x {pairs} malloc/free pairs from a stack {SHALLOW} \
          and {DEEP} frames deep, {rounds} round(s)"
     );
+    let stats = BpfStats::enable();
     let mut ns: Vec<Vec<f64>> = vec![Vec::new(); RUNS.len()];
+    let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); RUNS.len()];
     let mut walked: Vec<String> = vec![String::new(); RUNS.len()];
     for round in 1..=rounds {
         let mut line = format!("round {round}/{rounds}:");
         for (i, run) in RUNS.iter().enumerate() {
-            let (took, check) = one(dir, memprof, *run, pairs, round)
+            let (took, bpf_ns, check) = one(dir, memprof, *run, pairs, round)
                 .with_context(|| format!("round {round}, {}", run.label()))?;
             ns[i].push(took);
+            if let Some(b) = bpf_ns {
+                bpf[i].push(b);
+            }
             if let Some(check) = check {
                 walked[i] = check;
             }
@@ -126,21 +134,32 @@ pub(super) fn run(dir: &Path, memprof: &Path, rounds: u32, pairs: u64) -> Result
         }
         println!("{line}");
     }
+    drop(stats);
     let med: Vec<Option<f64>> = ns.iter().map(|v| median(v)).collect();
+    let bpf_med: Vec<Option<f64>> = bpf.iter().map(|v| median(v)).collect();
     let find = |unwind: Option<&str>, depth: u32| {
         RUNS.iter()
             .position(|r| r.unwind == unwind && r.depth == depth)
             .and_then(|i| med[i])
     };
+    let find_bpf = |unwind: &str, depth: u32| {
+        RUNS.iter()
+            .position(|r| r.unwind == Some(unwind) && r.depth == depth)
+            .and_then(|i| bpf_med[i])
+    };
     let none = find(None, DEEP);
-    println!("\n| run | median ns/pair | x unprofiled | the leak's stack |");
-    println!("|---|---:|---:|---|");
+    println!(
+        "\n| run | median ns/pair | x unprofiled | BPF ns/pair | BPF x fp, same depth | the leak's stack |"
+    );
+    println!("|---|---:|---:|---:|---:|---|");
     for (i, run) in RUNS.iter().enumerate() {
         println!(
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             run.label(),
             med[i].map(fmt_ns).unwrap_or_else(|| "-".into()),
             ratio(med[i], none),
+            bpf_med[i].map(fmt_ns).unwrap_or_else(|| "-".into()),
+            ratio(bpf_med[i], find_bpf("fp", run.depth)),
             if walked[i].is_empty() {
                 "-"
             } else {
@@ -169,17 +188,39 @@ pub(super) fn run(dir: &Path, memprof: &Path, rounds: u32, pairs: u64) -> Result
         ratio(per_frame("dwarf"), per_frame("fp")),
         ratio(find(Some("auto"), DEEP), find(Some("fp"), DEEP)),
     );
+    let bpf_per_frame = |unwind: &str| {
+        Some((find_bpf(unwind, DEEP)? - find_bpf(unwind, SHALLOW)?) / f64::from(DEEP - SHALLOW))
+    };
+    for unwind in ["fp", "dwarf", "auto"] {
+        println!(
+            "BPF time, `--unwind {unwind}`: {} ns per pair at depth {DEEP}, {} ns per frame",
+            find_bpf(unwind, DEEP)
+                .map(fmt_ns)
+                .unwrap_or_else(|| "-".into()),
+            bpf_per_frame(unwind)
+                .map(fmt_ns)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    println!(
+        "BPF time, tables / frame pointers at depth {DEEP}: {} per pair, {} per frame; auto on \
+         the frame-pointer build / fp: {} per pair",
+        ratio(find_bpf("dwarf", DEEP), find_bpf("fp", DEEP)),
+        ratio(bpf_per_frame("dwarf"), bpf_per_frame("fp")),
+        ratio(find_bpf("auto", DEEP), find_bpf("fp", DEEP)),
+    );
     tables_of_python(dir, memprof)
 }
 
-/// One run: ns per pair, and (profiled) how the leak's stack was walked.
+/// One run: ns per pair, memprof's BPF ns per pair, and (profiled) how the leak's stack was
+/// walked.
 fn one(
     dir: &Path,
     memprof: &Path,
     run: Run,
     pairs: u64,
     round: u32,
-) -> Result<(f64, Option<String>)> {
+) -> Result<(f64, Option<f64>, Option<String>)> {
     let pairs = if run.unwind.is_none() {
         pairs * super::NONE_SCALE
     } else {
@@ -206,6 +247,10 @@ fn one(
     };
     workload.go()?;
     let ns = workload.wait_done()?;
+    let bpf_ns = tracer
+        .as_ref()
+        .and_then(|m| bpf_run_time_ns(m.proc.pid))
+        .map(|t| t as f64 / (2 * pairs) as f64);
     let check = match tracer {
         Some(memprof) => {
             let stopped = memprof.stop()?;
@@ -218,7 +263,54 @@ fn one(
         None => None,
     };
     workload.finish()?;
-    Ok((ns, check))
+    Ok((ns, bpf_ns, check))
+}
+
+/// `kernel.bpf_stats_enabled` on while it lives, as it was after.
+struct BpfStats(Option<String>);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let old = fs::read_to_string(BPF_STATS).ok();
+        if fs::write(BPF_STATS, "1").is_err() {
+            println!("note: cannot switch on {BPF_STATS}: no BPF time figures");
+        }
+        BpfStats(old)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = fs::write(BPF_STATS, old.trim());
+        }
+    }
+}
+
+/// The CPU time the BPF programs of process `pid` have run, from their fdinfo (0 unless
+/// `kernel.bpf_stats_enabled` was on).
+fn bpf_run_time_ns(pid: libc::pid_t) -> Option<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let Ok(entry) = entry else { continue };
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if link.as_os_str() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let Ok(info) = fs::read_to_string(info) else {
+            continue;
+        };
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_time_ns:")?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (total > 0).then_some(total)
 }
 
 /// Whether the report holds deep.c's leak, whole: its bytes, and a stack from `churn_here` to
