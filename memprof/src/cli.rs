@@ -401,19 +401,9 @@ pub enum UnwindArg {
 }
 
 impl ProfileArgs {
-    /// `--unwind` and `--unwind-rows`. With `--sample-rate` stacks are walked
-    /// by frame pointer: the uprobe session programs are loaded without BTF,
-    /// which the kernel needs for the unwinder's `bpf_loop` callback.
+    /// `--unwind` and `--unwind-rows`.
     fn unwind_config(&self) -> Unwind {
         if self.unwind == UnwindArg::Fp {
-            return Unwind::FramePointers;
-        }
-        if self.sample_rate.is_some_and(|n| n > 1) {
-            if self.unwind == UnwindArg::Dwarf {
-                log::warn!(
-                    "--unwind dwarf is not available with --sample-rate yet: stacks are walked by frame pointer"
-                );
-            }
             return Unwind::FramePointers;
         }
         Unwind::Tables {

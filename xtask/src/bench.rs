@@ -57,7 +57,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, conflicts_with = "servers_only")]
     pub unwind_only: bool,
     /// Another memprof binary (an earlier build, say), measured beside this one in the
-    /// real-server section, in the same rounds.
+    /// stack-walk and real-server sections, in the same rounds.
     #[arg(long, value_name = "PATH")]
     pub baseline: Option<PathBuf>,
 }
@@ -382,7 +382,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         return servers::run(&servers);
     }
     if args.unwind_only {
-        return unwind::run(&dir, &memprof, rounds, pairs);
+        return unwind::run(&dir, &memprof, args.baseline.as_deref(), rounds, pairs);
     }
     for name in WORKLOADS {
         let source = cmd::root().join(format!("xtask/bench/{name}.c"));
@@ -472,7 +472,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         )
         .context("the 10,000 stacks run")?;
     print_memory(&[live, stacks]);
-    unwind::run(&bench.dir, &bench.memprof, rounds, pairs)?;
+    unwind::run(
+        &bench.dir,
+        &bench.memprof,
+        args.baseline.as_deref(),
+        rounds,
+        pairs,
+    )?;
     servers::run(&servers)
 }
 

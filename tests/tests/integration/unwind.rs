@@ -293,3 +293,41 @@ fn system_wide_runs_walk_stacks_from_tables() {
         }
     }
 }
+
+/// A sampled run (`--sample-rate`, uprobe session programs loaded with the
+/// object's BTF) walks from tables too: every sampled leak's stack of the
+/// fixture without frame pointers reaches `main`.
+#[test]
+fn sampled_runs_walk_stacks_from_tables() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(
+        Kind::LeakyNoFramePointers,
+        &["--format", "json", "--top", "1000", "--sample-rate", "2"],
+    );
+    let report = output.report();
+    let dump = describe_report(&report);
+    let truth = Kind::LeakyNoFramePointers.truth();
+    let mut leaks = 0;
+    for leak in truth.leaks {
+        for stack in report
+            .stacks
+            .iter()
+            .filter(|s| frame_index(s, leak.function).is_some())
+        {
+            leaks += 1;
+            let at = frame_index(stack, leak.function).unwrap_or(usize::MAX);
+            assert!(
+                frame_index(stack, "main").is_some_and(|m| m > at),
+                "the stack of {} does not reach main: {}\n{dump}",
+                leak.function,
+                describe_stack(stack)
+            );
+            assert!(!stack.truncated, "{}\n{dump}", describe_stack(stack));
+        }
+    }
+    assert!(leaks > 0, "no leak was sampled\n{dump}");
+    assert!(report.stats.unwind.unwind_cfi > 0, "{dump}");
+    assert_eq!(report.stats.unwind.unwind_no_table, 0, "{dump}");
+}

@@ -34,6 +34,8 @@ struct Run {
     /// memprof's `--unwind`, or None: unprofiled.
     unwind: Option<&'static str>,
     depth: u32,
+    /// Run by the `--baseline` memprof.
+    baseline: bool,
 }
 
 const RUNS: [Run; 7] = [
@@ -41,36 +43,43 @@ const RUNS: [Run; 7] = [
         fp_build: true,
         unwind: None,
         depth: DEEP,
+        baseline: false,
     },
     Run {
         fp_build: true,
         unwind: Some("fp"),
         depth: SHALLOW,
+        baseline: false,
     },
     Run {
         fp_build: true,
         unwind: Some("fp"),
         depth: DEEP,
+        baseline: false,
     },
     Run {
         fp_build: false,
         unwind: Some("dwarf"),
         depth: SHALLOW,
+        baseline: false,
     },
     Run {
         fp_build: false,
         unwind: Some("dwarf"),
         depth: DEEP,
+        baseline: false,
     },
     Run {
         fp_build: true,
         unwind: Some("auto"),
         depth: SHALLOW,
+        baseline: false,
     },
     Run {
         fp_build: true,
         unwind: Some("auto"),
         depth: DEEP,
+        baseline: false,
     },
 ];
 
@@ -84,19 +93,42 @@ impl Run {
     }
 
     fn label(self) -> String {
-        match self.unwind {
+        let label = match self.unwind {
             None => format!("{} unprofiled, depth {}", self.binary(), self.depth),
             Some(unwind) => format!(
                 "{} `--unwind {unwind}`, depth {}",
                 self.binary(),
                 self.depth
             ),
+        };
+        if self.baseline {
+            label + " (baseline)"
+        } else {
+            label
         }
     }
 }
 
-/// Builds deep.c both ways and measures every [`RUNS`] entry `rounds` times, round-robin.
-pub(super) fn run(dir: &Path, memprof: &Path, rounds: u32, pairs: u64) -> Result<()> {
+/// Builds deep.c both ways and measures every [`RUNS`] entry `rounds` times, round-robin; with
+/// a `baseline` memprof, its `--unwind fp` and `dwarf` runs too.
+pub(super) fn run(
+    dir: &Path,
+    memprof: &Path,
+    baseline: Option<&Path>,
+    rounds: u32,
+    pairs: u64,
+) -> Result<()> {
+    let mut runs = RUNS.to_vec();
+    if baseline.is_some() {
+        runs.extend(
+            RUNS.iter()
+                .filter(|r| matches!(r.unwind, Some("fp" | "dwarf")))
+                .map(|r| Run {
+                    baseline: true,
+                    ..*r
+                }),
+        );
+    }
     let source = cmd::root().join("xtask/bench/deep.c");
     for (name, flag) in [
         ("deep-fp", "-fno-omit-frame-pointer"),
@@ -115,13 +147,17 @@ pub(super) fn run(dir: &Path, memprof: &Path, rounds: u32, pairs: u64) -> Result
          and {DEEP} frames deep, {rounds} round(s)"
     );
     let stats = BpfStats::enable();
-    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); RUNS.len()];
-    let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); RUNS.len()];
-    let mut walked: Vec<String> = vec![String::new(); RUNS.len()];
+    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut walked: Vec<String> = vec![String::new(); runs.len()];
     for round in 1..=rounds {
         let mut line = format!("round {round}/{rounds}:");
-        for (i, run) in RUNS.iter().enumerate() {
-            let (took, bpf_ns, check) = one(dir, memprof, *run, pairs, round)
+        for (i, run) in runs.iter().enumerate() {
+            let bin = match (run.baseline, baseline) {
+                (true, Some(baseline)) => baseline,
+                _ => memprof,
+            };
+            let (took, bpf_ns, check) = one(dir, bin, *run, pairs, round)
                 .with_context(|| format!("round {round}, {}", run.label()))?;
             ns[i].push(took);
             if let Some(b) = bpf_ns {
@@ -138,13 +174,13 @@ pub(super) fn run(dir: &Path, memprof: &Path, rounds: u32, pairs: u64) -> Result
     let med: Vec<Option<f64>> = ns.iter().map(|v| median(v)).collect();
     let bpf_med: Vec<Option<f64>> = bpf.iter().map(|v| median(v)).collect();
     let find = |unwind: Option<&str>, depth: u32| {
-        RUNS.iter()
-            .position(|r| r.unwind == unwind && r.depth == depth)
+        runs.iter()
+            .position(|r| r.unwind == unwind && r.depth == depth && !r.baseline)
             .and_then(|i| med[i])
     };
     let find_bpf = |unwind: &str, depth: u32| {
-        RUNS.iter()
-            .position(|r| r.unwind == Some(unwind) && r.depth == depth)
+        runs.iter()
+            .position(|r| r.unwind == Some(unwind) && r.depth == depth && !r.baseline)
             .and_then(|i| bpf_med[i])
     };
     let none = find(None, DEEP);
@@ -152,7 +188,7 @@ pub(super) fn run(dir: &Path, memprof: &Path, rounds: u32, pairs: u64) -> Result
         "\n| run | median ns/pair | x unprofiled | BPF ns/pair | BPF x fp, same depth | the leak's stack |"
     );
     println!("|---|---:|---:|---:|---:|---|");
-    for (i, run) in RUNS.iter().enumerate() {
+    for (i, run) in runs.iter().enumerate() {
         println!(
             "| {} | {} | {} | {} | {} | {} |",
             run.label(),
@@ -231,10 +267,11 @@ fn one(
         &[pairs.to_string(), run.depth.to_string()],
     )?;
     let json = dir.join("reports").join(format!(
-        "{}-{}-{}.json",
+        "{}-{}-{}{}.json",
         run.binary(),
         run.unwind.unwrap_or("none"),
-        run.depth
+        run.depth,
+        if run.baseline { "-baseline" } else { "" }
     ));
     let tracer = match run.unwind {
         Some(unwind) => Some(Memprof::attach(
