@@ -61,6 +61,9 @@ static UNWIND_PROCS: HashMap<u32, ProcSlot> =
 #[map]
 static UNWIND_MAPPINGS: Array<ExecMapping> = Array::with_max_entries(1, 0);
 
+/// Frame-pointer steps in one run of [`step`], while the frames stay in one mapping.
+const FP_STEPS_PER_RUN: usize = 8;
+
 /// Probes of a binary search in one run of [`step`].
 const PROBES_PER_RUN: usize = 4;
 
@@ -296,30 +299,50 @@ fn frame(st: &mut Walk, m: &ExecMapping) -> i64 {
     st.hash = mix(st.hash, st.ip);
 
     if m.rows_len == 0 || (st.fp_objects != 0 && m.flags & mapping::FRAME_POINTERS != 0) {
-        // No table for this code, or code built with frame pointers: a
-        // frame-pointer step.
+        // No table for this code, or code built with frame pointers:
+        // frame-pointer steps, several in this run while the callers stay
+        // in the same mapping (a program's own frames, most often).
         st.walk |= walk::FP;
-        if st.bp == 0 {
-            // The outermost frame (`_start` clears rbp).
-            return 1;
+        for i in 0..FP_STEPS_PER_RUN {
+            if st.bp == 0 {
+                // The outermost frame (`_start` clears rbp).
+                return 1;
+            }
+            // A frame lies above the stack pointer: this also makes every
+            // step move up the stack. (The caller's rbp, read here, is
+            // checked when it is used as a frame pointer: a caller without
+            // frame pointers has its own rule for it.)
+            if st.bp < st.sp {
+                return stop(st, walk::end::BAD_FRAME_POINTER);
+            }
+            // SAFETY: reading user memory through the helper, which handles faults.
+            let Ok([next, ret]) = (unsafe { bpf_probe_read_user(st.bp as *const [u64; 2]) }) else {
+                return stop(st, walk::end::READ_FAILED);
+            };
+            if ret == 0 {
+                return 1;
+            }
+            st.sp = st.bp.wrapping_add(16);
+            st.bp = next;
+            st.ip = ret;
+            st.first = 0;
+            // A caller in another mapping, or the last step of this run:
+            // the next run records it (and finds its mapping).
+            if i + 1 == FP_STEPS_PER_RUN || !(m.start <= ret && ret < m.end) {
+                break;
+            }
+            // Read afresh from the map value, so that the compiler does not
+            // carry a pointer across iterations whose range the verifier
+            // cannot bound.
+            // SAFETY: a field of this CPU's walk state.
+            let len = unsafe { core::ptr::read_volatile(&st.len) };
+            let Some(slot) = buf.ips.get_mut(len as usize) else {
+                return stop(st, walk::end::TOO_DEEP);
+            };
+            *slot = ret;
+            st.len += 1;
+            st.hash = mix(st.hash, ret);
         }
-        // A frame lies above the stack pointer: this also makes every step
-        // move up the stack. (The caller's rbp, read here, is checked when
-        // it is used as a frame pointer: a caller without frame pointers
-        // has its own rule for it.)
-        if st.bp < st.sp {
-            return stop(st, walk::end::BAD_FRAME_POINTER);
-        }
-        // SAFETY: reading user memory through the helper, which handles faults.
-        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(st.bp as *const [u64; 2]) }) else {
-            return stop(st, walk::end::READ_FAILED);
-        };
-        if ret == 0 {
-            return 1;
-        }
-        st.sp = st.bp.wrapping_add(16);
-        st.bp = next;
-        st.ip = ret;
         return next_frame(st);
     }
     let pc = st
