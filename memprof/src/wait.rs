@@ -36,6 +36,8 @@ pub(crate) enum End {
     /// The target exited, this many seconds into the run (in a run over
     /// many processes: the last of them).
     TargetExited(f64),
+    /// With [`Plan::period`]: the period ended; the run goes on.
+    Period,
 }
 
 /// What the wait follows besides the clock and the signals: the recorded
@@ -84,6 +86,8 @@ pub(crate) struct Plan {
     pub interval: Option<f64>,
     /// No status line.
     pub quiet: bool,
+    /// Return [`End::Period`] after this many seconds (continuous mode).
+    pub period: Option<f64>,
 }
 
 /// The runtime and the signal handlers of a run. Created before the probes
@@ -173,7 +177,15 @@ async fn wait_async(
         duration,
         interval,
         quiet,
+        period,
     } = plan;
+    let period_end = async {
+        match period {
+            Some(p) => tokio::time::sleep(Duration::from_secs_f64(p)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(period_end);
     let mut samples = Vec::new();
     let period = Duration::from_secs_f64(interval.unwrap_or(1.0));
     let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -205,6 +217,7 @@ async fn wait_async(
     let end = loop {
         tokio::select! {
             _ = &mut sleep_until_deadline => break End::Duration,
+            _ = &mut period_end => break End::Period,
             _ = sigint.recv() => break End::Signal("SIGINT"),
             _ = sigterm.recv() => break End::Signal("SIGTERM"),
             _ = any_exit(&mut exit_fds) => match follow.tick(probes) {
