@@ -344,6 +344,23 @@ mod tests {
     }
 
     #[test]
+    fn an_object_counts_as_built_with_frame_pointers_when_nearly_every_fde_sets_one_up() {
+        let of = |fdes, fp_fdes| Compiled {
+            fdes,
+            fp_fdes,
+            ..Compiled::default()
+        };
+        // A small program: its own functions, and _start, _init, the PLT.
+        assert!(of(8, 5).frame_pointers());
+        assert!(!of(8, 0).frame_pointers());
+        // libc: 94 of 3,713 FDEs.
+        assert!(!of(3713, 94).frame_pointers());
+        assert!(of(3713, 3400).frame_pointers());
+        assert!(!of(3713, 3000).frame_pointers());
+        assert!(!of(0, 0).frame_pointers());
+    }
+
+    #[test]
     fn page_index_bounds_each_page_rows() {
         use memprof_common::unwind::{PAGE_LEN_SHIFT, PAGE_SHIFT};
         let data = std::fs::read(libc()).unwrap();
