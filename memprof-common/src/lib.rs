@@ -516,6 +516,8 @@ mod pod {
     // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
     unsafe impl aya::Pod for super::unwind::RowChunk {}
     // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
+    unsafe impl aya::Pod for super::unwind::PageChunk {}
+    // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
     unsafe impl aya::Pod for super::unwind::ProcSlot {}
     // SAFETY: repr(C), integers only, no padding (asserted in python.rs).
     unsafe impl aya::Pod for super::python::PyProc {}

@@ -15,6 +15,9 @@ pub const UNWIND_PROCS: &str = "UNWIND_PROCS";
 /// mappings go to a free slot before its [`ProcSlot`] points there, so a
 /// walk never sees a table half written.
 pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
+/// `Array<PageChunk>`: each object's page index (see [`ExecMapping::pages_start`]),
+/// one object after another, each from the start of a chunk.
+pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
 /// Global `u32`, one of [`mode`].
 pub const UNWIND_MODE: &str = "UNWIND_MODE";
 
@@ -24,11 +27,33 @@ pub mod mode {
     pub const FP: u32 = 0;
     /// Call frame information where an object has a table, frame pointers elsewhere.
     pub const DWARF: u32 = 1;
+    /// As [`DWARF`], but a frame-pointer step in objects built with frame
+    /// pointers ([`super::mapping::FRAME_POINTERS`]): no row search there.
+    pub const AUTO: u32 = 2;
+}
+
+/// Bits of [`ExecMapping::flags`].
+pub mod mapping {
+    /// The object was built with frame pointers: nearly all its functions
+    /// keep the caller's frame at rbp (CFA = rbp + 16, rbp saved at CFA - 16).
+    pub const FRAME_POINTERS: u32 = 1;
 }
 
 /// Rows per entry of [`UNWIND_ROWS`]: user space writes a table in few
 /// system calls.
 pub const ROWS_PER_CHUNK: usize = 256;
+/// Entries per element of [`UNWIND_PAGES`].
+pub const PAGES_PER_CHUNK: usize = 1024;
+/// An object's code is indexed in pages of `1 << PAGE_SHIFT` bytes: a page's
+/// entry says which rows can be in effect in it, so that a frame's row is
+/// found among a few (most pages: 1 to 4 rows) rather than among all the
+/// object's.
+pub const PAGE_SHIFT: u32 = 7;
+/// A page entry is `first | len << PAGE_LEN_SHIFT`: `first` is the row in
+/// effect at the page's first byte (from the object's first row), `len` the
+/// rows from it to the one in effect at its last byte (0: more than fit, up
+/// to the object's last row).
+pub const PAGE_LEN_SHIFT: u32 = 24;
 /// Default number of rows of [`UNWIND_ROWS`] (8 bytes each).
 pub const DEFAULT_MAX_ROWS: u32 = 1 << 21;
 /// Most executable mappings of one process that get tables.
@@ -71,6 +96,14 @@ pub struct UnwindRow {
 }
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
 
+/// An entry of [`UNWIND_PAGES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageChunk {
+    pub pages: [u32; PAGES_PER_CHUNK],
+}
+const _: () = assert!(core::mem::size_of::<PageChunk>() == 4 * PAGES_PER_CHUNK);
+
 /// An entry of [`UNWIND_ROWS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,8 +124,16 @@ pub struct ExecMapping {
     pub bias: u64,
     pub rows_start: u32,
     pub rows_len: u32,
+    /// The object's page index: `UNWIND_PAGES` entries from `pages_start`,
+    /// the first for the page `page0` (object address >> [`PAGE_SHIFT`]),
+    /// `pages_len` of them (0: no index, the rows are searched whole).
+    pub pages_start: u32,
+    pub page0: u32,
+    pub pages_len: u32,
+    /// Bits of [`mapping`].
+    pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<ExecMapping>() == 32);
+const _: () = assert!(core::mem::size_of::<ExecMapping>() == 48);
 
 /// Where a process's executable mappings are: `UNWIND_MAPPINGS[slot *
 /// MAX_MAPPINGS ..][..len]`, sorted by `start`, not overlapping.

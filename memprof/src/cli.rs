@@ -466,8 +466,10 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 /// `--unwind`: how user stacks are walked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum UnwindArg {
-    /// From call frame information wherever an object has it, frame
-    /// pointers elsewhere (the same as `dwarf`).
+    /// From call frame information wherever an object has it, except in
+    /// objects built with frame pointers, walked by them (cheaper, and the
+    /// same frames at a return address); frame pointers where there is no
+    /// call frame information.
     #[default]
     Auto,
     /// Frame pointers only: the cheapest, and one frame deep in code built
@@ -478,23 +480,14 @@ pub enum UnwindArg {
 }
 
 impl ProfileArgs {
-    /// `--unwind` and `--unwind-rows`. With `--sample-rate` stacks are walked
-    /// by frame pointer: the uprobe session programs are loaded without BTF,
-    /// which the kernel needs for the unwinder's `bpf_loop` callback.
+    /// `--unwind` and `--unwind-rows`.
     fn unwind_config(&self) -> Unwind {
         if self.unwind == UnwindArg::Fp {
             return Unwind::FramePointers;
         }
-        if self.sample_rate.is_some_and(|n| n > 1) {
-            if self.unwind == UnwindArg::Dwarf {
-                log::warn!(
-                    "--unwind dwarf is not available with --sample-rate yet: stacks are walked by frame pointer"
-                );
-            }
-            return Unwind::FramePointers;
-        }
         Unwind::Tables {
             rows: self.unwind_rows,
+            fp_objects: self.unwind == UnwindArg::Auto,
         }
     }
 }

@@ -48,8 +48,9 @@ pub struct Config {
 pub enum Unwind {
     /// From each object's call frame information (`.eh_frame`), with room
     /// for this many unwind-table rows; by frame pointer where an object
-    /// has none.
-    Tables { rows: u32 },
+    /// has none, and with `fp_objects` in objects built with frame pointers
+    /// (`--unwind auto`).
+    Tables { rows: u32, fp_objects: bool },
     /// By frame pointer only.
     FramePointers,
 }
@@ -58,6 +59,7 @@ impl Default for Unwind {
     fn default() -> Self {
         Unwind::Tables {
             rows: memprof_common::unwind::DEFAULT_MAX_ROWS,
+            fp_objects: true,
         }
     }
 }
@@ -66,7 +68,7 @@ impl Unwind {
     /// The room for unwind rows, or None when stacks are walked by frame pointer.
     pub fn rows(self) -> Option<u32> {
         match self {
-            Unwind::Tables { rows } => Some(rows),
+            Unwind::Tables { rows, .. } => Some(rows),
             Unwind::FramePointers => None,
         }
     }

@@ -53,8 +53,8 @@ pub(crate) struct ProbeConfig {
     pub sources: crate::sources::Sources,
     /// Record nothing ([`Bench::floor`]); probes at entry ([`Bench::probe_at_entry`]).
     pub bench: Bench,
-    /// Walk stacks from unwind tables (`--unwind`), with room for this many rows.
-    pub unwind_rows: Option<u32>,
+    /// How stacks are walked (`--unwind`).
+    pub unwind: crate::config::Unwind,
     /// Read the Python frames of CPython processes (not `--no-python`).
     pub python: bool,
 }
@@ -67,7 +67,7 @@ impl ProbeConfig {
             sampling: config.sampling,
             sources: config.sources,
             bench: config.bench,
-            unwind_rows: config.unwind.rows(),
+            unwind: config.unwind,
             python: !config.no_python,
         }
     }
@@ -270,7 +270,7 @@ impl Probes {
             &offsets,
             config.limits.max_stacks,
         );
-        crate::unwind::configure(&mut loader, config.unwind_rows);
+        crate::unwind::configure(&mut loader, config.unwind, mode != filter::ONE);
         if config.python && config.sampled() {
             log::debug!("sampled runs record native stacks only: no Python frames");
         }
@@ -325,7 +325,7 @@ impl Probes {
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
-        let unwind = crate::unwind::tables_of(&ebpf, config.unwind_rows)?;
+        let unwind = crate::unwind::tables_of(&ebpf, config.unwind)?;
         let windows = match config.sampling.and_then(|s| Some((s.rate, s.window()?))) {
             Some((rate, window)) => {
                 let control = match ebpf.map(maps::CONTROL) {
@@ -435,6 +435,9 @@ impl Probes {
     /// Builds the unwind tables of `tgid` and keeps them current; a process
     /// without them has its stacks walked by frame pointer (and counted).
     pub(crate) fn unwind_process(&self, tgid: u32) {
+        if self.config.bench.floor {
+            return;
+        }
         if let Some(tables) = &self.unwind {
             if let Err(e) = tables.add_process(tgid) {
                 log::warn!("{e:#}: stacks of process {tgid} are walked by frame pointer");
@@ -687,14 +690,24 @@ impl Probes {
         if let Some(tables) = &self.unwind {
             let s = tables.stats();
             log::info!(
-                "unwind tables: {} objects ({} without usable call frame information), {} rows \
-                 ({} unsupported), {:.1} MiB of kernel memory, built in {:.2} s{}",
+                "unwind tables: {} objects ({} without usable call frame information, {} built \
+                 with frame pointers), {} rows ({} unsupported), {:.1} MiB of kernel memory, \
+                 built in {:.2} s{}{}",
                 s.objects,
                 s.failed,
+                s.fp_objects,
                 s.rows,
                 s.unsupported_rows,
                 s.kernel_bytes as f64 / (1024.0 * 1024.0),
                 s.build_us as f64 / 1e6,
+                if s.procs_without_table > 0 {
+                    format!(
+                        "; {} processes got no table (no room: walked by frame pointer)",
+                        s.procs_without_table
+                    )
+                } else {
+                    String::new()
+                },
                 if s.mappings_dropped > 0 {
                     format!(
                         "; {} processes had more mappings than a table holds",

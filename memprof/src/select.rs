@@ -484,6 +484,12 @@ impl<'a> Processes<'a> {
                 }
                 self.probed.insert(pid, (start, execs));
                 self.seen.insert(pid, seen);
+                if self.filter().mode == filter::ALL {
+                    // Every process is recorded: each one probed gets its
+                    // unwind tables (the recorded set's get theirs as they
+                    // join it).
+                    probes.unwind_process(pid);
+                }
                 if let Some(symbolizers) = &mut self.symbolizers {
                     // After an exec, the old program's mappings are gone.
                     symbolizers.insert(pid, Symbolizer::new(pid));

@@ -16,8 +16,11 @@
 //!    and relocates its map references against the maps aya created, and its
 //!    calls, exactly as aya does internally.
 //! 3. [`SessionPrograms::load`]: `BPF_PROG_LOAD` with `expected_attach_type =
-//!    BPF_TRACE_UPROBE_SESSION`; [`attach`]: `BPF_LINK_CREATE` with the
-//!    `uprobe_multi` attributes (path, file offsets, pid).
+//!    BPF_TRACE_UPROBE_SESSION`, and the object's BTF (loaded once with
+//!    `BPF_BTF_LOAD`) with the program's function and line information, which
+//!    the kernel needs to accept the stack unwinder's `bpf_loop` callback;
+//!    [`attach`]: `BPF_LINK_CREATE` with the `uprobe_multi` attributes (path,
+//!    file offsets, pid).
 //!
 //! Both return file descriptors; closing the link's detaches the probes, and
 //! the program is unloaded once nothing refers to it any more.
@@ -39,13 +42,26 @@ pub const MIN_KERNEL: (u32, u32) = (6, 13);
 
 // Kernel ABI (include/uapi/linux/bpf.h); aya-obj 0.3's bindings stop before these.
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_BTF_LOAD: libc::c_long = 18;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 /// The kernel's internal "operation not supported" (not in libc).
 const ENOTSUPP: i32 = 524;
 
-/// `union bpf_attr` as `BPF_PROG_LOAD` reads it (up to `expected_attach_type`).
+/// `union bpf_attr` as `BPF_BTF_LOAD` reads it.
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoadAttr {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+    _pad: u32,
+}
+
+/// `union bpf_attr` as `BPF_PROG_LOAD` reads it (up to `attach_btf_id`).
 #[repr(C)]
 #[derive(Default)]
 struct ProgLoadAttr {
@@ -61,6 +77,15 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    /// Explicit, so that it is zero (see [`LinkCreateAttr`]).
+    attach_btf_id: u32,
 }
 
 /// `union bpf_attr` as `BPF_LINK_CREATE` reads it for a uprobe_multi or
@@ -168,6 +193,9 @@ fn unsupported(err: &io::Error) -> bool {
 /// The object's session programs, relocated against the maps of a loaded [`Ebpf`].
 pub(crate) struct SessionPrograms {
     obj: aya_obj::Object,
+    /// The object's BTF in the kernel (None: the programs load without it,
+    /// and the kernel refuses a `bpf_loop` callback).
+    btf: Option<OwnedFd>,
 }
 
 impl SessionPrograms {
@@ -175,6 +203,7 @@ impl SessionPrograms {
     /// references at `ebpf`'s maps.
     pub(crate) fn parse(ebpf: &Ebpf, bytes: &[u8]) -> anyhow::Result<SessionPrograms> {
         let mut obj = aya_obj::Object::parse(bytes).context("parsing the BPF object")?;
+        let btf = load_btf(&mut obj);
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
         let mut fds: HashMap<String, RawFd> = HashMap::new();
         for (name, map) in ebpf.maps() {
@@ -194,7 +223,7 @@ impl SessionPrograms {
         .context("relocating the map references of the session programs")?;
         obj.relocate_calls(&text_sections)
             .context("relocating the calls of the session programs")?;
-        Ok(SessionPrograms { obj })
+        Ok(SessionPrograms { obj, btf })
     }
 
     /// Loads program `name` for a uprobe session link.
@@ -215,6 +244,10 @@ impl SessionPrograms {
         for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
             *d = s;
         }
+        let (func_info, line_info) = (
+            function.func_info.func_info_bytes(),
+            function.line_info.line_info_bytes(),
+        );
         let mut attr = ProgLoadAttr {
             prog_type: BPF_PROG_TYPE_KPROBE,
             insn_cnt: u32::try_from(insns.len()).context("BPF program too long")?,
@@ -224,6 +257,19 @@ impl SessionPrograms {
             expected_attach_type: BPF_TRACE_UPROBE_SESSION,
             ..ProgLoadAttr::default()
         };
+        if let Some(btf) = &self.btf {
+            attr.prog_btf_fd = u32::try_from(btf.as_raw_fd()).unwrap_or(u32::MAX);
+            if function.func_info_rec_size > 0 {
+                attr.func_info_rec_size = function.func_info_rec_size as u32;
+                attr.func_info = func_info.as_ptr() as u64;
+                attr.func_info_cnt = function.func_info.num_info;
+            }
+            if function.line_info_rec_size > 0 {
+                attr.line_info_rec_size = function.line_info_rec_size as u32;
+                attr.line_info = line_info.as_ptr() as u64;
+                attr.line_info_cnt = function.line_info.num_info;
+            }
+        }
         let err = match sys_bpf(BPF_PROG_LOAD, &mut attr) {
             Ok(fd) => return Ok(fd),
             Err(err) => err,
@@ -253,6 +299,33 @@ impl SessionPrograms {
             log,
         }
         .into())
+    }
+}
+
+/// Loads the BTF of `obj` into the kernel, fixed up as aya does for its own
+/// programs. None (logged) when the object has none or the kernel refuses it.
+fn load_btf(obj: &mut aya_obj::Object) -> Option<OwnedFd> {
+    // Every BTF kind: the session programs need Linux 6.13, which has them all.
+    let features = aya_obj::btf::BtfFeatures::new(true, true, true, true, true, true, true, true);
+    let bytes = match obj.fixup_and_sanitize_btf(&features) {
+        Ok(Some(btf)) => btf.to_bytes(),
+        Ok(None) => return None,
+        Err(e) => {
+            log::warn!("the BPF object's BTF cannot be fixed up ({e}): sampled runs walk stacks by frame pointer");
+            return None;
+        }
+    };
+    let mut attr = BtfLoadAttr {
+        btf: bytes.as_ptr() as u64,
+        btf_size: u32::try_from(bytes.len()).ok()?,
+        ..BtfLoadAttr::default()
+    };
+    match sys_bpf(BPF_BTF_LOAD, &mut attr) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::warn!("the kernel refused the BPF object's BTF ({e}): sampled runs walk stacks by frame pointer");
+            None
+        }
     }
 }
 
@@ -322,9 +395,13 @@ mod tests {
         assert_eq!(std::mem::offset_of!(LinkCreateAttr, cnt), 48);
         assert_eq!(std::mem::offset_of!(LinkCreateAttr, pid), 56);
         assert_eq!(std::mem::size_of::<LinkCreateAttr>(), 64);
-        assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 72, "no padding");
+        assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 112, "no padding");
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, prog_name), 48);
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, func_info), 80);
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, line_info), 96);
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, line_info_cnt), 104);
+        assert_eq!(std::mem::size_of::<BtfLoadAttr>(), 32);
     }
 
     #[test]

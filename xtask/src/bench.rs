@@ -37,6 +37,7 @@ use crate::{
 
 mod python;
 mod servers;
+mod unwind;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -54,8 +55,11 @@ pub(crate) struct BenchArgs {
     /// Only the real-server section (redis-server, nginx).
     #[arg(long)]
     pub servers_only: bool,
+    /// Only the stack-walk section (the cost per frame of each `--unwind`).
+    #[arg(long, conflicts_with = "servers_only")]
+    pub unwind_only: bool,
     /// Another memprof binary (an earlier build, say), measured beside this one in the
-    /// real-server section, in the same rounds.
+    /// stack-walk and real-server sections, in the same rounds.
     #[arg(long, value_name = "PATH")]
     pub baseline: Option<PathBuf>,
 }
@@ -379,6 +383,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.servers_only {
         return servers::run(&servers);
     }
+    if args.unwind_only {
+        return unwind::run(&dir, &memprof, args.baseline.as_deref(), rounds, pairs);
+    }
     for name in WORKLOADS {
         let source = cmd::root().join(format!("xtask/bench/{name}.c"));
         cmd::step(
@@ -472,6 +479,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         &bench.memprof,
         rounds,
         if args.quick { 20_000 } else { 200_000 },
+    )?;
+    unwind::run(
+        &bench.dir,
+        &bench.memprof,
+        args.baseline.as_deref(),
+        rounds,
+        pairs,
     )?;
     servers::run(&servers)
 }
@@ -1081,6 +1095,8 @@ struct Memprof {
 
 struct Stopped {
     report: Value,
+    /// Every line memprof wrote (its log, then the text report).
+    log: Vec<String>,
     /// From SIGINT to memprof's exit: detach, read the maps, symbolize, render.
     report_time: Duration,
     /// Peak RSS over memprof's life (VmHWM, as wait4's ru_maxrss).
@@ -1145,6 +1161,7 @@ impl Memprof {
             .with_context(|| format!("{} is not JSON", self.json.display()))?;
         Ok(Stopped {
             report,
+            log: std::mem::take(&mut self.out.seen),
             report_time,
             peak_rss_kib: exit.max_rss_kib,
         })

@@ -5,13 +5,18 @@
 //! The walk is a state machine driven by `bpf_loop`, so that the verifier
 //! checks one run of [`step`] once, however many frames and probes there
 //! are (binary searches written as loops made it follow every path of every
-//! search). For each frame it finds the mapping of the pc (binary search in
-//! the process's table, one probe per run), records the pc, finds the row
-//! in effect (binary search in the object's rows), and computes the
-//! caller's registers: CFA from the row's rule, return
-//! address at CFA - 8, rbp from where the row says it was saved, rsp = CFA.
-//! A pc in no executable mapping is never recorded; every early end says why
-//! in the stack's `walk` word and in `STATS`.
+//! search); the searches' bounds live in a map value, which the verifier
+//! does not track, so a run can make a few probes. For each frame it finds
+//! the mapping of the pc (the mapping of the previous frame first, which is
+//! usually it; else a binary search in the process's table), records the
+//! pc, finds the row in effect (the object's page index narrows it to the
+//! rows of one 128-byte page of code, most often 1 to 4), and computes the
+//! caller's registers: CFA from the row's rule, return address at CFA - 8,
+//! rbp from where the row says it was saved, rsp = CFA. Most frames take one
+//! run. In objects built with frame pointers (`--unwind auto`) a frame is a
+//! frame-pointer step, with no row search. A pc in no executable mapping is
+//! never recorded; every early end says why in the stack's `walk` word and
+//! in `STATS`.
 
 use core::ffi::c_void;
 
@@ -25,8 +30,9 @@ use aya_ebpf::{
 use memprof_common::{
     stat,
     unwind::{
-        cfa, mode, walk, ExecMapping, ProcSlot, RowChunk, UnwindRow, MAX_MAPPINGS,
-        MAX_UNWIND_PROCS, ROWS_PER_CHUNK,
+        cfa, mapping, mode, walk, ExecMapping, PageChunk, ProcSlot, RowChunk, UnwindRow,
+        MAX_MAPPINGS, MAX_UNWIND_PROCS, PAGES_PER_CHUNK, PAGE_LEN_SHIFT, PAGE_SHIFT,
+        ROWS_PER_CHUNK,
     },
     MAX_FRAMES,
 };
@@ -42,6 +48,10 @@ static UNWIND_MODE: Global<u32> = Global::new(mode::FP);
 #[map]
 static UNWIND_ROWS: Array<RowChunk> = Array::with_max_entries(1, 0);
 
+/// Each object's page index (sized by the loader).
+#[map]
+static UNWIND_PAGES: Array<PageChunk> = Array::with_max_entries(1, 0);
+
 /// Where each process's executable mappings are.
 #[map]
 static UNWIND_PROCS: HashMap<u32, ProcSlot> =
@@ -51,10 +61,16 @@ static UNWIND_PROCS: HashMap<u32, ProcSlot> =
 #[map]
 static UNWIND_MAPPINGS: Array<ExecMapping> = Array::with_max_entries(1, 0);
 
+/// Frame-pointer steps in one run of [`step`], while the frames stay in one mapping.
+const FP_STEPS_PER_RUN: usize = 8;
+
+/// Probes of a binary search in one run of [`step`].
+const PROBES_PER_RUN: usize = 4;
+
 /// Most runs of [`step`] in one walk: per frame, a binary search over
 /// `MAX_MAPPINGS` mappings (10 probes), one over at most 2^22 rows (23),
 /// and the step itself.
-const RUNS_PER_FRAME: u32 = 10 + 23 + 2;
+const RUNS_PER_FRAME: u32 = (10u32 + 23).div_ceil(PROBES_PER_RUN as u32) + 2;
 
 /// What the next run of [`step`] does.
 const FIND_MAPPING: u32 = 0;
@@ -86,16 +102,21 @@ struct Walk {
     bias: u64,
     /// The object address looked up in the rows.
     pc: u64,
+    /// The mapping of the last frame (from `base`): tried first for the next.
+    hint: u64,
     phase: u32,
     /// Nonzero for the first frame, whose registers are exact (its pc is
     /// not a return address).
     first: u32,
+    /// Nonzero: a frame-pointer step in objects built with frame pointers.
+    fp_objects: u32,
+    _pad: u32,
 }
 
 /// True when stacks are walked from unwind tables.
 #[inline(always)]
 pub fn enabled() -> bool {
-    UNWIND_MODE.load() == mode::DWARF
+    UNWIND_MODE.load() != mode::FP
 }
 
 /// Drops the mapping table of `tgid`, which just called exec: its stacks
@@ -122,6 +143,9 @@ pub fn capture(regs: *const pt_regs, tgid: u32, seed: u64) -> Option<(u64, u64)>
     let state = WALK.get_ptr_mut(0)?;
     // SAFETY: this CPU's value; programs do not migrate while running.
     let state = unsafe { &mut *state };
+    // The last walk's first mapping: this CPU's allocations often come from
+    // the same code.
+    let hint = state.hint;
     *state = Walk {
         ip,
         sp,
@@ -135,8 +159,11 @@ pub fn capture(regs: *const pt_regs, tgid: u32, seed: u64) -> Option<(u64, u64)>
         maps,
         bias: 0,
         pc: 0,
+        hint,
         phase: FIND_MAPPING,
         first: 1,
+        fp_objects: u32::from(UNWIND_MODE.load() == mode::AUTO),
+        _pad: 0,
     };
     // SAFETY: `step` has the callback signature bpf_loop expects; it finds
     // the state in `WALK` itself.
@@ -179,6 +206,16 @@ fn row(i: u64) -> Option<UnwindRow> {
         .copied()
 }
 
+/// The page index entry `i`.
+#[inline(always)]
+fn page(i: u64) -> Option<u32> {
+    let chunk = UNWIND_PAGES.get((i / PAGES_PER_CHUNK as u64) as u32)?;
+    chunk
+        .pages
+        .get((i % PAGES_PER_CHUNK as u64) as usize)
+        .copied()
+}
+
 #[inline(always)]
 fn read(addr: u64) -> Option<u64> {
     // SAFETY: reading user memory through the helper, which handles faults.
@@ -195,7 +232,7 @@ fn next_frame(st: &mut Walk) -> i64 {
     0
 }
 
-/// One run of the walk (the `bpf_loop` callback): one probe of a binary
+/// One run of the walk (the `bpf_loop` callback): a few probes of a binary
 /// search, or the end of one and the step to the caller's frame. Returns 0
 /// to go on, 1 to stop.
 #[inline(never)]
@@ -208,8 +245,19 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     if st.phase == FIND_ROW {
         return find_row(st);
     }
+    // The last frame's mapping first.
+    if st.hint < st.maps {
+        if let Some(m) = UNWIND_MAPPINGS.get((st.base + st.hint) as u32) {
+            if m.start <= st.ip && st.ip < m.end {
+                return frame(st, m);
+            }
+        }
+    }
     // Find the last mapping that starts at or below ip.
-    if st.lo < st.hi {
+    for _ in 0..PROBES_PER_RUN {
+        if st.lo >= st.hi {
+            break;
+        }
         let mid = st.lo + (st.hi - st.lo) / 2;
         let Some(m) = UNWIND_MAPPINGS.get((st.base + mid) as u32) else {
             return stop(st, walk::end::NOT_MAPPED);
@@ -219,16 +267,27 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         } else {
             st.hi = mid;
         }
+    }
+    if st.lo < st.hi {
         return 0;
     }
-    let m = match st.lo.checked_sub(1) {
-        Some(i) => UNWIND_MAPPINGS.get((st.base + i) as u32),
-        None => None,
-    };
-    let Some(m) = m.filter(|m| m.start <= st.ip && st.ip < m.end) else {
+    let Some(i) = st.lo.checked_sub(1) else {
         return stop(st, walk::end::NOT_MAPPED);
     };
-    // The pc is in the process's code: a frame.
+    let Some(m) = UNWIND_MAPPINGS
+        .get((st.base + i) as u32)
+        .filter(|m| m.start <= st.ip && st.ip < m.end)
+    else {
+        return stop(st, walk::end::NOT_MAPPED);
+    };
+    st.hint = i;
+    frame(st, m)
+}
+
+/// The pc is in the process's code, in mapping `m`: records the frame and
+/// steps to the caller's, or starts the search for its row.
+#[inline(always)]
+fn frame(st: &mut Walk, m: &ExecMapping) -> i64 {
     let Some(buf) = scratch() else {
         return stop(st, walk::end::READ_FAILED);
     };
@@ -239,21 +298,51 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     st.len += 1;
     st.hash = mix(st.hash, st.ip);
 
-    if m.rows_len == 0 {
-        // No table for this code: a frame-pointer step.
-        let (Some(next), Some(ret)) = (read(st.bp), read(st.bp.wrapping_add(8))) else {
-            return stop(st, walk::end::READ_FAILED);
-        };
+    if m.rows_len == 0 || (st.fp_objects != 0 && m.flags & mapping::FRAME_POINTERS != 0) {
+        // No table for this code, or code built with frame pointers:
+        // frame-pointer steps, several in this run while the callers stay
+        // in the same mapping (a program's own frames, most often).
         st.walk |= walk::FP;
-        if ret == 0 {
-            return 1;
+        for i in 0..FP_STEPS_PER_RUN {
+            if st.bp == 0 {
+                // The outermost frame (`_start` clears rbp).
+                return 1;
+            }
+            // A frame lies above the stack pointer: this also makes every
+            // step move up the stack. (The caller's rbp, read here, is
+            // checked when it is used as a frame pointer: a caller without
+            // frame pointers has its own rule for it.)
+            if st.bp < st.sp {
+                return stop(st, walk::end::BAD_FRAME_POINTER);
+            }
+            // SAFETY: reading user memory through the helper, which handles faults.
+            let Ok([next, ret]) = (unsafe { bpf_probe_read_user(st.bp as *const [u64; 2]) }) else {
+                return stop(st, walk::end::READ_FAILED);
+            };
+            if ret == 0 {
+                return 1;
+            }
+            st.sp = st.bp.wrapping_add(16);
+            st.bp = next;
+            st.ip = ret;
+            st.first = 0;
+            // A caller in another mapping, or the last step of this run:
+            // the next run records it (and finds its mapping).
+            if i + 1 == FP_STEPS_PER_RUN || !(m.start <= ret && ret < m.end) {
+                break;
+            }
+            // Read afresh from the map value, so that the compiler does not
+            // carry a pointer across iterations whose range the verifier
+            // cannot bound.
+            // SAFETY: a field of this CPU's walk state.
+            let len = unsafe { core::ptr::read_volatile(&st.len) };
+            let Some(slot) = buf.ips.get_mut(len as usize) else {
+                return stop(st, walk::end::TOO_DEEP);
+            };
+            *slot = ret;
+            st.len += 1;
+            st.hash = mix(st.hash, ret);
         }
-        if next <= st.bp {
-            return stop(st, walk::end::BAD_FRAME_POINTER);
-        }
-        st.sp = st.bp.wrapping_add(16);
-        st.bp = next;
-        st.ip = ret;
         return next_frame(st);
     }
     let pc = st
@@ -267,15 +356,33 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     st.bias = m.bias;
     st.lo = u64::from(m.rows_start);
     st.hi = st.lo + u64::from(m.rows_len);
+    // The page index narrows the search to the rows of pc's page.
+    let p = (pc >> PAGE_SHIFT).wrapping_sub(u64::from(m.page0));
+    if p < u64::from(m.pages_len) {
+        let Some(entry) = page(u64::from(m.pages_start) + p) else {
+            return stop(st, walk::end::NO_CFI);
+        };
+        let first = st.lo + u64::from(entry & ((1 << PAGE_LEN_SHIFT) - 1));
+        let len = u64::from(entry >> PAGE_LEN_SHIFT);
+        if first < st.hi {
+            st.lo = first;
+            if len != 0 && first + len <= st.hi {
+                st.hi = first + len;
+            }
+        }
+    }
     st.phase = FIND_ROW;
-    0
+    find_row(st)
 }
 
-/// A probe of the search for the row in effect at `st.pc`, or, once found,
-/// the step to the caller's frame.
+/// A few probes of the search for the row in effect at `st.pc`, and once
+/// found, the step to the caller's frame.
 #[inline(always)]
 fn find_row(st: &mut Walk) -> i64 {
-    if st.hi - st.lo > 1 {
+    for _ in 0..PROBES_PER_RUN {
+        if st.hi - st.lo <= 1 {
+            break;
+        }
         let mid = st.lo + (st.hi - st.lo) / 2;
         let Some(r) = row(mid) else {
             return stop(st, walk::end::NO_CFI);
@@ -285,6 +392,8 @@ fn find_row(st: &mut Walk) -> i64 {
         } else {
             st.hi = mid;
         }
+    }
+    if st.hi - st.lo > 1 {
         return 0;
     }
     let Some(r) = row(st.lo).filter(|r| u64::from(r.pc) <= st.pc) else {

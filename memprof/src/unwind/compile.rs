@@ -22,6 +22,53 @@ pub(crate) struct Compiled {
     pub unsupported: u64,
     /// Rows of the PLT's well-known CFA expression, which it can.
     pub plt: u64,
+    /// FDEs that set up a frame pointer (a row with CFA = rbp + 16 and rbp
+    /// saved at CFA - 16).
+    pub fp_fdes: u64,
+}
+
+impl Compiled {
+    /// True when the object was built with frame pointers: nearly every
+    /// function keeps its caller's frame at rbp, so at a return address in
+    /// it a frame-pointer step finds what the rows would. A few FDEs
+    /// without (start-up code, hand-written assembly) are allowed: a
+    /// frame-pointer step there skips a frame, as `--unwind fp` would.
+    pub(crate) fn frame_pointers(&self) -> bool {
+        let without = self.fdes - self.fp_fdes;
+        self.fp_fdes * 2 > self.fdes && without <= FP_EXCEPTIONS + self.fdes / 10
+    }
+}
+
+/// FDEs without a frame pointer that an object built with them may have
+/// besides one in ten (`_start`, the PLT, `_init`: linked in from
+/// elsewhere).
+const FP_EXCEPTIONS: u64 = 8;
+
+/// The page index of `rows` (see [`memprof_common::unwind::PAGE_SHIFT`]):
+/// the first page's number and one entry per page up to the last row's.
+/// None when an object is too large for the entries.
+pub(crate) fn page_index(rows: &[UnwindRow]) -> Option<(u32, Vec<u32>)> {
+    use memprof_common::unwind::{PAGE_LEN_SHIFT, PAGE_SHIFT};
+    let (first, last) = (rows.first()?, rows.last()?);
+    if rows.len() >= 1 << PAGE_LEN_SHIFT {
+        return None;
+    }
+    let page0 = first.pc >> PAGE_SHIFT;
+    let pages = (last.pc >> PAGE_SHIFT) - page0 + 1;
+    // The row in effect at `pc` (the first row when none is: the search
+    // then finds that no row covers it).
+    let at = |pc: u64| rows.partition_point(|r| u64::from(r.pc) <= pc).max(1) - 1;
+    let max_len = (1u32 << (32 - PAGE_LEN_SHIFT)) - 1;
+    let index = (0..pages)
+        .map(|p| {
+            let start = u64::from(page0 + p) << PAGE_SHIFT;
+            let (first, last) = (at(start), at(start + (1 << PAGE_SHIFT) - 1));
+            let len = (last - first + 1) as u32;
+            let len = if len > max_len { 0 } else { len };
+            first as u32 | len << PAGE_LEN_SHIFT
+        })
+        .collect();
+    Some((page0, index))
 }
 
 /// The rule of one address range, as the BPF side reads it.
@@ -129,7 +176,7 @@ where
             continue;
         }
         out.fdes += 1;
-        let mut rows = Vec::new();
+        let mut rows: Vec<(u64, Rule)> = Vec::new();
         let Ok(mut table) = fde.rows(section, bases, &mut ctx) else {
             ranges.push((
                 fde.initial_address(),
@@ -157,6 +204,9 @@ where
                     break;
                 }
             }
+        }
+        if rows.iter().any(|(_, rule)| *rule == (cfa::RBP, 16, -2)) {
+            out.fp_fdes += 1;
         }
         ranges.push((fde.initial_address(), fde.end_address(), rows));
     }
@@ -291,6 +341,44 @@ mod tests {
             c.rows.len(),
             c.unsupported
         );
+    }
+
+    #[test]
+    fn an_object_counts_as_built_with_frame_pointers_when_nearly_every_fde_sets_one_up() {
+        let of = |fdes, fp_fdes| Compiled {
+            fdes,
+            fp_fdes,
+            ..Compiled::default()
+        };
+        // A small program: its own functions, and _start, _init, the PLT.
+        assert!(of(8, 5).frame_pointers());
+        assert!(!of(8, 0).frame_pointers());
+        // libc: 94 of 3,713 FDEs.
+        assert!(!of(3713, 94).frame_pointers());
+        assert!(of(3713, 3400).frame_pointers());
+        assert!(!of(3713, 3000).frame_pointers());
+        assert!(!of(0, 0).frame_pointers());
+    }
+
+    #[test]
+    fn page_index_bounds_each_page_rows() {
+        use memprof_common::unwind::{PAGE_LEN_SHIFT, PAGE_SHIFT};
+        let data = std::fs::read(libc()).unwrap();
+        let c = compile(&data).unwrap();
+        assert!(!c.frame_pointers(), "{} of {} FDEs", c.fp_fdes, c.fdes);
+        let (page0, index) = page_index(&c.rows).unwrap();
+        // Every address's row lies within its page's entry.
+        for pc in (u64::from(c.rows[0].pc)..u64::from(c.rows.last().unwrap().pc)).step_by(37) {
+            let want = c.rows.partition_point(|r| u64::from(r.pc) <= pc) - 1;
+            let entry = index[((pc >> PAGE_SHIFT) - u64::from(page0)) as usize];
+            let first = (entry & ((1 << PAGE_LEN_SHIFT) - 1)) as usize;
+            let len = (entry >> PAGE_LEN_SHIFT) as usize;
+            let end = if len == 0 { c.rows.len() } else { first + len };
+            assert!(
+                first <= want && want < end,
+                "pc {pc:#x}: row {want}, page [{first}, {end})"
+            );
+        }
     }
 
     #[test]

@@ -40,31 +40,52 @@ pub(crate) mod tables;
 
 pub(crate) use tables::UnwindTables;
 
-/// Mapping tables in the kernel at once: two per process (a new one is
-/// written before the old one is let go), 16 KiB each.
-const MAPPING_SLOTS: u32 = 128;
+/// Mapping tables in the kernel at once, 24 KiB each: two per process (a
+/// new one is written before the old one is let go). One process, and its
+/// execs: a few; many (`--comm`, `--cgroup`, system-wide): the processes
+/// that get tables at once are half of these, the others are counted.
+const MAPPING_SLOTS_ONE: u32 = 8;
+const MAPPING_SLOTS_MANY: u32 = 256;
 
-/// Sets the BPF object's unwind mode and sizes its tables: `rows` is the
-/// room for rows when stacks are walked from tables (None: frame pointers,
-/// and the tables take no kernel memory).
-pub(crate) fn configure(loader: &mut aya::EbpfLoader<'_>, rows: Option<u32>) {
+/// Page index entries per row of room: objects have one page of code
+/// ([`memprof_common::unwind::PAGE_SHIFT`]) per 2 to 5 rows, and an
+/// entry is half a row's size.
+const PAGES_PER_ROW: u32 = 2;
+
+/// Sets the BPF object's unwind mode and sizes its tables (frame pointers
+/// only: the tables take no kernel memory) for one process or `many`.
+pub(crate) fn configure(
+    loader: &mut aya::EbpfLoader<'_>,
+    unwind: crate::config::Unwind,
+    many: bool,
+) {
     static FP: u32 = memprof_common::unwind::mode::FP;
     static DWARF: u32 = memprof_common::unwind::mode::DWARF;
+    static AUTO: u32 = memprof_common::unwind::mode::AUTO;
     use memprof_common::unwind::{
-        MAX_MAPPINGS, ROWS_PER_CHUNK, UNWIND_MAPPINGS, UNWIND_MODE, UNWIND_PROCS, UNWIND_ROWS,
+        MAX_MAPPINGS, PAGES_PER_CHUNK, ROWS_PER_CHUNK, UNWIND_MAPPINGS, UNWIND_MODE, UNWIND_PAGES,
+        UNWIND_PROCS, UNWIND_ROWS,
     };
-    let (walk, chunks, procs, mappings) = match rows {
-        Some(rows) => (
-            &DWARF,
+    let (walk, chunks, pages, procs, mappings) = match unwind {
+        crate::config::Unwind::Tables { rows, fp_objects } => (
+            if fp_objects { &AUTO } else { &DWARF },
             rows.div_ceil(ROWS_PER_CHUNK as u32).max(1),
+            (rows / PAGES_PER_ROW)
+                .div_ceil(PAGES_PER_CHUNK as u32)
+                .max(1),
             memprof_common::unwind::MAX_UNWIND_PROCS,
-            MAPPING_SLOTS * MAX_MAPPINGS as u32,
+            if many {
+                MAPPING_SLOTS_MANY
+            } else {
+                MAPPING_SLOTS_ONE
+            } * MAX_MAPPINGS as u32,
         ),
-        None => (&FP, 1, 1, 1),
+        crate::config::Unwind::FramePointers => (&FP, 1, 1, 1, 1),
     };
     loader
         .override_global(UNWIND_MODE, walk, true)
         .map_max_entries(UNWIND_ROWS, chunks)
+        .map_max_entries(UNWIND_PAGES, pages)
         .map_max_entries(UNWIND_PROCS, procs)
         .map_max_entries(UNWIND_MAPPINGS, mappings);
 }
@@ -74,11 +95,11 @@ pub(crate) fn configure(loader: &mut aya::EbpfLoader<'_>, rows: Option<u32>) {
 /// its maps later.
 pub(crate) fn tables_of(
     ebpf: &aya::Ebpf,
-    rows: Option<u32>,
+    unwind: crate::config::Unwind,
 ) -> anyhow::Result<Option<UnwindTables>> {
-    use memprof_common::unwind::{UNWIND_MAPPINGS, UNWIND_PROCS, UNWIND_ROWS};
+    use memprof_common::unwind::{UNWIND_MAPPINGS, UNWIND_PAGES, UNWIND_PROCS, UNWIND_ROWS};
     use std::os::fd::AsFd as _;
-    if rows.is_none() {
+    if unwind.rows().is_none() {
         return Ok(None);
     }
     let open = |name: &str| -> anyhow::Result<aya::maps::MapData> {
@@ -95,6 +116,7 @@ pub(crate) fn tables_of(
     };
     UnwindTables::new(
         aya::maps::Map::Array(open(UNWIND_ROWS)?),
+        aya::maps::Map::Array(open(UNWIND_PAGES)?),
         aya::maps::Map::HashMap(open(UNWIND_PROCS)?),
         aya::maps::Map::Array(open(UNWIND_MAPPINGS)?),
     )

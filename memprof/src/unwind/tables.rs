@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use memprof_common::unwind::{
-    ExecMapping, ProcSlot, RowChunk, UnwindRow, MAX_MAPPINGS, ROWS_PER_CHUNK,
+    mapping, ExecMapping, PageChunk, ProcSlot, RowChunk, UnwindRow, MAX_MAPPINGS, PAGES_PER_CHUNK,
+    ROWS_PER_CHUNK,
 };
 
 use super::compile;
@@ -33,12 +34,19 @@ pub(crate) struct TableStats {
     pub rows: u64,
     /// Rows with a rule the BPF unwinder cannot follow.
     pub unsupported_rows: u64,
-    /// Kernel memory the rows take, bytes (whole chunks).
+    /// Kernel memory the rows and page indexes take, bytes (whole chunks).
     pub kernel_bytes: u64,
+    /// Objects built with frame pointers.
+    pub fp_objects: u64,
+    /// Objects without a page index (no room left): their rows are searched whole.
+    pub no_page_index: u64,
     /// Time spent compiling and loading, microseconds.
     pub build_us: u64,
     /// Processes whose mappings did not all fit a table.
     pub mappings_dropped: u64,
+    /// Processes that got no table: every slot was taken (their stacks are
+    /// walked by frame pointer, counted as `unwind_no_table`).
+    pub procs_without_table: u64,
 }
 
 /// Where an object's rows are, and how its file offsets map to its addresses.
@@ -46,6 +54,10 @@ pub(crate) struct TableStats {
 struct Object {
     /// `(start, len)` in `UNWIND_ROWS` rows; None: no table (frame pointers).
     rows: Option<(u32, u32)>,
+    /// `(pages_start, page0, pages_len)` of its page index (len 0: none).
+    pages: (u32, u32, u32),
+    /// Bits of [`mapping`].
+    flags: u32,
     /// Loadable segments.
     segments: Vec<Segment>,
 }
@@ -56,6 +68,7 @@ type MappingKey = (u64, u64, u64, (u64, u64));
 /// The maps and what is in them.
 struct Inner {
     rows: Array<MapData, RowChunk>,
+    pages: Array<MapData, PageChunk>,
     procs: BpfHashMap<MapData, u32, ProcSlot>,
     mappings: Array<MapData, ExecMapping>,
     /// Slots of `mappings` no process uses.
@@ -65,10 +78,15 @@ struct Inner {
     /// Next free chunk of `rows`.
     next_chunk: u32,
     max_chunks: u32,
+    /// Next free chunk of `pages`, and their number.
+    next_page_chunk: u32,
+    max_page_chunks: u32,
     /// By (device, inode).
     objects: HashMap<(u64, u64), Object>,
     /// Each process's executable mappings as last written.
     written: HashMap<u32, Vec<MappingKey>>,
+    /// Processes counted in `procs_without_table`.
+    refused: std::collections::HashSet<u32>,
     stats: TableStats,
 }
 
@@ -81,10 +99,17 @@ pub(crate) struct UnwindTables {
 }
 
 impl UnwindTables {
-    /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PROCS` and
-    /// `UNWIND_MAPPINGS` and starts the thread that keeps them current.
-    pub(crate) fn new(rows: Map, procs: Map, mappings: Map) -> anyhow::Result<UnwindTables> {
+    /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PAGES`, `UNWIND_PROCS`
+    /// and `UNWIND_MAPPINGS` and starts the thread that keeps them current.
+    pub(crate) fn new(
+        rows: Map,
+        pages: Map,
+        procs: Map,
+        mappings: Map,
+    ) -> anyhow::Result<UnwindTables> {
         let rows = Array::<MapData, RowChunk>::try_from(rows).context("UNWIND_ROWS map")?;
+        let pages = Array::<MapData, PageChunk>::try_from(pages).context("UNWIND_PAGES map")?;
+        let max_page_chunks = pages.len();
         let procs =
             BpfHashMap::<MapData, u32, ProcSlot>::try_from(procs).context("UNWIND_PROCS map")?;
         let mappings =
@@ -93,20 +118,25 @@ impl UnwindTables {
         let slots = mappings.len() / MAX_MAPPINGS as u32;
         let inner = Arc::new(Mutex::new(Inner {
             rows,
+            pages,
             procs,
             mappings,
+            next_page_chunk: 0,
+            max_page_chunks,
             free_slots: (0..slots).rev().collect(),
             slots: HashMap::new(),
             next_chunk: 0,
             max_chunks,
             objects: HashMap::new(),
             written: HashMap::new(),
+            refused: Default::default(),
             stats: TableStats::default(),
         }));
         let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (inner, pids, stop) = (inner.clone(), pids.clone(), stop.clone());
+            let inner_for_gone = inner.clone();
             std::thread::Builder::new()
                 .name("memprof-unwind".into())
                 .spawn(move || {
@@ -114,10 +144,25 @@ impl UnwindTables {
                         std::thread::sleep(REFRESH_EVERY);
                         let list = pids.lock().map(|p| p.clone()).unwrap_or_default();
                         let Ok(mut inner) = inner.lock() else { return };
+                        let mut gone = Vec::new();
                         for pid in list {
-                            // A process that is gone keeps its old table
-                            // until the run ends; nothing to report.
-                            let _ = inner.update(pid);
+                            if inner.update(pid).is_err() && !alive(pid) {
+                                gone.push(pid);
+                            }
+                        }
+                        drop(inner);
+                        // A process that is gone gives its slot back (a
+                        // pid reused meanwhile is added again when it is
+                        // met).
+                        if !gone.is_empty() {
+                            if let Ok(mut inner) = inner_for_gone.lock() {
+                                for &pid in &gone {
+                                    inner.forget(pid);
+                                }
+                            }
+                            if let Ok(mut pids) = pids.lock() {
+                                pids.retain(|p| !gone.contains(p));
+                            }
                         }
                     }
                 })
@@ -161,6 +206,11 @@ impl Drop for UnwindTables {
             let _ = thread.join();
         }
     }
+}
+
+/// True while process `pid` exists (a zombie included).
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// One executable mapping of `/proc/PID/maps`.
@@ -237,6 +287,8 @@ impl Inner {
                     entry.bias = bias;
                     entry.rows_start = start;
                     entry.rows_len = len;
+                    (entry.pages_start, entry.page0, entry.pages_len) = object.pages;
+                    entry.flags = object.flags;
                 }
             }
             table.push(entry);
@@ -244,7 +296,14 @@ impl Inner {
         // A fresh slot, then the pointer to it: a walk sees the old table
         // or the new one, never half of each.
         let Some(slot) = self.free_slots.pop() else {
-            anyhow::bail!("no room for the mapping table of process {pid} (too many processes)");
+            if self.refused.insert(pid) {
+                self.stats.procs_without_table += 1;
+                log::debug!(
+                    "no room for the mapping table of process {pid}: its stacks are walked by \
+                     frame pointer"
+                );
+            }
+            return Ok(());
         };
         let base = slot * MAX_MAPPINGS as u32;
         for (i, entry) in table.iter().enumerate() {
@@ -269,6 +328,16 @@ impl Inner {
         Ok(())
     }
 
+    /// Lets the table of `pid`, which is gone, go.
+    fn forget(&mut self, pid: u32) {
+        let _ = self.procs.remove(&pid);
+        if let Some(slot) = self.slots.remove(&pid) {
+            self.free_slots.push(slot);
+        }
+        self.written.remove(&pid);
+        self.refused.remove(&pid);
+    }
+
     /// The object of `line`, compiled and loaded the first time it is met.
     fn object(&mut self, pid: u32, line: &MapsLine) -> Object {
         let key = (line.dev, line.inode);
@@ -290,6 +359,8 @@ impl Inner {
                 self.stats.failed += 1;
                 Object {
                     rows: None,
+                    pages: (0, 0, 0),
+                    flags: 0,
                     segments: Vec::new(),
                 }
             }
@@ -302,18 +373,40 @@ impl Inner {
     /// Compiles `data` and writes its rows.
     fn load(&mut self, data: &[u8], name: &str) -> Object {
         let segments = segments(data);
+        let (mut pages, mut flags) = ((0, 0, 0), 0);
         let rows = match compile::compile(data) {
             Ok(compiled) => match self.write_rows(&compiled.rows) {
                 Ok(place) => {
+                    if compiled.frame_pointers() {
+                        flags |= mapping::FRAME_POINTERS;
+                        self.stats.fp_objects += 1;
+                    }
+                    pages = match compile::page_index(&compiled.rows)
+                        .map(|(page0, index)| (page0, self.write_pages(&index)))
+                    {
+                        Some((page0, Ok((start, len)))) => (start, page0, len),
+                        Some((_, Err(e))) => {
+                            log::debug!("{name}: {e:#}: its rows are searched whole");
+                            self.stats.no_page_index += 1;
+                            (0, 0, 0)
+                        }
+                        None => {
+                            self.stats.no_page_index += 1;
+                            (0, 0, 0)
+                        }
+                    };
                     self.stats.objects += 1;
                     self.stats.rows += compiled.rows.len() as u64;
                     self.stats.unsupported_rows += compiled.unsupported;
                     log::debug!(
-                        "{name}: {} FDEs, {} rows ({} unsupported, {} PLT)",
+                        "{name}: {} FDEs ({} with a frame pointer), {} rows ({} unsupported, \
+                         {} PLT), {} index pages",
                         compiled.fdes,
+                        compiled.fp_fdes,
                         compiled.rows.len(),
                         compiled.unsupported,
-                        compiled.plt
+                        compiled.plt,
+                        pages.2
                     );
                     Some(place)
                 }
@@ -329,7 +422,39 @@ impl Inner {
                 None
             }
         };
-        Object { rows, segments }
+        Object {
+            rows,
+            pages,
+            flags,
+            segments,
+        }
+    }
+
+    /// Writes a page index from the next free chunk of `UNWIND_PAGES`;
+    /// returns (first entry, count).
+    fn write_pages(&mut self, index: &[u32]) -> anyhow::Result<(u32, u32)> {
+        let chunks = index.len().div_ceil(PAGES_PER_CHUNK) as u32;
+        if index.is_empty() || self.next_page_chunk + chunks > self.max_page_chunks {
+            anyhow::bail!(
+                "no room for {} page index entries ({} of {} used)",
+                index.len(),
+                u64::from(self.next_page_chunk) * PAGES_PER_CHUNK as u64,
+                u64::from(self.max_page_chunks) * PAGES_PER_CHUNK as u64
+            );
+        }
+        let first = self.next_page_chunk;
+        for (i, part) in index.chunks(PAGES_PER_CHUNK).enumerate() {
+            let mut chunk = PageChunk {
+                pages: [0; PAGES_PER_CHUNK],
+            };
+            chunk.pages[..part.len()].copy_from_slice(part);
+            self.pages
+                .set(first + i as u32, chunk, 0)
+                .context("writing an unwind page index")?;
+        }
+        self.next_page_chunk += chunks;
+        self.stats.kernel_bytes += u64::from(chunks) * std::mem::size_of::<PageChunk>() as u64;
+        Ok((first * PAGES_PER_CHUNK as u32, index.len() as u32))
     }
 
     /// Writes `rows` from the next free chunk; returns (first row, count).

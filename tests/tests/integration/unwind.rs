@@ -311,6 +311,55 @@ fn assert_full_stacks_like_with_frame_pointers(fp: Kind, nofp: Kind) {
     }
 }
 
+/// A system-wide run (no `-p`): the processes found at the start get unwind
+/// tables too, so the fixture without frame pointers has every leak's
+/// stack complete, through `main`, with its exact bytes.
+#[test]
+fn system_wide_runs_walk_stacks_from_tables() {
+    use tests::{Fixture, Memprof, ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT};
+    if !root_or_skip() {
+        return;
+    }
+    let mut fixture = Fixture::spawn(Kind::LeakyNoFramePointers);
+    let pid = fixture.pid();
+    let mut memprof = Memprof::spawn(&["--format", "json", "--top", "1000"]);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    fixture.go();
+    fixture.wait_done(DONE_TIMEOUT);
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    let mut report = output.report();
+    assert_eq!(report.selection.as_deref(), Some("system-wide"));
+    let dump = describe_report(&report);
+    report.stacks.retain(|s| s.pid == Some(pid));
+    report.totals = report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} is not in the report\n{dump}"))
+        .totals;
+    let truth = Kind::LeakyNoFramePointers.truth();
+    let problems = truth.check_leaks(&report);
+    assert!(problems.is_empty(), "{problems:?}\n{dump}");
+    for leak in truth.leaks {
+        for stack in report
+            .stacks
+            .iter()
+            .filter(|s| frame_index(s, leak.function).is_some())
+        {
+            let at = frame_index(stack, leak.function).unwrap_or(usize::MAX);
+            assert!(
+                frame_index(stack, "main").is_some_and(|m| m > at),
+                "pid {pid}: the stack of {} does not reach main: {}\n{dump}",
+                leak.function,
+                describe_stack(stack)
+            );
+            assert!(!stack.truncated, "{}\n{dump}", describe_stack(stack));
+        }
+    }
+}
+
 #[test]
 fn cxx_without_frame_pointers_has_full_stacks() {
     if !root_or_skip() {
@@ -328,4 +377,42 @@ fn rust_without_frame_pointers_has_full_stacks() {
         Kind::LeakyRustFramePointers,
         Kind::LeakyRustNoFramePointers,
     );
+}
+
+/// A sampled run (`--sample-rate`, uprobe session programs loaded with the
+/// object's BTF) walks from tables too: every sampled leak's stack of the
+/// fixture without frame pointers reaches `main`.
+#[test]
+fn sampled_runs_walk_stacks_from_tables() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(
+        Kind::LeakyNoFramePointers,
+        &["--format", "json", "--top", "1000", "--sample-rate", "2"],
+    );
+    let report = output.report();
+    let dump = describe_report(&report);
+    let truth = Kind::LeakyNoFramePointers.truth();
+    let mut leaks = 0;
+    for leak in truth.leaks {
+        for stack in report
+            .stacks
+            .iter()
+            .filter(|s| frame_index(s, leak.function).is_some())
+        {
+            leaks += 1;
+            let at = frame_index(stack, leak.function).unwrap_or(usize::MAX);
+            assert!(
+                frame_index(stack, "main").is_some_and(|m| m > at),
+                "the stack of {} does not reach main: {}\n{dump}",
+                leak.function,
+                describe_stack(stack)
+            );
+            assert!(!stack.truncated, "{}\n{dump}", describe_stack(stack));
+        }
+    }
+    assert!(leaks > 0, "no leak was sampled\n{dump}");
+    assert!(report.stats.unwind.unwind_cfi > 0, "{dump}");
+    assert_eq!(report.stats.unwind.unwind_no_table, 0, "{dump}");
 }
