@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Bench, Config, Limits, SampleBy, Sampling, Select, Unwind};
+use crate::config::{Bench, Config, Limits, Profiles, SampleBy, Sampling, Select, Unwind};
 use crate::render::{ColorScheme, Format, RenderOptions};
 use crate::sources::Sources;
 
@@ -210,6 +210,22 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub kernel: bool,
 
+    /// An allocation freed within this many milliseconds counts as temporary in the
+    /// allocation profile.
+    #[arg(long, value_name = "MS", default_value_t = Profiles::TEMPORARY_NS as f64 / 1e6, value_parser = parse_ms)]
+    pub temporary_ms: f64,
+
+    /// Do not look for the peak. Finding it sends every allocation and free through a ring
+    /// buffer to memprof, which replays them in order (full tracking only).
+    #[arg(long)]
+    pub no_peak: bool,
+
+    /// Sample the timeline (outstanding bytes, resident memory) every SECS seconds [default:
+    /// a hundredth of --duration, 0.1 s at least and 10 s at most; 0.5 s without it; the
+    /// --interval when given].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeline_every: Option<f64>,
+
     /// Knobs for benchmarks only (hidden).
     #[command(flatten)]
     pub bench: BenchArgs,
@@ -268,6 +284,11 @@ impl ProfileArgs {
                 probe_at_entry: self.bench.probe_at_entry,
             },
             unwind: self.unwind_config(),
+            profiles: Profiles {
+                temporary_ns: (self.temporary_ms * 1e6) as u64,
+                peak: !self.no_peak,
+                timeline_every: self.timeline_every,
+            },
         }
     }
 }
@@ -372,6 +393,15 @@ impl OutputArgs {
             color: self.color,
             title: self.title.clone(),
         }
+    }
+}
+
+fn parse_ms(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number of milliseconds, 0 or more".into())
     }
 }
 

@@ -74,9 +74,11 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     }
 
     // Wait.
+    let timeline_every = config.profiles.timeline_every(config.duration);
     let plan = Plan {
         duration: config.duration,
         interval: config.interval,
+        timeline_every: Some(timeline_every),
         quiet,
     };
     let Waited {
@@ -99,6 +101,7 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
+    let end_rss = crate::profiles::rss_of(&processes);
     log_end(config, end, &processes);
 
     // Detach and read.
@@ -132,6 +135,26 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         &aggregate::totals(&aggregate::by_stack(&snap.live, end_ns)),
     );
     let windows = maps.windows.as_ref();
+    let recording = match config.sampling {
+        // Sampled: the allocations are a sample, and the peak unknown.
+        Some(_) => None,
+        None => Some(crate::profiles::Recording::new(crate::profiles::Ending {
+            agg: &snap.agg,
+            traces: snapshot::read_traces(&maps.stacks, snap.agg.keys().copied())?,
+            retired: maps.retired,
+            peak: match maps.heap {
+                Some(heap) => Some((heap.finish()?.found(), snap.stats.heap_events_lost)),
+                None => None,
+            },
+            samples: &samples,
+            end_secs: duration_secs,
+            end_rss,
+            every_secs: timeline_every,
+            temporary_ns: config.profiles.temporary_ns,
+            started_ns,
+        })),
+    };
+    let mut parts = Vec::new();
 
     // Report: what each process held, then the run as a whole.
     let one = processes.one().map(|(pid, _)| pid);
@@ -242,6 +265,14 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             outstanding,
             released: mine,
         });
+        if let Some(recording) = &recording {
+            parts.push(recording.part(
+                pid,
+                &symbolizer,
+                one.is_none().then_some(pid),
+                one.is_some(),
+            ));
+        }
         if one.is_some() {
             sources_view = (Some(symbolizer), cutoff);
         }
@@ -289,7 +320,11 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         released,
         probes: placements,
     };
-    Ok(report::assemble(config, shape, held, run))
+    let mut report = report::assemble(config, shape, held, run);
+    if let Some(recording) = &recording {
+        recording.finish(parts, &mut report);
+    }
+    Ok(report)
 }
 
 /// Says what was attached and how long the run lasts.

@@ -52,6 +52,11 @@ pub(crate) trait Follow {
     /// A launched command is stopped at its exit, its memory map still
     /// there: read it one last time.
     fn command_exiting(&mut self, probes: &mut Probes) -> anyhow::Result<()>;
+
+    /// The processes recorded now, whose resident memory the timeline shows.
+    fn pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// Outstanding bytes per stack id at one moment of the run.
@@ -60,7 +65,15 @@ pub(crate) struct Sample {
     /// Seconds since the probes were attached.
     pub at_secs: f64,
     pub bytes: HashMap<i64, u64>,
+    /// Outstanding allocations, over every stack.
+    pub count: u64,
+    /// Resident memory of the recorded processes, when readable.
+    pub rss_bytes: Option<u64>,
 }
+
+/// Most samples kept: past it every other one is dropped and the period
+/// doubles, so that a long run keeps its whole timeline in bounded memory.
+const MAX_SAMPLES: usize = 1000;
 
 /// What happened while waiting.
 #[derive(Clone, Debug)]
@@ -82,6 +95,8 @@ pub(crate) struct Plan {
     pub duration: Option<f64>,
     /// Take a [`Sample`] this often.
     pub interval: Option<f64>,
+    /// Take samples this often when `interval` is not given (the timeline).
+    pub timeline_every: Option<f64>,
     /// No status line.
     pub quiet: bool,
 }
@@ -172,10 +187,12 @@ async fn wait_async(
     let Plan {
         duration,
         interval,
+        timeline_every,
         quiet,
     } = plan;
     let mut samples = Vec::new();
-    let period = Duration::from_secs_f64(interval.unwrap_or(1.0));
+    let sampling = interval.or(timeline_every);
+    let mut period = Duration::from_secs_f64(sampling.unwrap_or(1.0));
     let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let started = Instant::now();
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
@@ -236,10 +253,15 @@ async fn wait_async(
                     Err(e) => log::warn!("following the processes failed: {e:#}"),
                 }
             }
-            _ = sampler.tick(), if interval.is_some() => {
-                match sample(probes, started.elapsed().as_secs_f64()) {
+            _ = sampler.tick(), if sampling.is_some() => {
+                match sample(probes, started.elapsed().as_secs_f64(), &follow.pids()) {
                     Ok(s) => samples.push(s),
                     Err(e) => log::warn!("snapshot failed: {e:#}"),
+                }
+                if samples.len() >= MAX_SAMPLES {
+                    thin(&mut samples);
+                    period *= 2;
+                    sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                 }
             }
             _ = tick.tick() => {
@@ -296,16 +318,39 @@ fn describe_exit(status: i32) -> String {
     }
 }
 
-fn sample(probes: &Probes, at_secs: f64) -> anyhow::Result<Sample> {
+/// Keeps every other sample (the last one always).
+fn thin(samples: &mut Vec<Sample>) {
+    let last = samples.len().saturating_sub(1);
+    let mut i = 0;
+    samples.retain(|_| {
+        let keep = i % 2 == 1 || i == last;
+        i += 1;
+        keep
+    });
+}
+
+fn sample(probes: &Probes, at_secs: f64, pids: &[u32]) -> anyhow::Result<Sample> {
     let agg = probes
         .ebpf()
         .map(memprof_common::maps::AGG)
         .ok_or_else(|| anyhow::anyhow!("AGG map missing"))?;
-    let bytes = snapshot::read_agg(agg)?
+    let agg = snapshot::read_agg(agg)?;
+    let count = agg.values().fold(0u64, |c, a| c.wrapping_add(a.count));
+    let bytes = agg
         .into_iter()
+        .filter(|(_, a)| a.bytes != 0)
         .map(|(id, a)| (id, a.bytes))
         .collect();
-    Ok(Sample { at_secs, bytes })
+    let rss: Vec<u64> = pids
+        .iter()
+        .filter_map(|&pid| crate::procfs::rss_bytes(pid))
+        .collect();
+    Ok(Sample {
+        at_secs,
+        bytes,
+        count,
+        rss_bytes: (!rss.is_empty()).then(|| rss.iter().sum()),
+    })
 }
 
 fn show_status(probes: &Probes, elapsed: Duration, duration: Option<f64>) {

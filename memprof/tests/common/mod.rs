@@ -168,6 +168,7 @@ pub(crate) fn sample_report() -> Report {
             stack_collisions: 0,
             stacks_freed: 12,
             forks_not_followed: 0,
+            heap_events_lost: 0,
             unwind: Default::default(),
         },
         min_age_secs: None,
@@ -184,6 +185,9 @@ pub(crate) fn sample_report() -> Report {
         mmap: None,
         kernel: None,
         probes: Vec::new(),
+        allocations: None,
+        peak: None,
+        timeline: None,
     }
 }
 
