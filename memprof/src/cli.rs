@@ -6,7 +6,7 @@ use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Bench, Config, Limits, Profiles, SampleBy, Sampling, Select, Unwind};
-use crate::render::{ColorScheme, Format, RenderOptions};
+use crate::render::{ColorScheme, Format, RenderOptions, Weight};
 use crate::sources::Sources;
 
 /// memprof: find the call stacks that hold a running process's memory.
@@ -221,7 +221,7 @@ pub struct ProfileArgs {
     pub no_peak: bool,
 
     /// Sample the timeline (outstanding bytes, resident memory) every SECS seconds [default:
-    /// a hundredth of --duration, 0.1 s at least and 10 s at most; 0.5 s without it; the
+    /// a hundredth of --duration, 0.1 s at least and 10 s at most; 0.1 s without it; the
     /// --interval when given].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeline_every: Option<f64>,
@@ -383,6 +383,29 @@ pub struct OutputArgs {
     /// Title of the flame graph (default: names the target).
     #[arg(long)]
     pub title: Option<String>,
+
+    /// What the widths of the flame graph (and of folded stacks) are: `outstanding` bytes
+    /// at the end, bytes allocated while recording (`alloc`, freed or not), or bytes
+    /// outstanding at the `peak`.
+    #[arg(long, value_enum, default_value_t = WeightArg::Outstanding)]
+    pub weight: WeightArg,
+
+    /// Also draw the timeline (outstanding bytes, the top stacks' and resident memory
+    /// through the run) as an SVG chart in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
+}
+
+/// `--weight`: the values of [`Weight`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightArg {
+    /// Bytes still outstanding at the end (what leaks).
+    #[default]
+    Outstanding,
+    /// Bytes allocated while recording, freed or not (what churns).
+    Alloc,
+    /// Bytes outstanding at the peak of the run (what an OOM would have seen).
+    Peak,
 }
 
 impl OutputArgs {
@@ -392,6 +415,11 @@ impl OutputArgs {
             top: self.top,
             color: self.color,
             title: self.title.clone(),
+            weight: match self.weight {
+                WeightArg::Outstanding => Weight::Outstanding,
+                WeightArg::Alloc => Weight::Alloc,
+                WeightArg::Peak => Weight::Peak,
+            },
         }
     }
 }

@@ -57,10 +57,10 @@ impl Profiles {
     pub const MIN_EVERY: f64 = 0.1;
     pub const MAX_EVERY: f64 = 10.0;
     /// Seconds between timeline samples without a duration.
-    pub const OPEN_ENDED_EVERY: f64 = 0.5;
+    pub const OPEN_ENDED_EVERY: f64 = 0.1;
 
     /// Seconds between timeline samples: as given, else a hundredth of the
-    /// run (0.1 s at least, 10 s at most), else half a second.
+    /// run (0.1 s at least, 10 s at most), else 0.1 s.
     pub fn timeline_every(&self, duration: Option<f64>) -> f64 {
         self.timeline_every.unwrap_or_else(|| match duration {
             Some(d) => (d / 100.0).clamp(Self::MIN_EVERY, Self::MAX_EVERY),

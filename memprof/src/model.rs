@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the JSON schema written by `--format json`.
 ///
+/// - 2 (continued): [`Report::allocations`], [`Report::peak`] and
+///   [`Report::timeline`], optional (absent in sampled runs and older reports).
 /// - 2: [`Report::processes`], [`Report::selection`] and [`Stack::pid`] for
 ///   runs over many processes; [`Report::sampling`] (a reader of version 1
 ///   would take sampled estimates for exact figures).
@@ -622,7 +624,8 @@ pub struct Stats {
     pub exits_not_noted: u64,
     /// Allocations and frees not sent to the replay that finds the peak (its
     /// ring buffer was full): the peak is then approximate ([`Peak::exact`]).
-    #[serde(default)]
+    /// Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub heap_events_lost: u64,
     /// How stacks were walked (`--unwind`): see [`UnwindStats`].
     #[serde(flatten)]

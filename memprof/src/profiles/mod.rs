@@ -34,7 +34,7 @@
 //!
 //! # Timeline
 //! Every `--timeline-every` seconds (a hundredth of `--duration`, 0.1 s at
-//! least and 10 s at most; 0.5 s without one) the wait reads `AGG` (one
+//! least and 10 s at most; 0.1 s without one) the wait reads `AGG` (one
 //! entry per stack) and the resident memory of the recorded processes
 //! (`/proc/PID/statm`); `--interval` takes these same samples at its own
 //! period, and its growth ranking reads them. Past 1,000 samples every other
