@@ -2,6 +2,11 @@
 //! text report's sections, and the flame graph's weights (`--weight`): a
 //! report whose stacks are those of another profile, drawn as the
 //! outstanding ones are.
+//!
+//! The text report sums each profile up in a line or two after the
+//! outstanding stacks; `--weight alloc` or `--weight peak` also lists that
+//! profile's top stacks, so that the default report stays about leaks (and
+//! names no function that only churns).
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -159,7 +164,14 @@ pub(crate) fn text_sections(
             human_bytes(t.temporary_bytes),
             t.temporary_bytes,
         )?;
-        if !a.stacks.is_empty() {
+        let listed = if opts.weight == Weight::Alloc { top } else { 0 };
+        if a.stacks.is_empty() || listed == 0 {
+            writeln!(
+                out,
+                "  ({} stacks allocated: --weight alloc lists them and draws them)",
+                a.stacks.len()
+            )?;
+        } else {
             writeln!(
                 out,
                 "Top {} of {} stacks by bytes allocated (freed or not):\n",
@@ -167,7 +179,7 @@ pub(crate) fn text_sections(
                 a.stacks.len()
             )?;
         }
-        for (i, s) in a.stacks.iter().take(top).enumerate() {
+        for (i, s) in a.stacks.iter().take(listed).enumerate() {
             writeln!(
                 out,
                 "#{}  {} ({} bytes) in {} allocations, {} temporary; {} ({} bytes) in {} still \
@@ -185,7 +197,7 @@ pub(crate) fn text_sections(
             frames(&s.frames, out)?;
             writeln!(out)?;
         }
-        if a.stacks.is_empty() {
+        if a.stacks.is_empty() || listed == 0 {
             writeln!(out)?;
         }
     }
@@ -209,7 +221,14 @@ pub(crate) fn text_sections(
                 )
             }
         )?;
-        if !p.stacks.is_empty() {
+        let listed = if opts.weight == Weight::Peak { top } else { 0 };
+        if p.stacks.is_empty() || listed == 0 {
+            writeln!(
+                out,
+                "  ({} stacks held memory then: --weight peak lists them and draws them)",
+                p.stacks.len()
+            )?;
+        } else {
             writeln!(
                 out,
                 "Top {} of {} stacks at the peak:\n",
@@ -217,7 +236,7 @@ pub(crate) fn text_sections(
                 p.stacks.len()
             )?;
         }
-        for (i, s) in p.stacks.iter().take(top).enumerate() {
+        for (i, s) in p.stacks.iter().take(listed).enumerate() {
             writeln!(
                 out,
                 "#{}  {} ({} bytes) in {} allocations{}",
@@ -230,7 +249,7 @@ pub(crate) fn text_sections(
             frames(&s.frames, out)?;
             writeln!(out)?;
         }
-        if p.stacks.is_empty() {
+        if p.stacks.is_empty() || listed == 0 {
             writeln!(out)?;
         }
     }

@@ -31,6 +31,7 @@ mod launch;
 mod long_run;
 mod many;
 mod outputs;
+mod profiles;
 mod rust_fixture;
 mod sampling;
 mod sources;
