@@ -5,9 +5,10 @@
 //! it wrote. The run is shared by the tests of this module (the first one to
 //! need it makes it). Needs root (run through `cargo xtask test`).
 
-// The messages of pprof's profile.proto, shared with memprof's own pprof test.
+// The messages of pprof's profile.proto, shared with memprof's own pprof test
+// (and the profiles tests).
 #[path = "../../../memprof/tests/common/pprof_proto.rs"]
-mod pprof_proto;
+pub(crate) mod pprof_proto;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;

@@ -5,17 +5,13 @@
 //! that grows in steps seen in the timeline, in order and not before it
 //! happened. Needs root (run through `cargo xtask test`).
 
-// The messages of pprof's profile.proto, shared with memprof's own pprof test.
-#[path = "../../../memprof/tests/common/pprof_proto.rs"]
-mod pprof_proto;
-
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read as _;
 use std::time::Duration;
 
+use crate::outputs::pprof_proto::Profile;
 use memprof::model::AllocStack;
-use pprof_proto::Profile;
 use tests::{
     assert_ground_truth, describe_report, function_is, profile_fixture_with, root_or_skip, Fixture,
     Kind, Memprof, Report, ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT,
