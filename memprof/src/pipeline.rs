@@ -78,7 +78,8 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
     let plan = Plan {
         duration: config.duration,
         interval: config.interval,
-        timeline_every: Some(timeline_every),
+        // Sampled runs have no timeline (their figures are estimates).
+        timeline_every: config.sampling.is_none().then_some(timeline_every),
         quiet,
     };
     let Waited {

@@ -120,7 +120,7 @@ pub(crate) fn weight_subtitle(report: &Report, weight: Weight) -> Option<String>
                 a.totals.count,
                 human_secs(report.duration_secs),
                 a.totals.temporary,
-                human_secs(a.temporary_secs)
+                threshold(a.temporary_secs)
             )
         }),
         Weight::Peak => report.peak.as_ref().map(|p| {
@@ -160,7 +160,7 @@ pub(crate) fn text_sections(
             t.bytes,
             t.count,
             t.temporary,
-            human_secs(a.temporary_secs),
+            threshold(a.temporary_secs),
             human_bytes(t.temporary_bytes),
             t.temporary_bytes,
         )?;
@@ -294,6 +294,20 @@ fn timeline_line(t: &crate::model::Timeline) -> Option<String> {
         },
         shown.join(", ")
     ))
+}
+
+/// The temporary threshold: `1 ms`, `0.5 ms`, `2.0 s`.
+fn threshold(secs: f64) -> String {
+    if secs < 1.0 {
+        let ms = secs * 1e3;
+        if ms.fract() == 0.0 {
+            format!("{ms:.0} ms")
+        } else {
+            format!("{ms} ms")
+        }
+    } else {
+        human_secs(secs)
+    }
 }
 
 fn pid_note(pid: Option<u32>) -> String {
