@@ -14,7 +14,7 @@ use memprof_common::{stat, AllocInfo, LiveKey, PendingCall, StackAgg, STACK_LOST
 
 use crate::decode::Return;
 use crate::maps::{add, bump, bump_by, log_event, AGG, EEXIST, EVENT_ALLOC, EVENT_FREE, LIVE};
-use crate::settings::{SAMPLE_RATE, TEMPORARY_NS};
+use crate::settings::{LOG_EVENTS, SAMPLE_RATE, TEMPORARY_NS};
 use crate::stack::{capture_stack, store_stack};
 
 /// Adds one allocation to this CPU's value of an aggregate; returns how
@@ -104,10 +104,17 @@ pub(crate) fn forget(key: &LiveKey) -> Option<AllocInfo> {
     // SAFETY: the value is copied out at once.
     let info = (unsafe { LIVE.get(key) }).copied()?;
     LIVE.remove(key).ok()?;
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Both settings are known to the verifier: with neither (`--no-peak
+    // --temporary-ms 0`) a free reads no clock.
+    let threshold = TEMPORARY_NS.load();
+    let now = if threshold != 0 || LOG_EVENTS.load() != 0 {
+        // SAFETY: the helper has no preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     log_event(EVENT_FREE, key.tgid, &info, now);
-    let temporary = now.wrapping_sub(info.timestamp_ns) < TEMPORARY_NS.load();
+    let temporary = threshold != 0 && now.wrapping_sub(info.timestamp_ns) < threshold;
     match AGG.get_ptr_mut(info.stack_id) {
         // SAFETY: points into this CPU's value; fields are updated atomically.
         Some(agg) => unsafe {
