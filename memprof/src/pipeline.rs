@@ -80,12 +80,14 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         interval: config.interval,
         // Sampled runs have no timeline (their figures are estimates).
         timeline_every: config.sampling.is_none().then_some(timeline_every),
+        adaptive: config.interval.is_none() && config.profiles.timeline_every.is_none(),
         quiet,
     };
     let Waited {
         end,
         samples,
         stacks_freed,
+        sample_every,
         command_status,
     } = waiter.wait(
         &mut probes,
@@ -150,7 +152,7 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
             samples: &samples,
             end_secs: duration_secs,
             end_rss,
-            every_secs: timeline_every,
+            every_secs: sample_every.unwrap_or(timeline_every),
             temporary_ns: config.profiles.temporary_ns,
             started_ns,
         })),

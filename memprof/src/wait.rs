@@ -75,6 +75,11 @@ pub(crate) struct Sample {
 /// doubles, so that a long run keeps its whole timeline in bounded memory.
 const MAX_SAMPLES: usize = 1000;
 
+/// Most of the time between samples one sample may take (reading `AGG`
+/// costs a few syscalls per stack): past it a default period doubles, so
+/// that sampling takes no more than about a tenth of a CPU.
+const MAX_SAMPLE_SHARE: f64 = 0.1;
+
 /// What happened while waiting.
 #[derive(Clone, Debug)]
 pub(crate) struct Waited {
@@ -83,6 +88,9 @@ pub(crate) struct Waited {
     pub samples: Vec<Sample>,
     /// Stacks freed during the run.
     pub stacks_freed: u64,
+    /// Seconds between samples at the end (the period doubles when samples
+    /// are slow or many).
+    pub sample_every: Option<f64>,
     /// The launched command's exit status as a shell gives it (see
     /// [`shell_status`]), when it ended during the run.
     pub command_status: Option<i32>,
@@ -97,6 +105,9 @@ pub(crate) struct Plan {
     pub interval: Option<f64>,
     /// Take samples this often when `interval` is not given (the timeline).
     pub timeline_every: Option<f64>,
+    /// The period is a default, not asked for: it doubles when a sample
+    /// takes more than a tenth of it.
+    pub adaptive: bool,
     /// No status line.
     pub quiet: bool,
 }
@@ -188,12 +199,13 @@ async fn wait_async(
         duration,
         interval,
         timeline_every,
+        adaptive,
         quiet,
     } = plan;
     let mut samples = Vec::new();
     let sampling = interval.or(timeline_every);
     let mut period = Duration::from_secs_f64(sampling.unwrap_or(1.0));
-    let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut sampler = sampler_every(period);
     let started = Instant::now();
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let sleep_until_deadline = async {
@@ -254,14 +266,25 @@ async fn wait_async(
                 }
             }
             _ = sampler.tick(), if sampling.is_some() => {
+                let took = Instant::now();
                 match sample(probes, started.elapsed().as_secs_f64(), &follow.pids()) {
                     Ok(s) => samples.push(s),
                     Err(e) => log::warn!("snapshot failed: {e:#}"),
                 }
-                if samples.len() >= MAX_SAMPLES {
+                let slow = adaptive
+                    && took.elapsed().as_secs_f64() > period.as_secs_f64() * MAX_SAMPLE_SHARE;
+                let thinned = samples.len() >= MAX_SAMPLES;
+                if thinned {
                     thin(&mut samples);
+                }
+                if slow || thinned {
                     period *= 2;
-                    sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    log::debug!(
+                        "sampling every {:.2} s from now on ({})",
+                        period.as_secs_f64(),
+                        if slow { "a sample took too long" } else { "too many samples" }
+                    );
+                    sampler = sampler_every(period);
                 }
             }
             _ = tick.tick() => {
@@ -288,8 +311,18 @@ async fn wait_async(
         end,
         samples,
         stacks_freed,
+        sample_every: sampling.map(|_| period.as_secs_f64()),
         command_status,
     })
+}
+
+/// A timer that ticks every `period`, the first tick one period from now,
+/// and after a late tick waits a whole period again (no burst of catch-up
+/// samples after a busy spell).
+fn sampler_every(period: Duration) -> tokio::time::Interval {
+    let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sampler
 }
 
 /// A wait status as a shell reports it: the exit code, or 128 + the signal

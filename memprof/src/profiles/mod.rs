@@ -38,7 +38,11 @@
 //! entry per stack) and the resident memory of the recorded processes
 //! (`/proc/PID/statm`); `--interval` takes these same samples at its own
 //! period, and its growth ranking reads them. Past 1,000 samples every other
-//! one is dropped and the period doubles. The timeline keeps the totals, and
+//! one is dropped and the period doubles; a default period also doubles
+//! whenever one sample takes more than a tenth of it (reading `AGG` costs
+//! two syscalls per stack: apt-cache, 6,000 stacks, took up to seconds per
+//! sample on a busy 2-CPU machine), so that sampling stays under about a
+//! tenth of a CPU. The timeline states the period it ended with. The timeline keeps the totals, and
 //! the series of the [`TIMELINE_STACKS`] stacks that held the most at any sample.
 
 mod drain;
