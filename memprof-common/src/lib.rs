@@ -284,9 +284,9 @@ pub mod globals {
 
 /// Size of [`maps::HEAP_EVENTS`] when the events are not sent (the smallest allowed).
 pub const HEAP_EVENTS_OFF_BYTES: u32 = 4096;
-/// Default size of [`maps::HEAP_EVENTS`] when they are: 524,288 events of 32
-/// bytes, drained every 20 ms (26 million events a second before one is lost).
-pub const HEAP_EVENTS_BYTES: u32 = 16 << 20;
+/// Size of [`maps::HEAP_EVENTS`] when they are sent: 262,144 events of 32
+/// bytes (with their 8-byte headers, 209,715), drained every 20 ms.
+pub const HEAP_EVENTS_BYTES: u32 = 8 << 20;
 
 /// Names of the programs that record every call (plain uprobes and
 /// uretprobes), and of the process-event programs that every mode loads.
