@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,profiles,stacks,transient,execer,soak,oneshot,forker,spawner,clean,selfcheck,demo,static,mmaps,kernel_objects,unwind}.c` are compiled with gcc (`leaky.c` also with musl-gcc) and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,profiles,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind}.c` are compiled with gcc (`leaky.c` also with musl-gcc) and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -75,6 +75,7 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("forker", "forker", &[]),
     ("spawner", "spawner", &[]),
     ("clean", "clean", &[]),
+    ("steps", "steps", &[]),
     // The same leaks through other allocators, which replace glibc's malloc.
     ("leaky-jemalloc", "leaky", ALLOC_JEMALLOC),
     ("leaky-tcmalloc", "leaky", ALLOC_TCMALLOC),

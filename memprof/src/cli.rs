@@ -46,6 +46,9 @@ use crate::sources::Sources;
     sudo memprof --cgroup system.slice/app.service -d 60   the processes of a systemd unit or container\n  \
     sudo memprof -p 4242 --follow-forks -d 60          pid 4242 and the children it forks\n  \
     sudo memprof --follow-forks -- make -j4            a command and every process it starts\n  \
+    sudo memprof -p 4242 --every 60 --push http://pyroscope:4040 --metrics 127.0.0.1:9464\n  \
+    \x20                                                  continuous: a profile a minute, and metrics\n  \
+    sudo memprof check --suppressions ci.supp -- ./tests   CI leak gate: fail when the command leaks\n  \
     memprof diff before.json after.json -o diff.svg    what changed between two runs\n  \
     memprof merge host*.json -o fleet.svg              one report from many processes or hosts\n\n\
     Profiling needs root (or CAP_BPF and CAP_PERFMON) and a kernel with uprobes."
@@ -59,6 +62,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub output: OutputArgs,
+
+    #[command(flatten)]
+    pub continuous: ContinuousArgs,
 
     /// More log output on stderr (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -82,6 +88,31 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// CI leak gate: run COMMAND under memprof, print what it still holds when it exits, and
+    /// exit with --exit-code when that, less the suppressed stacks, is more than --max-leak
+    /// bytes. A COMMAND that fails passes its own exit status through instead. One-time
+    /// allocations of libc, the dynamic loader and libstdc++ are suppressed by a built-in list
+    /// (--no-default-suppressions turns it off).
+    Check {
+        /// The most bytes the command may hold at its exit, suppressed stacks left out.
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        max_leak: u64,
+        /// A suppressions file in LeakSanitizer's format: `leak:PATTERN` lines (`*` matches
+        /// anything, `^`/`$` anchor), `#` comments. A stack is suppressed when PATTERN matches
+        /// the function, source file or module name of one of its frames. May be repeated.
+        #[arg(long, value_name = "FILE")]
+        suppressions: Vec<PathBuf>,
+        /// Leave out the built-in suppressions of libc, ld.so and libstdc++.
+        #[arg(long)]
+        no_default_suppressions: bool,
+        /// The exit status when the leak is over the budget.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+        exit_code: u8,
+        #[command(flatten)]
+        profile: Box<ProfileArgs>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Join JSON reports of several processes or hosts into one report; stacks
     /// are matched by their symbolized frames.
     Merge {
@@ -91,6 +122,30 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+}
+
+/// Where continuous mode (`--every`) sends each period's report besides the -o files.
+#[derive(Debug, Args)]
+pub struct ContinuousArgs {
+    /// With --every: keep the N newest files of each -o FILE (0 = all); older ones are removed.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "every")]
+    pub keep: usize,
+
+    /// With --every: send each period's pprof profile to a Pyroscope server's ingest API
+    /// (http://HOST:PORT, as in `http://pyroscope:4040`; https is not supported), labelled with
+    /// --service, the host name, the pid and the command; in a run over many processes, one
+    /// profile per process. A push that fails is logged and the run goes on.
+    #[arg(long, value_name = "URL", requires = "every")]
+    pub push: Option<String>,
+
+    /// With --push: the application name of the profiles [default: the command name].
+    #[arg(long, value_name = "NAME", requires = "push")]
+    pub service: Option<String>,
+
+    /// With --every: serve Prometheus metrics (outstanding bytes and blocks per process, the
+    /// counters of dropped events) at http://ADDR/metrics, updated at each period's end.
+    #[arg(long, value_name = "ADDR", requires = "every")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What to profile and how.
@@ -136,6 +191,17 @@ pub struct ProfileArgs {
     /// stacks that keep growing above stacks that are large but flat.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
     pub interval: Option<f64>,
+
+    /// Continuous mode: keep the probes attached and report every SECS seconds, until
+    /// --duration, Ctrl-C, SIGTERM or the exit of what is recorded (the last, partial period
+    /// is reported too). Each period's report is what is outstanding at the period's end:
+    /// every block allocated since memprof attached and not freed by then, whatever period
+    /// allocated it, so a block is never lost or counted twice between periods, and what a
+    /// period added is the difference between two consecutive reports. Each -o FILE is
+    /// written per period as FILE-<period>-<UTC time>.EXT (see --keep); see also --push and
+    /// --metrics.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, conflicts_with = "interval")]
+    pub every: Option<f64>,
 
     /// Count only allocations at least SECS old at the end of the run as leak suspects
     /// (short-lived memory in use is left out).
@@ -258,6 +324,7 @@ impl ProfileArgs {
             },
             duration: self.duration,
             interval: self.interval,
+            every: self.every,
             min_age: self.min_age,
             at_exit: self.at_exit,
             min_size: self.min_size,
@@ -652,5 +719,100 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Merge { reports, .. }) if reports.len() == 3));
         assert!(Cli::try_parse_from(["memprof", "merge"]).is_err());
         assert!(Cli::try_parse_from(["memprof", "-p", "1", "diff", "a", "b"]).is_err());
+    }
+
+    #[test]
+    fn parses_continuous_mode() {
+        let cli = Cli::try_parse_from([
+            "memprof",
+            "-p",
+            "1",
+            "--every",
+            "60",
+            "--push",
+            "http://pyroscope:4040",
+            "--service",
+            "api",
+            "--metrics",
+            "127.0.0.1:9464",
+            "-o",
+            "leak.svg",
+            "--keep",
+            "24",
+        ])
+        .unwrap();
+        assert_eq!(cli.profile.to_config().every, Some(60.0));
+        assert_eq!(cli.continuous.keep, 24);
+        assert_eq!(
+            cli.continuous.push.as_deref(),
+            Some("http://pyroscope:4040")
+        );
+        assert_eq!(cli.continuous.service.as_deref(), Some("api"));
+        assert_eq!(
+            cli.continuous.metrics,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        // Their outputs need periods; --every and --interval exclude each other.
+        for without_every in [
+            &["memprof", "-p", "1", "--keep", "3"][..],
+            &["memprof", "-p", "1", "--push", "http://x:1"],
+            &["memprof", "-p", "1", "--metrics", "127.0.0.1:1"],
+            &["memprof", "-p", "1", "--every", "5", "--interval", "1"],
+        ] {
+            assert!(
+                Cli::try_parse_from(without_every).is_err(),
+                "{without_every:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_the_leak_gate() {
+        let cli = Cli::try_parse_from([
+            "memprof",
+            "check",
+            "--max-leak",
+            "4096",
+            "--suppressions",
+            "a.supp",
+            "--suppressions",
+            "b.supp",
+            "--exit-code",
+            "23",
+            "-o",
+            "leak.json",
+            "--",
+            "./app",
+            "--flag",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Check {
+                max_leak,
+                suppressions,
+                no_default_suppressions,
+                exit_code,
+                profile,
+                output,
+            }) => {
+                assert_eq!(max_leak, 4096);
+                assert_eq!(suppressions.len(), 2);
+                assert!(!no_default_suppressions);
+                assert_eq!(exit_code, 23);
+                assert_eq!(profile.command, ["./app", "--flag"]);
+                assert_eq!(output.output, [PathBuf::from("leak.json")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["memprof", "check", "--", "true"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Check {
+                max_leak: 0,
+                exit_code: 1,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["memprof", "check", "--exit-code", "0", "--", "x"]).is_err());
     }
 }

@@ -18,6 +18,9 @@ pub struct Config {
     pub duration: Option<f64>,
     /// Take a snapshot of every stack's outstanding bytes this often (seconds).
     pub interval: Option<f64>,
+    /// Continuous mode: report what is outstanding this often (seconds),
+    /// the probes staying attached.
+    pub every: Option<f64>,
     /// Only allocations at least this old (seconds) at the end count.
     pub min_age: Option<f64>,
     /// Report what a process that exited held at its exit.

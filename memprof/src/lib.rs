@@ -9,20 +9,27 @@
 //! [`aggregate`] (pure), [`symbolize`] and [`report`] (assembly of the
 //! [`model::Report`]) -> [`render`].
 //!
+//! Continuous mode (`--every`) reports each period from [`periods`] while
+//! the probes stay attached, and [`continuous`] sends it on (rotating files,
+//! Pyroscope, Prometheus); [`check`] is the CI leak gate's verdict.
+//!
 //! Below them, [`procfs`] and [`tracefs`] read the system; [`session_link`]
 //! and [`windows`] hold the kernel's uprobe sessions; [`sources`] records
 //! what the heap does not show (`--mmap`, `--kernel`); [`profiles`] the
 //! allocation profile, the peak and the timeline.
 
 mod aggregate;
+pub mod check;
 pub mod cli;
 pub mod compare;
 pub mod config;
+pub mod continuous;
 pub mod error;
 mod exits;
 mod launch;
 mod load_order;
 pub mod model;
+mod periods;
 mod pipeline;
 mod placement;
 mod probes;
@@ -52,5 +59,17 @@ use crate::model::Report;
 /// a cgroup or the whole machine) and returns what it still holds.
 /// `quiet`: no status line on a terminal.
 pub fn profile(config: &Config, quiet: bool) -> anyhow::Result<Report> {
-    pipeline::run(config, quiet)
+    pipeline::run(config, quiet, None)
+}
+
+/// Continuous mode (`config.every`): profiles as [`profile`] does, and
+/// calls `on_period` with each period's number (from 1) and report, what is
+/// outstanding at the period's end, while the probes stay attached. Returns
+/// the report of the last period, cut short by the end of the run.
+pub fn profile_every(
+    config: &Config,
+    quiet: bool,
+    on_period: &mut dyn FnMut(u64, Report) -> anyhow::Result<()>,
+) -> anyhow::Result<Report> {
+    pipeline::run(config, quiet, Some(on_period))
 }

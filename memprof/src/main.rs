@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use memprof::cli::{Cli, Command, OutputArgs};
+use memprof::check::Suppressions;
+use memprof::cli::{Cli, Command, OutputArgs, ProfileArgs};
+use memprof::continuous::{self, Metrics, Pyroscope, Rotation};
 use memprof::model::Report;
 use memprof::render::{self, Format};
 
@@ -28,6 +30,29 @@ fn main() -> ExitCode {
 /// status (as a shell gives it) when there was one.
 fn run(cli: &Cli) -> anyhow::Result<Option<i32>> {
     match &cli.command {
+        None if cli.profile.every.is_some() => run_every(cli),
+        Some(Command::Check {
+            max_leak,
+            suppressions,
+            no_default_suppressions,
+            exit_code,
+            profile,
+            output,
+        }) => {
+            let mut rules = if *no_default_suppressions {
+                Suppressions::default()
+            } else {
+                Suppressions::built_in()
+            };
+            for path in suppressions {
+                let text = fs::read_to_string(path)
+                    .with_context(|| format!("reading the suppressions {}", path.display()))?;
+                rules
+                    .add(&text, &path.display().to_string())
+                    .map_err(anyhow::Error::msg)?;
+            }
+            check(profile, output, &rules, *max_leak, *exit_code, cli.quiet)
+        }
         None => {
             let outputs = Outputs::open(&cli.output)?;
             let result = memprof::profile(&cli.profile.to_config(), cli.quiet);
@@ -61,6 +86,145 @@ fn run(cli: &Cli) -> anyhow::Result<Option<i32>> {
             Ok(None)
         }
     }
+}
+
+/// `memprof check`: the command's report, then the gate's verdict on stderr.
+/// Returns the exit status: the command's when it failed, else `exit_code`
+/// over the budget, else 0.
+fn check(
+    profile: &ProfileArgs,
+    output: &OutputArgs,
+    rules: &Suppressions,
+    max_leak: u64,
+    exit_code: u8,
+    quiet: bool,
+) -> anyhow::Result<Option<i32>> {
+    if profile.command.is_empty() {
+        anyhow::bail!("memprof check needs a command to run: memprof check [OPTIONS] -- COMMAND");
+    }
+    if profile.every.is_some() {
+        anyhow::bail!("memprof check reports once, at the command's exit: leave --every out");
+    }
+    let outputs = Outputs::open(output)?;
+    let report = match memprof::profile(&profile.to_config(), quiet) {
+        Ok(report) => report,
+        Err(e) => {
+            outputs.abandon();
+            return Err(e);
+        }
+    };
+    write_report(&report, output, outputs)?;
+    let verdict = memprof::check::verdict(&report, rules, max_leak);
+    let mut err = std::io::stderr().lock();
+    let amount = |t: memprof::model::Totals| {
+        format!(
+            "{} ({} bytes) in {} {}",
+            render::human_bytes(t.bytes),
+            t.bytes,
+            t.count,
+            if t.count == 1 { "block" } else { "blocks" }
+        )
+    };
+    writeln!(
+        err,
+        "memprof check: the command held {} at its exit",
+        amount(verdict.held)
+    )?;
+    for (rule, totals) in &verdict.suppressed {
+        writeln!(
+            err,
+            "memprof check:   suppressed {} by {rule}",
+            amount(*totals)
+        )?;
+    }
+    writeln!(
+        err,
+        "memprof check: {}: {} leaked, budget {} bytes (--max-leak)",
+        if verdict.failed { "FAILED" } else { "passed" },
+        amount(verdict.leaked),
+        verdict.max_leak
+    )?;
+    let status = report.target.exit_status.unwrap_or(0);
+    if status != 0 {
+        writeln!(
+            err,
+            "memprof check: the command failed (status {status}): passing its status on"
+        )?;
+        return Ok(Some(status));
+    }
+    Ok(Some(if verdict.failed {
+        i32::from(exit_code)
+    } else {
+        0
+    }))
+}
+
+/// Continuous mode: each period's report to the rotating files (or stdout),
+/// Pyroscope and the metrics endpoint; the last, partial period's too.
+fn run_every(cli: &Cli) -> anyhow::Result<Option<i32>> {
+    let config = cli.profile.to_config();
+    let opts = cli.output.render_options();
+    let args = &cli.continuous;
+    let mut files = cli
+        .output
+        .output
+        .iter()
+        .map(|path| {
+            let format = Format::from_path(path).unwrap_or(cli.output.format);
+            Rotation::new(path, format, args.keep)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let metrics = args.metrics.map(Metrics::serve).transpose()?;
+    if let Some(m) = &metrics {
+        log::info!("serving Prometheus metrics at http://{}/metrics", m.addr);
+    }
+    let pyroscope = args.push.as_deref().map(Pyroscope::new).transpose()?;
+    let mut from: Option<u64> = None;
+    let last = std::cell::Cell::new(0);
+    let mut emit = |period: u64, report: Report| -> anyhow::Result<()> {
+        // When the period ended, not when its report was done.
+        let until = (report.start_unix_secs + report.duration_secs) as u64;
+        last.set(period);
+        // The metrics first: whoever receives the push may scrape them.
+        if let Some(m) = &metrics {
+            m.set(continuous::metrics_text(&report, period));
+        }
+        for file in &mut files {
+            match file.write(&report, &opts, period, until) {
+                Ok(path) => log::info!("period {period}: wrote {}", path.display()),
+                Err(e) => log::warn!("period {period}: {e:#}"),
+            }
+        }
+        if files.is_empty() {
+            let mut out = std::io::stdout().lock();
+            render::render(&report, cli.output.format, &opts, &mut out)?;
+            out.flush()?;
+        }
+        if let Some(pyroscope) = &pyroscope {
+            // The first period starts when the probes did.
+            let from = from.unwrap_or(report.start_unix_secs as u64);
+            for one in continuous::per_process(&report) {
+                let service = args.service.as_deref().unwrap_or(&one.target.comm);
+                let name = pyroscope.name(service, one.target.pid, &one.target.comm);
+                match pyroscope.push(&name, &one, from, until.max(from + 1)) {
+                    Ok(()) => log::info!("period {period}: pushed {name}"),
+                    Err(e) => log::warn!("period {period}: pushing {name} failed: {e:#}"),
+                }
+            }
+        }
+        log::info!(
+            "period {period}: {} in {} blocks outstanding",
+            render::human_bytes(report.totals.bytes),
+            report.totals.count
+        );
+        from = Some(until);
+        Ok(())
+    };
+    let report = memprof::profile_every(&config, cli.quiet, &mut emit)?;
+    let status = report.target.exit_status;
+    // The last period, cut short by the end of the run.
+    emit(last.get() + 1, report)?;
+    Ok(status)
 }
 
 fn read_report(path: &Path) -> anyhow::Result<Report> {

@@ -16,13 +16,20 @@ use crate::report::{self, Clock, Held, Recorded, Run, Shape};
 use crate::select::{Processes, Selection};
 use crate::symbolize::Symbolizer;
 use crate::wait::{End, Plan, Waited, Waiter};
-use crate::{aggregate, exits, procfs, snapshot, sources};
+use crate::{aggregate, exits, periods, procfs, snapshot, sources};
 
-/// Records what `config` selects and returns what it still holds.
-pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
+/// Records what `config` selects and returns what it still holds. With
+/// `config.every`, `on_period` gets each period's report (numbered from 1)
+/// while the run goes on; the returned one is the last, partial period's.
+pub(crate) fn run(
+    config: &Config,
+    quiet: bool,
+    mut on_period: Option<&mut periods::OnPeriod<'_>>,
+) -> anyhow::Result<Report> {
     // Check: without the capabilities nothing else can work, and reading the
     // processes' memory maps would fail with a less helpful message.
     probes::check_permissions()?;
+    periods::check(config)?;
 
     // Select: the processes named by pid (or the command, started and held
     // before its exec) are read now, so that one that cannot be profiled
@@ -73,28 +80,53 @@ pub(crate) fn run(config: &Config, quiet: bool) -> anyhow::Result<Report> {
         launched.release()?;
     }
 
-    // Wait.
+    // Wait; in continuous mode, one period at a time, each reported while
+    // the probes stay attached.
     let timeline_every = config.profiles.timeline_every(config.duration);
-    let plan = Plan {
-        duration: config.duration,
-        interval: config.interval,
-        // Sampled runs have no timeline (their figures are estimates).
-        timeline_every: config.sampling.is_none().then_some(timeline_every),
-        adaptive: config.interval.is_none() && config.profiles.timeline_every.is_none(),
-        quiet,
-    };
+    let mut period = 0;
+    let mut waited: Option<Waited> = None;
     let Waited {
         end,
         samples,
         stacks_freed,
         sample_every,
         command_status,
-    } = waiter.wait(
-        &mut probes,
-        &mut processes,
-        launched.as_mut().map(|l| &mut l.events),
-        plan,
-    )?;
+    } = loop {
+        let elapsed = started.elapsed().as_secs_f64();
+        let duration = config.duration.map(|d| (d - elapsed).max(0.0));
+        // On a fixed schedule from the start, however long reporting took;
+        // a period that the end of the run cuts short is the run's last.
+        let period_left = config
+            .every
+            .map(|every| (every * (period + 1) as f64 - elapsed).max(0.0))
+            .filter(|left| on_period.is_some() && duration.is_none_or(|d| *left < d));
+        let plan = Plan {
+            duration,
+            interval: config.interval,
+            // Sampled runs have no timeline (their figures are estimates).
+            timeline_every: config.sampling.is_none().then_some(timeline_every),
+            adaptive: config.interval.is_none() && config.profiles.timeline_every.is_none(),
+            quiet,
+            period: period_left,
+        };
+        let now = waiter.wait(
+            &mut probes,
+            &mut processes,
+            launched.as_mut().map(|l| &mut l.events),
+            plan,
+        )?;
+        let now = periods::join(waited.take(), now);
+        match (now.end, on_period.as_mut()) {
+            (End::Period, Some(emit)) => {
+                period += 1;
+                let report =
+                    periods::report(config, &probes, &mut processes, &describe, &now, started)?;
+                emit(period, report)?;
+                waited = Some(now);
+            }
+            _ => break now,
+        }
+    };
 
     // Stop: freeze the maps at the end of the run; detaching takes longer.
     probes.set_recording(false)?;
@@ -363,7 +395,7 @@ fn log_attached(config: &Config, probes: &Probes, processes: &Processes<'_>, des
 /// Says why the run ended.
 fn log_end(config: &Config, end: End, processes: &Processes<'_>) {
     let after = match end {
-        End::Duration => return log::debug!("duration reached"),
+        End::Duration | End::Period => return log::debug!("duration reached"),
         End::Signal(name) => return log::info!("{name} received: detaching and reporting"),
         End::TargetExited(after) => after,
     };

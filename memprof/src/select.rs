@@ -374,6 +374,11 @@ impl<'a> Processes<'a> {
         self.symbolizers.as_mut().and_then(|s| s.remove(&pid))
     }
 
+    /// The symbolizer kept for `pid`, if any, left in place.
+    pub(crate) fn symbolizer(&mut self, pid: u32) -> Option<&mut Symbolizer> {
+        self.symbolizers.as_mut().and_then(|s| s.get_mut(&pid))
+    }
+
     /// Probes the processes selected at the start: the roots, the processes
     /// whose name matches, or every process (of the cgroup).
     pub(crate) fn attach(&mut self, probes: &mut Probes) -> anyhow::Result<()> {

@@ -36,6 +36,8 @@ pub(crate) enum End {
     /// The target exited, this many seconds into the run (in a run over
     /// many processes: the last of them).
     TargetExited(f64),
+    /// With [`Plan::period`]: the period ended; the run goes on.
+    Period,
 }
 
 /// What the wait follows besides the clock and the signals: the recorded
@@ -110,6 +112,8 @@ pub(crate) struct Plan {
     pub adaptive: bool,
     /// No status line.
     pub quiet: bool,
+    /// Return [`End::Period`] after this many seconds (continuous mode).
+    pub period: Option<f64>,
 }
 
 /// The runtime and the signal handlers of a run. Created before the probes
@@ -201,7 +205,15 @@ async fn wait_async(
         timeline_every,
         adaptive,
         quiet,
+        period,
     } = plan;
+    let period_end = async {
+        match period {
+            Some(p) => tokio::time::sleep(Duration::from_secs_f64(p)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(period_end);
     let mut samples = Vec::new();
     let sampling = interval.or(timeline_every);
     let mut period = Duration::from_secs_f64(sampling.unwrap_or(1.0));
@@ -234,6 +246,7 @@ async fn wait_async(
     let end = loop {
         tokio::select! {
             _ = &mut sleep_until_deadline => break End::Duration,
+            _ = &mut period_end => break End::Period,
             _ = sigint.recv() => break End::Signal("SIGINT"),
             _ = sigterm.recv() => break End::Signal("SIGTERM"),
             _ = any_exit(&mut exit_fds) => match follow.tick(probes) {

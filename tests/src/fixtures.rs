@@ -91,8 +91,12 @@ pub enum Kind {
     /// [`Kind::FORKER_CHILD`] each, leaks its own ground truth, prints
     /// `children <pid> <pid>`, then `done`.
     Forker,
-    /// `tests/fixtures/clean.c`: after go, 20,000 malloc/free pairs, nothing kept.
+    /// `tests/fixtures/clean.c`: after go, 20,000 malloc/free pairs, nothing kept
+    /// (with `--now`: at once, without the protocol, then exits 0).
     Clean,
+    /// `tests/fixtures/steps.c`: leaks in three steps, one per `go` line,
+    /// each acknowledged with `step N` (ground truth in the `continuous` tests).
+    Steps,
     /// `tests/fixtures/selfcheck.c RESULT_FILE`: checks its own allocations
     /// through every probed function and writes a checksum; frees everything.
     SelfCheck,
@@ -150,6 +154,7 @@ impl Kind {
             Kind::Spawner => c_fixture("spawner"),
             Kind::Forker => c_fixture("forker"),
             Kind::Clean => c_fixture("clean"),
+            Kind::Steps => c_fixture("steps"),
             Kind::GoSleeper => c_fixture("go-sleeper"),
             Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
             Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
@@ -316,6 +321,7 @@ impl Kind {
             Kind::Soak
             | Kind::GoSleeper
             | Kind::Clean
+            | Kind::Steps
             | Kind::Spawner
             | Kind::SelfCheck
             | Kind::Demo

@@ -1,8 +1,9 @@
 //! The messages of pprof's `profile.proto` (package perftools.profiles, from
 //! <https://github.com/google/pprof/blob/main/proto/profile.proto>), declared with prost:
 //! an independent decoder for the pprof renderer's output. Shared by
-//! `memprof/tests/render_pprof.rs` and, through `#[path]`, by `tests/tests/integration/outputs.rs`,
-//! so the two crates need not depend on each other.
+//! `memprof/tests/render_pprof.rs` and, through `#[path]`, by the integration
+//! tests (`tests/tests/integration/main.rs`), so the two crates need not
+//! depend on each other.
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Profile {

@@ -19,6 +19,8 @@
 mod allocators;
 mod busy;
 mod c_fixture;
+mod check;
+mod continuous;
 mod demo;
 mod detach;
 mod errors;
@@ -31,6 +33,9 @@ mod launch;
 mod long_run;
 mod many;
 mod outputs;
+// The messages of pprof's profile.proto, shared with memprof's own pprof test.
+#[path = "../../../memprof/tests/common/pprof_proto.rs"]
+mod pprof_proto;
 mod profiles;
 mod rust_fixture;
 mod sampling;

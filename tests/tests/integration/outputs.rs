@@ -5,11 +5,6 @@
 //! it wrote. The run is shared by the tests of this module (the first one to
 //! need it makes it). Needs root (run through `cargo xtask test`).
 
-// The messages of pprof's profile.proto, shared with memprof's own pprof test
-// (and the profiles tests).
-#[path = "../../../memprof/tests/common/pprof_proto.rs"]
-pub(crate) mod pprof_proto;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read as _;
@@ -17,7 +12,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pprof_proto::{Location, Profile};
+use crate::pprof_proto::{Location, Profile};
 use tests::{
     check_no_loss, describe_report, find_word, frame_index, profile_fixture, root_or_skip,
     run_memprof, unnamed_leaks, Frame, GroundTruth, Kind, Report,

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Read as _;
 use std::time::Duration;
 
-use crate::outputs::pprof_proto::Profile;
+use crate::pprof_proto::Profile;
 use memprof::model::AllocStack;
 use tests::{
     assert_ground_truth, describe_report, function_is, profile_fixture_with, root_or_skip, Fixture,
