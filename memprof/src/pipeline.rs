@@ -108,6 +108,7 @@ pub(crate) fn run(
             adaptive: config.interval.is_none() && config.profiles.timeline_every.is_none(),
             quiet,
             period: period_left,
+            offset_secs: elapsed,
         };
         let now = waiter.wait(
             &mut probes,

@@ -114,6 +114,9 @@ pub(crate) struct Plan {
     pub quiet: bool,
     /// Return [`End::Period`] after this many seconds (continuous mode).
     pub period: Option<f64>,
+    /// Seconds into the run when this wait starts (continuous mode waits
+    /// once per period): samples are timed from the start of the run.
+    pub offset_secs: f64,
 }
 
 /// The runtime and the signal handlers of a run. Created before the probes
@@ -204,6 +207,7 @@ async fn wait_async(
         interval,
         timeline_every,
         adaptive,
+        offset_secs,
         quiet,
         period,
     } = plan;
@@ -280,7 +284,8 @@ async fn wait_async(
             }
             _ = sampler.tick(), if sampling.is_some() => {
                 let took = Instant::now();
-                match sample(probes, started.elapsed().as_secs_f64(), &follow.pids()) {
+                let at_secs = offset_secs + started.elapsed().as_secs_f64();
+                match sample(probes, at_secs, &follow.pids()) {
                     Ok(s) => samples.push(s),
                     Err(e) => log::warn!("snapshot failed: {e:#}"),
                 }
