@@ -178,8 +178,12 @@ pub(crate) fn run(
             agg: &snap.agg,
             traces: snapshot::read_traces(&maps.stacks, snap.agg.keys().copied())?,
             retired: maps.retired,
-            peak: match maps.heap {
-                Some(heap) => Some((heap.finish()?.found(), snap.stats.heap_events_lost)),
+            peak: match maps.heap.map(|heap| heap.finish()) {
+                Some(Ok(replay)) => Some((replay.found(), snap.stats.heap_events_lost)),
+                Some(Err(e)) => {
+                    log::warn!("the peak is left out: {e:#}");
+                    None
+                }
                 None => None,
             },
             samples: &samples,
