@@ -326,3 +326,41 @@ fn frames(frames: &[crate::model::Frame], out: &mut dyn Write) -> anyhow::Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Peak, Report};
+
+    #[test]
+    fn thresholds_read_as_people_write_them() {
+        assert_eq!(threshold(0.001), "1 ms");
+        assert_eq!(threshold(0.0005), "0.5 ms");
+        assert_eq!(threshold(0.05), "50 ms");
+        assert_eq!(threshold(2.0), "2.0 s");
+    }
+
+    #[test]
+    fn a_peak_with_lost_events_is_called_approximate() {
+        let mut report = Report::default();
+        let title = || "memprof: outstanding memory of pid 1 (x)".to_string();
+        assert_eq!(
+            weight_title(&report, Weight::Alloc, title()),
+            "memprof: allocations of pid 1 (x)"
+        );
+        report.peak = Some(Peak {
+            exact: false,
+            events_lost: 3,
+            ..Peak::default()
+        });
+        assert_eq!(
+            weight_title(&report, Weight::Peak, title()),
+            "memprof: memory at the peak of pid 1 (x) (approximate)"
+        );
+        assert!(weight_subtitle(&report, Weight::Peak)
+            .unwrap()
+            .contains("approximate: 3 events lost"));
+        assert!(weighted(&report, Weight::Alloc).is_err());
+        assert!(weighted(&report, Weight::Peak).is_ok());
+    }
+}
