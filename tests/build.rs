@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind}.c` are compiled with gcc (`leaky.c` also with musl-gcc), the `.cpp` ones with g++, and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,profiles,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind}.c` are compiled with gcc (`leaky.c` also with musl-gcc), the `.cpp` ones with g++, and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -70,6 +70,7 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
         &["-O2", "-fomit-frame-pointer", "-momit-leaf-frame-pointer"],
     ),
     ("phases", "phases", &[]),
+    ("profiles", "profiles", &[]),
     ("stacks", "stacks", &[]),
     ("transient", "transient", &[]),
     ("execer", "execer", &[]),

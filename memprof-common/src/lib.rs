@@ -61,8 +61,19 @@ pub struct StackAgg {
     /// (never decreases): the first one on a CPU makes sure the frames are
     /// stored.
     pub allocs: u64,
+    /// Bytes of [`Self::allocs`] (never decreases): with it, the allocation
+    /// profile (every allocation made while recording, freed or not).
+    pub alloc_bytes: u64,
+    /// Allocations from this stack freed on this CPU within
+    /// [`globals::TEMPORARY_NS`] of their allocation (temporaries), and their bytes.
+    pub temps: u64,
+    pub temp_bytes: u64,
+    /// The process whose allocations these are (a stack's id hashes its
+    /// process in; 0 for the reserved entries, which every process shares).
+    pub tgid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<StackAgg>() == 32);
+const _: () = assert!(core::mem::size_of::<StackAgg>() == 64);
 
 impl StackAgg {
     /// The stack's figures from its per-CPU values: bytes and count added
@@ -75,6 +86,11 @@ impl StackAgg {
                 count: s.count.wrapping_add(v.count),
                 last_ns: s.last_ns.max(v.last_ns),
                 allocs: s.allocs.wrapping_add(v.allocs),
+                alloc_bytes: s.alloc_bytes.wrapping_add(v.alloc_bytes),
+                temps: s.temps.wrapping_add(v.temps),
+                temp_bytes: s.temp_bytes.wrapping_add(v.temp_bytes),
+                tgid: s.tgid.max(v.tgid),
+                _pad: 0,
             })
     }
 }
@@ -143,8 +159,38 @@ pub struct StackTrace {
 }
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 1024);
 
+/// One allocation or free of a recorded block, sent through
+/// [`maps::HEAP_EVENTS`] with full tracking so that user space can replay
+/// the outstanding total in order and find its peak exactly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapEvent {
+    /// `bpf_ktime_get_ns()` of the event.
+    pub timestamp_ns: u64,
+    /// The block's requested size.
+    pub size: u64,
+    /// The block's stack (as in `LIVE`).
+    pub stack_id: i64,
+    /// The process (tgid).
+    pub tgid: u32,
+    /// One of [`heap_event`].
+    pub kind: u32,
+}
+const _: () = assert!(core::mem::size_of::<HeapEvent>() == 32);
+
+/// Kinds of [`HeapEvent`].
+pub mod heap_event {
+    /// A block entered `LIVE`.
+    pub const ALLOC: u32 = 1;
+    /// A block left `LIVE` (freed, moved by realloc, or replaced).
+    pub const FREE: u32 = 2;
+}
+
 /// Names of the maps, shared so that user space and BPF cannot drift apart.
 pub mod maps {
+    /// `RingBuf` of [`super::HeapEvent`]s (full tracking with
+    /// [`super::globals::LOG_EVENTS`]), drained during the run.
+    pub const HEAP_EVENTS: &str = "HEAP_EVENTS";
     pub const LIVE: &str = "LIVE";
     pub const AGG: &str = "AGG";
     pub const STACKS: &str = "STACKS";
@@ -250,7 +296,19 @@ pub mod globals {
     /// sampled-mode programs record every call made while
     /// [`super::control::WINDOW`] is nonzero, and no other.
     pub const SAMPLE_BY_WINDOW: &str = "SAMPLE_BY_WINDOW";
+    /// `u64`: a block freed within this many ns of its allocation counts as
+    /// temporary ([`super::StackAgg::temps`]).
+    pub const TEMPORARY_NS: &str = "TEMPORARY_NS";
+    /// `u32`: nonzero to send every allocation and free of a recorded block
+    /// through [`super::maps::HEAP_EVENTS`] (the peak).
+    pub const LOG_EVENTS: &str = "LOG_EVENTS";
 }
+
+/// Size of [`maps::HEAP_EVENTS`] when the events are not sent (the smallest allowed).
+pub const HEAP_EVENTS_OFF_BYTES: u32 = 4096;
+/// Size of [`maps::HEAP_EVENTS`] when they are sent: 262,144 events of 32
+/// bytes (with their 8-byte headers, 209,715), drained every 20 ms.
+pub const HEAP_EVENTS_BYTES: u32 = 8 << 20;
 
 /// Names of the programs that record every call (plain uprobes and
 /// uretprobes), and of the process-event programs that every mode loads.
@@ -378,8 +436,11 @@ pub mod stat {
     /// Python frame chains cut short at the most frames kept (or at the
     /// room left after the native frames).
     pub const PY_TOO_DEEP: u32 = 26;
+    /// Heap events ([`super::HeapEvent`]) lost because the ring buffer was
+    /// full: the peak is then approximate.
+    pub const HEAP_EVENTS_LOST: u32 = 27;
     /// Number of counters.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
 }
 
 /// Optional sources besides the heap (`--mmap`, `--kernel`): their maps,
@@ -509,6 +570,8 @@ mod pod {
     unsafe impl aya::Pod for super::StackTrace {}
     // SAFETY: repr(C), integers only, no padding (asserted above).
     unsafe impl aya::Pod for super::MmapEvent {}
+    // SAFETY: repr(C), integers only, no padding (asserted above).
+    unsafe impl aya::Pod for super::HeapEvent {}
     // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).
     unsafe impl aya::Pod for super::unwind::UnwindRow {}
     // SAFETY: repr(C), integers only, no padding (asserted in unwind.rs).

@@ -14,12 +14,14 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use memprof_common::{
-    control, defaults, source_stat, stat, window_frees, AllocInfo, LiveKey, ProcEvents, StackAgg,
-    StackTrace, AGG_RESERVED,
+    control, defaults, heap_event, source_stat, stat, window_frees, AllocInfo, HeapEvent, LiveKey,
+    ProcEvents, StackAgg, StackTrace, AGG_RESERVED, HEAP_EVENTS_OFF_BYTES,
 };
+
+use crate::settings::LOG_EVENTS;
 
 /// The error a map insert with `BPF_NOEXIST` returns (negated) when the key is there.
 pub(crate) const EEXIST: i32 = 17;
@@ -99,6 +101,35 @@ pub(crate) fn count_window_free(in_window: bool) {
         }
     }
 }
+
+/// Every allocation and free of a recorded block, in the order they
+/// happened, when [`LOG_EVENTS`] is set: user space replays them to find
+/// the peak of the outstanding total. Sized by user space.
+#[map]
+static HEAP_EVENTS: RingBuf = RingBuf::with_byte_size(HEAP_EVENTS_OFF_BYTES, 0);
+
+/// Sends one heap event (see [`HEAP_EVENTS`]); a full buffer is counted.
+#[inline(always)]
+pub(crate) fn log_event(kind: u32, tgid: u32, info: &AllocInfo, now: u64) {
+    if LOG_EVENTS.load() == 0 {
+        return;
+    }
+    let event = HeapEvent {
+        timestamp_ns: now,
+        size: info.size,
+        stack_id: info.stack_id,
+        tgid,
+        kind,
+    };
+    if HEAP_EVENTS.output::<HeapEvent>(&event, 0).is_err() {
+        bump(stat::HEAP_EVENTS_LOST);
+    }
+}
+
+/// An allocation for [`log_event`].
+pub(crate) const EVENT_ALLOC: u32 = heap_event::ALLOC;
+/// A free for [`log_event`].
+pub(crate) const EVENT_FREE: u32 = heap_event::FREE;
 
 /// The counters of `--mmap` and `--kernel`, apart from the heap's.
 #[map]

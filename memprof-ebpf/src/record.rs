@@ -13,8 +13,8 @@ use aya_ebpf::{
 use memprof_common::{stat, AllocInfo, LiveKey, PendingCall, StackAgg, STACK_LOST, STACK_NO_ROOM};
 
 use crate::decode::Return;
-use crate::maps::{add, bump, bump_by, AGG, EEXIST, LIVE};
-use crate::settings::SAMPLE_RATE;
+use crate::maps::{add, bump, bump_by, log_event, AGG, EEXIST, EVENT_ALLOC, EVENT_FREE, LIVE};
+use crate::settings::{LOG_EVENTS, SAMPLE_RATE, TEMPORARY_NS};
 use crate::share::{note_stack, over_share};
 use crate::stack::{capture_stack, store_stack};
 
@@ -33,6 +33,7 @@ fn agg_add_to(agg: *mut StackAgg, size: u64, now: u64) -> u64 {
         add(&raw mut (*agg).allocs, 1);
         add(&raw mut (*agg).bytes, size);
         add(&raw mut (*agg).count, 1);
+        add(&raw mut (*agg).alloc_bytes, size);
         (*agg).last_ns = now;
         before
     }
@@ -42,7 +43,7 @@ fn agg_add_to(agg: *mut StackAgg, size: u64, now: u64) -> u64 {
 /// allocations this CPU had added to it before (0: the frames must be
 /// stored), or None when the map is full.
 #[inline(always)]
-fn agg_add(stack_id: i64, size: u64, now: u64) -> Option<u64> {
+fn agg_add(stack_id: i64, tgid: u32, size: u64, now: u64) -> Option<u64> {
     if let Some(agg) = AGG.get_ptr_mut(stack_id) {
         return Some(agg_add_to(agg, size, now));
     }
@@ -52,6 +53,12 @@ fn agg_add(stack_id: i64, size: u64, now: u64) -> Option<u64> {
         count: 1,
         last_ns: now,
         allocs: 1,
+        alloc_bytes: size,
+        temps: 0,
+        temp_bytes: 0,
+        // The reserved entries are made by user space with 0.
+        tgid,
+        _pad: 0,
     };
     match AGG.insert(stack_id, first, BPF_NOEXIST as u64) {
         Ok(()) => Some(0),
@@ -73,7 +80,7 @@ fn agg_add_within_share(tgid: u32, stack_id: i64, size: u64, now: u64) -> Option
     if stack_id >= 0 && over_share(tgid) {
         return None;
     }
-    let before = agg_add(stack_id, size, now)?;
+    let before = agg_add(stack_id, tgid, size, now)?;
     if before == 0 && stack_id >= 0 {
         note_stack(tgid, stack_id);
     }
@@ -92,7 +99,7 @@ fn agg_add_or_no_room(key: &LiveKey, stack_id: i64, size: u64, now: u64) -> Opti
     if let Some(before) = agg_add_within_share(key.tgid, stack_id, size, now) {
         return Some(before);
     }
-    if agg_add(STACK_NO_ROOM, size, now).is_none() {
+    if agg_add(STACK_NO_ROOM, 0, size, now).is_none() {
         let _ = LIVE.remove(key);
         bump(stat::STACK_MAP_FULL);
         return None;
@@ -107,17 +114,34 @@ fn agg_add_or_no_room(key: &LiveKey, stack_id: i64, size: u64, now: u64) -> Opti
     Some(1)
 }
 
-/// Forgets a live block; returns what it was, or None when it was not tracked.
+/// Forgets a live block; returns what it was, or None when it was not
+/// tracked. A block that lived less than [`TEMPORARY_NS`] counts as a
+/// temporary of its stack.
 #[inline(always)]
 pub(crate) fn forget(key: &LiveKey) -> Option<AllocInfo> {
     // SAFETY: the value is copied out at once.
     let info = (unsafe { LIVE.get(key) }).copied()?;
     LIVE.remove(key).ok()?;
+    // Both settings are known to the verifier: with neither (`--no-peak
+    // --temporary-ms 0`) a free reads no clock.
+    let threshold = TEMPORARY_NS.load();
+    let now = if threshold != 0 || LOG_EVENTS.load() != 0 {
+        // SAFETY: the helper has no preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    log_event(EVENT_FREE, key.tgid, &info, now);
+    let temporary = threshold != 0 && now.wrapping_sub(info.timestamp_ns) < threshold;
     match AGG.get_ptr_mut(info.stack_id) {
         // SAFETY: points into this CPU's value; fields are updated atomically.
         Some(agg) => unsafe {
             add(&raw mut (*agg).bytes, 0u64.wrapping_sub(info.size));
             add(&raw mut (*agg).count, u64::MAX);
+            if temporary {
+                add(&raw mut (*agg).temps, 1);
+                add(&raw mut (*agg).temp_bytes, info.size);
+            }
         },
         None => {
             // Deleted by user space as idle while this block was live: cannot
@@ -139,7 +163,17 @@ fn restore(addr: u64, info: AllocInfo) {
     }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = agg_add_or_no_room(&key, info.stack_id, info.size, now);
+    if agg_add_or_no_room(&key, info.stack_id, info.size, now).is_some() {
+        log_event(EVENT_ALLOC, key.tgid, &live_info(&key, info), now);
+    }
+}
+
+/// The block `key` as `LIVE` holds it now (its stack relabelled when it
+/// found no room), or `fallback`.
+#[inline(always)]
+fn live_info(key: &LiveKey, fallback: AllocInfo) -> AllocInfo {
+    // SAFETY: the value is copied out at once.
+    unsafe { LIVE.get(key) }.copied().unwrap_or(fallback)
 }
 
 /// The block a realloc replaces, taken out of `LIVE` at the call's entry.
@@ -192,6 +226,12 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
     let Some(before) = agg_add_or_no_room(&key, stack_id, size, now) else {
         return;
     };
+    if before == 1 {
+        // Possibly relabelled (no room for its stack): send what `LIVE` holds.
+        log_event(EVENT_ALLOC, key.tgid, &live_info(&key, info), now);
+    } else {
+        log_event(EVENT_ALLOC, key.tgid, &info, now);
+    }
     // After the aggregate: see the crate comment. A stack that this CPU
     // added to already since its entry was made was stored then (or counted
     // as lost), and user space frees only stacks with nothing outstanding,

@@ -53,6 +53,14 @@ pub(crate) static SAMPLE_RATE: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 pub(crate) static SAMPLE_BY_WINDOW: Global<u32> = Global::new(0);
 
+/// A block freed within this many ns of its allocation is a temporary.
+#[unsafe(no_mangle)]
+pub(crate) static TEMPORARY_NS: Global<u64> = Global::new(1_000_000);
+
+/// Nonzero: every allocation and free of a recorded block goes to `HEAP_EVENTS`.
+#[unsafe(no_mangle)]
+pub(crate) static LOG_EVENTS: Global<u32> = Global::new(0);
+
 /// True when the process `tgid` is one of those recorded (see [`FILTER`]).
 #[inline(always)]
 fn is_target(tgid: u32) -> bool {

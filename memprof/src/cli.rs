@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Bench, Config, Limits, SampleBy, Sampling, Select, Unwind};
-use crate::render::{ColorScheme, Format, RenderOptions};
+use crate::config::{Bench, Config, Limits, Profiles, SampleBy, Sampling, Select, Unwind};
+use crate::render::{ColorScheme, Format, RenderOptions, Weight};
 use crate::sources::Sources;
 
 /// memprof: find the call stacks that hold a running process's memory.
@@ -286,6 +286,22 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub kernel: bool,
 
+    /// An allocation freed within this many milliseconds counts as temporary in the
+    /// allocation profile.
+    #[arg(long, value_name = "MS", default_value_t = Profiles::TEMPORARY_NS as f64 / 1e6, value_parser = parse_ms)]
+    pub temporary_ms: f64,
+
+    /// Do not look for the peak. Finding it sends every allocation and free through a ring
+    /// buffer to memprof, which replays them in order (full tracking only).
+    #[arg(long)]
+    pub no_peak: bool,
+
+    /// Sample the timeline (outstanding bytes, resident memory) every SECS seconds [default:
+    /// a hundredth of --duration, 0.1 s at least and 10 s at most; 0.1 s without it; the
+    /// --interval when given].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeline_every: Option<f64>,
+
     /// Knobs for benchmarks only (hidden).
     #[command(flatten)]
     pub bench: BenchArgs,
@@ -347,6 +363,11 @@ impl ProfileArgs {
                 probe_at_entry: self.bench.probe_at_entry,
             },
             unwind: self.unwind_config(),
+            profiles: Profiles {
+                temporary_ns: (self.temporary_ms * 1e6) as u64,
+                peak: !self.no_peak,
+                timeline_every: self.timeline_every,
+            },
         }
     }
 }
@@ -441,6 +462,29 @@ pub struct OutputArgs {
     /// Title of the flame graph (default: names the target).
     #[arg(long)]
     pub title: Option<String>,
+
+    /// What the widths of the flame graph (and of folded stacks) are: `outstanding` bytes
+    /// at the end, bytes allocated while recording (`alloc`, freed or not), or bytes
+    /// outstanding at the `peak`.
+    #[arg(long, value_enum, default_value_t = WeightArg::Outstanding)]
+    pub weight: WeightArg,
+
+    /// Also draw the timeline (outstanding bytes, the top stacks' and resident memory
+    /// through the run) as an SVG chart in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
+}
+
+/// `--weight`: the values of [`Weight`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightArg {
+    /// Bytes still outstanding at the end (what leaks).
+    #[default]
+    Outstanding,
+    /// Bytes allocated while recording, freed or not (what churns).
+    Alloc,
+    /// Bytes outstanding at the peak of the run (what an OOM would have seen).
+    Peak,
 }
 
 impl OutputArgs {
@@ -450,7 +494,21 @@ impl OutputArgs {
             top: self.top,
             color: self.color,
             title: self.title.clone(),
+            weight: match self.weight {
+                WeightArg::Outstanding => Weight::Outstanding,
+                WeightArg::Alloc => Weight::Alloc,
+                WeightArg::Peak => Weight::Peak,
+            },
         }
+    }
+}
+
+fn parse_ms(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number of milliseconds, 0 or more".into())
     }
 }
 

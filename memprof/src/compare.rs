@@ -105,6 +105,10 @@ pub fn merge(reports: &[Report]) -> Report {
         mmap: None,
         kernel: None,
         probes: Vec::new(),
+        // Profiles over time of different runs do not line up either.
+        allocations: None,
+        peak: None,
+        timeline: None,
     }
 }
 
@@ -168,6 +172,7 @@ fn weighted_median(values: &mut [(f64, u64)]) -> f64 {
 fn add_stats(a: &Stats, b: &Stats) -> Stats {
     Stats {
         allocs: a.allocs.saturating_add(b.allocs),
+        heap_events_lost: a.heap_events_lost.saturating_add(b.heap_events_lost),
         frees: a.frees.saturating_add(b.frees),
         failed_allocs: a.failed_allocs.saturating_add(b.failed_allocs),
         frees_unknown: a.frees_unknown.saturating_add(b.frees_unknown),

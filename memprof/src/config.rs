@@ -41,6 +41,49 @@ pub struct Config {
     pub bench: Bench,
     /// How user stacks are walked (`--unwind`).
     pub unwind: Unwind,
+    /// The allocation profile, the peak and the timeline.
+    pub profiles: Profiles,
+}
+
+/// What the allocation profile, the peak and the timeline record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Profiles {
+    /// A block freed within this many ns of its allocation is a temporary.
+    pub temporary_ns: u64,
+    /// Find the peak (full tracking only): every allocation and free goes
+    /// through a ring buffer to a replay in memprof.
+    pub peak: bool,
+    /// Sample the timeline this often (seconds); else [`Profiles::timeline_every`].
+    pub timeline_every: Option<f64>,
+}
+
+impl Profiles {
+    /// The default threshold of a temporary allocation: 1 ms.
+    pub const TEMPORARY_NS: u64 = 1_000_000;
+    /// Fewest and most seconds between timeline samples by default.
+    pub const MIN_EVERY: f64 = 0.1;
+    pub const MAX_EVERY: f64 = 10.0;
+    /// Seconds between timeline samples without a duration.
+    pub const OPEN_ENDED_EVERY: f64 = 0.1;
+
+    /// Seconds between timeline samples: as given, else a hundredth of the
+    /// run (0.1 s at least, 10 s at most), else 0.1 s.
+    pub fn timeline_every(&self, duration: Option<f64>) -> f64 {
+        self.timeline_every.unwrap_or_else(|| match duration {
+            Some(d) => (d / 100.0).clamp(Self::MIN_EVERY, Self::MAX_EVERY),
+            None => Self::OPEN_ENDED_EVERY,
+        })
+    }
+}
+
+impl Default for Profiles {
+    fn default() -> Profiles {
+        Profiles {
+            temporary_ns: Profiles::TEMPORARY_NS,
+            peak: true,
+            timeline_every: None,
+        }
+    }
 }
 
 /// How user stacks are walked.

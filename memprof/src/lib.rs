@@ -15,7 +15,8 @@
 //!
 //! Below them, [`procfs`] and [`tracefs`] read the system; [`session_link`]
 //! and [`windows`] hold the kernel's uprobe sessions; [`sources`] records
-//! what the heap does not show (`--mmap`, `--kernel`).
+//! what the heap does not show (`--mmap`, `--kernel`); [`profiles`] the
+//! allocation profile, the peak and the timeline.
 
 mod aggregate;
 mod batch;
@@ -35,6 +36,7 @@ mod pipeline;
 mod placement;
 mod probes;
 mod procfs;
+mod profiles;
 mod python;
 pub mod render;
 mod report;

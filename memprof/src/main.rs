@@ -240,6 +240,15 @@ fn read_report(path: &Path) -> anyhow::Result<Report> {
 /// Writes the report to every `-o` file (format by extension), or to stdout.
 fn write_report(report: &Report, output: &OutputArgs, outputs: Outputs) -> anyhow::Result<()> {
     let opts = output.render_options();
+    if let Some(path) = &output.timeline {
+        let mut out = BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        render::render_timeline(report, &opts, &mut out)
+            .and_then(|()| out.flush().map_err(Into::into))
+            .with_context(|| format!("writing {}", path.display()))?;
+        log::info!("wrote {} (the timeline)", path.display());
+    }
     outputs.write(|format, out| render::render(report, format, &opts, out))
 }
 

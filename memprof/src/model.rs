@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 /// - 3: [`Stack::walk`] and [`Stack::truncation`] (how each stack was walked
 ///   and why it ended early), [`Frame::module_offset`] (where in its module
 ///   a frame is, so that frames without a name still read `module+0x...`).
+///   Also [`Report::allocations`], [`Report::peak`] and [`Report::timeline`],
+///   optional (absent in sampled runs and older reports).
 /// - 2: [`Report::processes`], [`Report::selection`] and [`Stack::pid`] for
 ///   runs over many processes; [`Report::sampling`] (a reader of version 1
 ///   would take sampled estimates for exact figures).
@@ -82,6 +84,17 @@ pub struct Report {
     /// builds, and from merged reports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbePlacement>,
+    /// Every allocation made while recording, freed or not, by stack (full
+    /// tracking only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<Allocations>,
+    /// The moment the outstanding total was highest, and what held it then
+    /// (full tracking only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<Peak>,
+    /// Outstanding bytes and resident memory sampled through the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
 }
 
 /// Where the probes of one allocator function went, and whether the kernel
@@ -705,6 +718,11 @@ pub struct Stats {
     /// may be reported as alive at the end.
     #[serde(default)]
     pub exits_not_noted: u64,
+    /// Allocations and frees not sent to the replay that finds the peak (its
+    /// ring buffer was full): the peak is then approximate ([`Peak::exact`]).
+    /// Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heap_events_lost: u64,
     /// How stacks were walked (`--unwind`): see [`UnwindStats`].
     #[serde(flatten)]
     pub unwind: UnwindStats,
@@ -845,4 +863,105 @@ impl Stats {
             ("exits_not_noted", self.exits_not_noted),
         ]
     }
+}
+
+/// The allocation profile: every allocation made while recording, freed or
+/// not, by stack.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Allocations {
+    /// A block freed within this many seconds of its allocation is a temporary.
+    pub temporary_secs: f64,
+    /// Over every stack.
+    pub totals: AllocTotals,
+    /// Most bytes allocated first.
+    pub stacks: Vec<AllocStack>,
+}
+
+/// Allocations made, and how many of them were temporaries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocTotals {
+    /// Allocations made while recording (a realloc that moves or resizes a
+    /// block counts as one).
+    pub count: u64,
+    /// Their requested bytes.
+    pub bytes: u64,
+    /// Those freed within [`Allocations::temporary_secs`].
+    pub temporary: u64,
+    pub temporary_bytes: u64,
+}
+
+/// The allocations of one stack.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocStack {
+    #[serde(flatten)]
+    pub totals: AllocTotals,
+    /// What of it was still outstanding at the end.
+    pub outstanding: Totals,
+    /// Innermost first, as in [`Stack::frames`].
+    pub frames: Vec<Frame>,
+    /// In a run over many processes: the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// The highest outstanding total of the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    /// Seconds into the run.
+    pub at_secs: f64,
+    /// Outstanding then (over every recorded process).
+    pub totals: Totals,
+    /// Exact: every allocation and free was replayed in order. False when
+    /// events were lost (`events_lost`): the figures are then approximate.
+    pub exact: bool,
+    /// Events the ring buffer had no room for.
+    pub events_lost: u64,
+    /// Events replayed.
+    pub events: u64,
+    /// The stacks that held memory then, most bytes first.
+    pub stacks: Vec<PeakStack>,
+}
+
+/// What one stack held at the peak.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeakStack {
+    pub bytes: u64,
+    pub count: u64,
+    pub frames: Vec<Frame>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// Outstanding memory and resident memory over the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    /// Seconds between samples.
+    pub every_secs: f64,
+    /// In order; the last one at the end of the run.
+    pub samples: Vec<TimelineSample>,
+    /// The stacks that held the most at any sample, with their bytes at
+    /// each sample (the same length as `samples`).
+    pub stacks: Vec<TimelineStack>,
+}
+
+/// One moment of the [`Timeline`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSample {
+    /// Seconds into the run.
+    pub at_secs: f64,
+    /// Outstanding bytes and allocations (every recorded process).
+    pub bytes: u64,
+    pub count: u64,
+    /// Resident set size of the recorded processes (`/proc/PID/statm`), when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+}
+
+/// One stack's outstanding bytes over the [`Timeline`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelineStack {
+    pub bytes: Vec<u64>,
+    pub frames: Vec<Frame>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }

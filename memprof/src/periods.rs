@@ -57,6 +57,7 @@ pub(crate) fn join(before: Option<Waited>, now: Waited) -> Waited {
     before.end = now.end;
     before.samples.extend(now.samples);
     before.stacks_freed = before.stacks_freed.saturating_add(now.stacks_freed);
+    before.sample_every = now.sample_every.or(before.sample_every);
     before.command_status = now.command_status.or(before.command_status);
     before
 }
@@ -262,6 +263,7 @@ mod tests {
             end,
             samples: Vec::new(),
             stacks_freed: freed,
+            sample_every: None,
             command_status: status,
         };
         let first = join(None, wait(End::Period, 2, None));

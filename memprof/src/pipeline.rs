@@ -85,12 +85,14 @@ pub(crate) fn run(
 
     // Wait; in continuous mode, one period at a time, each reported while
     // the probes stay attached.
+    let timeline_every = config.profiles.timeline_every(config.duration);
     let mut period = 0;
     let mut waited: Option<Waited> = None;
     let Waited {
         end,
         samples,
         stacks_freed,
+        sample_every,
         command_status,
     } = loop {
         let elapsed = started.elapsed().as_secs_f64();
@@ -104,8 +106,12 @@ pub(crate) fn run(
         let plan = Plan {
             duration,
             interval: config.interval,
+            // Sampled runs have no timeline (their figures are estimates).
+            timeline_every: config.sampling.is_none().then_some(timeline_every),
+            adaptive: config.interval.is_none() && config.profiles.timeline_every.is_none(),
             quiet,
             period: period_left,
+            offset_secs: elapsed,
         };
         let now = waiter.wait(
             &mut probes,
@@ -134,6 +140,7 @@ pub(crate) fn run(
     let duration_secs = started.elapsed().as_secs_f64();
     // Ages are taken at the end of the run, not after the (slower) detach.
     let end_ns = snapshot::monotonic_ns();
+    let end_rss = crate::profiles::rss_of(&processes);
     log_end(config, end, &processes);
     // No exited process left half taken out of the maps (its stacks freed,
     // some of its blocks still in LIVE).
@@ -185,6 +192,30 @@ pub(crate) fn run(
         snap.live.push((key, info));
     }
     let windows = maps.windows.as_ref();
+    let recording = match config.sampling {
+        // Sampled: the allocations are a sample, and the peak unknown.
+        Some(_) => None,
+        None => Some(crate::profiles::Recording::new(crate::profiles::Ending {
+            agg: &snap.agg,
+            traces: snapshot::read_traces(&maps.stacks, snap.agg.keys().copied())?,
+            retired: maps.retired,
+            peak: match maps.heap.map(|heap| heap.finish()) {
+                Some(Ok(replay)) => Some((replay.found(), snap.stats.heap_events_lost)),
+                Some(Err(e)) => {
+                    log::warn!("the peak is left out: {e:#}");
+                    None
+                }
+                None => None,
+            },
+            samples: &samples,
+            end_secs: duration_secs,
+            end_rss,
+            every_secs: sample_every.unwrap_or(timeline_every),
+            temporary_ns: config.profiles.temporary_ns,
+            started_ns,
+        })),
+    };
+    let mut parts = Vec::new();
 
     // Report: what each process held, then the run as a whole.
     let one = processes.one().map(|(pid, _)| pid);
@@ -296,6 +327,14 @@ pub(crate) fn run(
             outstanding,
             released: mine,
         });
+        if let Some(recording) = &recording {
+            parts.push(recording.part(
+                pid,
+                &symbolizer,
+                one.is_none().then_some(pid),
+                one.is_some(),
+            ));
+        }
         if one.is_some() {
             sources_view = (Some(symbolizer), cutoff);
         }
@@ -343,7 +382,11 @@ pub(crate) fn run(
         released,
         probes: placements,
     };
-    Ok(report::assemble(config, shape, held, run))
+    let mut report = report::assemble(config, shape, held, run);
+    if let Some(recording) = &recording {
+        recording.finish(parts, &mut report);
+    }
+    Ok(report)
 }
 
 /// Says what was attached and how long the run lasts.

@@ -26,7 +26,8 @@ use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
     control, filter, globals, maps, programs, sampled, share, window_cookie, window_frees,
-    AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, STACK_LOST, STACK_NO_ROOM,
+    AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, HEAP_EVENTS_BYTES,
+    HEAP_EVENTS_OFF_BYTES, STACK_LOST, STACK_NO_ROOM,
 };
 
 const BPF_NOEXIST: u32 = 1;
@@ -57,6 +58,10 @@ pub(crate) struct ProbeConfig {
     pub unwind: crate::config::Unwind,
     /// Read the Python frames of CPython processes (not `--no-python`).
     pub python: bool,
+    /// A block freed within this many ns of its allocation is a temporary.
+    pub temporary_ns: u64,
+    /// Send every allocation and free to the peak's replay.
+    pub log_events: bool,
 }
 
 impl ProbeConfig {
@@ -69,6 +74,8 @@ impl ProbeConfig {
             bench: config.bench,
             unwind: config.unwind,
             python: !config.no_python,
+            temporary_ns: config.profiles.temporary_ns,
+            log_events: config.profiles.peak && config.sampling.is_none() && !config.bench.floor,
         }
     }
 
@@ -138,6 +145,10 @@ pub(crate) struct Maps {
     pub sources: crate::sources::Attached,
     /// With sampling by windows: when they were open.
     pub windows: Option<crate::window_log::WindowLog>,
+    /// The peak's replay, to be finished.
+    pub heap: Option<crate::profiles::HeapDrain>,
+    /// The stacks freed during the run for having nothing outstanding.
+    pub retired: crate::profiles::Retired,
 }
 
 /// Loaded and attached programs.
@@ -162,6 +173,10 @@ pub(crate) struct Probes {
     unwind: Option<crate::unwind::UnwindTables>,
     /// The CPython processes, whose allocations get Python frames.
     python: crate::python::Watch,
+    /// The thread that replays the heap events for the peak.
+    heap: Option<crate::profiles::HeapDrain>,
+    /// What the stacks freed during the run had allocated.
+    retired: crate::profiles::Retired,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -223,6 +238,7 @@ impl Probes {
         let self_tgid = std::process::id();
         let follow_forks = u32::from(filter.follow_forks && matches!(fork_offset, Ok(Some(_))));
         let watch_execs = u32::from(filter.watch_execs);
+        let log_events = u32::from(config.log_events);
         let fork_child_pid_offset = fork_offset.as_ref().ok().copied().flatten().unwrap_or(0);
         let mut loader = EbpfLoader::new();
         loader
@@ -238,6 +254,16 @@ impl Probes {
             .override_global(globals::FORK_CHILD_PID_OFFSET, &fork_child_pid_offset, true)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::SAMPLE_BY_WINDOW, &by_window, true)
+            .override_global(globals::TEMPORARY_NS, &config.temporary_ns, true)
+            .override_global(globals::LOG_EVENTS, &log_events, true)
+            .map_max_entries(
+                maps::HEAP_EVENTS,
+                if config.log_events {
+                    HEAP_EVENTS_BYTES
+                } else {
+                    HEAP_EVENTS_OFF_BYTES
+                },
+            )
             .map_max_entries(maps::LIVE, config.limits.max_live)
             .map_max_entries(
                 maps::AGG,
@@ -324,6 +350,14 @@ impl Probes {
             tp.attach("sched", "sched_process_fork")
                 .context("attaching to the sched/sched_process_fork tracepoint")?;
         }
+        let heap = if config.log_events {
+            let map = ebpf
+                .take_map(maps::HEAP_EVENTS)
+                .context("BPF map HEAP_EVENTS missing from the object")?;
+            Some(crate::profiles::HeapDrain::start(map)?)
+        } else {
+            None
+        };
         let sources = crate::sources::attach(&mut ebpf, config.sources)?;
         let unwind = crate::unwind::tables_of(&ebpf, config.unwind)?;
         let windows = match config.sampling.and_then(|s| Some((s.rate, s.window()?))) {
@@ -347,6 +381,8 @@ impl Probes {
             sources,
             unwind,
             python: crate::python::Watch::new(config.python_frames()),
+            heap,
+            retired: crate::profiles::Retired::default(),
         };
         if mode == filter::ONE && !config.bench.floor {
             probes.unwind_process(tgid);
@@ -729,6 +765,8 @@ impl Probes {
             stacks: take(maps::STACKS)?,
             stats: take(maps::STATS)?,
             sources: std::mem::take(&mut self.sources),
+            heap: self.heap.take(),
+            retired: std::mem::take(&mut self.retired),
             windows: match self.windows.take() {
                 Some(mut windows) => {
                     let mut log = windows.stop();
@@ -781,22 +819,23 @@ impl Probes {
         let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
         let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
         let mut held = 0u64;
-        let idle: Vec<i64> = agg
+        let idle: Vec<(i64, StackAgg)> = agg
             .iter()
             .filter_map(Result::ok)
             .inspect(|_| held += 1)
             // The reserved entries stay.
             .filter(|(id, _)| *id >= 0)
-            .filter(|(_, values)| {
-                let a = StackAgg::sum(values.iter());
+            .map(|(id, values)| (id, StackAgg::sum(values.iter())))
+            .filter(|(_, a)| {
                 a.count == 0 && a.bytes == 0 && now.saturating_sub(a.last_ns) >= idle_ns
             })
-            .map(|(id, _)| id)
             .collect();
         let mut freed = 0;
         let mut freed_ids = Vec::new();
-        for id in idle {
+        for (id, sum) in idle {
             let trace = stacks.get(&id, 0).ok();
+            // What it allocated stays in the allocation profile.
+            self.retired.add(id, &sum, trace.as_ref());
             let _ = agg.remove(&id);
             if trace.is_some() {
                 let _ = stacks.remove(&id);

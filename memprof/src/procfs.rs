@@ -176,6 +176,15 @@ fn parse_boot_time(stat: &str) -> Option<f64> {
         .ok()
 }
 
+/// Resident memory of `pid` in bytes (`/proc/PID/statm`, second field, in pages).
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = fs::read_to_string(dir(pid).join("statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok().filter(|&p| p > 0)?))
+}
+
 /// Start time in clock ticks after boot -> seconds since the Unix epoch.
 pub(crate) fn started_unix_secs(ticks: u64) -> Option<f64> {
     let boot = parse_boot_time(&fs::read_to_string("/proc/stat").ok()?)?;

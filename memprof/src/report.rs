@@ -189,6 +189,10 @@ pub(crate) fn assemble(config: &Config, shape: Shape, held: Vec<Held>, run: Run<
         mmap: found.mmap,
         kernel: found.kernel,
         probes,
+        // Added by the profiles, which read more than the end's maps.
+        allocations: None,
+        peak: None,
+        timeline: None,
     }
 }
 

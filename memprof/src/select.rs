@@ -751,6 +751,13 @@ impl Processes<'_> {
 }
 
 impl Follow for Processes<'_> {
+    fn pids(&self) -> Vec<u32> {
+        if self.probed.is_empty() {
+            return self.roots.clone();
+        }
+        self.probed.keys().copied().collect()
+    }
+
     fn exit_fds(&self) -> Vec<OwnedFd> {
         self.pidfds
             .iter()

@@ -49,6 +49,7 @@ pub(crate) fn read_stats(map: &Map) -> anyhow::Result<Stats> {
         stack_collisions: counter(stat::STACK_COLLISIONS)?,
         forks_not_followed: counter(stat::FORKS_NOT_FOLLOWED)?,
         stacks_freed: 0,
+        heap_events_lost: counter(stat::HEAP_EVENTS_LOST)?,
         unwind: crate::model::UnwindStats {
             unwind_cfi: counter(stat::UNWIND_CFI)?,
             unwind_no_table: counter(stat::UNWIND_NO_TABLE)?,

@@ -54,6 +54,11 @@ pub(crate) trait Follow {
     /// A launched command is stopped at its exit, its memory map still
     /// there: read it one last time.
     fn command_exiting(&mut self, probes: &mut Probes) -> anyhow::Result<()>;
+
+    /// The processes recorded now, whose resident memory the timeline shows.
+    fn pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// Outstanding bytes per stack id at one moment of the run.
@@ -62,7 +67,20 @@ pub(crate) struct Sample {
     /// Seconds since the probes were attached.
     pub at_secs: f64,
     pub bytes: HashMap<i64, u64>,
+    /// Outstanding allocations, over every stack.
+    pub count: u64,
+    /// Resident memory of the recorded processes, when readable.
+    pub rss_bytes: Option<u64>,
 }
+
+/// Most samples kept: past it every other one is dropped and the period
+/// doubles, so that a long run keeps its whole timeline in bounded memory.
+const MAX_SAMPLES: usize = 1000;
+
+/// Most of the time between samples one sample may take (reading `AGG`
+/// costs a few syscalls per stack): past it a default period doubles, so
+/// that sampling takes no more than about a tenth of a CPU.
+const MAX_SAMPLE_SHARE: f64 = 0.1;
 
 /// What happened while waiting.
 #[derive(Clone, Debug)]
@@ -72,6 +90,9 @@ pub(crate) struct Waited {
     pub samples: Vec<Sample>,
     /// Stacks freed during the run.
     pub stacks_freed: u64,
+    /// Seconds between samples at the end (the period doubles when samples
+    /// are slow or many).
+    pub sample_every: Option<f64>,
     /// The launched command's exit status as a shell gives it (see
     /// [`shell_status`]), when it ended during the run.
     pub command_status: Option<i32>,
@@ -84,10 +105,18 @@ pub(crate) struct Plan {
     pub duration: Option<f64>,
     /// Take a [`Sample`] this often.
     pub interval: Option<f64>,
+    /// Take samples this often when `interval` is not given (the timeline).
+    pub timeline_every: Option<f64>,
+    /// The period is a default, not asked for: it doubles when a sample
+    /// takes more than a tenth of it.
+    pub adaptive: bool,
     /// No status line.
     pub quiet: bool,
     /// Return [`End::Period`] after this many seconds (continuous mode).
     pub period: Option<f64>,
+    /// Seconds into the run when this wait starts (continuous mode waits
+    /// once per period): samples are timed from the start of the run.
+    pub offset_secs: f64,
 }
 
 /// The runtime and the signal handlers of a run. Created before the probes
@@ -176,6 +205,9 @@ async fn wait_async(
     let Plan {
         duration,
         interval,
+        timeline_every,
+        adaptive,
+        offset_secs,
         quiet,
         period,
     } = plan;
@@ -187,8 +219,9 @@ async fn wait_async(
     };
     tokio::pin!(period_end);
     let mut samples = Vec::new();
-    let period = Duration::from_secs_f64(interval.unwrap_or(1.0));
-    let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let sampling = interval.or(timeline_every);
+    let mut period = Duration::from_secs_f64(sampling.unwrap_or(1.0));
+    let mut sampler = sampler_every(period);
     let started = Instant::now();
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let sleep_until_deadline = async {
@@ -250,10 +283,27 @@ async fn wait_async(
                     Err(e) => log::warn!("following the processes failed: {e:#}"),
                 }
             }
-            _ = sampler.tick(), if interval.is_some() => {
-                match sample(probes, started.elapsed().as_secs_f64()) {
+            _ = sampler.tick(), if sampling.is_some() => {
+                let took = Instant::now();
+                let at_secs = offset_secs + started.elapsed().as_secs_f64();
+                match sample(probes, at_secs, &follow.pids()) {
                     Ok(s) => samples.push(s),
                     Err(e) => log::warn!("snapshot failed: {e:#}"),
+                }
+                let slow = adaptive
+                    && took.elapsed().as_secs_f64() > period.as_secs_f64() * MAX_SAMPLE_SHARE;
+                let thinned = samples.len() >= MAX_SAMPLES;
+                if thinned {
+                    thin(&mut samples);
+                }
+                if slow || thinned {
+                    period *= 2;
+                    log::debug!(
+                        "sampling every {:.2} s from now on ({})",
+                        period.as_secs_f64(),
+                        if slow { "a sample took too long" } else { "too many samples" }
+                    );
+                    sampler = sampler_every(period);
                 }
             }
             _ = tick.tick() => {
@@ -280,8 +330,18 @@ async fn wait_async(
         end,
         samples,
         stacks_freed,
+        sample_every: sampling.map(|_| period.as_secs_f64()),
         command_status,
     })
+}
+
+/// A timer that ticks every `period`, the first tick one period from now,
+/// and after a late tick waits a whole period again (no burst of catch-up
+/// samples after a busy spell).
+fn sampler_every(period: Duration) -> tokio::time::Interval {
+    let mut sampler = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sampler
 }
 
 /// A wait status as a shell reports it: the exit code, or 128 + the signal
@@ -310,16 +370,39 @@ fn describe_exit(status: i32) -> String {
     }
 }
 
-fn sample(probes: &Probes, at_secs: f64) -> anyhow::Result<Sample> {
+/// Keeps every other sample (the last one always).
+fn thin(samples: &mut Vec<Sample>) {
+    let last = samples.len().saturating_sub(1);
+    let mut i = 0;
+    samples.retain(|_| {
+        let keep = i % 2 == 1 || i == last;
+        i += 1;
+        keep
+    });
+}
+
+fn sample(probes: &Probes, at_secs: f64, pids: &[u32]) -> anyhow::Result<Sample> {
     let agg = probes
         .ebpf()
         .map(memprof_common::maps::AGG)
         .ok_or_else(|| anyhow::anyhow!("AGG map missing"))?;
-    let bytes = snapshot::read_agg(agg)?
+    let agg = snapshot::read_agg(agg)?;
+    let count = agg.values().fold(0u64, |c, a| c.wrapping_add(a.count));
+    let bytes = agg
         .into_iter()
+        .filter(|(_, a)| a.bytes != 0)
         .map(|(id, a)| (id, a.bytes))
         .collect();
-    Ok(Sample { at_secs, bytes })
+    let rss: Vec<u64> = pids
+        .iter()
+        .filter_map(|&pid| crate::procfs::rss_bytes(pid))
+        .collect();
+    Ok(Sample {
+        at_secs,
+        bytes,
+        count,
+        rss_bytes: (!rss.is_empty()).then(|| rss.iter().sum()),
+    })
 }
 
 fn show_status(probes: &Probes, elapsed: Duration, duration: Option<f64>) {

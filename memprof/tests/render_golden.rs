@@ -7,9 +7,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{empty_report, growth_report, many_report, min_age_report, sample_report};
+use common::{
+    empty_report, growth_report, many_report, min_age_report, profiles_report, sample_report,
+};
 use memprof::model::{Report, Totals};
-use memprof::render::{render, ColorScheme, Format, RenderOptions};
+use memprof::render::{render, render_timeline, ColorScheme, Format, RenderOptions, Weight};
 
 fn rendered(report: &Report, format: Format, opts: &RenderOptions) -> String {
     let mut out = Vec::new();
@@ -320,4 +322,79 @@ fn svg_of_empty_report() {
     assert_well_formed(&svg);
     assert!(svg.contains("no outstanding allocations were found"));
     assert!(svg.contains("memprof: outstanding memory of pid 7 (quiet)"));
+}
+
+#[test]
+fn profiles_text_golden() {
+    let report = profiles_report();
+    for (name, weight) in [
+        ("profiles.txt", Weight::Outstanding),
+        ("profiles_alloc.txt", Weight::Alloc),
+        ("profiles_peak.txt", Weight::Peak),
+    ] {
+        let opts = RenderOptions {
+            top: 3,
+            weight,
+            ..RenderOptions::default()
+        };
+        check_golden(name, &rendered(&report, Format::Text, &opts));
+    }
+}
+
+#[test]
+fn weighted_folded_golden() {
+    let report = profiles_report();
+    for (name, weight) in [
+        ("profiles_alloc.folded", Weight::Alloc),
+        ("profiles_peak.folded", Weight::Peak),
+    ] {
+        let opts = RenderOptions {
+            weight,
+            ..RenderOptions::default()
+        };
+        check_golden(name, &rendered(&report, Format::Folded, &opts));
+    }
+}
+
+#[test]
+fn weighted_svg_says_what_its_widths_are() {
+    let report = profiles_report();
+    let opts = RenderOptions {
+        weight: Weight::Alloc,
+        ..RenderOptions::default()
+    };
+    let svg = rendered(&report, Format::Svg, &opts);
+    assert!(
+        svg.contains("memprof: allocations of pid 4242 (leaky)"),
+        "{svg}"
+    );
+    assert!(svg.contains("parse_request"), "the churn is drawn");
+    // A report without the profile says so instead of drawing nothing.
+    let mut out = Vec::new();
+    let err = render(&sample_report(), Format::Svg, &opts, &mut out).unwrap_err();
+    assert!(err.to_string().contains("no allocation profile"), "{err}");
+}
+
+#[test]
+fn timeline_svg_golden() {
+    let mut out = Vec::new();
+    render_timeline(&profiles_report(), &RenderOptions::default(), &mut out).unwrap();
+    let svg = String::from_utf8(out).unwrap();
+    check_golden("timeline.svg", &svg);
+    // Well-formed XML, one polyline per series (total, RSS, two stacks).
+    let mut reader = quick_xml::Reader::from_str(&svg);
+    let mut polylines = 0;
+    loop {
+        match reader.read_event().unwrap() {
+            quick_xml::events::Event::Eof => break,
+            quick_xml::events::Event::Start(e) if e.name().as_ref() == b"polyline" => {
+                polylines += 1
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(polylines, 4, "{svg}");
+    let mut out = Vec::new();
+    let err = render_timeline(&sample_report(), &RenderOptions::default(), &mut out).unwrap_err();
+    assert!(err.to_string().contains("no timeline"), "{err}");
 }

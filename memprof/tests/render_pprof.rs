@@ -8,7 +8,7 @@ mod pprof_proto;
 
 use std::io::Read;
 
-use common::{empty_report, sample_report};
+use common::{empty_report, profiles_report, sample_report};
 use memprof::model::Report;
 use memprof::render::{render, Format, RenderOptions};
 use pprof_proto::{Profile, Sample};
@@ -167,4 +167,55 @@ fn output_is_deterministic() {
     render(&sample_report(), Format::Pprof, &opts, &mut a).unwrap();
     render(&sample_report(), Format::Pprof, &opts, &mut b).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn with_the_allocation_profile_it_has_go_s_four_heap_types() {
+    let report = profiles_report();
+    let p = decode(&report);
+    let s = |i: i64| p.string_table[i as usize].clone();
+    let types: Vec<(String, String)> = p
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("alloc_objects", "count"),
+        ("alloc_space", "bytes"),
+        ("inuse_objects", "count"),
+        ("inuse_space", "bytes"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(types, want);
+    assert_eq!(s(p.default_sample_type), "inuse_space");
+    // The outstanding stacks first, each with its allocations; then the
+    // stacks that only allocated (the churn), with nothing in use.
+    let allocations = report.allocations.as_ref().unwrap();
+    assert_eq!(p.sample.len(), report.stacks.len() + 1);
+    for (sample, stack) in p.sample.iter().zip(&report.stacks) {
+        let a = allocations
+            .stacks
+            .iter()
+            .find(|a| a.frames == stack.frames)
+            .unwrap();
+        assert_eq!(
+            sample.value,
+            [
+                a.totals.count as i64,
+                a.totals.bytes as i64,
+                stack.count as i64,
+                stack.bytes as i64
+            ]
+        );
+    }
+    let churn = p.sample.last().unwrap();
+    assert_eq!(churn.value, [50_000, 25_600_000, 0, 0]);
+    let sum = |i: usize| p.sample.iter().map(|s| s.value[i]).sum::<i64>() as u64;
+    assert_eq!(
+        (sum(0), sum(1)),
+        (allocations.totals.count, allocations.totals.bytes)
+    );
+    assert_eq!((sum(2), sum(3)), (report.totals.count, report.totals.bytes));
 }

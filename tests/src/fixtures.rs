@@ -134,6 +134,16 @@ pub enum Kind {
     /// `tests/fixtures/kernel_objects.c keep|close`: 64 eventfds kept open or
     /// closed again (for `--kernel`, see the `sources` tests).
     KernelObjects,
+    /// `tests/fixtures/profiles.c rate`: known allocations per stack, some
+    /// freed at once, some kept, some freed after 200 ms
+    /// ([`Kind::PROFILES_ALLOCS`]).
+    ProfilesRate,
+    /// `tests/fixtures/profiles.c peak`: rises to a known peak through known
+    /// stacks, then frees most of it ([`Kind::PROFILES_PEAK`]).
+    ProfilesPeak,
+    /// `tests/fixtures/profiles.c steps`: grows in known steps, printing
+    /// `step <k> <CLOCK_MONOTONIC ns>` after each ([`Kind::PROFILES_STEPS`]).
+    ProfilesSteps,
 }
 
 impl Kind {
@@ -174,6 +184,7 @@ impl Kind {
             Kind::Sampled => c_fixture("sampled"),
             Kind::Mmaps => c_fixture("mmaps"),
             Kind::KernelObjects => c_fixture("kernel-objects"),
+            Kind::ProfilesRate | Kind::ProfilesPeak | Kind::ProfilesSteps => c_fixture("profiles"),
             Kind::LeakyRust => rust_fixture_path("leaky-rust"),
             Kind::LeakyRustJemalloc => rust_fixture_path("leaky-rust-jemalloc"),
         }
@@ -214,6 +225,34 @@ pub struct Leak {
     pub count: u64,
     /// Outstanding bytes (sum of requested sizes).
     pub bytes: u64,
+}
+
+/// Every allocation one function made, freed or not (the allocation profile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocTruth {
+    pub function: &'static str,
+    pub count: u64,
+    pub bytes: u64,
+    /// Those freed within the temporary threshold.
+    pub temporary: u64,
+    pub temporary_bytes: u64,
+}
+
+/// An [`AllocTruth`], shorter (for the tables).
+pub const fn alloc_truth(
+    function: &'static str,
+    count: u64,
+    bytes: u64,
+    temporary: u64,
+    temporary_bytes: u64,
+) -> AllocTruth {
+    AllocTruth {
+        function,
+        count,
+        bytes,
+        temporary,
+        temporary_bytes,
+    }
 }
 
 /// A [`Leak`], shorter (for the tables).
@@ -292,6 +331,9 @@ impl Kind {
             Kind::Execer => &EXECER,
             Kind::Stacks => &STACKS,
             Kind::Transient => &TRANSIENT,
+            Kind::ProfilesRate => &PROFILES_RATE,
+            Kind::ProfilesPeak => &PROFILES_PEAK,
+            Kind::ProfilesSteps => &PROFILES_STEPS,
             Kind::Soak
             | Kind::GoSleeper
             | Kind::Clean
@@ -310,6 +352,35 @@ impl Kind {
     /// truth: 7 x malloc(3000) right before `done`, at least 3 s after
     /// everything else.
     pub const PHASES_YOUNG: Leak = leak("young_blocks", 7, 21_000);
+
+    /// The argument that selects the mode of `profiles.c`, for the
+    /// [`Kind::ProfilesRate`], [`Kind::ProfilesPeak`] and [`Kind::ProfilesSteps`] fixtures.
+    pub fn profiles_mode(self) -> &'static str {
+        match self {
+            Kind::ProfilesRate => "rate",
+            Kind::ProfilesPeak => "peak",
+            Kind::ProfilesSteps => "steps",
+            _ => panic!("the {self:?} fixture is not profiles.c"),
+        }
+    }
+
+    /// Every allocation [`Kind::ProfilesRate`] makes after go, by function,
+    /// with `--temporary-ms 50` (its temporaries are freed at once, its
+    /// `slow_free` blocks after 200 ms).
+    pub const PROFILES_ALLOCS: &'static [AllocTruth] = &[
+        alloc_truth("churn_temp", 1000, 64_000, 1000, 64_000),
+        alloc_truth("keep_some", 200, 51_200, 0, 0),
+        alloc_truth("mixed", 300, 38_400, 200, 25_600),
+        alloc_truth("slow_free", 50, 25_600, 0, 0),
+    ];
+
+    /// The peak of [`Kind::ProfilesPeak`] (250,000 B in 15 blocks) and the
+    /// stacks that held it.
+    pub const PROFILES_PEAK: &'static [Leak] =
+        &[leak("peak_b", 5, 150_000), leak("peak_a", 10, 100_000)];
+
+    /// The blocks [`Kind::ProfilesSteps`] keeps, one per step, in order.
+    pub const PROFILES_STEPS: &'static [u64] = &[100_000, 200_000, 300_000, 400_000];
 
     /// What each child of [`Kind::Forker`] holds after `done`.
     pub const FORKER_CHILD: GroundTruth = GroundTruth {
@@ -512,6 +583,32 @@ const STACKS: GroundTruth = GroundTruth {
 /// transient stacks are all freed.
 const TRANSIENT: GroundTruth = GroundTruth {
     leaks: &[leak("leak_alloc", 50, 50 * 100)],
+    max_depth: Some(1),
+    ..NOTHING
+};
+
+/// `tests/fixtures/profiles.c rate` (the table at its top): what it keeps.
+const PROFILES_RATE: GroundTruth = GroundTruth {
+    leaks: &[leak("keep_some", 200, 51_200), leak("mixed", 100, 12_800)],
+    clean: &["churn_temp", "slow_free"],
+    max_depth: Some(1),
+    // churn_temp, the freed two thirds of mixed, slow_free.
+    min_churn: 1000 + 200 + 50,
+    min_failed_allocs: 0,
+};
+
+/// `tests/fixtures/profiles.c peak`: what is left after the peak.
+const PROFILES_PEAK: GroundTruth = GroundTruth {
+    leaks: &[leak("peak_a", 2, 20_000), leak("after_peak", 3, 60_000)],
+    clean: &["pre_churn", "peak_b"],
+    max_depth: Some(1),
+    min_churn: 100 + 5 + 8,
+    min_failed_allocs: 0,
+};
+
+/// `tests/fixtures/profiles.c steps`: one block per step, all kept.
+const PROFILES_STEPS: GroundTruth = GroundTruth {
+    leaks: &[leak("step_grow", 4, 1_000_000)],
     max_depth: Some(1),
     ..NOTHING
 };

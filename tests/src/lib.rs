@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod fixtures;
 
-pub use fixtures::{c_fixtures_dir, leak, total, GroundTruth, Kind, Leak};
+pub use fixtures::{alloc_truth, c_fixtures_dir, leak, total, AllocTruth, GroundTruth, Kind, Leak};
 // The report's types, as memprof writes them in JSON: the one place the
 // tests name memprof's library.
 pub use memprof::model::{

@@ -120,6 +120,10 @@ enum Mode {
     FullEntry,
     /// `memprof`.
     Full,
+    /// `memprof --no-peak`: the allocation profile's counters, no peak.
+    FullNoPeak,
+    /// `memprof --no-peak --temporary-ms 0`: neither the peak nor temporaries.
+    FullBare,
     /// `memprof --sample-rate 64`.
     Sampled,
     /// `memprof --sample-rate 64 --sample-by window`.
@@ -129,12 +133,14 @@ enum Mode {
 }
 
 /// The order of the modes within a round.
-const MODES: [Mode; 8] = [
+const MODES: [Mode; 10] = [
     Mode::None,
     Mode::FloorEntry,
     Mode::Floor,
     Mode::FullEntry,
     Mode::Full,
+    Mode::FullNoPeak,
+    Mode::FullBare,
     Mode::Sampled,
     Mode::Windowed,
     Mode::Bpftrace,
@@ -148,6 +154,8 @@ impl Mode {
             Mode::Floor => "floor",
             Mode::FullEntry => "full-entry",
             Mode::Full => "full",
+            Mode::FullNoPeak => "full-no-peak",
+            Mode::FullBare => "full-bare",
             Mode::Sampled => "sampled",
             Mode::Windowed => "windowed",
             Mode::Bpftrace => "bpftrace",
@@ -162,6 +170,8 @@ impl Mode {
             Mode::Floor => "(b)",
             Mode::FullEntry => "(c')",
             Mode::Full => "(c)",
+            Mode::FullNoPeak => "(c-p)",
+            Mode::FullBare => "(c-pt)",
             Mode::Sampled => "(d)",
             Mode::Windowed => "(d')",
             Mode::Bpftrace => "(e)",
@@ -177,6 +187,12 @@ impl Mode {
             Mode::Floor => "`memprof --floor`: the traps alone, memprof's probe placement",
             Mode::FullEntry => "`memprof --probe-at-entry`",
             Mode::Full => "`memprof`",
+            Mode::FullNoPeak => {
+                "`memprof --no-peak`: no event log for the peak (the allocation counters stay)"
+            }
+            Mode::FullBare => {
+                "`memprof --no-peak --temporary-ms 0`: neither the peak nor temporaries counted"
+            }
             Mode::Sampled => "`memprof --sample-rate 64`: 1 allocation call in 64 recorded",
             Mode::Windowed => {
                 "`memprof --sample-rate 64 --sample-by window`: every call in 2 ms windows \
@@ -194,6 +210,8 @@ impl Mode {
             Mode::Floor => Some(&["--floor"]),
             Mode::FullEntry => Some(&["--probe-at-entry"]),
             Mode::Full => Some(&[]),
+            Mode::FullNoPeak => Some(&["--no-peak"]),
+            Mode::FullBare => Some(&["--no-peak", "--temporary-ms", "0"]),
             Mode::Sampled => Some(&["--sample-rate", SAMPLE_RATE_ARG]),
             Mode::Windowed => Some(&["--sample-rate", SAMPLE_RATE_ARG, "--sample-by", "window"]),
         }
@@ -204,7 +222,13 @@ impl Mode {
         match self {
             Mode::None => base * NONE_SCALE,
             Mode::FloorEntry | Mode::FullEntry => (base / ENTRY_DIVISOR).max(1),
-            Mode::Floor | Mode::Full | Mode::Sampled | Mode::Windowed | Mode::Bpftrace => base,
+            Mode::Floor
+            | Mode::Full
+            | Mode::FullNoPeak
+            | Mode::FullBare
+            | Mode::Sampled
+            | Mode::Windowed
+            | Mode::Bpftrace => base,
         }
     }
 
@@ -212,7 +236,13 @@ impl Mode {
     fn checks_leak(self) -> bool {
         matches!(
             self,
-            Mode::FullEntry | Mode::Full | Mode::Sampled | Mode::Windowed | Mode::Bpftrace
+            Mode::FullEntry
+                | Mode::Full
+                | Mode::FullNoPeak
+                | Mode::FullBare
+                | Mode::Sampled
+                | Mode::Windowed
+                | Mode::Bpftrace
         )
     }
 
@@ -655,6 +685,18 @@ fn print_churn(results: &[ModeResults], rounds: u32, pairs: u64) {
         (
             "(d)/(b)  sampled / floor: sampling against the traps of full tracking",
             ratio(median(Mode::Sampled), median(Mode::Floor)),
+        ),
+        (
+            "(c)/(c-pt) full / full-bare: the cost of the peak's event log and of counting temporaries",
+            ratio(full, median(Mode::FullBare)),
+        ),
+        (
+            "(c)/(c-p) full / full-no-peak: the cost of the peak's event log",
+            ratio(full, median(Mode::FullNoPeak)),
+        ),
+        (
+            "(c-p)/(c-pt) full-no-peak / full-bare: the cost of counting temporaries",
+            ratio(median(Mode::FullNoPeak), median(Mode::FullBare)),
         ),
         (
             "(c')/(c) full-entry / full: placement gain",

@@ -9,8 +9,13 @@
 pub(crate) mod folded;
 mod json;
 mod pprof;
+mod profiles;
 pub(crate) mod svg;
 mod text;
+mod timeline;
+
+pub use profiles::Weight;
+pub use timeline::render as render_timeline;
 
 use std::io::Write;
 use std::path::Path;
@@ -77,6 +82,8 @@ pub struct RenderOptions {
     /// Title of the SVG flame graph and the text report, instead of the default
     /// one naming the target.
     pub title: Option<String>,
+    /// What the flame graph's and the folded stacks' widths are.
+    pub weight: Weight,
 }
 
 impl RenderOptions {
@@ -90,6 +97,7 @@ impl Default for RenderOptions {
             top: Self::DEFAULT_TOP,
             color: ColorScheme::default(),
             title: None,
+            weight: Weight::default(),
         }
     }
 }
@@ -106,8 +114,8 @@ pub fn render(
 ) -> anyhow::Result<()> {
     match format {
         Format::Text => text::render(report, opts, out),
-        Format::Folded => folded::render(report, out),
-        Format::Svg => svg::render(report, opts, out),
+        Format::Folded => folded::render(profiles::weighted(report, opts.weight)?.as_ref(), out),
+        Format::Svg => svg::render(profiles::weighted(report, opts.weight)?.as_ref(), opts, out),
         Format::Json => json::render(report, out),
         Format::Pprof => pprof::render(report, out),
     }

@@ -3,8 +3,11 @@
 //! hand: the message is small and fixed, so a varint writer is all it takes.
 //!
 //! Two sample types, `inuse_space/bytes` (the default) and
-//! `inuse_objects/count`; one sample per stack with its location ids innermost
-//! first. Frames inlined into the next frame share that frame's location (a
+//! `inuse_objects/count`; with the allocation profile, Go's four heap sample
+//! types in Go's order (`alloc_objects`, `alloc_space`, `inuse_objects`,
+//! `inuse_space`, the last the default), so that `go tool pprof
+//! -sample_index=alloc_space` reads it. One sample per stack with its
+//! location ids innermost first. Frames inlined into the next frame share that frame's location (a
 //! location's lines are innermost first, the last one being the caller the
 //! others were inlined into). Each module becomes a mapping spanning the
 //! addresses seen in it. A stack the kernel could not walk is one location
@@ -22,7 +25,7 @@ use flate2::Compression;
 
 use super::default_title;
 use super::folded::STACK_LOST;
-use crate::model::{Frame, Report};
+use crate::model::{Frame, Report, Stack};
 
 pub(crate) fn render(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     let profile = encode(report);
@@ -312,11 +315,64 @@ fn encode(report: &Report) -> Vec<u8> {
         let name = e.root.trim_start_matches('[').trim_end_matches(']');
         groups.push((t.string(name), e.source.stacks.as_slice()));
     }
-    let mut samples: Vec<(Vec<u64>, [i64; 2], i64)> = Vec::with_capacity(report.stacks.len());
-    for (label, stack) in groups
+    // With the allocation profile: Go's four heap sample types, in Go's
+    // order, each outstanding stack matched with its allocations.
+    let alloc_types = report.allocations.as_ref().map(|_| {
+        (
+            (t.string("alloc_objects"), t.string("count")),
+            (t.string("alloc_space"), t.string("bytes")),
+        )
+    });
+    let mut rows: Vec<(i64, std::borrow::Cow<'_, Stack>, Vec<i64>)> = groups
         .into_iter()
         .flat_map(|(label, stacks)| stacks.iter().map(move |s| (label, s)))
-    {
+        .map(|(label, s)| {
+            let inuse = [saturating_i64(s.bytes), saturating_i64(s.count)];
+            let values = match alloc_types {
+                Some(_) => vec![0, 0, inuse[1], inuse[0]],
+                None => inuse.to_vec(),
+            };
+            (label, std::borrow::Cow::Borrowed(s), values)
+        })
+        .collect();
+    if let Some(allocations) = &report.allocations {
+        let key = |pid: Option<u32>, frames: &[Frame]| -> (Option<u32>, Vec<u64>) {
+            (pid, frames.iter().map(|f| f.addr).collect())
+        };
+        let mut index: HashMap<(Option<u32>, Vec<u64>), usize> = HashMap::new();
+        for (i, (label, s, _)) in rows.iter().enumerate() {
+            if *label == heap {
+                index.entry(key(s.pid, &s.frames)).or_insert(i);
+            }
+        }
+        for a in &allocations.stacks {
+            let (count, bytes) = (
+                saturating_i64(a.totals.count),
+                saturating_i64(a.totals.bytes),
+            );
+            match index.get(&key(a.pid, &a.frames)) {
+                Some(&i) => {
+                    rows[i].2[0] = rows[i].2[0].saturating_add(count);
+                    rows[i].2[1] = rows[i].2[1].saturating_add(bytes);
+                }
+                None => {
+                    let stack = Stack {
+                        frames: a.frames.clone(),
+                        pid: a.pid,
+                        ..Stack::default()
+                    };
+                    rows.push((
+                        heap,
+                        std::borrow::Cow::Owned(stack),
+                        vec![count, bytes, 0, 0],
+                    ));
+                }
+            }
+        }
+    }
+    let mut samples: Vec<(Vec<u64>, Vec<i64>, i64)> = Vec::with_capacity(rows.len());
+    for (label, stack, values) in &rows {
+        let (label, stack) = (*label, stack.as_ref());
         let mut location_ids = Vec::new();
         // Leaf first: the process, in a run over many, is the root.
         let process = report.process_label(stack).map(|label| {
@@ -348,11 +404,7 @@ fn encode(report: &Report) -> Vec<u8> {
             location_ids.push(t.frames_location(&group));
         }
         location_ids.extend(process);
-        samples.push((
-            location_ids,
-            [saturating_i64(stack.bytes), saturating_i64(stack.count)],
-            label,
-        ));
+        samples.push((location_ids, values.clone(), label));
     }
 
     let target = &report.target;
@@ -405,7 +457,13 @@ fn encode(report: &Report) -> Vec<u8> {
     let comment_ids: Vec<u64> = comments.iter().map(|c| t.string(c) as u64).collect();
 
     let mut p = Encoder::default();
-    for (ty, unit) in [inuse_space, inuse_objects] {
+    let sample_types = match alloc_types {
+        Some((alloc_objects, alloc_space)) => {
+            vec![alloc_objects, alloc_space, inuse_objects, inuse_space]
+        }
+        None => vec![inuse_space, inuse_objects],
+    };
+    for (ty, unit) in sample_types {
         p.message(field::PROFILE_SAMPLE_TYPE, |m| {
             m.int(field::VALUE_TYPE_TYPE, ty);
             m.int(field::VALUE_TYPE_UNIT, unit);

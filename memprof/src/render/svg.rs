@@ -37,8 +37,11 @@ pub(crate) fn render(
     opts: &RenderOptions,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let title = opts.title.clone().unwrap_or_else(|| default_title(report));
-    let subtitle = subtitle(report);
+    let title = opts.title.clone().unwrap_or_else(|| {
+        super::profiles::weight_title(report, opts.weight, default_title(report))
+    });
+    let subtitle =
+        super::profiles::weight_subtitle(report, opts.weight).unwrap_or_else(|| subtitle(report));
     let lines: Vec<String> = fold_all(report, frame_label)
         .into_iter()
         .filter(|(_, bytes)| *bytes > 0)

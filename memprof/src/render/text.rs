@@ -36,6 +36,7 @@ pub(crate) fn render(
     for extra in super::extra_sources(report) {
         source_section(&extra, opts, out)?;
     }
+    super::profiles::text_sections(report, opts, out)?;
     stats(&report.stats, out)?;
     Ok(())
 }
@@ -649,7 +650,7 @@ fn stack_block(
 /// One frame: `function at file:line`, or `function (module+0xoffset)`
 /// without debug information, or `module+0xoffset` when not even the
 /// function is known (the offset is the ELF address in the module).
-fn frame_line(frame: &Frame) -> String {
+pub(super) fn frame_line(frame: &Frame) -> String {
     let mut line = frame.display_name();
     match (frame.location(), &frame.function, frame.module_name()) {
         (Some(loc), _, _) => {

@@ -177,6 +177,7 @@ pub(crate) fn sample_report() -> Report {
             stack_collisions: 0,
             stacks_freed: 12,
             forks_not_followed: 0,
+            heap_events_lost: 0,
             unwind: Default::default(),
             python: Default::default(),
         },
@@ -194,6 +195,9 @@ pub(crate) fn sample_report() -> Report {
         mmap: None,
         kernel: None,
         probes: Vec::new(),
+        allocations: None,
+        peak: None,
+        timeline: None,
     }
 }
 
@@ -349,5 +353,124 @@ pub(crate) fn many_report() -> Report {
             .to_string(),
         ..Target::default()
     };
+    report
+}
+
+/// The sample report with the profiles of a full-tracking run: every
+/// outstanding stack allocated more than it holds, a churn stack that holds
+/// nothing, a peak held by the leak and the churn, and a timeline of 6
+/// samples in which the leak grows and the churn comes and goes.
+pub(crate) fn profiles_report() -> Report {
+    use memprof::model::{
+        AllocStack, AllocTotals, Allocations, Peak, PeakStack, Timeline, TimelineSample,
+        TimelineStack,
+    };
+    let mut report = sample_report();
+    let churn = {
+        let mut frames = vec![c_frame(
+            0x5555_5555_5400,
+            "parse_request",
+            "/src/leaky/leaky.c",
+            55,
+        )];
+        frames.extend(c_roots());
+        frames
+    };
+    let mut allocations: Vec<AllocStack> = report
+        .stacks
+        .iter()
+        .map(|s| AllocStack {
+            totals: AllocTotals {
+                count: s.count * 3,
+                bytes: s.bytes * 3,
+                temporary: s.count,
+                temporary_bytes: s.bytes,
+            },
+            outstanding: Totals {
+                bytes: s.bytes,
+                count: s.count,
+            },
+            frames: s.frames.clone(),
+            pid: s.pid,
+        })
+        .collect();
+    allocations.insert(
+        0,
+        AllocStack {
+            totals: AllocTotals {
+                count: 50_000,
+                bytes: 25_600_000,
+                temporary: 49_000,
+                temporary_bytes: 25_088_000,
+            },
+            outstanding: Totals::default(),
+            frames: churn.clone(),
+            pid: None,
+        },
+    );
+    let totals = allocations
+        .iter()
+        .fold(AllocTotals::default(), |t, a| AllocTotals {
+            count: t.count + a.totals.count,
+            bytes: t.bytes + a.totals.bytes,
+            temporary: t.temporary + a.totals.temporary,
+            temporary_bytes: t.temporary_bytes + a.totals.temporary_bytes,
+        });
+    report.allocations = Some(Allocations {
+        temporary_secs: 0.001,
+        totals,
+        stacks: allocations,
+    });
+    let leak = report.stacks[0].frames.clone();
+    report.peak = Some(Peak {
+        at_secs: 21.5,
+        totals: Totals {
+            bytes: (1 << 20) + 3_000_000,
+            count: 16 + 3_000,
+        },
+        exact: true,
+        events_lost: 0,
+        events: 1_234_567,
+        stacks: vec![
+            PeakStack {
+                bytes: 3_000_000,
+                count: 3_000,
+                frames: churn,
+                pid: None,
+            },
+            PeakStack {
+                bytes: 1 << 20,
+                count: 16,
+                frames: leak.clone(),
+                pid: None,
+            },
+        ],
+    });
+    let at = [0.0, 5.0, 10.0, 20.0, 25.0, 30.0];
+    let leak_bytes = [0, 200_000, 400_000, 800_000, 1_000_000, 1 << 20];
+    let churn_bytes = [0, 100_000, 0, 2_900_000, 0, 0];
+    report.timeline = Some(Timeline {
+        every_secs: 5.0,
+        samples: (0..6)
+            .map(|i| TimelineSample {
+                at_secs: at[i],
+                bytes: leak_bytes[i] + churn_bytes[i],
+                count: 0,
+                rss_bytes: Some(8_000_000 + leak_bytes[i] + churn_bytes[i] * 2),
+            })
+            .collect(),
+        stacks: vec![
+            TimelineStack {
+                bytes: churn_bytes.to_vec(),
+                frames: report.peak.as_ref().unwrap().stacks[0].frames.clone(),
+                pid: None,
+            },
+            TimelineStack {
+                bytes: leak_bytes.to_vec(),
+                frames: leak,
+                pid: None,
+            },
+        ],
+    });
     report
 }

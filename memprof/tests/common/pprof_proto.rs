@@ -6,7 +6,7 @@
 //! depend on each other.
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct Profile {
+pub(crate) struct Profile {
     #[prost(message, repeated, tag = "1")]
     pub sample_type: Vec<ValueType>,
     #[prost(message, repeated, tag = "2")]
@@ -38,7 +38,7 @@ pub(super) struct Profile {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct ValueType {
+pub(crate) struct ValueType {
     #[prost(int64, tag = "1")]
     pub r#type: i64,
     #[prost(int64, tag = "2")]
@@ -46,7 +46,7 @@ pub(super) struct ValueType {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct Sample {
+pub(crate) struct Sample {
     #[prost(uint64, repeated, tag = "1")]
     pub location_id: Vec<u64>,
     #[prost(int64, repeated, tag = "2")]
@@ -54,7 +54,7 @@ pub(super) struct Sample {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct Mapping {
+pub(crate) struct Mapping {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     #[prost(uint64, tag = "2")]
@@ -78,7 +78,7 @@ pub(super) struct Mapping {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct Location {
+pub(crate) struct Location {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     #[prost(uint64, tag = "2")]
@@ -92,7 +92,7 @@ pub(super) struct Location {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct Line {
+pub(crate) struct Line {
     #[prost(uint64, tag = "1")]
     pub function_id: u64,
     #[prost(int64, tag = "2")]
@@ -100,7 +100,7 @@ pub(super) struct Line {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct Function {
+pub(crate) struct Function {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     #[prost(int64, tag = "2")]

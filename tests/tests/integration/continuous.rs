@@ -169,7 +169,21 @@ fn by_function(gz: &[u8]) -> BTreeMap<String, (i64, i64)> {
         .iter()
         .map(|t| profile.string_table[t.r#type as usize].as_str())
         .collect();
-    assert_eq!(types, ["inuse_space", "inuse_objects"]);
+    // A period's report holds what is outstanding; the run's last one also
+    // the allocation profile, with Go's four heap types.
+    assert!(
+        types == ["inuse_space", "inuse_objects"]
+            || types
+                == [
+                    "alloc_objects",
+                    "alloc_space",
+                    "inuse_objects",
+                    "inuse_space"
+                ],
+        "{types:?}"
+    );
+    let index = |name: &str| types.iter().position(|t| *t == name).unwrap();
+    let (space, objects) = (index("inuse_space"), index("inuse_objects"));
     let functions: HashMap<u64, &str> = profile
         .function
         .iter()
@@ -185,9 +199,13 @@ fn by_function(gz: &[u8]) -> BTreeMap<String, (i64, i64)> {
             .and_then(|id| locations.get(id))
             .and_then(|l| l.line.first())
             .map_or("?", |line| functions[&line.function_id]);
+        if sample.value[space] == 0 && sample.value[objects] == 0 {
+            // Allocated, holds nothing now.
+            continue;
+        }
         let entry = out.entry(leaf.to_string()).or_insert((0, 0));
-        entry.0 += sample.value[1];
-        entry.1 += sample.value[0];
+        entry.0 += sample.value[objects];
+        entry.1 += sample.value[space];
     }
     out
 }

@@ -36,6 +36,7 @@ mod outputs;
 // The messages of pprof's profile.proto, shared with memprof's own pprof test.
 #[path = "../../../memprof/tests/common/pprof_proto.rs"]
 mod pprof_proto;
+mod profiles;
 mod python;
 mod rust_fixture;
 mod sampling;

@@ -108,6 +108,21 @@ fn stacks_nothing_uses_are_freed_so_new_ones_fit() {
         "only {} stacks freed\n{dump}",
         report.stats.stacks_freed
     );
+    // The freed stacks' allocations stay in the allocation profile: every
+    // transient block, once.
+    let allocations = report.allocations.as_ref().expect("no allocation profile");
+    let transient = allocations
+        .stacks
+        .iter()
+        .filter(|s| {
+            s.frames
+                .first()
+                .is_some_and(|f| f.function.as_deref() == Some("transient_alloc"))
+        })
+        .fold((0, 0), |(c, b), s| (c + s.totals.count, b + s.totals.bytes));
+    let made = TRANSIENT_ROUNDS * TRANSIENT_PER_ROUND;
+    assert_eq!(transient, (made, made * leaf_bytes));
+    assert_eq!(allocations.totals.count, report.stats.allocs);
 }
 
 #[test]
