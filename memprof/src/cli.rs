@@ -292,7 +292,9 @@ pub struct ProfileArgs {
     pub temporary_ms: f64,
 
     /// Do not look for the peak. Finding it sends every allocation and free through a ring
-    /// buffer to memprof, which replays them in order (full tracking only).
+    /// buffer to memprof, which replays them in order (full tracking of `-p` processes or a
+    /// launched command; not over the whole machine, `--comm` or `--cgroup`, where what
+    /// processes that come and go held at their exit would count for ever).
     #[arg(long)]
     pub no_peak: bool,
 

@@ -75,7 +75,13 @@ impl ProbeConfig {
             unwind: config.unwind,
             python: !config.no_python,
             temporary_ns: config.profiles.temporary_ns,
-            log_events: config.profiles.peak && config.sampling.is_none() && !config.bench.floor,
+            // Not over an open set of processes (the machine, --comm,
+            // --cgroup): what the processes that come and go held at their
+            // exit would count in the total for ever.
+            log_events: config.profiles.peak
+                && config.sampling.is_none()
+                && !config.bench.floor
+                && (!config.select.pids.is_empty() || !config.select.command.is_empty()),
         }
     }
 

@@ -66,7 +66,11 @@ pub(crate) trait Follow {
 pub(crate) struct Sample {
     /// Seconds since the probes were attached.
     pub at_secs: f64,
+    /// The [`SAMPLE_STACKS`] stacks holding most, by id.
     pub bytes: HashMap<i64, u64>,
+    /// What the other stacks held, summed: totals stay exact while a
+    /// machine-wide run's thousands of small stacks take no memory per sample.
+    pub other_bytes: u64,
     /// Outstanding allocations, over every stack.
     pub count: u64,
     /// Resident memory of the recorded processes, when readable.
@@ -76,6 +80,10 @@ pub(crate) struct Sample {
 /// Most samples kept: past it every other one is dropped and the period
 /// doubles, so that a long run keeps its whole timeline in bounded memory.
 const MAX_SAMPLES: usize = 1000;
+
+/// Stacks kept by name in each sample (the rest are summed): the timeline
+/// draws the top few and `--interval` ranks the growth of these.
+const SAMPLE_STACKS: usize = 512;
 
 /// Most of the time between samples one sample may take (reading `AGG`
 /// costs a few syscalls per stack): past it a default period doubles, so
@@ -388,11 +396,19 @@ fn sample(probes: &Probes, at_secs: f64, pids: &[u32]) -> anyhow::Result<Sample>
         .ok_or_else(|| anyhow::anyhow!("AGG map missing"))?;
     let agg = snapshot::read_agg(agg)?;
     let count = agg.values().fold(0u64, |c, a| c.wrapping_add(a.count));
-    let bytes = agg
+    let mut bytes: Vec<(i64, u64)> = agg
         .into_iter()
         .filter(|(_, a)| a.bytes != 0)
         .map(|(id, a)| (id, a.bytes))
         .collect();
+    let mut other_bytes = 0u64;
+    if bytes.len() > SAMPLE_STACKS {
+        bytes.select_nth_unstable_by(SAMPLE_STACKS, |a, b| b.1.cmp(&a.1));
+        for (_, b) in bytes.drain(SAMPLE_STACKS..) {
+            other_bytes = other_bytes.wrapping_add(b);
+        }
+    }
+    let bytes = bytes.into_iter().collect();
     let rss: Vec<u64> = pids
         .iter()
         .filter_map(|&pid| crate::procfs::rss_bytes(pid))
@@ -400,6 +416,7 @@ fn sample(probes: &Probes, at_secs: f64, pids: &[u32]) -> anyhow::Result<Sample>
     Ok(Sample {
         at_secs,
         bytes,
+        other_bytes,
         count,
         rss_bytes: (!rss.is_empty()).then(|| rss.iter().sum()),
     })

@@ -78,6 +78,9 @@ use crate::wait::Sample;
 /// Stacks whose series the timeline keeps.
 pub(crate) const TIMELINE_STACKS: usize = 5;
 
+/// Stacks whose figures [`Retired`] keeps with their frames.
+const RETIRED_STACKS: usize = 65_536;
+
 /// What the stacks freed during the run had allocated, and their frames.
 #[derive(Debug, Default)]
 pub(crate) struct Retired {
@@ -91,6 +94,14 @@ impl Retired {
             let len = usize::try_from(t.len).unwrap_or(0).min(t.ips.len());
             t.ips[..len].to_vec()
         });
+        // Past the cap (a machine-wide run meets stacks without end), what a
+        // new stack allocated still counts, without its frames, under
+        // [`STACK_LOST`]: totals stay exact in bounded memory.
+        let (id, ips) = if self.stacks.len() >= RETIRED_STACKS && !self.stacks.contains_key(&id) {
+            (memprof_common::STACK_LOST, None)
+        } else {
+            (id, ips)
+        };
         let entry = self.stacks.entry(id).or_default();
         entry.0 = StackAgg::sum([&entry.0, agg]);
         // Outstanding figures are the end's, not the retired ones'.
@@ -181,6 +192,7 @@ impl Recording {
                 .filter(|(_, a)| a.bytes != 0)
                 .map(|(id, a)| (*id, a.bytes))
                 .collect(),
+            other_bytes: 0,
             count: agg.values().fold(0u64, |c, a| c.wrapping_add(a.count)),
             rss_bytes: end_rss,
         });
@@ -369,7 +381,10 @@ impl Recording {
                 .iter()
                 .map(|s| TimelineSample {
                     at_secs: s.at_secs,
-                    bytes: s.bytes.values().fold(0u64, |b, x| b.wrapping_add(*x)),
+                    bytes: s
+                        .bytes
+                        .values()
+                        .fold(s.other_bytes, |b, x| b.wrapping_add(*x)),
                     count: s.count,
                     rss_bytes: s.rss_bytes,
                 })
@@ -418,6 +433,7 @@ mod tests {
         Sample {
             at_secs: at,
             bytes: bytes.iter().copied().collect(),
+            other_bytes: 0,
             count: 0,
             rss_bytes: None,
         }
