@@ -27,7 +27,7 @@ use crate::report::{self, Clock, Held, Recorded, Run, Shape};
 use crate::select::Processes;
 use crate::symbolize::Symbolizer;
 use crate::wait::Waited;
-use crate::{aggregate, exits, procfs, snapshot};
+use crate::{aggregate, exits, snapshot};
 
 /// What continuous mode calls with each period's number (from 1) and report.
 pub(crate) type OnPeriod<'a> = dyn FnMut(u64, Report) -> anyhow::Result<()> + 'a;
@@ -169,27 +169,7 @@ pub(crate) fn report(
             symbolizer,
             one.is_none().then_some(pid),
         );
-        let (comm, cmdline, allocator, start_ticks) = match seen {
-            Some(s) => (s.comm, s.cmdline, s.allocator, s.start_ticks),
-            None => (
-                procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
-                procfs::cmdline(pid),
-                String::new(),
-                procfs::start_ticks(pid),
-            ),
-        };
-        held.push(Held {
-            pid,
-            comm,
-            cmdline,
-            allocator,
-            started_unix_secs: start_ticks.and_then(procfs::started_unix_secs),
-            exited,
-            execs: events.execs,
-            last_exec_ns: events.last_exec_ns,
-            outstanding,
-            released: mine,
-        });
+        held.push(Held::new(pid, seen, exited, events, outstanding, mine));
     }
     let shape = match one {
         Some(_) => Shape::One,

@@ -16,7 +16,7 @@ use crate::report::{self, Clock, Held, Recorded, Run, Shape};
 use crate::select::{Processes, Selection};
 use crate::symbolize::Symbolizer;
 use crate::wait::{End, Plan, Waited, Waiter};
-use crate::{aggregate, exits, periods, procfs, snapshot, sources};
+use crate::{aggregate, exits, periods, snapshot, sources};
 
 /// Records what `config` selects and returns what it still holds. With
 /// `config.every`, `on_period` gets each period's report (numbered from 1)
@@ -306,27 +306,7 @@ pub(crate) fn run(
             &symbolizer,
             one.is_none().then_some(pid),
         );
-        let (comm, cmdline, allocator, start_ticks) = match seen {
-            Some(s) => (s.comm, s.cmdline, s.allocator, s.start_ticks),
-            None => (
-                procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
-                procfs::cmdline(pid),
-                String::new(),
-                procfs::start_ticks(pid),
-            ),
-        };
-        held.push(Held {
-            pid,
-            comm,
-            cmdline,
-            allocator,
-            started_unix_secs: start_ticks.and_then(procfs::started_unix_secs),
-            exited,
-            execs: events.execs,
-            last_exec_ns: events.last_exec_ns,
-            outstanding,
-            released: mine,
-        });
+        held.push(Held::new(pid, seen, exited, events, outstanding, mine));
         if let Some(recording) = &recording {
             parts.push(recording.part(
                 pid,

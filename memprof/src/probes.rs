@@ -675,19 +675,7 @@ impl Probes {
         &mut self,
         ids: impl IntoIterator<Item = i64>,
     ) -> anyhow::Result<u64> {
-        let (mut agg, mut stacks) = (None, None);
-        for (name, map) in self.ebpf.maps_mut() {
-            match name {
-                maps::AGG => agg = Some(map),
-                maps::STACKS => stacks = Some(map),
-                _ => {}
-            }
-        }
-        let (Some(agg), Some(stacks)) = (agg, stacks) else {
-            anyhow::bail!("BPF maps AGG and STACKS missing from the object");
-        };
-        let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
-        let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
+        let (mut agg, mut stacks) = agg_and_stacks(&mut self.ebpf)?;
         let mut freed = Vec::new();
         for id in ids.into_iter().filter(|&id| id >= 0) {
             // The entry first, as when a stack is freed as idle.
@@ -811,19 +799,7 @@ impl Probes {
     /// lookup of its count and its update.
     pub(crate) fn free_idle_stacks(&mut self, idle_ns: u64) -> anyhow::Result<u64> {
         let now = crate::snapshot::monotonic_ns();
-        let (mut agg, mut stacks) = (None, None);
-        for (name, map) in self.ebpf.maps_mut() {
-            match name {
-                maps::AGG => agg = Some(map),
-                maps::STACKS => stacks = Some(map),
-                _ => {}
-            }
-        }
-        let (Some(agg), Some(stacks)) = (agg, stacks) else {
-            anyhow::bail!("BPF maps AGG and STACKS missing from the object");
-        };
-        let mut agg = PerCpuHashMap::<&mut MapData, i64, StackAgg>::try_from(agg)?;
-        let mut stacks = BpfHashMap::<&mut MapData, i64, StackTrace>::try_from(stacks)?;
+        let (mut agg, mut stacks) = agg_and_stacks(&mut self.ebpf)?;
         let mut held = 0u64;
         let idle: Vec<(i64, StackAgg)> = agg
             .iter()
@@ -1197,6 +1173,27 @@ fn reserve_agg_entries(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             .with_context(|| format!("reserving the entry of stack {id} in AGG"))?;
     }
     Ok(())
+}
+
+/// `AGG` opened for writing: each stack's figures per CPU.
+type AggMap<'a> = PerCpuHashMap<&'a mut MapData, i64, StackAgg>;
+/// `STACKS` opened for writing: each stack's frames.
+type StacksMap<'a> = BpfHashMap<&'a mut MapData, i64, StackTrace>;
+
+/// The maps of stacks, `AGG` and `STACKS`, opened together for writing.
+fn agg_and_stacks(ebpf: &mut Ebpf) -> anyhow::Result<(AggMap<'_>, StacksMap<'_>)> {
+    let (mut agg, mut stacks) = (None, None);
+    for (name, map) in ebpf.maps_mut() {
+        match name {
+            maps::AGG => agg = Some(map),
+            maps::STACKS => stacks = Some(map),
+            _ => {}
+        }
+    }
+    let (Some(agg), Some(stacks)) = (agg, stacks) else {
+        anyhow::bail!("BPF maps AGG and STACKS missing from the object");
+    };
+    Ok((PerCpuHashMap::try_from(agg)?, BpfHashMap::try_from(stacks)?))
 }
 
 #[cfg(test)]

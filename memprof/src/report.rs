@@ -12,6 +12,7 @@ use crate::model::{
     self, Growth, ProbePlacement, Released, Report, Sampling, Stack, Stats, Totals, Truncation,
     Walk, SCHEMA_VERSION,
 };
+use crate::procfs;
 use crate::snapshot::Snapshot;
 use crate::sources::Found;
 use crate::symbolize::{self, Symbolizer};
@@ -39,6 +40,41 @@ pub(crate) struct Held {
     pub outstanding: Outstanding,
     /// What went away with it, or with the program an exec replaced.
     pub released: Released,
+}
+
+impl Held {
+    /// The process `pid` as discovery `seen` it (else as /proc shows it
+    /// now), with what it held and what went away with it.
+    pub(crate) fn new(
+        pid: u32,
+        seen: Option<crate::select::Seen>,
+        exited: bool,
+        events: memprof_common::ProcEvents,
+        outstanding: Outstanding,
+        released: Released,
+    ) -> Held {
+        let (comm, cmdline, allocator, start_ticks) = match seen {
+            Some(s) => (s.comm, s.cmdline, s.allocator, s.start_ticks),
+            None => (
+                procfs::comm(pid).unwrap_or_else(|| "?".to_string()),
+                procfs::cmdline(pid),
+                String::new(),
+                procfs::start_ticks(pid),
+            ),
+        };
+        Held {
+            pid,
+            comm,
+            cmdline,
+            allocator,
+            started_unix_secs: start_ticks.and_then(procfs::started_unix_secs),
+            exited,
+            execs: events.execs,
+            last_exec_ns: events.last_exec_ns,
+            outstanding,
+            released,
+        }
+    }
 }
 
 /// Whether the report is about one process or many.
