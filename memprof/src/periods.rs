@@ -115,19 +115,8 @@ pub(crate) fn report(
     }
     let mut held = Vec::new();
     for (pid, mut live) in by_process {
-        let seen = match one {
-            Some(_) => processes.one().map(|(_, seen)| seen.clone()),
-            None => processes.seen(pid).cloned(),
-        };
-        let mut mine = Released::default();
-        let mut events = procs.get(&pid).copied().unwrap_or_default();
-        if events.execs > 0 {
-            mine.at_exec = aggregate::take_older(&mut live, events.last_exec_ns);
-        }
-        let is_command = Some(pid) == processes.command();
-        if is_command {
-            events.execs = events.execs.saturating_sub(1);
-        }
+        let (seen, mut mine, events, is_command) =
+            crate::pipeline::process_start(processes, one.is_some(), &procs, pid, &mut live);
         let exited_at = exits.get(&pid).copied();
         let settled = exits::settle(&mut live, exited_at, config.at_exit || is_command);
         mine.at_exit = settled.released;

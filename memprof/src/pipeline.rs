@@ -243,21 +243,8 @@ pub(crate) fn run(
     // sources (kernel stacks alone need no process's symbols).
     let mut sources_view = (None, 0);
     for (pid, mut live) in by_process {
-        let seen = match one {
-            Some(_) => processes.one().map(|(_, seen)| seen.clone()),
-            None => processes.seen(pid).cloned(),
-        };
-        let mut mine = Released::default();
-        let mut events = procs.get(&pid).copied().unwrap_or_default();
-        if events.execs > 0 {
-            // Made by a program that exec replaced: its address space is gone.
-            mine.at_exec = aggregate::take_older(&mut live, events.last_exec_ns);
-        }
-        let is_command = Some(pid) == processes.command();
-        if is_command {
-            // Not the exec that started the command.
-            events.execs = events.execs.saturating_sub(1);
-        }
+        let (seen, mut mine, events, is_command) =
+            process_start(&processes, one.is_some(), &procs, pid, &mut live);
         // Exited only when its exit was noted while recording (what /proc
         // shows now says nothing of the run); with the pid taken by a newer
         // process since, its blocks are those made after the exit. In
@@ -370,6 +357,39 @@ pub(crate) fn run(
 }
 
 /// Says what was attached and how long the run lasts.
+/// What is known of the process `pid` at the report: as discovery saw it,
+/// its blocks made by a program that exec replaced taken out of `live`
+/// (its address space is gone), its exec count (without the exec that
+/// started a launched command), and whether it is the launched command.
+pub(crate) fn process_start(
+    processes: &Processes<'_>,
+    one: bool,
+    procs: &HashMap<u32, memprof_common::ProcEvents>,
+    pid: u32,
+    live: &mut Vec<(LiveKey, AllocInfo)>,
+) -> (
+    Option<crate::select::Seen>,
+    Released,
+    memprof_common::ProcEvents,
+    bool,
+) {
+    let seen = if one {
+        processes.one().map(|(_, seen)| seen.clone())
+    } else {
+        processes.seen(pid).cloned()
+    };
+    let mut mine = Released::default();
+    let mut events = procs.get(&pid).copied().unwrap_or_default();
+    if events.execs > 0 {
+        mine.at_exec = aggregate::take_older(live, events.last_exec_ns);
+    }
+    let is_command = Some(pid) == processes.command();
+    if is_command {
+        events.execs = events.execs.saturating_sub(1);
+    }
+    (seen, mine, events, is_command)
+}
+
 fn log_attached(config: &Config, probes: &Probes, processes: &Processes<'_>, describe: &str) {
     let launched = processes.command().is_some();
     let until = |command: &str| match config.duration {
