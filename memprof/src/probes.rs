@@ -4,11 +4,16 @@
 //! [`Probes::detach`]) detaches every probe, so no exit path leaves a uprobe
 //! behind.
 //!
-//! Full tracking attaches a perf-event uprobe and uretprobe per allocator
-//! function through aya. With sampling (`--sample-rate N`) the allocation
-//! functions get uprobe session links instead (one per program, with all its
-//! sites; see [`crate::session_link`]), which let an unsampled call skip its
-//! return probe; `free` keeps its plain uprobe.
+//! Full tracking attaches an entry and a return probe per allocator function
+//! through `uprobe_multi` links (one per program, file and process, with all
+//! its sites; see [`crate::session_link`]): detaching them takes one wait for
+//! the kernel's grace period per link, all links at once, where aya's
+//! perf-event uprobes wait one after the other, once per probe. On a kernel
+//! without these links (before Linux 6.6), or with [`PERF_UPROBES_ENV`] set,
+//! they are perf-event uprobes attached through aya. With sampling
+//! (`--sample-rate N`) the allocation functions get uprobe session links
+//! instead, which let an unsampled call skip its return probe; `free` keeps
+//! its plain entry probe.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -32,9 +37,13 @@ use memprof_common::{
 
 const BPF_NOEXIST: u32 = 1;
 
+/// Set (to anything), the allocator probes are perf-event uprobes attached
+/// through aya even where the kernel has `uprobe_multi` links.
+pub(crate) const PERF_UPROBES_ENV: &str = "MEMPROF_PERF_UPROBES";
+
 use crate::config::{Bench, Config, Limits, SampleBy, Sampling};
 use crate::error::Error;
-use crate::session_link::{self, SessionPrograms};
+use crate::session_link::{self, LinkKind, SessionPrograms};
 use crate::target::{Kind, ProbeSite};
 use crate::tracefs;
 use crate::windows::{self, Windows};
@@ -165,6 +174,9 @@ pub(crate) struct Probes {
     /// Uprobe session links and their programs (sampled mode): closing them
     /// detaches the probes. Declared before `ebpf` so that they are dropped first.
     session: Vec<OwnedFd>,
+    /// The allocator probes of full tracking, and `free`'s with sampling.
+    /// Declared before `ebpf` so that they are closed first.
+    links: Links,
     ebpf: Ebpf,
     config: ProbeConfig,
     /// What is attached already: (device, inode, file offset, scope).
@@ -312,27 +324,7 @@ impl Probes {
             .context("loading the BPF programs into the kernel")?;
         reserve_agg_entries(&mut ebpf)?;
 
-        let aya_programs: &[&str] = if config.sampled() {
-            &[programs::FREE_ENTER]
-        } else {
-            &[
-                programs::MALLOC_ENTER,
-                programs::CALLOC_ENTER,
-                programs::REALLOC_ENTER,
-                programs::REALLOCARRAY_ENTER,
-                programs::POSIX_MEMALIGN_ENTER,
-                programs::MEMALIGN_ENTER,
-                programs::FREE_ENTER,
-                programs::ALLOC_EXIT,
-                programs::REALLOC_EXIT,
-                programs::POSIX_MEMALIGN_EXIT,
-            ]
-        };
-        for &name in aya_programs {
-            uprobe(&mut ebpf, name)?
-                .load()
-                .with_context(|| format!("loading BPF program {name}"))?;
-        }
+        let links = Links::load(&mut ebpf, config.sampled())?;
         for (program, tracepoint) in [
             (programs::THREAD_EXIT, "sched_process_exit"),
             (programs::PROCESS_EXEC, "sched_process_exec"),
@@ -379,6 +371,7 @@ impl Probes {
         let mut probes = Probes {
             windows,
             session: Vec::new(),
+            links,
             ebpf,
             config,
             done: HashSet::new(),
@@ -430,29 +423,12 @@ impl Probes {
                 self.windows.as_ref(),
             )?;
         }
-        let aya_scope = match scope {
-            Scope::Process(pid) => {
-                UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(0))?)
-            }
-            Scope::All => UProbeScope::AllProcesses,
-        };
-        // Return probes first: an entry without its return would leave a
-        // pending call behind, a return without its entry is only counted.
-        for site in &sites {
-            if sampled && site.kind != Kind::Free {
-                continue;
-            }
-            let (enter, exit) = site.kind.programs();
-            for program in exit.into_iter().chain([enter]) {
-                uprobe(&mut self.ebpf, program)?
-                    .attach(site.file_offset, &site.library.host_path, aya_scope)
-                    .map_err(|error| SiteError {
-                        error,
-                        site: site.clone(),
-                    })?;
-                attached += 1;
-            }
-        }
+        // With sampling, only `free` gets a plain probe.
+        let plain: Vec<&ProbeSite> = sites
+            .iter()
+            .filter(|site| !sampled || site.kind == Kind::Free)
+            .collect();
+        attached += self.links.attach(&mut self.ebpf, &plain, scope)?;
         log::debug!("attached {attached} probes for {scope:?} at {sites:?}");
         self.attached += attached;
         self.sites.extend(sites);
@@ -776,7 +752,9 @@ impl Probes {
                 None => None,
             },
         };
-        drop(std::mem::take(&mut self.session));
+        let mut links = std::mem::take(&mut self.session);
+        links.extend(self.links.take());
+        close_in_parallel(links);
         drop(self.ebpf);
         Ok(maps)
     }
@@ -1047,6 +1025,253 @@ fn window_cookie(kind: Kind) -> Option<u64> {
     }
 }
 
+/// The plain probes: what each allocator function runs at its entry and,
+/// for the allocation functions, at its return, by [`Kind::programs`].
+/// With sampling only `free`'s (the others go through session links).
+fn plain_programs(sampled: bool) -> Vec<(&'static str, LinkKind)> {
+    let kinds: &[Kind] = if sampled {
+        &[Kind::Free]
+    } else {
+        &[
+            Kind::Malloc,
+            Kind::Calloc,
+            Kind::Realloc,
+            Kind::ReallocArray,
+            Kind::PosixMemalign,
+            Kind::Memalign,
+            Kind::Free,
+        ]
+    };
+    let mut programs: Vec<(&'static str, LinkKind)> = Vec::new();
+    for kind in kinds {
+        let (enter, exit) = kind.programs();
+        let kinds = [(Some(enter), LinkKind::Entry), (exit, LinkKind::Return)];
+        for (program, link) in kinds {
+            if let Some(program) = program.filter(|p| !programs.iter().any(|(q, _)| q == p)) {
+                programs.push((program, link));
+            }
+        }
+    }
+    programs
+}
+
+/// How the plain probes are attached.
+enum Links {
+    /// `uprobe_multi` links: one per program, file and scope.
+    Multi {
+        /// The loaded programs.
+        programs: HashMap<&'static str, (LinkKind, OwnedFd)>,
+        links: Vec<OwnedFd>,
+    },
+    /// Perf-event uprobes through aya, which owns them.
+    Perf,
+}
+
+impl Links {
+    /// Loads the plain probes' programs: for `uprobe_multi` links unless
+    /// [`PERF_UPROBES_ENV`] is set or the kernel refuses them, else for aya.
+    fn load(ebpf: &mut Ebpf, sampled: bool) -> anyhow::Result<Links> {
+        let wanted = plain_programs(sampled);
+        if std::env::var_os(PERF_UPROBES_ENV).is_none() {
+            let multi = SessionPrograms::parse(ebpf, BPF_OBJECT).and_then(|object| {
+                let mut programs = HashMap::new();
+                for &(name, kind) in &wanted {
+                    programs.insert(name, (kind, object.load_for(name, kind)?));
+                }
+                Ok(programs)
+            });
+            match multi {
+                Ok(programs) => {
+                    log::debug!("allocator probes through uprobe_multi links");
+                    return Ok(Links::Multi {
+                        programs,
+                        links: Vec::new(),
+                    });
+                }
+                Err(e) => log::info!(
+                    "uprobe_multi links unavailable ({e:#}): perf-event uprobes, slower to detach"
+                ),
+            }
+        } else {
+            log::debug!("{PERF_UPROBES_ENV} is set: perf-event uprobes");
+        }
+        Links::load_perf(ebpf, &wanted)?;
+        Ok(Links::Perf)
+    }
+
+    /// Loads `programs` into aya, for perf-event uprobes.
+    fn load_perf(ebpf: &mut Ebpf, programs: &[(&'static str, LinkKind)]) -> anyhow::Result<()> {
+        for &(name, _) in programs {
+            uprobe(ebpf, name)?
+                .load()
+                .with_context(|| format!("loading BPF program {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the probes of `sites` for `scope`, return probes first: an
+    /// entry without its return would leave a pending call behind, a return
+    /// without its entry is only counted. Returns how many were attached.
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        sites: &[&ProbeSite],
+        scope: Scope,
+    ) -> anyhow::Result<usize> {
+        let Links::Multi { programs, links } = self else {
+            return attach_perf(ebpf, sites, scope);
+        };
+        let pid = match scope {
+            Scope::Process(pid) => pid,
+            Scope::All => 0,
+        };
+        // (return links first, program, file) -> sites.
+        let mut groups: BTreeMap<(bool, &'static str, &Path), Vec<&ProbeSite>> = BTreeMap::new();
+        for site in sites {
+            let (enter, exit) = site.kind.programs();
+            if let Some(exit) = exit {
+                groups
+                    .entry((false, exit, &site.library.host_path))
+                    .or_default()
+                    .push(site);
+            }
+            groups
+                .entry((true, enter, &site.library.host_path))
+                .or_default()
+                .push(site);
+        }
+        let mut attached = 0;
+        for ((_, name, path), group) in groups {
+            let (kind, program) = programs
+                .get(name)
+                .with_context(|| format!("BPF program {name} was not loaded"))?;
+            let mut offsets: Vec<u64> = group.iter().map(|s| s.file_offset).collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            match session_link::attach_as(*kind, program, path, &offsets, &[], pid) {
+                Ok(link) => links.push(link),
+                Err(e) if links.is_empty() && multi_unsupported(&e) => {
+                    // A kernel that loads the programs but refuses the
+                    // links: nothing is attached yet, so all goes through aya.
+                    log::info!("the kernel refused a uprobe_multi link ({e}): perf-event uprobes");
+                    let wanted: Vec<_> = programs.iter().map(|(n, (k, _))| (*n, *k)).collect();
+                    Links::load_perf(ebpf, &wanted)?;
+                    *self = Links::Perf;
+                    return attach_perf(ebpf, sites, scope);
+                }
+                Err(e) => return Err(multi_error(*kind, program, path, &group, pid, e)),
+            }
+            log::debug!(
+                "uprobe_multi {kind:?} link of {name} on {} at {offsets:#x?}",
+                path.display()
+            );
+            attached += group.len();
+        }
+        Ok(attached)
+    }
+
+    /// The links, to be closed ([`close_in_parallel`]).
+    fn take(&mut self) -> Vec<OwnedFd> {
+        match self {
+            Links::Multi { links, .. } => std::mem::take(links),
+            Links::Perf => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        close_in_parallel(self.take());
+    }
+}
+
+/// True for the errors of a kernel that has no `uprobe_multi` links.
+fn multi_unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | 524)
+    )
+}
+
+/// The error of a `uprobe_multi` link, as a [`SiteError`] naming the site
+/// that made it fail: each site of the link tried alone, the first that
+/// fails (else the first site, with `err`).
+fn multi_error(
+    kind: LinkKind,
+    program: &OwnedFd,
+    path: &Path,
+    sites: &[&ProbeSite],
+    pid: u32,
+    err: io::Error,
+) -> anyhow::Error {
+    let failing = sites.iter().find_map(|site| {
+        session_link::attach_as(kind, program, path, &[site.file_offset], &[], pid)
+            .err()
+            .map(|e| (*site, e))
+    });
+    let (site, io_error) = match (failing, sites.first()) {
+        (Some(found), _) => found,
+        (None, Some(first)) => (*first, err),
+        (None, None) => {
+            return anyhow::Error::new(err).context(format!(
+                "creating a uprobe_multi link on {}",
+                path.display()
+            ))
+        }
+    };
+    SiteError {
+        error: ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error,
+        }),
+        site: site.clone(),
+    }
+    .into()
+}
+
+/// Attaches perf-event uprobes through aya, as [`Links::attach`] does.
+fn attach_perf(ebpf: &mut Ebpf, sites: &[&ProbeSite], scope: Scope) -> anyhow::Result<usize> {
+    let aya_scope = match scope {
+        Scope::Process(pid) => {
+            UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(0))?)
+        }
+        Scope::All => UProbeScope::AllProcesses,
+    };
+    let mut attached = 0;
+    for site in sites {
+        let (enter, exit) = site.kind.programs();
+        for program in exit.into_iter().chain([enter]) {
+            uprobe(ebpf, program)?
+                .attach(site.file_offset, &site.library.host_path, aya_scope)
+                .map_err(|error| SiteError {
+                    error,
+                    site: (*site).clone(),
+                })?;
+            attached += 1;
+        }
+    }
+    Ok(attached)
+}
+
+/// Closes uprobe links, many at once: the kernel waits for a grace period
+/// in each close, and these waits overlap when the closes do.
+fn close_in_parallel(links: Vec<OwnedFd>) {
+    if links.len() < 2 {
+        return;
+    }
+    let per_thread = links.len().div_ceil(64);
+    let mut links = links;
+    std::thread::scope(|scope| {
+        while !links.is_empty() {
+            let chunk: Vec<OwnedFd> = links.drain(..per_thread.min(links.len())).collect();
+            // Without a thread, the chunk is closed here with the closure.
+            let _ = std::thread::Builder::new()
+                .name("memprof-detach".into())
+                .spawn_scoped(scope, move || drop(chunk));
+        }
+    });
+}
+
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
     let program = ebpf
         .program_mut(name)
@@ -1206,6 +1431,24 @@ mod tests {
         assert_eq!(stack_shares(1_024), (128, 512));
         // Never a share of nothing.
         assert_eq!(stack_shares(4), (1, 2));
+    }
+
+    #[test]
+    fn each_plain_program_is_loaded_once_for_its_kind_of_link() {
+        let full = plain_programs(false);
+        assert_eq!(full.len(), 10, "{full:?}");
+        for (program, kind) in &full {
+            assert_eq!(full.iter().filter(|(p, _)| p == program).count(), 1);
+            assert_eq!(
+                *kind == LinkKind::Return,
+                program.ends_with("_exit"),
+                "{program}"
+            );
+        }
+        assert_eq!(
+            plain_programs(true),
+            vec![(programs::FREE_ENTER, LinkKind::Entry)]
+        );
     }
 
     #[test]

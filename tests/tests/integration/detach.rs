@@ -1,15 +1,18 @@
 //! No exit path leaves memprof's BPF programs (and so its uprobes) in the
 //! kernel: a run that ends by --duration, SIGINT, SIGTERM, an error after the
-//! probes were attached, or SIGKILL; with full tracking (perf-event uprobes)
+//! probes were attached, or SIGKILL; with full tracking (uprobe_multi links)
 //! and with `--sample-rate` (uprobe session links, made and closed all along
 //! with `--sample-by window`). Checked in the kernel's
-//! list of loaded programs. Needs root (run through `cargo xtask test`).
+//! list of loaded programs. Full tracking records the same through the
+//! uprobe_multi links as through the perf-event uprobes it falls back to.
+//! Needs root (run through `cargo xtask test`).
 
 use std::time::{Duration, Instant};
 
+use aya::programs::links::LinkType;
 use tests::{
-    root_or_skip, sampling_or_skip, send_signal, Fixture, Kind, Memprof, ATTACH_TIMEOUT,
-    FINISH_TIMEOUT,
+    assert_ground_truth, root_or_skip, sampling_or_skip, send_signal, Fixture, Kind, Memprof,
+    ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT,
 };
 
 /// How many programs named `program` the kernel holds (memprof loads one per run).
@@ -34,6 +37,51 @@ fn assert_back_to(program: &str, baseline: usize, how: &str) {
             "after memprof ended by {how}, {now} memprof programs are still loaded (baseline {baseline})"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The types of the kernel's links whose program is named `program`.
+fn link_types(program: &str) -> Vec<LinkType> {
+    let ids: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(program))
+        .map(|p| p.id())
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|link| ids.contains(&link.program_id()))
+        .filter_map(|link| link.link_type().ok())
+        .collect()
+}
+
+#[test]
+fn full_tracking_records_the_same_through_both_kinds_of_uprobe() {
+    if !root_or_skip() {
+        return;
+    }
+    let kinds: [(&[&str], LinkType); 2] = [
+        (&[], LinkType::UProbeMulti),
+        (&["env", "MEMPROF_PERF_UPROBES=1"], LinkType::PerfEvent),
+    ];
+    for (wrapper, expected) in kinds {
+        let mut fixture = Fixture::spawn(Kind::Leaky);
+        let pid = fixture.pid().to_string();
+        let mut memprof = Memprof::spawn_with(wrapper, &["-p", &pid, "--format", "json"]);
+        memprof.wait_attached(ATTACH_TIMEOUT);
+        // One link per program with every site of it, or one per probe.
+        let links = link_types("malloc_enter");
+        assert!(
+            !links.is_empty() && links.iter().all(|t| *t == expected),
+            "{wrapper:?}: the links of malloc_enter are {links:?}, not all {expected:?}"
+        );
+        fixture.go();
+        fixture.wait_done(DONE_TIMEOUT);
+        memprof.interrupt();
+        let output = memprof.finish(FINISH_TIMEOUT);
+        output.assert_success();
+        assert_ground_truth(&output.report(), Kind::Leaky);
+        let status = fixture.finish(Duration::from_secs(10));
+        assert!(status.success(), "leaky did not exit cleanly: {status}");
     }
 }
 
