@@ -161,7 +161,11 @@ fn default_title(report: &Report) -> String {
     if let Some(selection) = &report.selection {
         let n = report.processes.len();
         let processes = if n == 1 { "process" } else { "processes" };
-        format!("memprof: outstanding memory of {n} {processes} ({selection})")
+        if n == 0 {
+            format!("memprof: outstanding memory, {selection}: none")
+        } else {
+            format!("memprof: outstanding memory of {n} {processes} ({selection})")
+        }
     } else if t.comm.is_empty() {
         format!("memprof: outstanding memory of pid {}", t.pid)
     } else {

@@ -165,7 +165,9 @@ pub(crate) fn text_sections(
             t.temporary_bytes,
         )?;
         let listed = if opts.weight == Weight::Alloc { top } else { 0 };
-        if a.stacks.is_empty() || listed == 0 {
+        if a.stacks.is_empty() {
+            // Nothing to list.
+        } else if listed == 0 {
             writeln!(
                 out,
                 "  ({} stacks allocated: --weight alloc lists them and draws them)",
@@ -222,7 +224,9 @@ pub(crate) fn text_sections(
             }
         )?;
         let listed = if opts.weight == Weight::Peak { top } else { 0 };
-        if p.stacks.is_empty() || listed == 0 {
+        if p.stacks.is_empty() {
+            // Nothing to list.
+        } else if listed == 0 {
             writeln!(
                 out,
                 "  ({} stacks held memory then: --weight peak lists them and draws them)",

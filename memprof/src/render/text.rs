@@ -416,6 +416,12 @@ fn stacks(report: &Report, opts: &RenderOptions, out: &mut dyn Write) -> anyhow:
                     "no outstanding allocation is at least {} old",
                     human_secs(min_age)
                 )?,
+                None if report.stats.allocs == 0 && report.selection.is_some() => writeln!(
+                    out,
+                    "memprof saw no allocator call at all: the programs may call an allocator \
+                     that was not probed (-v lists the probes), be statically linked, or have \
+                     made no allocation while memprof was attached; this is not a sign of no leak"
+                )?,
                 None if report.stats.allocs == 0 => writeln!(
                     out,
                     "memprof saw no allocator call at all: the program may call an allocator \
@@ -1021,6 +1027,26 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("WARNING"), "{text}");
+    }
+
+    #[test]
+    fn a_run_over_processes_without_allocator_calls_says_so() {
+        let report = Report {
+            selection: Some("pids 3, 4".to_string()),
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        render(&report, &RenderOptions::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("memprof: outstanding memory, pids 3, 4: none\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("the programs may call an allocator that was not probed (-v lists"),
+            "{text}"
+        );
+        assert!(!text.contains("probed: none"), "{text}");
     }
 
     #[test]
