@@ -24,6 +24,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuHashMap};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
+use memprof_common::python::pymalloc;
 use memprof_common::{
     control, filter, globals, maps, programs, sampled, share, window_cookie, window_frees,
     AllocInfo, LiveKey, ProcEvents, StackAgg, StackTrace, AGG_RESERVED, HEAP_EVENTS_BYTES,
@@ -326,6 +327,12 @@ impl Probes {
                 programs::ALLOC_EXIT,
                 programs::REALLOC_EXIT,
                 programs::POSIX_MEMALIGN_EXIT,
+                pymalloc::MALLOC_ENTER,
+                pymalloc::CALLOC_ENTER,
+                pymalloc::REALLOC_ENTER,
+                pymalloc::FREE_ENTER,
+                pymalloc::ALLOC_EXIT,
+                pymalloc::REALLOC_EXIT,
             ]
         };
         for &name in aya_programs {
@@ -406,8 +413,11 @@ impl Probes {
         sites: &[ProbeSite],
         scope: Scope,
     ) -> anyhow::Result<usize> {
+        let sampled = self.config.sampled();
         let sites: Vec<ProbeSite> = sites
             .iter()
+            // pymalloc's blocks are recorded with full tracking only.
+            .filter(|site| !(sampled && site.kind.pymalloc()))
             .filter(|site| match file_id(&site.library.host_path) {
                 Some((dev, ino)) => self.done.insert((dev, ino, site.file_offset, scope)),
                 // Unreadable: let the attach say why.
@@ -415,7 +425,6 @@ impl Probes {
             })
             .cloned()
             .collect();
-        let sampled = self.config.sampled();
         let mut attached = 0;
         if sampled {
             let pid = match scope {
@@ -439,7 +448,7 @@ impl Probes {
         // Return probes first: an entry without its return would leave a
         // pending call behind, a return without its entry is only counted.
         for site in &sites {
-            if sampled && site.kind != Kind::Free {
+            if sampled && !site.kind.releases() {
                 continue;
             }
             let (enter, exit) = site.kind.programs();
@@ -937,7 +946,8 @@ fn session_program(kind: Kind) -> Option<&'static str> {
         Kind::ReallocArray => Some(sampled::REALLOCARRAY),
         Kind::PosixMemalign => Some(sampled::POSIX_MEMALIGN),
         Kind::Memalign => Some(sampled::MEMALIGN),
-        Kind::Free => None,
+        // pymalloc is probed with full tracking only.
+        Kind::Free | Kind::PyMalloc | Kind::PyCalloc | Kind::PyRealloc | Kind::PyFree => None,
     }
 }
 
@@ -1043,7 +1053,13 @@ fn window_cookie(kind: Kind) -> Option<u64> {
         Kind::Calloc => Some(window_cookie::CALLOC),
         Kind::PosixMemalign => Some(window_cookie::POSIX_MEMALIGN),
         Kind::Memalign => Some(window_cookie::MEMALIGN),
-        Kind::Realloc | Kind::ReallocArray | Kind::Free => None,
+        Kind::Realloc
+        | Kind::ReallocArray
+        | Kind::Free
+        | Kind::PyMalloc
+        | Kind::PyCalloc
+        | Kind::PyRealloc
+        | Kind::PyFree => None,
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use memprof_common::programs;
+use memprof_common::python::pymalloc;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::Error;
@@ -33,6 +34,14 @@ pub(crate) enum Kind {
     Memalign,
     /// `free(ptr)`.
     Free,
+    /// pymalloc's `_PyObject_Malloc(ctx, nbytes)` (see [`crate::python::pymalloc`]).
+    PyMalloc,
+    /// pymalloc's `_PyObject_Calloc(ctx, nelem, elsize)`.
+    PyCalloc,
+    /// pymalloc's `_PyObject_Realloc(ctx, ptr, nbytes)`.
+    PyRealloc,
+    /// pymalloc's `_PyObject_Free(ctx, ptr)`.
+    PyFree,
 }
 
 impl Kind {
@@ -40,9 +49,22 @@ impl Kind {
     pub(crate) fn arguments(self) -> usize {
         match self {
             Kind::Malloc | Kind::Free => 1,
-            Kind::Calloc | Kind::Realloc | Kind::Memalign => 2,
-            Kind::ReallocArray | Kind::PosixMemalign => 3,
+            Kind::Calloc | Kind::Realloc | Kind::Memalign | Kind::PyMalloc | Kind::PyFree => 2,
+            Kind::ReallocArray | Kind::PosixMemalign | Kind::PyCalloc | Kind::PyRealloc => 3,
         }
+    }
+
+    /// True for a function that releases a block (no return probe).
+    pub(crate) fn releases(self) -> bool {
+        matches!(self, Kind::Free | Kind::PyFree)
+    }
+
+    /// True for pymalloc's functions (probed only with full tracking).
+    pub(crate) fn pymalloc(self) -> bool {
+        matches!(
+            self,
+            Kind::PyMalloc | Kind::PyCalloc | Kind::PyRealloc | Kind::PyFree
+        )
     }
 
     /// Names of the entry and return programs in the BPF object.
@@ -58,6 +80,10 @@ impl Kind {
             ),
             Kind::Memalign => (programs::MEMALIGN_ENTER, Some(programs::ALLOC_EXIT)),
             Kind::Free => (programs::FREE_ENTER, None),
+            Kind::PyMalloc => (pymalloc::MALLOC_ENTER, Some(pymalloc::ALLOC_EXIT)),
+            Kind::PyCalloc => (pymalloc::CALLOC_ENTER, Some(pymalloc::ALLOC_EXIT)),
+            Kind::PyRealloc => (pymalloc::REALLOC_ENTER, Some(pymalloc::REALLOC_EXIT)),
+            Kind::PyFree => (pymalloc::FREE_ENTER, None),
         }
     }
 }
@@ -234,6 +260,9 @@ pub(crate) struct TargetProcess {
     pub allocator: Allocator,
     /// libstdc++, when the process maps it.
     pub cxx: Option<Library>,
+    /// The CPython interpreter the process runs (or will load), and whether
+    /// its pymalloc is probed (else why not).
+    pub python: Option<(Library, Result<(), String>)>,
     /// A pidfd of the process: it names this process, not whichever one gets
     /// its pid next, and becomes readable when the process exits.
     pidfd: Option<Arc<OwnedFd>>,
@@ -373,6 +402,7 @@ impl TargetProcess {
         if pidfd.is_some() && procfs::start_ticks(pid) != started {
             return Err(Error::NoSuchProcess(pid).into());
         }
+        let python = python_of(objects);
         Ok(TargetProcess {
             comm,
             cmdline,
@@ -380,6 +410,7 @@ impl TargetProcess {
             libc_host_path,
             allocator,
             cxx,
+            python,
             pidfd: pidfd.map(Arc::new),
         })
     }
@@ -419,6 +450,9 @@ impl TargetProcess {
         if let Some(cxx) = &self.cxx {
             sources.push((cxx.clone(), of(&[Family::CxxNew])));
         }
+        if let Some((python, Ok(()))) = &self.python {
+            sources.push((python.clone(), crate::python::pymalloc::FUNCTIONS.to_vec()));
+        }
         let mut taken = std::collections::HashSet::new();
         let mut sites = Vec::new();
         for (library, functions) in sources {
@@ -445,7 +479,21 @@ impl TargetProcess {
     /// file (`jemalloc (/usr/lib/libjemalloc.so.2)`, `musl (/lib/ld-musl-x86_64.so.1)`);
     /// a prefixed jemalloc names libc too, whose `malloc` is probed as well
     /// (`jemalloc (_rjem_* in /srv/app) and /usr/lib/x86_64-linux-gnu/libc.so.6`).
+    /// A CPython interpreter adds its pymalloc (`; pymalloc (libpython3.12.so.1.0)`)
+    /// or why it is not probed.
     pub(crate) fn allocator_description(&self) -> String {
+        let mut described = self.heap_allocator_description();
+        match &self.python {
+            Some((python, Ok(()))) => described.push_str(&format!("; pymalloc ({})", python.path)),
+            Some((python, Err(why))) => {
+                described.push_str(&format!("; pymalloc of {} not probed: {why}", python.path))
+            }
+            None => {}
+        }
+        described
+    }
+
+    fn heap_allocator_description(&self) -> String {
         let name = &self.allocator.name;
         match (&self.allocator.library, self.allocator.prefix) {
             (Some(own), Some(prefix)) => {
@@ -461,6 +509,18 @@ impl TargetProcess {
     pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
         self.pidfd.as_deref()
     }
+}
+
+/// The object of `objects` that holds a CPython 3 interpreter (the
+/// `python3.X` executable or `libpython3.X.so`, whichever defines
+/// `PyObject_Malloc`), and whether its pymalloc can be probed.
+fn python_of(objects: &[Library]) -> Option<(Library, Result<(), String>)> {
+    objects.iter().find_map(|o| {
+        let minor = crate::python::minor_of_name(&o.path)?;
+        let data = fs::read(&o.host_path).ok()?;
+        let verdict = crate::python::pymalloc::examine(&data, minor)?;
+        Some((o.clone(), verdict))
+    })
 }
 
 /// True for an executable built by the Go toolchain (it has a
@@ -615,7 +675,7 @@ fn sites_in(
         if placed {
             let needs = placement::Needs {
                 args: site.kind.arguments(),
-                returns: site.kind != Kind::Free,
+                returns: !site.kind.releases(),
             };
             site.placement =
                 placement::place_in_file(&data, &landings, site.file_offset, size, needs);

@@ -615,11 +615,17 @@ fn stack_block(
         .unwrap_or_default();
     writeln!(
         out,
-        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}; oldest {}, median age {}{error}{walk}",
+        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}{}; oldest {}, median age {}{error}{walk}",
         human_bytes(stack.bytes),
         stack.bytes,
         stack.count,
         plural(stack.count, "allocation", "allocations"),
+        // Said for blocks that are not malloc's: CPython's small objects.
+        if stack.allocator.is_malloc() {
+            String::new()
+        } else {
+            format!(" of {}", stack.allocator.label())
+        },
         human_secs(stack.oldest_age_secs),
         human_secs(stack.median_age_secs),
     )?;
