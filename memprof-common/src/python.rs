@@ -69,6 +69,11 @@ const _: () = assert!(core::mem::size_of::<PyProc>() == 64);
 /// marks a stack of pymalloc blocks; mixed into the stack's id too.
 pub const PYMALLOC: u64 = 1 << 24;
 
+/// The bit of `StackTrace::walk` that marks a stack of pymalloc's arenas
+/// (an interpreter whose pymalloc is inlined is seen by its arenas: see
+/// memprof's `python::pymalloc`); mixed into the stack's id too.
+pub const PYMALLOC_ARENA: u64 = 1 << 25;
+
 /// The programs on pymalloc's entry points (memprof-ebpf's `pymalloc.rs`).
 pub mod pymalloc {
     /// `_PyObject_Malloc(ctx, nbytes)`: entry.
@@ -83,6 +88,10 @@ pub mod pymalloc {
     pub const ALLOC_EXIT: &str = "pymalloc_exit";
     /// Return of `_PyObject_Realloc`.
     pub const REALLOC_EXIT: &str = "pyrealloc_exit";
+    /// Return of pymalloc's arena allocator (`_PyObject_ArenaMmap(ctx,
+    /// size)`, whose entry is [`MALLOC_ENTER`]'s; its release,
+    /// `_PyObject_ArenaMunmap(ctx, ptr, size)`, is [`FREE_ENTER`]'s).
+    pub const ARENA_EXIT: &str = "pyarena_exit";
 }
 
 /// How Python frames are stored in a [`StackTrace`](crate::StackTrace):

@@ -21,7 +21,10 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use memprof_common::{python::PYMALLOC, PendingCall, StackTrace};
+use memprof_common::{
+    python::{PYMALLOC, PYMALLOC_ARENA},
+    PendingCall, StackTrace,
+};
 
 use crate::decode::{Call, Return};
 use crate::free::release;
@@ -103,6 +106,17 @@ pub fn pymalloc_exit(ctx: RetProbeContext) -> u32 {
     if let Some(call) = leave() {
         let tag = if served(call.size) { PYMALLOC } else { 0 };
         finish_tagged(&ctx, Return::Block, call, ctx.ret(), tag);
+    }
+    0
+}
+
+/// Return of pymalloc's arena allocator, `_PyObject_ArenaMmap(ctx, size)`
+/// (entered through [`pymalloc_enter`]): an arena, probed where pymalloc
+/// itself is inlined into its callers.
+#[uretprobe]
+pub fn pyarena_exit(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = leave() {
+        finish_tagged(&ctx, Return::Block, call, ctx.ret(), PYMALLOC_ARENA);
     }
     0
 }

@@ -520,6 +520,10 @@ pub enum HeapAllocator {
     Malloc,
     /// CPython's allocator of small objects (1 to 512 bytes), in its own arenas.
     Pymalloc,
+    /// pymalloc's arenas (1 MiB from CPython 3.10, 256 KiB before), in an
+    /// interpreter that inlines pymalloc: each under the allocation that
+    /// opened it.
+    PymallocArena,
 }
 
 impl HeapAllocator {
@@ -528,11 +532,12 @@ impl HeapAllocator {
         *self == HeapAllocator::Malloc
     }
 
-    /// `malloc` or `pymalloc`.
+    /// `malloc`, `pymalloc` or `pymalloc arena`.
     pub fn label(self) -> &'static str {
         match self {
             HeapAllocator::Malloc => "malloc",
             HeapAllocator::Pymalloc => "pymalloc",
+            HeapAllocator::PymallocArena => "pymalloc arena",
         }
     }
 }

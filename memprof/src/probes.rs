@@ -333,6 +333,7 @@ impl Probes {
                 pymalloc::FREE_ENTER,
                 pymalloc::ALLOC_EXIT,
                 pymalloc::REALLOC_EXIT,
+                pymalloc::ARENA_EXIT,
             ]
         };
         for &name in aya_programs {
@@ -947,7 +948,13 @@ fn session_program(kind: Kind) -> Option<&'static str> {
         Kind::PosixMemalign => Some(sampled::POSIX_MEMALIGN),
         Kind::Memalign => Some(sampled::MEMALIGN),
         // pymalloc is probed with full tracking only.
-        Kind::Free | Kind::PyMalloc | Kind::PyCalloc | Kind::PyRealloc | Kind::PyFree => None,
+        Kind::Free
+        | Kind::PyMalloc
+        | Kind::PyCalloc
+        | Kind::PyRealloc
+        | Kind::PyFree
+        | Kind::PyArenaAlloc
+        | Kind::PyArenaFree => None,
     }
 }
 
@@ -1059,7 +1066,9 @@ fn window_cookie(kind: Kind) -> Option<u64> {
         | Kind::PyMalloc
         | Kind::PyCalloc
         | Kind::PyRealloc
-        | Kind::PyFree => None,
+        | Kind::PyFree
+        | Kind::PyArenaAlloc
+        | Kind::PyArenaFree => None,
     }
 }
 

@@ -353,6 +353,9 @@ pub(crate) fn outstanding(
                     Some(word) if word & memprof_common::python::PYMALLOC != 0 => {
                         model::HeapAllocator::Pymalloc
                     }
+                    Some(word) if word & memprof_common::python::PYMALLOC_ARENA != 0 => {
+                        model::HeapAllocator::PymallocArena
+                    }
                     _ => model::HeapAllocator::Malloc,
                 },
             }

@@ -15,6 +15,7 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use crate::error::Error;
 use crate::placement;
 use crate::procfs;
+use crate::python::pymalloc::Probed;
 
 /// What an allocator entry point does with its arguments and its result; picks
 /// the pair of BPF programs attached to it.
@@ -42,6 +43,10 @@ pub(crate) enum Kind {
     PyRealloc,
     /// pymalloc's `_PyObject_Free(ctx, ptr)`.
     PyFree,
+    /// pymalloc's arena allocator, `_PyObject_ArenaMmap(ctx, size)`.
+    PyArenaAlloc,
+    /// pymalloc's arena release, `_PyObject_ArenaMunmap(ctx, ptr, size)`.
+    PyArenaFree,
 }
 
 impl Kind {
@@ -49,21 +54,32 @@ impl Kind {
     pub(crate) fn arguments(self) -> usize {
         match self {
             Kind::Malloc | Kind::Free => 1,
-            Kind::Calloc | Kind::Realloc | Kind::Memalign | Kind::PyMalloc | Kind::PyFree => 2,
+            Kind::Calloc
+            | Kind::Realloc
+            | Kind::Memalign
+            | Kind::PyMalloc
+            | Kind::PyFree
+            | Kind::PyArenaAlloc
+            | Kind::PyArenaFree => 2,
             Kind::ReallocArray | Kind::PosixMemalign | Kind::PyCalloc | Kind::PyRealloc => 3,
         }
     }
 
     /// True for a function that releases a block (no return probe).
     pub(crate) fn releases(self) -> bool {
-        matches!(self, Kind::Free | Kind::PyFree)
+        matches!(self, Kind::Free | Kind::PyFree | Kind::PyArenaFree)
     }
 
     /// True for pymalloc's functions (probed only with full tracking).
     pub(crate) fn pymalloc(self) -> bool {
         matches!(
             self,
-            Kind::PyMalloc | Kind::PyCalloc | Kind::PyRealloc | Kind::PyFree
+            Kind::PyMalloc
+                | Kind::PyCalloc
+                | Kind::PyRealloc
+                | Kind::PyFree
+                | Kind::PyArenaAlloc
+                | Kind::PyArenaFree
         )
     }
 
@@ -84,6 +100,8 @@ impl Kind {
             Kind::PyCalloc => (pymalloc::CALLOC_ENTER, Some(pymalloc::ALLOC_EXIT)),
             Kind::PyRealloc => (pymalloc::REALLOC_ENTER, Some(pymalloc::REALLOC_EXIT)),
             Kind::PyFree => (pymalloc::FREE_ENTER, None),
+            Kind::PyArenaAlloc => (pymalloc::MALLOC_ENTER, Some(pymalloc::ARENA_EXIT)),
+            Kind::PyArenaFree => (pymalloc::FREE_ENTER, None),
         }
     }
 }
@@ -262,7 +280,7 @@ pub(crate) struct TargetProcess {
     pub cxx: Option<Library>,
     /// The CPython interpreter the process runs (or will load), and whether
     /// its pymalloc is probed (else why not).
-    pub python: Option<(Library, Result<(), String>)>,
+    pub python: Option<(Library, Result<crate::python::pymalloc::Probed, String>)>,
     /// A pidfd of the process: it names this process, not whichever one gets
     /// its pid next, and becomes readable when the process exits.
     pidfd: Option<Arc<OwnedFd>>,
@@ -450,8 +468,19 @@ impl TargetProcess {
         if let Some(cxx) = &self.cxx {
             sources.push((cxx.clone(), of(&[Family::CxxNew])));
         }
-        if let Some((python, Ok(()))) = &self.python {
-            sources.push((python.clone(), crate::python::pymalloc::FUNCTIONS.to_vec()));
+        let mut arenas = Vec::new();
+        match &self.python {
+            Some((python, Ok(Probed::Objects))) => {
+                sources.push((python.clone(), crate::python::pymalloc::FUNCTIONS.to_vec()));
+            }
+            Some((python, Ok(Probed::Arenas { alloc, free, .. }))) => {
+                let [alloc_fn, free_fn] = crate::python::pymalloc::ARENA_FUNCTIONS;
+                arenas = sites_at(
+                    Arc::new(python.clone()),
+                    &[(alloc_fn, *alloc), (free_fn, *free)],
+                )?;
+            }
+            Some((_, Err(_))) | None => {}
         }
         let mut taken = std::collections::HashSet::new();
         let mut sites = Vec::new();
@@ -472,6 +501,7 @@ impl TargetProcess {
             }
             .into());
         }
+        sites.extend(arenas);
         Ok(sites)
     }
 
@@ -484,7 +514,12 @@ impl TargetProcess {
     pub(crate) fn allocator_description(&self) -> String {
         let mut described = self.heap_allocator_description();
         match &self.python {
-            Some((python, Ok(()))) => described.push_str(&format!("; pymalloc ({})", python.path)),
+            Some((python, Ok(Probed::Objects))) => {
+                described.push_str(&format!("; pymalloc ({})", python.path))
+            }
+            Some((python, Ok(Probed::Arenas { why, .. }))) => {
+                described.push_str(&format!("; pymalloc's arenas ({}): {why}", python.path))
+            }
             Some((python, Err(why))) => {
                 described.push_str(&format!("; pymalloc of {} not probed: {why}", python.path))
             }
@@ -514,7 +549,7 @@ impl TargetProcess {
 /// The object of `objects` that holds a CPython 3 interpreter (the
 /// `python3.X` executable or `libpython3.X.so`, whichever defines
 /// `PyObject_Malloc`), and whether its pymalloc can be probed.
-fn python_of(objects: &[Library]) -> Option<(Library, Result<(), String>)> {
+fn python_of(objects: &[Library]) -> Option<(Library, Result<Probed, String>)> {
     objects.iter().find_map(|o| {
         let minor = crate::python::minor_of_name(&o.path)?;
         let data = fs::read(&o.host_path).ok()?;
@@ -688,6 +723,46 @@ fn sites_in(
             site.placement.describe()
         );
         sites.push(site);
+    }
+    Ok(sites)
+}
+
+/// Probe sites at the entries of functions known by address, not by symbol
+/// (`(name, kind)` and the ELF address): static functions of a stripped
+/// file.
+fn sites_at(
+    library: Arc<Library>,
+    functions: &[((&'static str, Kind), u64)],
+) -> anyhow::Result<Vec<ProbeSite>> {
+    let path = &library.host_path;
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("parsing {} as ELF", path.display()))?;
+    let mut sites = Vec::new();
+    for &((name, kind), addr) in functions {
+        let Some(file_offset) = file_offset(&file, addr) else {
+            anyhow::bail!(
+                "{name} at {addr:#x} is outside the segments of {}",
+                library.path
+            );
+        };
+        let function = data
+            .get(usize::try_from(file_offset).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        // Called once per arena: the entry, whatever it costs.
+        let placement = placement::at_entry(function, "called once per arena: at the entry");
+        log::debug!(
+            "probe on {name} in {} (at {addr:#x}): {}",
+            library.path,
+            placement.describe()
+        );
+        sites.push(ProbeSite {
+            file_offset,
+            kind,
+            names: vec![name],
+            placement,
+            library: library.clone(),
+        });
     }
     Ok(sites)
 }

@@ -6,8 +6,10 @@
 //! are malloc blocks, its lists' arrays pymalloc blocks). Each is named at
 //! its function, file and line, with exact bytes and the allocator that
 //! served them. Debian's python3 (built with link-time optimization, which
-//! inlines pymalloc: not probed, and said so; with `PYTHONMALLOC=malloc`
-//! its small objects are malloc blocks), attached with `-p` and launched;
+//! inlines pymalloc: its small objects are seen by the arenas they fill,
+//! and the report says so; with `PYTHONMALLOC=malloc` they are malloc
+//! blocks), attached with `-p` and launched, and growing by 300,000 small
+//! strings (`tests/fixtures/pyarenas.py`: the arenas they fill);
 //! every pyenv CPython 3.8 to 3.13 attached with `-p`, and the newest one
 //! launched. Needs root (run through `cargo xtask test`).
 
@@ -28,6 +30,9 @@ const JSON_DOCS: u64 = 20;
 fn fixture() -> PathBuf {
     tests::workspace_root().join("tests/fixtures/pythree.py")
 }
+
+/// pymalloc's arenas from CPython 3.10: 1 MiB.
+const ARENA: u64 = 1 << 20;
 
 /// What a version of CPython allocates for the fixture.
 #[derive(Clone, Copy, Debug)]
@@ -93,7 +98,7 @@ fn of_size<'a>(stacks: &[&'a Stack], size: u64) -> (u64, Vec<&'a Stack>) {
 
 fn check(report: &Report, e: Expect) {
     let dump = describe_report(report);
-    use HeapAllocator::{Malloc, Pymalloc};
+    use HeapAllocator::{Malloc, Pymalloc, PymallocArena};
     // leak_big: malloc, exact; no small object kept there.
     assert_eq!(
         sum(&stacks_at(report, "leak_big", 7, Malloc)),
@@ -125,10 +130,19 @@ fn check(report: &Report, e: Expect) {
             }
         }
         None => {
+            // Seen only by the arenas they fill: 5,000 strings (320,000
+            // bytes of blocks) open at most one.
+            let seen: Vec<&Stack> = report
+                .stacks
+                .iter()
+                .filter(|s| has_frame(s, "leak_small", 9))
+                .collect();
+            let (arenas, rest) = of_size(&seen, ARENA);
             assert!(
-                !report.stacks.iter().any(|s| has_frame(s, "leak_small", 9)),
-                "small objects are not seen\n{dump}"
+                rest.is_empty() && seen.iter().all(|s| s.allocator == PymallocArena),
+                "small objects are seen by arenas only\n{dump}"
             );
+            assert!(arenas <= 1, "{arenas} arenas\n{dump}");
         }
     }
     // leak_json: 1,000 strings of 1,000 characters (malloc blocks), and
@@ -156,10 +170,15 @@ fn check(report: &Report, e: Expect) {
 /// Runs `python fixture` (ready/go/done on stdio), with `env`, under
 /// `memprof -p PID --format json`; returns the report.
 fn attached(python: &Path, env: &[(&str, &str)]) -> Report {
+    attached_to(python, &fixture(), env)
+}
+
+/// [`attached`] with the script `script`.
+fn attached_to(python: &Path, script: &Path, env: &[(&str, &str)]) -> Report {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     let mut child = Command::new(python)
-        .arg(fixture())
+        .arg(script)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -222,16 +241,61 @@ fn debian_python() -> Option<PathBuf> {
     Some(python.to_path_buf())
 }
 
-/// Debian's pymalloc is inlined: the report says it was not probed and
-/// why; malloc's blocks are exact.
+/// Debian's pymalloc is inlined: the report says that its arenas are
+/// probed and why; malloc's blocks are exact.
 fn check_debian(report: &Report) {
     let allocator = &report.target.allocator;
     assert!(
-        allocator.contains("pymalloc of /usr/bin/python3.11 not probed")
+        allocator.contains("pymalloc's arenas (/usr/bin/python3.11)")
+            && allocator.contains("inlined")
             && allocator.contains("PYTHONMALLOC=malloc"),
         "{allocator}"
     );
     check(report, Expect::of(11, None));
+}
+
+/// Debian's python3 growing by 300,000 small strings: the arenas they
+/// fill, each 1 MiB, all under `grow` at its line. The strings take 1,177
+/// pools of 16 KiB (255 blocks of 64 bytes each), 63 or 64 pools an arena:
+/// 19 arenas at most, and at least 16 (the arenas open before the growth
+/// have at most two arenas' worth of free pools: 17 to 18 seen).
+#[test]
+fn debian_python_attached_sees_the_arenas_small_objects_fill() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(python) = debian_python() else {
+        return;
+    };
+    let script = tests::workspace_root().join("tests/fixtures/pyarenas.py");
+    let report = attached_to(&python, &script, &[]);
+    let dump = describe_report(&report);
+    let grow: Vec<&Stack> = report
+        .stacks
+        .iter()
+        .filter(|s| {
+            s.frames.iter().any(|f| {
+                f.function.as_deref() == Some("grow")
+                    && f.line == Some(5)
+                    && f.file
+                        .as_deref()
+                        .is_some_and(|p| p.ends_with("pyarenas.py"))
+            })
+        })
+        .filter(|s| s.allocator == HeapAllocator::PymallocArena)
+        .collect();
+    let (arenas, rest) = of_size(&grow, ARENA);
+    assert!(
+        rest.is_empty(),
+        "blocks that are not arenas: {rest:#?}\n{dump}"
+    );
+    assert!((16..=19).contains(&arenas), "{arenas} arenas\n{dump}");
+    let arena_stacks = report
+        .stacks
+        .iter()
+        .filter(|s| s.allocator == HeapAllocator::PymallocArena)
+        .count();
+    assert_eq!(arena_stacks, grow.len(), "arenas elsewhere\n{dump}");
 }
 
 #[test]
