@@ -65,6 +65,35 @@ pub struct PyProc {
 }
 const _: () = assert!(core::mem::size_of::<PyProc>() == 64);
 
+/// The bit of `StackTrace::walk` (above the Python frames' count) that
+/// marks a stack of pymalloc blocks; mixed into the stack's id too.
+pub const PYMALLOC: u64 = 1 << 24;
+
+/// The bit of `StackTrace::walk` that marks a stack of pymalloc's arenas
+/// (an interpreter whose pymalloc is inlined is seen by its arenas: see
+/// memprof's `python::pymalloc`); mixed into the stack's id too.
+pub const PYMALLOC_ARENA: u64 = 1 << 25;
+
+/// The programs on pymalloc's entry points (memprof-ebpf's `pymalloc.rs`).
+pub mod pymalloc {
+    /// `_PyObject_Malloc(ctx, nbytes)`: entry.
+    pub const MALLOC_ENTER: &str = "pymalloc_enter";
+    /// `_PyObject_Calloc(ctx, nelem, elsize)`: entry.
+    pub const CALLOC_ENTER: &str = "pycalloc_enter";
+    /// `_PyObject_Realloc(ctx, ptr, nbytes)`: entry.
+    pub const REALLOC_ENTER: &str = "pyrealloc_enter";
+    /// `_PyObject_Free(ctx, ptr)`.
+    pub const FREE_ENTER: &str = "pyfree_enter";
+    /// Return of `_PyObject_Malloc` and `_PyObject_Calloc`.
+    pub const ALLOC_EXIT: &str = "pymalloc_exit";
+    /// Return of `_PyObject_Realloc`.
+    pub const REALLOC_EXIT: &str = "pyrealloc_exit";
+    /// Return of pymalloc's arena allocator (`_PyObject_ArenaMmap(ctx,
+    /// size)`, whose entry is [`MALLOC_ENTER`]'s; its release,
+    /// `_PyObject_ArenaMunmap(ctx, ptr, size)`, is [`FREE_ENTER`]'s).
+    pub const ARENA_EXIT: &str = "pyarena_exit";
+}
+
 /// How Python frames are stored in a [`StackTrace`](crate::StackTrace):
 /// at the end of `ips`, frame `i` (0 innermost) at
 /// `ips[MAX_FRAMES - 2 * (i + 1)..][..2]`, never over the native frames
@@ -101,7 +130,7 @@ mod tests {
 
     #[test]
     fn frame_count_lives_apart_from_the_walk_bits() {
-        let walk = 2 | (3 << 8) | (5 << frame::COUNT_SHIFT);
+        let walk = 2 | (3 << 8) | (5 << frame::COUNT_SHIFT) | super::PYMALLOC;
         assert_eq!(frame::count(walk), 5);
         assert_eq!(walk & 0xffff, 2 | (3 << 8));
     }

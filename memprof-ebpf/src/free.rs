@@ -38,20 +38,31 @@ fn count_unknown(tid: u64, addr: u64) {
     let again = LAST_RELEASE
         .get_ptr_mut(0)
         .is_some_and(|last| unsafe { *last } == [tid, addr]);
-    bump(if again {
-        stat::NESTED_CALLS
+    if again {
+        bump(stat::NESTED_CALLS);
     } else {
-        stat::FREES_UNKNOWN
-    });
+        bump(stat::FREES_UNKNOWN);
+        // pymalloc's free hands a block it did not serve to `free`: one
+        // unknown release, not two.
+        note_release(tid, addr);
+    }
 }
 
 /// `free(ptr)`: no return probe needed.
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    let Some(tid) = target_thread() else { return 0 };
-    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    release(&ctx, ctx.arg(0).unwrap_or(0));
+    0
+}
+
+/// The release of the block `ptr`, by `free` or another allocator's free
+/// (pymalloc's, which hands the blocks it did not serve to `free`: the
+/// second release of such a block is counted as nested).
+#[inline(always)]
+pub(crate) fn release(ctx: &ProbeContext, ptr: u64) {
+    let Some(tid) = target_thread() else { return };
     if ptr == 0 {
-        return 0;
+        return;
     }
     if SAMPLE_BY_WINDOW.load() != 0 {
         // How fast the target runs in windows against the whole run.
@@ -62,18 +73,17 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if forget(&live_key(tid, ptr)).is_some() {
         bump(stat::FREES);
         note_release(tid, ptr);
-        return 0;
+        return;
     }
     if SAMPLE_RATE.load() > 1 {
         // Sampled mode: most blocks were not sampled, and their frees are
         // expected; not counted.
-        return 0;
+        return;
     }
     if inside_allocator(stack_pointer(ctx.regs)) {
         // e.g. realloc(p, 0) freeing p: accounted at realloc's return.
         bump(stat::NESTED_CALLS);
-        return 0;
+        return;
     }
     count_unknown(tid, ptr);
-    0
 }

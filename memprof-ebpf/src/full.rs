@@ -17,7 +17,7 @@ use crate::task::{leave, stack_pointer, PENDING};
 /// Records an allocator entry for this thread, unless it is nested in
 /// another. `call.frees` is the block a realloc replaces (else 0).
 #[inline(always)]
-fn enter(ctx: &ProbeContext, call: Call) {
+pub(crate) fn enter(ctx: &ProbeContext, call: Call) {
     if target_thread().is_none() {
         return;
     }

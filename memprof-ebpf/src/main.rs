@@ -32,6 +32,7 @@
 //! - [`record`]: `LIVE` and `AGG`: a block returned, freed, moved or put back;
 //! - [`stack`]: user stacks, captured and stored in `STACKS`;
 //! - [`python`]: the Python frames of allocations in CPython processes;
+//! - [`pymalloc`]: CPython's allocator of small objects;
 //! - [`full`]: the programs that record every call (uprobe and uretprobe);
 //! - [`free`]: `free`, attached in every mode;
 //! - [`sampled`]: the uprobe session programs of `--sample-rate` and
@@ -50,6 +51,7 @@ mod kernel;
 mod maps;
 mod mmap;
 mod process;
+mod pymalloc;
 mod python;
 mod record;
 mod sampled;

@@ -16,7 +16,7 @@ use crate::decode::Return;
 use crate::maps::{add, bump, bump_by, log_event, AGG, EEXIST, EVENT_ALLOC, EVENT_FREE, LIVE};
 use crate::settings::{LOG_EVENTS, SAMPLE_RATE, TEMPORARY_NS};
 use crate::share::{note_stack, over_share};
-use crate::stack::{capture_stack, store_stack};
+use crate::stack::{capture_stack_tagged, store_stack};
 
 /// Adds one allocation to this CPU's value of an aggregate; returns how
 /// many allocations this CPU had added to it before. The adds are atomic (a
@@ -198,11 +198,13 @@ pub(crate) fn live_key(pid_tgid: u64, addr: u64) -> LiveKey {
     }
 }
 
-/// Records a block returned to the target.
+/// Records a block returned to the target; `tag` marks the allocator that
+/// served it (0: malloc's family, else [`memprof_common::python::PYMALLOC`]),
+/// part of its stack's identity.
 #[inline(always)]
-fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
+fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64, tag: u64) {
     let key = live_key(bpf_get_current_pid_tgid(), addr);
-    let stack_id = capture_stack(ctx, key.tgid);
+    let stack_id = capture_stack_tagged(ctx, key.tgid, tag);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let info = AllocInfo {
@@ -246,18 +248,18 @@ fn record<C: EbpfContext>(ctx: &C, addr: u64, size: u64) {
 
 /// Ends a call that returned `addr`, the new block (malloc, calloc, memalign, ...).
 #[inline(always)]
-fn finish_alloc<C: EbpfContext>(ctx: &C, call: PendingCall, addr: u64) {
+fn finish_alloc<C: EbpfContext>(ctx: &C, call: PendingCall, addr: u64, tag: u64) {
     if addr == 0 {
         bump(stat::FAILED_ALLOCS);
     } else {
-        record(ctx, addr, call.size);
+        record(ctx, addr, call.size, tag);
     }
 }
 
 /// Ends a realloc or reallocarray call that returned `new`. Its old block
 /// left `LIVE` at the entry ([`take_old`]).
 #[inline(always)]
-fn finish_realloc<C: EbpfContext>(ctx: &C, call: PendingCall, new: u64) {
+fn finish_realloc<C: EbpfContext>(ctx: &C, call: PendingCall, new: u64, tag: u64) {
     let old = call.ptr;
     if new == 0 && !(call.size == 0 && old != 0) {
         // Failed: the old block (if any) stays live.
@@ -275,7 +277,7 @@ fn finish_realloc<C: EbpfContext>(ctx: &C, call: PendingCall, new: u64) {
         bump(stat::FREES_UNKNOWN);
     }
     if new != 0 {
-        record(ctx, new, call.size);
+        record(ctx, new, call.size, tag);
     }
 }
 
@@ -289,7 +291,7 @@ fn finish_posix_memalign<C: EbpfContext>(ctx: &C, call: PendingCall, rc: u64) {
     }
     // SAFETY: reading user memory through the helper, which handles faults.
     match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
-        Ok(addr) if addr != 0 => record(ctx, addr, call.size),
+        Ok(addr) if addr != 0 => record(ctx, addr, call.size, 0),
         _ => bump(stat::FAILED_ALLOCS),
     }
 }
@@ -297,9 +299,21 @@ fn finish_posix_memalign<C: EbpfContext>(ctx: &C, call: PendingCall, rc: u64) {
 /// Ends a call that returned `ret`, by what its function returns.
 #[inline(always)]
 pub(crate) fn finish<C: EbpfContext>(ctx: &C, returns: Return, call: PendingCall, ret: u64) {
+    finish_tagged(ctx, returns, call, ret, 0);
+}
+
+/// [`finish`] for a block of the allocator `tag` (see [`record`]).
+#[inline(always)]
+pub(crate) fn finish_tagged<C: EbpfContext>(
+    ctx: &C,
+    returns: Return,
+    call: PendingCall,
+    ret: u64,
+    tag: u64,
+) {
     match returns {
-        Return::Block => finish_alloc(ctx, call, ret),
-        Return::Moved => finish_realloc(ctx, call, ret),
+        Return::Block => finish_alloc(ctx, call, ret, tag),
+        Return::Moved => finish_realloc(ctx, call, ret, tag),
         Return::Status => finish_posix_memalign(ctx, call, ret),
     }
 }

@@ -119,6 +119,24 @@ pub(crate) fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32) -> i64 {
     (hash >> 1) as i64
 }
 
+/// [`capture_stack`] for a block of the allocator `tag` (0: malloc's
+/// family; else a bit of `StackTrace::walk`, such as
+/// [`memprof_common::python::PYMALLOC`]): the tag is kept in the stack's
+/// `walk` and mixed into its id, so that the same code allocating from two
+/// allocators makes two stacks, each saying where its blocks came from.
+#[inline(always)]
+pub(crate) fn capture_stack_tagged<C: EbpfContext>(ctx: &C, tgid: u32, tag: u64) -> i64 {
+    let id = capture_stack(ctx, tgid);
+    if tag == 0 || id < 0 {
+        return id;
+    }
+    let Some(buf) = scratch() else {
+        return STACK_LOST;
+    };
+    buf.walk |= tag;
+    (mix(id as u64, tag) >> 1) as i64
+}
+
 /// Makes sure the stack just captured by [`capture_stack`] (or
 /// [`capture_syscall_stack`]) is in `STACKS` under `id`. A stack that cannot
 /// be stored is counted as lost; user space shows allocations whose stack is

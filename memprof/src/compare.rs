@@ -46,6 +46,7 @@ pub fn merge(reports: &[Report]) -> Report {
                         walk: stack.walk,
                         truncation: stack.truncation,
                         growth: None,
+                        allocator: stack.allocator,
                         ..Stack::default()
                     },
                     largest: 0,
@@ -514,6 +515,7 @@ mod tests {
             growth: None,
             pid: None,
             estimate: None,
+            allocator: Default::default(),
         }
     }
 

@@ -504,6 +504,42 @@ pub struct Stack {
     /// In a sampled run: how `bytes` and `count` were estimated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate: Option<StackEstimate>,
+    /// The allocator that served the blocks: `pymalloc` for CPython's small
+    /// objects; absent for the malloc family (malloc, calloc, realloc,
+    /// `operator new`, ...).
+    #[serde(default, skip_serializing_if = "HeapAllocator::is_malloc")]
+    pub allocator: HeapAllocator,
+}
+
+/// Which allocator served the blocks of a stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeapAllocator {
+    /// The malloc family of the process's allocator (glibc, jemalloc, ...).
+    #[default]
+    Malloc,
+    /// CPython's allocator of small objects (1 to 512 bytes), in its own arenas.
+    Pymalloc,
+    /// pymalloc's arenas (1 MiB from CPython 3.10, 256 KiB before), in an
+    /// interpreter that inlines pymalloc: each under the allocation that
+    /// opened it.
+    PymallocArena,
+}
+
+impl HeapAllocator {
+    /// True for the malloc family (not said in reports).
+    pub fn is_malloc(&self) -> bool {
+        *self == HeapAllocator::Malloc
+    }
+
+    /// `malloc`, `pymalloc` or `pymalloc arena`.
+    pub fn label(self) -> &'static str {
+        match self {
+            HeapAllocator::Malloc => "malloc",
+            HeapAllocator::Pymalloc => "pymalloc",
+            HeapAllocator::PymallocArena => "pymalloc arena",
+        }
+    }
 }
 
 /// How a stack was walked (`--unwind`).

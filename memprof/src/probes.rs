@@ -399,8 +399,11 @@ impl Probes {
         sites: &[ProbeSite],
         scope: Scope,
     ) -> anyhow::Result<usize> {
+        let sampled = self.config.sampled();
         let sites: Vec<ProbeSite> = sites
             .iter()
+            // pymalloc's blocks are recorded with full tracking only.
+            .filter(|site| !(sampled && site.kind.pymalloc()))
             .filter(|site| match file_id(&site.library.host_path) {
                 Some((dev, ino)) => self.done.insert((dev, ino, site.file_offset, scope)),
                 // Unreadable: let the attach say why.
@@ -408,7 +411,6 @@ impl Probes {
             })
             .cloned()
             .collect();
-        let sampled = self.config.sampled();
         let mut attached = 0;
         if sampled {
             let pid = match scope {
@@ -426,7 +428,7 @@ impl Probes {
         // With sampling, only `free` gets a plain probe.
         let plain: Vec<&ProbeSite> = sites
             .iter()
-            .filter(|site| !sampled || site.kind == Kind::Free)
+            .filter(|site| !sampled || site.kind.releases())
             .collect();
         attached += self.links.attach(&mut self.ebpf, &plain, scope)?;
         log::debug!("attached {attached} probes for {scope:?} at {sites:?}");
@@ -915,7 +917,14 @@ fn session_program(kind: Kind) -> Option<&'static str> {
         Kind::ReallocArray => Some(sampled::REALLOCARRAY),
         Kind::PosixMemalign => Some(sampled::POSIX_MEMALIGN),
         Kind::Memalign => Some(sampled::MEMALIGN),
-        Kind::Free => None,
+        // pymalloc is probed with full tracking only.
+        Kind::Free
+        | Kind::PyMalloc
+        | Kind::PyCalloc
+        | Kind::PyRealloc
+        | Kind::PyFree
+        | Kind::PyArenaAlloc
+        | Kind::PyArenaFree => None,
     }
 }
 
@@ -1021,7 +1030,15 @@ fn window_cookie(kind: Kind) -> Option<u64> {
         Kind::Calloc => Some(window_cookie::CALLOC),
         Kind::PosixMemalign => Some(window_cookie::POSIX_MEMALIGN),
         Kind::Memalign => Some(window_cookie::MEMALIGN),
-        Kind::Realloc | Kind::ReallocArray | Kind::Free => None,
+        Kind::Realloc
+        | Kind::ReallocArray
+        | Kind::Free
+        | Kind::PyMalloc
+        | Kind::PyCalloc
+        | Kind::PyRealloc
+        | Kind::PyFree
+        | Kind::PyArenaAlloc
+        | Kind::PyArenaFree => None,
     }
 }
 
@@ -1040,6 +1057,12 @@ fn plain_programs(sampled: bool) -> Vec<(&'static str, LinkKind)> {
             Kind::PosixMemalign,
             Kind::Memalign,
             Kind::Free,
+            Kind::PyMalloc,
+            Kind::PyCalloc,
+            Kind::PyRealloc,
+            Kind::PyFree,
+            Kind::PyArenaAlloc,
+            Kind::PyArenaFree,
         ]
     };
     let mut programs: Vec<(&'static str, LinkKind)> = Vec::new();
@@ -1436,7 +1459,7 @@ mod tests {
     #[test]
     fn each_plain_program_is_loaded_once_for_its_kind_of_link() {
         let full = plain_programs(false);
-        assert_eq!(full.len(), 10, "{full:?}");
+        assert_eq!(full.len(), 17, "{full:?}");
         for (program, kind) in &full {
             assert_eq!(full.iter().filter(|(p, _)| p == program).count(), 1);
             assert_eq!(

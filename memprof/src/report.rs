@@ -349,6 +349,15 @@ pub(crate) fn outstanding(
                 growth: growth.as_ref().and_then(|g| g.get(&s.stack_id).cloned()),
                 pid,
                 estimate: s.estimate,
+                allocator: match word {
+                    Some(word) if word & memprof_common::python::PYMALLOC != 0 => {
+                        model::HeapAllocator::Pymalloc
+                    }
+                    Some(word) if word & memprof_common::python::PYMALLOC_ARENA != 0 => {
+                        model::HeapAllocator::PymallocArena
+                    }
+                    _ => model::HeapAllocator::Malloc,
+                },
             }
         })
         .collect();

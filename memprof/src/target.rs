@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use memprof_common::programs;
+use memprof_common::python::pymalloc;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::error::Error;
 use crate::placement;
 use crate::procfs;
+use crate::python::pymalloc::Probed;
 
 /// What an allocator entry point does with its arguments and its result; picks
 /// the pair of BPF programs attached to it.
@@ -33,6 +35,18 @@ pub(crate) enum Kind {
     Memalign,
     /// `free(ptr)`.
     Free,
+    /// pymalloc's `_PyObject_Malloc(ctx, nbytes)` (see [`crate::python::pymalloc`]).
+    PyMalloc,
+    /// pymalloc's `_PyObject_Calloc(ctx, nelem, elsize)`.
+    PyCalloc,
+    /// pymalloc's `_PyObject_Realloc(ctx, ptr, nbytes)`.
+    PyRealloc,
+    /// pymalloc's `_PyObject_Free(ctx, ptr)`.
+    PyFree,
+    /// pymalloc's arena allocator, `_PyObject_ArenaMmap(ctx, size)`.
+    PyArenaAlloc,
+    /// pymalloc's arena release, `_PyObject_ArenaMunmap(ctx, ptr, size)`.
+    PyArenaFree,
 }
 
 impl Kind {
@@ -40,9 +54,33 @@ impl Kind {
     pub(crate) fn arguments(self) -> usize {
         match self {
             Kind::Malloc | Kind::Free => 1,
-            Kind::Calloc | Kind::Realloc | Kind::Memalign => 2,
-            Kind::ReallocArray | Kind::PosixMemalign => 3,
+            Kind::Calloc
+            | Kind::Realloc
+            | Kind::Memalign
+            | Kind::PyMalloc
+            | Kind::PyFree
+            | Kind::PyArenaAlloc
+            | Kind::PyArenaFree => 2,
+            Kind::ReallocArray | Kind::PosixMemalign | Kind::PyCalloc | Kind::PyRealloc => 3,
         }
+    }
+
+    /// True for a function that releases a block (no return probe).
+    pub(crate) fn releases(self) -> bool {
+        matches!(self, Kind::Free | Kind::PyFree | Kind::PyArenaFree)
+    }
+
+    /// True for pymalloc's functions (probed only with full tracking).
+    pub(crate) fn pymalloc(self) -> bool {
+        matches!(
+            self,
+            Kind::PyMalloc
+                | Kind::PyCalloc
+                | Kind::PyRealloc
+                | Kind::PyFree
+                | Kind::PyArenaAlloc
+                | Kind::PyArenaFree
+        )
     }
 
     /// Names of the entry and return programs in the BPF object.
@@ -58,6 +96,12 @@ impl Kind {
             ),
             Kind::Memalign => (programs::MEMALIGN_ENTER, Some(programs::ALLOC_EXIT)),
             Kind::Free => (programs::FREE_ENTER, None),
+            Kind::PyMalloc => (pymalloc::MALLOC_ENTER, Some(pymalloc::ALLOC_EXIT)),
+            Kind::PyCalloc => (pymalloc::CALLOC_ENTER, Some(pymalloc::ALLOC_EXIT)),
+            Kind::PyRealloc => (pymalloc::REALLOC_ENTER, Some(pymalloc::REALLOC_EXIT)),
+            Kind::PyFree => (pymalloc::FREE_ENTER, None),
+            Kind::PyArenaAlloc => (pymalloc::MALLOC_ENTER, Some(pymalloc::ARENA_EXIT)),
+            Kind::PyArenaFree => (pymalloc::FREE_ENTER, None),
         }
     }
 }
@@ -234,6 +278,9 @@ pub(crate) struct TargetProcess {
     pub allocator: Allocator,
     /// libstdc++, when the process maps it.
     pub cxx: Option<Library>,
+    /// The CPython interpreter the process runs (or will load), and whether
+    /// its pymalloc is probed (else why not).
+    pub python: Option<(Library, Result<crate::python::pymalloc::Probed, String>)>,
     /// A pidfd of the process: it names this process, not whichever one gets
     /// its pid next, and becomes readable when the process exits.
     pidfd: Option<Arc<OwnedFd>>,
@@ -373,6 +420,7 @@ impl TargetProcess {
         if pidfd.is_some() && procfs::start_ticks(pid) != started {
             return Err(Error::NoSuchProcess(pid).into());
         }
+        let python = python_of(objects);
         Ok(TargetProcess {
             comm,
             cmdline,
@@ -380,6 +428,7 @@ impl TargetProcess {
             libc_host_path,
             allocator,
             cxx,
+            python,
             pidfd: pidfd.map(Arc::new),
         })
     }
@@ -419,6 +468,20 @@ impl TargetProcess {
         if let Some(cxx) = &self.cxx {
             sources.push((cxx.clone(), of(&[Family::CxxNew])));
         }
+        let mut arenas = Vec::new();
+        match &self.python {
+            Some((python, Ok(Probed::Objects))) => {
+                sources.push((python.clone(), crate::python::pymalloc::FUNCTIONS.to_vec()));
+            }
+            Some((python, Ok(Probed::Arenas { alloc, free, .. }))) => {
+                let [alloc_fn, free_fn] = crate::python::pymalloc::ARENA_FUNCTIONS;
+                arenas = sites_at(
+                    Arc::new(python.clone()),
+                    &[(alloc_fn, *alloc), (free_fn, *free)],
+                )?;
+            }
+            Some((_, Err(_))) | None => {}
+        }
         let mut taken = std::collections::HashSet::new();
         let mut sites = Vec::new();
         for (library, functions) in sources {
@@ -438,6 +501,7 @@ impl TargetProcess {
             }
             .into());
         }
+        sites.extend(arenas);
         Ok(sites)
     }
 
@@ -445,7 +509,26 @@ impl TargetProcess {
     /// file (`jemalloc (/usr/lib/libjemalloc.so.2)`, `musl (/lib/ld-musl-x86_64.so.1)`);
     /// a prefixed jemalloc names libc too, whose `malloc` is probed as well
     /// (`jemalloc (_rjem_* in /srv/app) and /usr/lib/x86_64-linux-gnu/libc.so.6`).
+    /// A CPython interpreter adds its pymalloc (`; pymalloc (libpython3.12.so.1.0)`)
+    /// or why it is not probed.
     pub(crate) fn allocator_description(&self) -> String {
+        let mut described = self.heap_allocator_description();
+        match &self.python {
+            Some((python, Ok(Probed::Objects))) => {
+                described.push_str(&format!("; pymalloc ({})", python.path))
+            }
+            Some((python, Ok(Probed::Arenas { why, .. }))) => {
+                described.push_str(&format!("; pymalloc's arenas ({}): {why}", python.path))
+            }
+            Some((python, Err(why))) => {
+                described.push_str(&format!("; pymalloc of {} not probed: {why}", python.path))
+            }
+            None => {}
+        }
+        described
+    }
+
+    fn heap_allocator_description(&self) -> String {
         let name = &self.allocator.name;
         match (&self.allocator.library, self.allocator.prefix) {
             (Some(own), Some(prefix)) => {
@@ -461,6 +544,18 @@ impl TargetProcess {
     pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
         self.pidfd.as_deref()
     }
+}
+
+/// The object of `objects` that holds a CPython 3 interpreter (the
+/// `python3.X` executable or `libpython3.X.so`, whichever defines
+/// `PyObject_Malloc`), and whether its pymalloc can be probed.
+fn python_of(objects: &[Library]) -> Option<(Library, Result<Probed, String>)> {
+    objects.iter().find_map(|o| {
+        let minor = crate::python::minor_of_name(&o.path)?;
+        let data = fs::read(&o.host_path).ok()?;
+        let verdict = crate::python::pymalloc::examine(&data, minor)?;
+        Some((o.clone(), verdict))
+    })
 }
 
 /// True for an executable built by the Go toolchain (it has a
@@ -615,7 +710,7 @@ fn sites_in(
         if placed {
             let needs = placement::Needs {
                 args: site.kind.arguments(),
-                returns: site.kind != Kind::Free,
+                returns: !site.kind.releases(),
             };
             site.placement =
                 placement::place_in_file(&data, &landings, site.file_offset, size, needs);
@@ -628,6 +723,46 @@ fn sites_in(
             site.placement.describe()
         );
         sites.push(site);
+    }
+    Ok(sites)
+}
+
+/// Probe sites at the entries of functions known by address, not by symbol
+/// (`(name, kind)` and the ELF address): static functions of a stripped
+/// file.
+fn sites_at(
+    library: Arc<Library>,
+    functions: &[((&'static str, Kind), u64)],
+) -> anyhow::Result<Vec<ProbeSite>> {
+    let path = &library.host_path;
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("parsing {} as ELF", path.display()))?;
+    let mut sites = Vec::new();
+    for &((name, kind), addr) in functions {
+        let Some(file_offset) = file_offset(&file, addr) else {
+            anyhow::bail!(
+                "{name} at {addr:#x} is outside the segments of {}",
+                library.path
+            );
+        };
+        let function = data
+            .get(usize::try_from(file_offset).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        // Called once per arena: the entry, whatever it costs.
+        let placement = placement::at_entry(function, "called once per arena: at the entry");
+        log::debug!(
+            "probe on {name} in {} (at {addr:#x}): {}",
+            library.path,
+            placement.describe()
+        );
+        sites.push(ProbeSite {
+            file_offset,
+            kind,
+            names: vec![name],
+            placement,
+            library: library.clone(),
+        });
     }
     Ok(sites)
 }

@@ -27,6 +27,7 @@ use crate::procfs;
 pub(crate) mod code;
 pub(crate) mod layout;
 pub(crate) mod merge;
+pub(crate) mod pymalloc;
 
 pub(crate) use merge::PYTHON_MODULE;
 
@@ -102,7 +103,7 @@ impl Interpreter {
 
 /// The minor version in a file name such as `python3.11`,
 /// `libpython3.11.so.1.0` or `libpython3.8d.so`.
-fn minor_of_name(path: &str) -> Option<u32> {
+pub(crate) fn minor_of_name(path: &str) -> Option<u32> {
     let name = path.rsplit('/').next()?;
     let rest = name
         .strip_prefix("libpython3.")

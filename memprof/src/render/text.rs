@@ -12,7 +12,9 @@ use super::{
     default_title, human_bytes, human_secs, relative, sampling_statement, stacks_by_bytes,
     RenderOptions,
 };
-use crate::model::{Frame, Growth, Report, Stack, Stats, Totals, Truncation, Walk, NO_ROOM_FRAME};
+use crate::model::{
+    Frame, Growth, HeapAllocator, Report, Stack, Stats, Totals, Truncation, Walk, NO_ROOM_FRAME,
+};
 
 /// Indentation of the frames under a stack's heading.
 const FRAME_INDENT: &str = "      ";
@@ -621,11 +623,20 @@ fn stack_block(
         .unwrap_or_default();
     writeln!(
         out,
-        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}; oldest {}, median age {}{error}{walk}",
+        "#{rank}  {} ({} bytes, {pct:.1}%) in {} {}{}; oldest {}, median age {}{error}{walk}",
         human_bytes(stack.bytes),
         stack.bytes,
         stack.count,
-        plural(stack.count, "allocation", "allocations"),
+        match stack.allocator {
+            HeapAllocator::PymallocArena =>
+                plural(stack.count, "pymalloc arena", "pymalloc arenas"),
+            _ => plural(stack.count, "allocation", "allocations"),
+        },
+        // Said for blocks that are not malloc's: CPython's small objects.
+        match stack.allocator {
+            HeapAllocator::Pymalloc => format!(" of {}", stack.allocator.label()),
+            HeapAllocator::Malloc | HeapAllocator::PymallocArena => String::new(),
+        },
         human_secs(stack.oldest_age_secs),
         human_secs(stack.median_age_secs),
     )?;

@@ -63,6 +63,7 @@ fn stack(bytes: u64, count: u64, oldest: f64, median: f64, frames: Vec<Frame>) -
         growth: None,
         pid: None,
         estimate: None,
+        allocator: Default::default(),
     }
 }
 

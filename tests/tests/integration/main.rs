@@ -37,6 +37,7 @@ mod outputs;
 #[path = "../../../memprof/tests/common/pprof_proto.rs"]
 mod pprof_proto;
 mod profiles;
+mod pymalloc;
 mod python;
 mod rust_fixture;
 mod sampling;
