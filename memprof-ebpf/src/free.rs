@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use memprof_common::stat;
 
+use crate::decode::{arg, cookie};
 use crate::maps::{bump, count_window_free};
 use crate::record::{forget, live_key};
 use crate::settings::{current_window, target_thread, SAMPLE_BY_WINDOW, SAMPLE_RATE};
@@ -49,7 +50,7 @@ fn count_unknown(tid: u64, addr: u64) {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let Some(tid) = target_thread() else { return 0 };
-    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let ptr = arg(&ctx, cookie(&ctx), 0);
     if ptr == 0 {
         return 0;
     }

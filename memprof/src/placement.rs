@@ -19,10 +19,14 @@
 //! probed at all.
 //!
 //! [`place_in_file`] follows a function's straight-line code from its entry
-//! while the probes would still see what they read at the entry (the watched
-//! argument registers and the stack pointer untouched, the return address
-//! still at `[rsp]` for a return probe), and stops at the first instruction
-//! the kernel emulates. Every call must reach that instruction exactly once,
+//! while the probes would still see what they read at the entry (each watched
+//! argument in some register, the stack pointer and rbp untouched, the return
+//! address still at `[rsp]` for a return probe), and stops at the first
+//! instruction the kernel emulates. An argument copied by a 64-bit
+//! register-to-register `mov` is followed to its copy, and the probe's cookie
+//! tells its program which register to read ([`memprof_common::arg_regs`]):
+//! mimalloc's malloc moves its size to rsi and reuses rdi before its first
+//! branch. Every call must reach that instruction exactly once,
 //! so it is refused when a direct branch of the function or of the whole file
 //! ([`Landings`]), or a symbol, lands between the entry and it. Indirect
 //! branches (jump tables) are not followed: compilers dispatch them after a
@@ -69,22 +73,84 @@ pub(crate) struct Placement {
     /// Why the probe is not on a later, emulated instruction: set whenever
     /// it is not emulated or sits at the entry for lack of a better place.
     pub why: Option<String>,
+    /// The arguments that the probed instruction finds in another register
+    /// than the calling convention's, copied there by the instructions the
+    /// probe was moved past: (argument index from 0, register).
+    pub moved: Moved,
 }
 
 impl Placement {
-    /// One line for the log: `+0x30 (jne, emulated)`, or `+0 (mov,
-    /// single-stepped: mov at +0x3 writes rdi)`.
+    /// One line for the log: `+0x30 (jne, emulated)`, `+0x15 (ja,
+    /// emulated, argument 1 in rsi)`, or `+0 (mov, single-stepped: mov at
+    /// +0x3 writes rdi)`.
     pub(crate) fn describe(&self) -> String {
-        let how = if self.emulated {
+        let mut how = if self.emulated {
             "emulated"
         } else {
             "single-stepped"
-        };
+        }
+        .to_string();
+        if let Some(moved) = self.moved_arguments() {
+            how.push_str(", ");
+            how.push_str(&moved);
+        }
         match &self.why {
             Some(why) => format!("+{:#x} ({}, {how}: {why})", self.offset, self.mnemonic),
             None => format!("+{:#x} ({}, {how})", self.offset, self.mnemonic),
         }
     }
+}
+
+impl Placement {
+    /// `argument 1 in rsi, argument 2 in rdx` (counting from 1, as a reader
+    /// of the C prototype does), or None when every argument is where the
+    /// calling convention puts it.
+    pub(crate) fn moved_arguments(&self) -> Option<String> {
+        (!self.moved.is_empty()).then(|| {
+            self.moved
+                .iter()
+                .map(|(arg, reg)| format!("argument {} in {}", arg + 1, register_name(*reg)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    /// The bits of the probe's BPF cookie that say where its program reads
+    /// each moved argument ([`memprof_common::arg_regs`]); 0 when none moved.
+    pub(crate) fn arg_regs(&self) -> u64 {
+        self.moved.iter().fold(0, |cookie, &(arg, reg)| {
+            memprof_common::arg_regs::with(cookie, arg, pt_regs_index(reg))
+        })
+    }
+}
+
+/// The number [`memprof_common::arg_regs`] gives a general-purpose register.
+fn pt_regs_index(reg: Register) -> u64 {
+    use memprof_common::arg_regs as r;
+    match reg {
+        Register::RAX => r::RAX,
+        Register::RBX => r::RBX,
+        Register::RCX => r::RCX,
+        Register::RDX => r::RDX,
+        Register::RSI => r::RSI,
+        Register::RDI => r::RDI,
+        Register::RBP => r::RBP,
+        Register::R8 => r::R8,
+        Register::R9 => r::R9,
+        Register::R10 => r::R10,
+        Register::R11 => r::R11,
+        Register::R12 => r::R12,
+        Register::R13 => r::R13,
+        Register::R14 => r::R14,
+        Register::R15 => r::R15,
+        // Never a home of an argument (see `Homes`).
+        _ => r::DEFAULT,
+    }
+}
+
+/// `rsi`, `r8`.
+fn register_name(reg: Register) -> String {
+    format!("{reg:?}").to_lowercase()
 }
 
 /// What the probes at a function read when they fire.
@@ -109,6 +175,7 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
             mnemonic: "?".to_string(),
             emulated: false,
             why: Some("the entry could not be decoded".to_string()),
+            moved: Vec::new(),
         };
     };
     let at_entry = |why: String| Placement {
@@ -116,8 +183,9 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
         mnemonic: entry.0.clone(),
         emulated: entry.1,
         why: Some(why),
+        moved: Vec::new(),
     };
-    let Some((offset, mnemonic)) = found.chosen else {
+    let Some((offset, mnemonic, moved)) = found.chosen else {
         return at_entry(found.why);
     };
     if offset == 0 {
@@ -126,6 +194,7 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
             mnemonic,
             emulated: true,
             why: None,
+            moved: Vec::new(),
         };
     }
     if !sized {
@@ -145,16 +214,22 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
         mnemonic,
         emulated: true,
         why: None,
+        moved,
     }
 }
+
+/// Arguments read from another register than the calling convention's:
+/// (argument index from 0, register).
+type Moved = Vec<(usize, Register)>;
 
 /// What the straight-line walk from the entry found.
 struct Walk {
     /// The entry instruction's mnemonic and whether it is emulated.
     entry: Option<(String, bool)>,
     /// The first emulated instruction every call reaches with the watched
-    /// state intact: its offset and mnemonic.
-    chosen: Option<(u64, String)>,
+    /// state intact: its offset, its mnemonic, and the arguments found
+    /// there in another register than the calling convention's.
+    chosen: Option<(u64, String, Moved)>,
     /// Why the walk stopped before finding one.
     why: String,
 }
@@ -162,7 +237,7 @@ struct Walk {
 fn first_emulated(code: &[u8], needs: Needs) -> Walk {
     let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
-    let watched = &ARGS[..needs.args.min(ARGS.len())];
+    let mut homes = Homes::new(needs.args);
     let mut walk = Walk {
         entry: None,
         chosen: None,
@@ -190,52 +265,136 @@ fn first_emulated(code: &[u8], needs: Needs) -> Walk {
             walk.entry = Some((name.clone(), emulated));
         }
         if emulated {
-            walk.chosen = Some((at, name));
+            walk.chosen = Some((at, name, homes.moved()));
             return walk;
         }
         if insn.flow_control() != FlowControl::Next {
             walk.why = format!("{name} at +{at:#x} branches and the kernel does not emulate it");
             return walk;
         }
-        if let Some(reg) = clobbers(&mut info, &insn, watched, needs.returns) {
+        if let Some(what) = changes_stack(&mut info, &insn, needs.returns) {
             walk.why = format!(
-                "{name} at +{at:#x} writes {reg} before any instruction the kernel emulates"
+                "{name} at +{at:#x} writes {what} before any instruction the kernel emulates"
+            );
+            return walk;
+        }
+        if let Some(reg) = homes.step(&mut info, &insn) {
+            walk.why = format!(
+                "{name} at +{at:#x} writes {} before any instruction the kernel emulates",
+                register_name(reg)
             );
             return walk;
         }
     }
 }
 
-/// What `insn` changes that the probes read: an argument register in
-/// `watched`, the stack pointer, or (with `returns`) the return address at
-/// `[rsp]`.
-fn clobbers(
+/// Where each watched argument is while the walk goes on: the registers that
+/// hold its value at the entry. A `mov` from one 64-bit register to another
+/// copies an argument (mimalloc's malloc moves its size from rdi to rsi and
+/// reuses rdi), any other write to a register takes it off the list, and
+/// the walk stops when an argument has no register left.
+struct Homes {
+    /// Per argument, in order: its registers, the calling convention's first
+    /// while it holds it.
+    regs: Vec<Vec<Register>>,
+}
+
+impl Homes {
+    fn new(args: usize) -> Homes {
+        Homes {
+            regs: ARGS[..args.min(ARGS.len())]
+                .iter()
+                .map(|&reg| vec![reg])
+                .collect(),
+        }
+    }
+
+    /// Follows `insn`'s register writes; returns the register whose write
+    /// left an argument nowhere, or rbp, which the frame-pointer walk from
+    /// the probe reads as the caller's frame.
+    fn step(&mut self, info: &mut InstructionInfoFactory, insn: &Instruction) -> Option<Register> {
+        let copy = (insn.mnemonic() == Mnemonic::Mov
+            && insn.op_count() == 2
+            && insn.op0_kind() == OpKind::Register
+            && insn.op1_kind() == OpKind::Register
+            && insn.op0_register().is_gpr64()
+            && insn.op1_register().is_gpr64())
+        .then(|| (insn.op0_register(), insn.op1_register()));
+        let written: Vec<Register> = info
+            .info(insn)
+            .used_registers()
+            .iter()
+            .filter(|used| {
+                !matches!(
+                    used.access(),
+                    OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
+                )
+            })
+            .map(|used| used.register().full_register())
+            .collect();
+        if written.contains(&Register::RBP) {
+            return Some(Register::RBP);
+        }
+        let mut lost = None;
+        for homes in &mut self.regs {
+            let copied = copy.is_some_and(|(_, from)| homes.contains(&from));
+            let last = homes.first().copied();
+            homes.retain(|reg| !written.contains(reg));
+            if let (true, Some((to, _))) = (copied, copy) {
+                if to != Register::RSP {
+                    homes.push(to);
+                }
+            }
+            if homes.is_empty() && lost.is_none() {
+                lost = last;
+            }
+        }
+        lost
+    }
+
+    /// The arguments not in their calling convention's register: (index,
+    /// the register they are read from).
+    fn moved(&self) -> Vec<(usize, Register)> {
+        self.regs
+            .iter()
+            .enumerate()
+            .filter_map(|(arg, homes)| {
+                let abi = *ARGS.get(arg)?;
+                let first = *homes.first()?;
+                (first != abi).then_some((arg, first))
+            })
+            .collect()
+    }
+}
+
+/// What `insn` changes that every probe reads: the stack pointer, or (with
+/// `returns`) the return address at `[rsp]`.
+fn changes_stack(
     info: &mut InstructionInfoFactory,
     insn: &Instruction,
-    watched: &[Register],
     returns: bool,
 ) -> Option<String> {
     if insn.stack_pointer_increment() != 0 {
         return Some("rsp".to_string());
     }
     let info = info.info(insn);
-    for used in info.used_registers() {
-        let reg = used.register().full_register();
-        let written = !matches!(
-            used.access(),
+    let writes = |access: OpAccess| {
+        !matches!(
+            access,
             OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
-        );
-        if written && (reg == Register::RSP || watched.contains(&reg)) {
-            return Some(format!("{reg:?}").to_lowercase());
-        }
+        )
+    };
+    if info
+        .used_registers()
+        .iter()
+        .any(|used| used.register().full_register() == Register::RSP && writes(used.access()))
+    {
+        return Some("rsp".to_string());
     }
-    let writes_stack = info.used_memory().iter().any(|mem| {
-        mem.base() == Register::RSP
-            && !matches!(
-                mem.access(),
-                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
-            )
-    });
+    let writes_stack = info
+        .used_memory()
+        .iter()
+        .any(|mem| mem.base() == Register::RSP && writes(mem.access()));
     (returns && writes_stack).then(|| "the stack (the return address may be there)".to_string())
 }
 
@@ -402,6 +561,7 @@ pub(crate) fn place_in_file(
                     placed.offset,
                     to - file_offset
                 )),
+                moved: Vec::new(),
             }
         }
     }
@@ -415,6 +575,7 @@ pub(crate) fn at_entry(function: &[u8], why: &str) -> Placement {
         mnemonic,
         emulated,
         why: Some(why.to_string()),
+        moved: Vec::new(),
     }
 }
 
@@ -497,6 +658,7 @@ fn emulated(insn: &Instruction, bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memprof_common::arg_regs;
 
     const FREE: Needs = Needs {
         args: 1,
@@ -549,7 +711,7 @@ mod tests {
         ("reallocarray", alloc(3), "48 89 d1 48 85 d2 74 08", 0x6, true),
         ("posix_memalign", alloc(3), "53", 0x0, true),
         ("aligned_alloc", alloc(2), "55", 0x0, true),
-        ("valloc", alloc(1), "48 89 fe bf 00 10 00 00", 0x0, false),
+        ("valloc", alloc(1), "48 89 fe bf 00 10 00 00 e9 a3 49 ff ff", 0x8, true),
         ("free", FREE, "e9 bb 0a 00 00", 0x0, true),
     ];
 
@@ -609,9 +771,9 @@ mod tests {
     /// instruction the walk stops at, and where the probe goes.
     #[rustfmt::skip]
     const MIMALLOC_2_0_9: &[Real] = &[
-        ("malloc", alloc(1), "48 8b 05 49 b4 00 00 48 89 fe 64 48 8b 38", 0x0, false),
-        ("calloc", alloc(2), "48 8b 15 c9 ad 00 00 48 89 f8 64 48 8b 3a", 0x0, false),
-        ("realloc", alloc(2), "48 8b 05 49 a9 00 00 48 89 f2 48 89 fe", 0x0, false),
+        ("malloc", alloc(1), "48 8b 05 49 b4 00 00 48 89 fe 64 48 8b 38 48 81 fe 00 04 00 00 77 29", 0x15, true),
+        ("calloc", alloc(2), "48 8b 15 c9 ad 00 00 48 89 f8 64 48 8b 3a 48 83 f8 01 74 08", 0x12, true),
+        ("realloc", alloc(2), "48 8b 05 49 a9 00 00 48 89 f2 48 89 fe 64 48 8b 00 48 89 c7 e9 f7 4e ff ff", 0x14, true),
         ("reallocarray", alloc(3), "e9 5b 5c ff ff", 0x0, true),
         ("posix_memalign", alloc(3), "e9 6b 5c ff ff", 0x0, true),
         ("aligned_alloc", alloc(2), "e9 eb 59 ff ff", 0x0, true),
@@ -673,6 +835,89 @@ mod tests {
             .unwrap();
         let placed = place(&bytes(code), true, needs);
         assert_eq!(placed.describe(), "+0x30 (jne, emulated)");
+    }
+
+    /// The row of `function` in `table`.
+    fn row(table: &[Real], function: &str) -> Real {
+        table
+            .iter()
+            .find(|(f, ..)| *f == function)
+            .copied()
+            .unwrap()
+    }
+
+    #[test]
+    fn follows_arguments_copied_to_other_registers() {
+        // mimalloc 2.0.9's malloc, calloc and realloc copy their arguments to
+        // other registers and give rdi the thread's heap before their first
+        // branch: the probe reads them from the copies.
+        for (function, described, cookie) in [
+            (
+                "malloc",
+                "+0x15 (ja, emulated, argument 1 in rsi)",
+                arg_regs::with(0, 0, arg_regs::RSI),
+            ),
+            (
+                "calloc",
+                "+0x12 (je, emulated, argument 1 in rax)",
+                arg_regs::with(0, 0, arg_regs::RAX),
+            ),
+            (
+                "realloc",
+                "+0x14 (jmp, emulated, argument 1 in rsi, argument 2 in rdx)",
+                arg_regs::with(arg_regs::with(0, 0, arg_regs::RSI), 1, arg_regs::RDX),
+            ),
+        ] {
+            let (_, needs, code, _, _) = row(MIMALLOC_2_0_9, function);
+            let placed = place(&bytes(code), true, needs);
+            assert_eq!(placed.describe(), described, "mimalloc {function}");
+            assert_eq!(placed.arg_regs(), cookie, "mimalloc {function}");
+        }
+        // musl 1.2.3's valloc: mov %rdi,%rsi; mov $0x1000,%edi; jmp memalign.
+        let (_, needs, code, _, _) = row(MUSL_1_2_3, "valloc");
+        assert_eq!(
+            place(&bytes(code), true, needs).describe(),
+            "+0x8 (jmp, emulated, argument 1 in rsi)"
+        );
+        // Where nothing moved, the cookie is 0: the programs read the calling
+        // convention's registers.
+        let (_, needs, code, _, _) = row(JEMALLOC_5_3_0, "free");
+        assert_eq!(place(&bytes(code), true, needs).arg_regs(), 0);
+        // The cookie's kind bits stay apart from the registers' bits.
+        let cookie = memprof_common::window_cookie::for_window(
+            memprof_common::window_cookie::CALLOC | arg_regs::with(0, 0, arg_regs::RAX),
+            7,
+        );
+        assert_eq!(
+            memprof_common::window_cookie::kind(cookie),
+            memprof_common::window_cookie::CALLOC
+        );
+        assert_eq!(memprof_common::window_cookie::window(cookie), 7);
+        assert_eq!(arg_regs::of(cookie, 0), arg_regs::RAX);
+        assert_eq!(arg_regs::of(cookie, 1), arg_regs::DEFAULT);
+    }
+
+    #[test]
+    fn an_argument_whose_copies_are_all_overwritten_stops_the_walk() {
+        // mov %rdi,%rsi; mov $1,%edi; mov $2,%esi; jne
+        let placed = place(
+            &bytes("48 89 fe bf 01 00 00 00 be 02 00 00 00 75 00"),
+            true,
+            FREE,
+        );
+        assert_eq!(placed.offset, 0);
+        assert_eq!(
+            placed.why.as_deref(),
+            Some("mov at +0x8 writes rsi before any instruction the kernel emulates")
+        );
+        // A 32-bit move is not a copy of a pointer: mov %edi,%esi; mov $1,%edi; jne
+        assert_eq!(offset("89 fe bf 01 00 00 00 75 00", FREE), 0);
+        // A copy into rsp is no home: mov %rdi,%rsp stops at the stack change.
+        assert_eq!(offset("48 89 fc 75 00", FREE), 0);
+        // rbp is read by the frame-pointer walk: mov %rdi,%rbp stops it.
+        let placed = place(&bytes("48 89 fd 75 00"), true, FREE);
+        assert_eq!(placed.offset, 0);
+        assert!(placed.why.unwrap().contains("writes rbp"));
     }
 
     #[test]
