@@ -128,6 +128,7 @@ pub(super) struct Setup<'a> {
 }
 
 pub(super) fn run(setup: &Setup<'_>) -> Result<()> {
+    super::traps::run(setup.dir, setup.rounds, setup.quick).context("the cost of one trap")?;
     install_if_missing(&[
         ("redis-server", "redis-server"),
         ("redis-benchmark", "redis-tools"),
