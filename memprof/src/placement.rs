@@ -28,9 +28,12 @@
 //! mimalloc's malloc moves its size to rsi and reuses rdi before its first
 //! branch. Every call must reach that instruction exactly once,
 //! so it is refused when a direct branch of the function or of the whole file
-//! ([`Landings`]), or a symbol, lands between the entry and it. Indirect
-//! branches (jump tables) are not followed: compilers dispatch them after a
-//! function's first branch, which the walk never passes. When there is no
+//! ([`Landings`]), an entry of a jump table of the file, or a symbol, lands
+//! between the entry and it. Jump tables are found as compilers build them:
+//! the `i32` offsets from the address a rip-relative `lea` loads (PIC), or
+//! the `u64` addresses an indirect `jmp` reads through an index; any such
+//! table is read while its entries land in code (a string the code loads
+//! with `lea` stops at once). When there is no
 //! such instruction, the probe stays at the entry and the [`Placement`] says
 //! why.
 
@@ -424,6 +427,94 @@ fn near_target(insn: &Instruction) -> Option<u64> {
     .then(|| insn.near_branch_target())
 }
 
+/// A table that `insn` reads code addresses from, if it may be a jump
+/// table: the target of a rip-relative `lea` (compilers load a relative
+/// jump table's address so, then add an `i32` entry to it: (file offset
+/// in `insn`'s section, true)), or the displacement of an indirect `jmp`
+/// through an index without base (an absolute table of `u64` addresses:
+/// (address, false)).
+fn table_of(insn: &Instruction) -> Option<(u64, bool)> {
+    if insn.mnemonic() == Mnemonic::Lea && insn.is_ip_rel_memory_operand() {
+        return Some((insn.ip_rel_memory_address(), true));
+    }
+    (insn.mnemonic() == Mnemonic::Jmp
+        && insn.op0_kind() == OpKind::Memory
+        && insn.memory_base() == Register::None
+        && insn.memory_index() != Register::None)
+        .then(|| (insn.memory_displacement64(), false))
+}
+
+/// The code addresses read from `tables` (see [`table_of`]), as file
+/// offsets: each table's entries from its start while they land in
+/// executable code. A table that is not one (a string the code loads
+/// with `lea`) mostly stops at its first entry; one that adds a landing
+/// where no branch lands only keeps a probe at its entry.
+fn jump_table_targets(
+    data: &[u8],
+    file: &object::File<'_>,
+    code: &[(u64, u64, u64)],
+    mut tables: Vec<(u64, bool)>,
+) -> Vec<u64> {
+    use object::{Object, ObjectSection};
+    let in_code = |address: u64| {
+        code.iter()
+            .find(|(start, size, _)| address >= *start && address - start < *size)
+            .map(|(start, _, offset)| address - start + offset)
+    };
+    tables.sort_unstable();
+    tables.dedup();
+    let mut targets = Vec::new();
+    for (table, relative) in tables {
+        // The table's bytes: in a section with file contents, not code.
+        let bytes = file.sections().find_map(|section| {
+            let (offset, size) = section.file_range()?;
+            let start = section.address();
+            (table >= start && table - start < size && in_code(table).is_none()).then(|| {
+                let from = usize::try_from(offset + (table - start)).ok()?;
+                let to = usize::try_from(offset + size).ok()?;
+                data.get(from..to)
+            })?
+        });
+        let Some(bytes) = bytes else { continue };
+        targets.extend(table_entries(bytes, table, relative, in_code));
+    }
+    targets
+}
+
+/// The code a table at address `table` whose bytes are `bytes` points to,
+/// as file offsets (`in_code` gives the file offset of an address in
+/// executable code): its `i32` entries relative to `table`, or its absolute
+/// `u64` ones, from the first while they land in code.
+fn table_entries(
+    bytes: &[u8],
+    table: u64,
+    relative: bool,
+    in_code: impl Fn(u64) -> Option<u64>,
+) -> Vec<u64> {
+    /// Entries read from one table at most.
+    const MAX_ENTRIES: usize = 4096;
+    let width = if relative { 4 } else { 8 };
+    let mut targets = Vec::new();
+    for entry in bytes.chunks_exact(width).take(MAX_ENTRIES) {
+        let address = if relative {
+            let Ok(raw) = <[u8; 4]>::try_from(entry) else {
+                break;
+            };
+            table.wrapping_add_signed(i64::from(i32::from_le_bytes(raw)))
+        } else {
+            let Ok(raw) = <[u8; 8]>::try_from(entry) else {
+                break;
+            };
+            u64::from_le_bytes(raw)
+        };
+        match in_code(address) {
+            Some(offset) => targets.push(offset),
+            None => break,
+        }
+    }
+    targets
+}
+
 /// The direct branch targets in a file's executable code, as file offsets:
 /// a branch from anywhere (a function's cold part, another function's tail
 /// jump) into the instructions a probe was moved past would reach the probe
@@ -444,6 +535,11 @@ impl Landings {
         };
         const SHF_EXECINSTR: u64 = 0x4;
         let mut targets = Vec::new();
+        // Executable sections: (address, size, file offset).
+        let mut code_ranges: Vec<(u64, u64, u64)> = Vec::new();
+        // Addresses of tables that code reads at a computed index, possible
+        // jump tables: (address, entries relative to it (i32) or absolute (u64)).
+        let mut tables: Vec<(u64, bool)> = Vec::new();
         for section in file.sections() {
             let executable = section.kind() == SectionKind::Text
                 || matches!(section.flags(), SectionFlags::Elf { sh_flags } if sh_flags & SHF_EXECINSTR != 0);
@@ -459,6 +555,9 @@ impl Landings {
             let Some(code) = data.get(start..start.saturating_add(len)) else {
                 continue;
             };
+            code_ranges.push((section.address(), size, offset));
+            // File offset to address, in this section.
+            let to_address = |at: u64| at.wrapping_sub(offset).wrapping_add(section.address());
             let mut decoder = Decoder::with_ip(64, code, offset, DecoderOptions::NONE);
             let mut insn = Instruction::default();
             while decoder.can_decode() {
@@ -466,8 +565,15 @@ impl Landings {
                 if let Some(to) = near_target(&insn) {
                     targets.push(to);
                 }
+                if let Some(table) = table_of(&insn) {
+                    tables.push(match table {
+                        (at, true) => (to_address(at), true),
+                        absolute => absolute,
+                    });
+                }
             }
         }
+        targets.extend(jump_table_targets(data, file, &code_ranges, tables));
         // Every other symbol is an entry too: a function that falls through
         // into the next one would reach a probe moved past that one's entry.
         for symbol in file.dynamic_symbols().chain(file.symbols()) {
@@ -1071,6 +1177,58 @@ mod tests {
             .contains("elsewhere in the file lands at +0x3"));
         let placed = place_in_file(&data, &Landings::default(), 0x1000, 10, FREE);
         assert_eq!(placed.offset, 6);
+    }
+
+    #[test]
+    fn jump_tables_are_read_while_they_point_into_code() {
+        // gcc's PIC switch: lea table(%rip),%rdx; movslq (%rdx,%rax,4),%rax;
+        // add %rdx,%rax; jmp *%rax. The lea names the table.
+        let lea = Decoder::with_ip(
+            64,
+            &bytes("48 8d 15 f9 0f 00 00"),
+            0x1000,
+            DecoderOptions::NONE,
+        )
+        .decode();
+        assert_eq!(table_of(&lea), Some((0x2000, true)));
+        // jmp *0x402000(,%rax,8): an absolute table.
+        let jmp = Decoder::with_ip(
+            64,
+            &bytes("ff 24 c5 00 20 40 00"),
+            0x401000,
+            DecoderOptions::NONE,
+        )
+        .decode();
+        assert_eq!(table_of(&jmp), Some((0x402000, false)));
+        // A lea of a stack slot or a plain indirect jump names no table.
+        let stack =
+            Decoder::with_ip(64, &bytes("48 8d 44 24 08"), 0, DecoderOptions::NONE).decode();
+        assert_eq!(table_of(&stack), None);
+        let reg = Decoder::with_ip(64, &bytes("ff e0"), 0, DecoderOptions::NONE).decode();
+        assert_eq!(table_of(&reg), None);
+        // Code at addresses 0x1000..0x1800, file offset = address.
+        let in_code = |a: u64| (0x1000..0x1800).contains(&a).then_some(a);
+        // A table at 0x2000 with entries -0xff0, -0xfe0, then a string.
+        let mut table = Vec::new();
+        for entry in [-0xff0i32, -0xfe0] {
+            table.extend(entry.to_le_bytes());
+        }
+        table.extend(b"abcdefgh");
+        assert_eq!(
+            table_entries(&table, 0x2000, true, in_code),
+            vec![0x1010, 0x1020]
+        );
+        // Absolute entries.
+        let mut table = Vec::new();
+        for entry in [0x1100u64, 0x1200, 0x9999] {
+            table.extend(entry.to_le_bytes());
+        }
+        assert_eq!(
+            table_entries(&table, 0x2000, false, in_code),
+            vec![0x1100, 0x1200]
+        );
+        // A string loaded with lea: no entry lands in code.
+        assert!(table_entries(b"hello, world", 0x2000, true, in_code).is_empty());
     }
 
     #[test]
