@@ -453,6 +453,16 @@ fn goal_line(
             (cost - floor_cost) * 1e6
         )
     };
+    if floor_cost >= cost {
+        return Some(format!(
+            "{test} {}: {slowdown:.2}x (goal {goal}x), {verdict}; the traps alone ({}) cost as \
+             much here ({:.1} against {:.1} us a request: within noise)",
+            mode.name(),
+            floor.name(),
+            floor_cost * 1e6,
+            cost * 1e6
+        ));
+    }
     Some(format!(
         "{test} {}: {slowdown:.2}x (goal {goal}x), {verdict}; the traps alone ({}) are {:.0}% \
          of its cost per request ({:.1} of {:.1} us)",
