@@ -83,6 +83,16 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     // The same leaks through other allocators, which replace glibc's malloc.
     ("leaky-jemalloc", "leaky", ALLOC_JEMALLOC),
     ("leaky-tcmalloc", "leaky", ALLOC_TCMALLOC),
+    // mimalloc's realloc(p, 0) returns a new block, as musl's does.
+    (
+        "leaky-mimalloc",
+        "leaky",
+        &[
+            "-DLEAKY_REALLOC_0_ALLOCATES",
+            "-Wl,--no-as-needed",
+            "-lmimalloc",
+        ],
+    ),
     // A command that needs them (DT_NEEDED), for launch mode.
     ("oneshot-jemalloc", "oneshot", ALLOC_JEMALLOC),
     ("oneshot-tcmalloc", "oneshot", ALLOC_TCMALLOC),

@@ -376,14 +376,61 @@ pub mod window_cookie {
         (kind & 0xffff_ffff) | ((window as u64) << 32)
     }
 
-    /// The kind a cookie names.
+    /// The kind a cookie names (its bits 16 and up in the lower half are
+    /// [`super::arg_regs`]).
     pub const fn kind(cookie: u64) -> u64 {
-        cookie & 0xffff_ffff
+        cookie & 0xffff
     }
 
     /// The window whose link a cookie belongs to.
     pub const fn window(cookie: u64) -> u32 {
         (cookie >> 32) as u32
+    }
+}
+
+/// Where a probe's program reads the arguments of its function, in bits 16
+/// to 27 of the probe's cookie: 4 bits per argument (the first three), each
+/// a register of `pt_regs` numbered below, 0 for the calling convention's.
+/// A probe moved past instructions that copy an argument to another register
+/// and reuse the first (mimalloc's malloc: `mov %rdi,%rsi`, then rdi gets
+/// the heap) reads it from the copy.
+pub mod arg_regs {
+    pub const DEFAULT: u64 = 0;
+    pub const RAX: u64 = 1;
+    pub const RBX: u64 = 2;
+    pub const RCX: u64 = 3;
+    pub const RDX: u64 = 4;
+    pub const RSI: u64 = 5;
+    pub const RDI: u64 = 6;
+    pub const RBP: u64 = 7;
+    pub const R8: u64 = 8;
+    pub const R9: u64 = 9;
+    pub const R10: u64 = 10;
+    pub const R11: u64 = 11;
+    pub const R12: u64 = 12;
+    pub const R13: u64 = 13;
+    pub const R14: u64 = 14;
+    pub const R15: u64 = 15;
+    /// How many arguments a cookie can place.
+    pub const ARGS: usize = 3;
+    const SHIFT: usize = 16;
+
+    /// `cookie` with argument `arg` (from 0) read from register `reg`; an
+    /// argument past [`ARGS`] is left where it was.
+    pub const fn with(cookie: u64, arg: usize, reg: u64) -> u64 {
+        if arg >= ARGS {
+            return cookie;
+        }
+        let shift = SHIFT + 4 * arg;
+        (cookie & !(0xf << shift)) | ((reg & 0xf) << shift)
+    }
+
+    /// The register argument `arg` (from 0) is read from, one of the above.
+    pub const fn of(cookie: u64, arg: usize) -> u64 {
+        if arg >= ARGS {
+            return DEFAULT;
+        }
+        (cookie >> (SHIFT + 4 * arg)) & 0xf
     }
 }
 

@@ -2,8 +2,10 @@
 //! one place for the programs that record every call, the sampled ones and
 //! the windowed one.
 
-use aya_ebpf::programs::ProbeContext;
-use memprof_common::window_cookie;
+use core::ptr::read_volatile;
+
+use aya_ebpf::{helpers::bpf_get_attach_cookie, programs::ProbeContext, EbpfContext as _};
+use memprof_common::{arg_regs, window_cookie};
 
 /// A kind of allocation function, by its arguments and its return value.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,50 @@ pub(crate) struct Call {
     pub(crate) calls_inner: bool,
 }
 
+/// The cookie of the running probe (0 when it has none).
+#[inline(always)]
+pub(crate) fn cookie(ctx: &ProbeContext) -> u64 {
+    // SAFETY: the helper only reads the run's context.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+/// Argument `n` (from 0) of the probed call: from the register `cookie`
+/// names for it ([`arg_regs`]), else the calling convention's.
+#[inline(always)]
+pub(crate) fn arg(ctx: &ProbeContext, cookie: u64, n: usize) -> u64 {
+    let reg = arg_regs::of(cookie, n);
+    if reg == arg_regs::DEFAULT {
+        return ctx.arg(n).unwrap_or(0);
+    }
+    let regs = ctx.regs;
+    // Every register read at its constant offset (volatile: the compiler
+    // would otherwise turn a choice among them into one load at a computed
+    // offset from the context, which the verifier refuses), then chosen.
+    // SAFETY: `regs` is the program's context, which the verifier lets us
+    // read at these constant offsets.
+    let all: [u64; 16] = unsafe {
+        [
+            0,
+            read_volatile(&(*regs).rax),
+            read_volatile(&(*regs).rbx),
+            read_volatile(&(*regs).rcx),
+            read_volatile(&(*regs).rdx),
+            read_volatile(&(*regs).rsi),
+            read_volatile(&(*regs).rdi),
+            read_volatile(&(*regs).rbp),
+            read_volatile(&(*regs).r8),
+            read_volatile(&(*regs).r9),
+            read_volatile(&(*regs).r10),
+            read_volatile(&(*regs).r11),
+            read_volatile(&(*regs).r12),
+            read_volatile(&(*regs).r13),
+            read_volatile(&(*regs).r14),
+            read_volatile(&(*regs).r15),
+        ]
+    };
+    all.get((reg & 0xf) as usize).copied().unwrap_or(0)
+}
+
 /// What a kind of allocation function returns.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Return {
@@ -64,11 +110,12 @@ impl Kind {
         }
     }
 
-    /// The arguments of the call at the function's entry (an argument that
-    /// cannot be read is 0).
+    /// The arguments of the call at the probed instruction (an argument that
+    /// cannot be read is 0), each from the register its probe's cookie names
+    /// ([`arg_regs`]).
     #[inline(always)]
-    pub(crate) fn decode(self, ctx: &ProbeContext) -> Call {
-        let arg = |n: usize| -> u64 { ctx.arg(n).unwrap_or(0) };
+    pub(crate) fn decode(self, ctx: &ProbeContext, cookie: u64) -> Call {
+        let arg = |n: usize| -> u64 { arg(ctx, cookie, n) };
         match self {
             Kind::Malloc => Call {
                 size: arg(0),

@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use memprof_common::stat;
 
+use crate::decode::{arg, cookie};
 use crate::maps::{bump, count_window_free};
 use crate::record::{forget, live_key};
 use crate::settings::{current_window, target_thread, SAMPLE_BY_WINDOW, SAMPLE_RATE};
@@ -51,7 +52,7 @@ fn count_unknown(tid: u64, addr: u64) {
 /// `free(ptr)`: no return probe needed.
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    release(&ctx, ctx.arg(0).unwrap_or(0));
+    release(&ctx, arg(&ctx, cookie(&ctx), 0));
     0
 }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use memprof_common::{stat, AllocInfo, PendingCall};
 
-use crate::decode::{Call, Kind, Return};
+use crate::decode::{cookie, Call, Kind, Return};
 use crate::maps::bump;
 use crate::record::{finish, take_old};
 use crate::settings::target_thread;
@@ -57,42 +57,42 @@ pub(crate) fn enter(ctx: &ProbeContext, call: Call) {
 /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Kind::Malloc.decode(&ctx));
+    enter(&ctx, Kind::Malloc.decode(&ctx, cookie(&ctx)));
     0
 }
 
 /// `calloc(nmemb, size)`.
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Kind::Calloc.decode(&ctx));
+    enter(&ctx, Kind::Calloc.decode(&ctx, cookie(&ctx)));
     0
 }
 
 /// `realloc(ptr, size)`.
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Kind::Realloc.decode(&ctx));
+    enter(&ctx, Kind::Realloc.decode(&ctx, cookie(&ctx)));
     0
 }
 
 /// `reallocarray(ptr, nmemb, size)`.
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Kind::ReallocArray.decode(&ctx));
+    enter(&ctx, Kind::ReallocArray.decode(&ctx, cookie(&ctx)));
     0
 }
 
 /// `posix_memalign(memptr, alignment, size)`.
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Kind::PosixMemalign.decode(&ctx));
+    enter(&ctx, Kind::PosixMemalign.decode(&ctx, cookie(&ctx)));
     0
 }
 
 /// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`.
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Kind::Memalign.decode(&ctx));
+    enter(&ctx, Kind::Memalign.decode(&ctx, cookie(&ctx)));
     0
 }
 

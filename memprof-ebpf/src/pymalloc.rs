@@ -42,9 +42,11 @@ fn served(size: u64) -> bool {
     size.wrapping_sub(1) < SMALL_REQUEST_THRESHOLD
 }
 
+/// Argument `n` of the probed call, where the probe's cookie says it is
+/// (a probe placed past a copy of it: see [`crate::decode::arg`]).
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg(n).unwrap_or(0)
+    crate::decode::arg(ctx, crate::decode::cookie(ctx), n)
 }
 
 /// The entry of an allocation of `size` bytes.

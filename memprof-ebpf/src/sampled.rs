@@ -87,6 +87,13 @@ fn return_value(ctx: &ProbeContext) -> u64 {
     unsafe { (*ctx.regs).rax }
 }
 
+/// The cookie of the running session link's probe (0 when it has none).
+#[inline(always)]
+fn link_cookie(ctx: *mut c_void) -> u64 {
+    // SAFETY: the helper only reads the run's context.
+    unsafe { bpf_get_attach_cookie(ctx) }
+}
+
 /// The entry run of a sampled-mode allocation call.
 #[inline(always)]
 fn sample_enter(ctx: &ProbeContext, call: Call) -> u32 {
@@ -168,7 +175,7 @@ fn sample_leave() -> Option<PendingCall> {
 /// One run of the session program of an allocation function of `kind`: its
 /// entry or its return.
 #[inline(always)]
-fn session(ctx: *mut c_void, kind: Kind) -> u32 {
+fn session(ctx: *mut c_void, kind: Kind, cookie: u64) -> u32 {
     let ctx = ProbeContext::new(ctx);
     if is_return(&ctx) {
         if let Some(call) = sample_leave() {
@@ -176,49 +183,49 @@ fn session(ctx: *mut c_void, kind: Kind) -> u32 {
         }
         return 0;
     }
-    sample_enter(&ctx, kind.decode(&ctx))
+    sample_enter(&ctx, kind.decode(&ctx, cookie))
 }
 
 /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn malloc_sampled(ctx: *mut c_void) -> u32 {
-    session(ctx, Kind::Malloc)
+    session(ctx, Kind::Malloc, link_cookie(ctx))
 }
 
 /// `calloc(nmemb, size)`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn calloc_sampled(ctx: *mut c_void) -> u32 {
-    session(ctx, Kind::Calloc)
+    session(ctx, Kind::Calloc, link_cookie(ctx))
 }
 
 /// `realloc(ptr, size)`: `realloc(NULL, n)` calls malloc.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn realloc_sampled(ctx: *mut c_void) -> u32 {
-    session(ctx, Kind::Realloc)
+    session(ctx, Kind::Realloc, link_cookie(ctx))
 }
 
 /// `reallocarray(ptr, nmemb, size)`: calls realloc.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn reallocarray_sampled(ctx: *mut c_void) -> u32 {
-    session(ctx, Kind::ReallocArray)
+    session(ctx, Kind::ReallocArray, link_cookie(ctx))
 }
 
 /// `posix_memalign(memptr, alignment, size)`: may call malloc.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn posix_memalign_sampled(ctx: *mut c_void) -> u32 {
-    session(ctx, Kind::PosixMemalign)
+    session(ctx, Kind::PosixMemalign, link_cookie(ctx))
 }
 
 /// `aligned_alloc(alignment, size)`, `memalign(alignment, size)`: may call malloc.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn memalign_sampled(ctx: *mut c_void) -> u32 {
-    session(ctx, Kind::Memalign)
+    session(ctx, Kind::Memalign, link_cookie(ctx))
 }
 
 /// Sampling by windows: malloc, calloc, posix_memalign and the memalign
@@ -238,5 +245,5 @@ pub fn alloc_windowed(ctx: *mut c_void) -> u32 {
         // every window. A return run is always the link's own call's.
         return SKIP_RETURN;
     }
-    session(ctx, Kind::from_window_cookie(cookie))
+    session(ctx, Kind::from_window_cookie(cookie), cookie)
 }

@@ -115,6 +115,11 @@ pub struct ProbePlacement {
     /// Why the probe could not go to a later, emulated instruction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The arguments the probe reads from another register than the calling
+    /// convention's (`argument 1 in rsi`): the instructions it was moved past
+    /// copied them there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// What one optional source (`--mmap`, `--kernel`) found, reported apart

@@ -19,14 +19,21 @@
 //! probed at all.
 //!
 //! [`place_in_file`] follows a function's straight-line code from its entry
-//! while the probes would still see what they read at the entry (the watched
-//! argument registers and the stack pointer untouched, the return address
-//! still at `[rsp]` for a return probe), and stops at the first instruction
-//! the kernel emulates. Every call must reach that instruction exactly once,
+//! while the probes would still see what they read at the entry (each watched
+//! argument in some register, the stack pointer and rbp untouched, the return
+//! address still at `[rsp]` for a return probe), and stops at the first
+//! instruction the kernel emulates. An argument copied by a 64-bit
+//! register-to-register `mov` is followed to its copy, and the probe's cookie
+//! tells its program which register to read ([`memprof_common::arg_regs`]):
+//! mimalloc's malloc moves its size to rsi and reuses rdi before its first
+//! branch. Every call must reach that instruction exactly once,
 //! so it is refused when a direct branch of the function or of the whole file
-//! ([`Landings`]), or a symbol, lands between the entry and it. Indirect
-//! branches (jump tables) are not followed: compilers dispatch them after a
-//! function's first branch, which the walk never passes. When there is no
+//! ([`Landings`]), an entry of a jump table of the file, or a symbol, lands
+//! between the entry and it. Jump tables are found as compilers build them:
+//! the `i32` offsets from the address a rip-relative `lea` loads (PIC), or
+//! the `u64` addresses an indirect `jmp` reads through an index; any such
+//! table is read while its entries land in code (a string the code loads
+//! with `lea` stops at once). When there is no
 //! such instruction, the probe stays at the entry and the [`Placement`] says
 //! why.
 
@@ -69,22 +76,84 @@ pub(crate) struct Placement {
     /// Why the probe is not on a later, emulated instruction: set whenever
     /// it is not emulated or sits at the entry for lack of a better place.
     pub why: Option<String>,
+    /// The arguments that the probed instruction finds in another register
+    /// than the calling convention's, copied there by the instructions the
+    /// probe was moved past: (argument index from 0, register).
+    pub moved: Moved,
 }
 
 impl Placement {
-    /// One line for the log: `+0x30 (jne, emulated)`, or `+0 (mov,
-    /// single-stepped: mov at +0x3 writes rdi)`.
+    /// One line for the log: `+0x30 (jne, emulated)`, `+0x15 (ja,
+    /// emulated, argument 1 in rsi)`, or `+0 (mov, single-stepped: mov at
+    /// +0x3 writes rdi)`.
     pub(crate) fn describe(&self) -> String {
-        let how = if self.emulated {
+        let mut how = if self.emulated {
             "emulated"
         } else {
             "single-stepped"
-        };
+        }
+        .to_string();
+        if let Some(moved) = self.moved_arguments() {
+            how.push_str(", ");
+            how.push_str(&moved);
+        }
         match &self.why {
             Some(why) => format!("+{:#x} ({}, {how}: {why})", self.offset, self.mnemonic),
             None => format!("+{:#x} ({}, {how})", self.offset, self.mnemonic),
         }
     }
+}
+
+impl Placement {
+    /// `argument 1 in rsi, argument 2 in rdx` (counting from 1, as a reader
+    /// of the C prototype does), or None when every argument is where the
+    /// calling convention puts it.
+    pub(crate) fn moved_arguments(&self) -> Option<String> {
+        (!self.moved.is_empty()).then(|| {
+            self.moved
+                .iter()
+                .map(|(arg, reg)| format!("argument {} in {}", arg + 1, register_name(*reg)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    /// The bits of the probe's BPF cookie that say where its program reads
+    /// each moved argument ([`memprof_common::arg_regs`]); 0 when none moved.
+    pub(crate) fn arg_regs(&self) -> u64 {
+        self.moved.iter().fold(0, |cookie, &(arg, reg)| {
+            memprof_common::arg_regs::with(cookie, arg, pt_regs_index(reg))
+        })
+    }
+}
+
+/// The number [`memprof_common::arg_regs`] gives a general-purpose register.
+fn pt_regs_index(reg: Register) -> u64 {
+    use memprof_common::arg_regs as r;
+    match reg {
+        Register::RAX => r::RAX,
+        Register::RBX => r::RBX,
+        Register::RCX => r::RCX,
+        Register::RDX => r::RDX,
+        Register::RSI => r::RSI,
+        Register::RDI => r::RDI,
+        Register::RBP => r::RBP,
+        Register::R8 => r::R8,
+        Register::R9 => r::R9,
+        Register::R10 => r::R10,
+        Register::R11 => r::R11,
+        Register::R12 => r::R12,
+        Register::R13 => r::R13,
+        Register::R14 => r::R14,
+        Register::R15 => r::R15,
+        // Never a home of an argument (see `Homes`).
+        _ => r::DEFAULT,
+    }
+}
+
+/// `rsi`, `r8`.
+fn register_name(reg: Register) -> String {
+    format!("{reg:?}").to_lowercase()
 }
 
 /// What the probes at a function read when they fire.
@@ -109,6 +178,7 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
             mnemonic: "?".to_string(),
             emulated: false,
             why: Some("the entry could not be decoded".to_string()),
+            moved: Vec::new(),
         };
     };
     let at_entry = |why: String| Placement {
@@ -116,8 +186,9 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
         mnemonic: entry.0.clone(),
         emulated: entry.1,
         why: Some(why),
+        moved: Vec::new(),
     };
-    let Some((offset, mnemonic)) = found.chosen else {
+    let Some((offset, mnemonic, moved)) = found.chosen else {
         return at_entry(found.why);
     };
     if offset == 0 {
@@ -126,6 +197,7 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
             mnemonic,
             emulated: true,
             why: None,
+            moved: Vec::new(),
         };
     }
     if !sized {
@@ -145,16 +217,22 @@ fn place(function: &[u8], sized: bool, needs: Needs) -> Placement {
         mnemonic,
         emulated: true,
         why: None,
+        moved,
     }
 }
+
+/// Arguments read from another register than the calling convention's:
+/// (argument index from 0, register).
+type Moved = Vec<(usize, Register)>;
 
 /// What the straight-line walk from the entry found.
 struct Walk {
     /// The entry instruction's mnemonic and whether it is emulated.
     entry: Option<(String, bool)>,
     /// The first emulated instruction every call reaches with the watched
-    /// state intact: its offset and mnemonic.
-    chosen: Option<(u64, String)>,
+    /// state intact: its offset, its mnemonic, and the arguments found
+    /// there in another register than the calling convention's.
+    chosen: Option<(u64, String, Moved)>,
     /// Why the walk stopped before finding one.
     why: String,
 }
@@ -162,7 +240,7 @@ struct Walk {
 fn first_emulated(code: &[u8], needs: Needs) -> Walk {
     let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
-    let watched = &ARGS[..needs.args.min(ARGS.len())];
+    let mut homes = Homes::new(needs.args);
     let mut walk = Walk {
         entry: None,
         chosen: None,
@@ -190,52 +268,136 @@ fn first_emulated(code: &[u8], needs: Needs) -> Walk {
             walk.entry = Some((name.clone(), emulated));
         }
         if emulated {
-            walk.chosen = Some((at, name));
+            walk.chosen = Some((at, name, homes.moved()));
             return walk;
         }
         if insn.flow_control() != FlowControl::Next {
             walk.why = format!("{name} at +{at:#x} branches and the kernel does not emulate it");
             return walk;
         }
-        if let Some(reg) = clobbers(&mut info, &insn, watched, needs.returns) {
+        if let Some(what) = changes_stack(&mut info, &insn, needs.returns) {
             walk.why = format!(
-                "{name} at +{at:#x} writes {reg} before any instruction the kernel emulates"
+                "{name} at +{at:#x} writes {what} before any instruction the kernel emulates"
+            );
+            return walk;
+        }
+        if let Some(reg) = homes.step(&mut info, &insn) {
+            walk.why = format!(
+                "{name} at +{at:#x} writes {} before any instruction the kernel emulates",
+                register_name(reg)
             );
             return walk;
         }
     }
 }
 
-/// What `insn` changes that the probes read: an argument register in
-/// `watched`, the stack pointer, or (with `returns`) the return address at
-/// `[rsp]`.
-fn clobbers(
+/// Where each watched argument is while the walk goes on: the registers that
+/// hold its value at the entry. A `mov` from one 64-bit register to another
+/// copies an argument (mimalloc's malloc moves its size from rdi to rsi and
+/// reuses rdi), any other write to a register takes it off the list, and
+/// the walk stops when an argument has no register left.
+struct Homes {
+    /// Per argument, in order: its registers, the calling convention's first
+    /// while it holds it.
+    regs: Vec<Vec<Register>>,
+}
+
+impl Homes {
+    fn new(args: usize) -> Homes {
+        Homes {
+            regs: ARGS[..args.min(ARGS.len())]
+                .iter()
+                .map(|&reg| vec![reg])
+                .collect(),
+        }
+    }
+
+    /// Follows `insn`'s register writes; returns the register whose write
+    /// left an argument nowhere, or rbp, which the frame-pointer walk from
+    /// the probe reads as the caller's frame.
+    fn step(&mut self, info: &mut InstructionInfoFactory, insn: &Instruction) -> Option<Register> {
+        let copy = (insn.mnemonic() == Mnemonic::Mov
+            && insn.op_count() == 2
+            && insn.op0_kind() == OpKind::Register
+            && insn.op1_kind() == OpKind::Register
+            && insn.op0_register().is_gpr64()
+            && insn.op1_register().is_gpr64())
+        .then(|| (insn.op0_register(), insn.op1_register()));
+        let written: Vec<Register> = info
+            .info(insn)
+            .used_registers()
+            .iter()
+            .filter(|used| {
+                !matches!(
+                    used.access(),
+                    OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
+                )
+            })
+            .map(|used| used.register().full_register())
+            .collect();
+        if written.contains(&Register::RBP) {
+            return Some(Register::RBP);
+        }
+        let mut lost = None;
+        for homes in &mut self.regs {
+            let copied = copy.is_some_and(|(_, from)| homes.contains(&from));
+            let last = homes.first().copied();
+            homes.retain(|reg| !written.contains(reg));
+            if let (true, Some((to, _))) = (copied, copy) {
+                if to != Register::RSP {
+                    homes.push(to);
+                }
+            }
+            if homes.is_empty() && lost.is_none() {
+                lost = last;
+            }
+        }
+        lost
+    }
+
+    /// The arguments not in their calling convention's register: (index,
+    /// the register they are read from).
+    fn moved(&self) -> Vec<(usize, Register)> {
+        self.regs
+            .iter()
+            .enumerate()
+            .filter_map(|(arg, homes)| {
+                let abi = *ARGS.get(arg)?;
+                let first = *homes.first()?;
+                (first != abi).then_some((arg, first))
+            })
+            .collect()
+    }
+}
+
+/// What `insn` changes that every probe reads: the stack pointer, or (with
+/// `returns`) the return address at `[rsp]`.
+fn changes_stack(
     info: &mut InstructionInfoFactory,
     insn: &Instruction,
-    watched: &[Register],
     returns: bool,
 ) -> Option<String> {
     if insn.stack_pointer_increment() != 0 {
         return Some("rsp".to_string());
     }
     let info = info.info(insn);
-    for used in info.used_registers() {
-        let reg = used.register().full_register();
-        let written = !matches!(
-            used.access(),
+    let writes = |access: OpAccess| {
+        !matches!(
+            access,
             OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
-        );
-        if written && (reg == Register::RSP || watched.contains(&reg)) {
-            return Some(format!("{reg:?}").to_lowercase());
-        }
+        )
+    };
+    if info
+        .used_registers()
+        .iter()
+        .any(|used| used.register().full_register() == Register::RSP && writes(used.access()))
+    {
+        return Some("rsp".to_string());
     }
-    let writes_stack = info.used_memory().iter().any(|mem| {
-        mem.base() == Register::RSP
-            && !matches!(
-                mem.access(),
-                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
-            )
-    });
+    let writes_stack = info
+        .used_memory()
+        .iter()
+        .any(|mem| mem.base() == Register::RSP && writes(mem.access()));
     (returns && writes_stack).then(|| "the stack (the return address may be there)".to_string())
 }
 
@@ -265,6 +427,94 @@ fn near_target(insn: &Instruction) -> Option<u64> {
     .then(|| insn.near_branch_target())
 }
 
+/// A table that `insn` reads code addresses from, if it may be a jump
+/// table: the target of a rip-relative `lea` (compilers load a relative
+/// jump table's address so, then add an `i32` entry to it: (file offset
+/// in `insn`'s section, true)), or the displacement of an indirect `jmp`
+/// through an index without base (an absolute table of `u64` addresses:
+/// (address, false)).
+fn table_of(insn: &Instruction) -> Option<(u64, bool)> {
+    if insn.mnemonic() == Mnemonic::Lea && insn.is_ip_rel_memory_operand() {
+        return Some((insn.ip_rel_memory_address(), true));
+    }
+    (insn.mnemonic() == Mnemonic::Jmp
+        && insn.op0_kind() == OpKind::Memory
+        && insn.memory_base() == Register::None
+        && insn.memory_index() != Register::None)
+        .then(|| (insn.memory_displacement64(), false))
+}
+
+/// The code addresses read from `tables` (see [`table_of`]), as file
+/// offsets: each table's entries from its start while they land in
+/// executable code. A table that is not one (a string the code loads
+/// with `lea`) mostly stops at its first entry; one that adds a landing
+/// where no branch lands only keeps a probe at its entry.
+fn jump_table_targets(
+    data: &[u8],
+    file: &object::File<'_>,
+    code: &[(u64, u64, u64)],
+    mut tables: Vec<(u64, bool)>,
+) -> Vec<u64> {
+    use object::{Object, ObjectSection};
+    let in_code = |address: u64| {
+        code.iter()
+            .find(|(start, size, _)| address >= *start && address - start < *size)
+            .map(|(start, _, offset)| address - start + offset)
+    };
+    tables.sort_unstable();
+    tables.dedup();
+    let mut targets = Vec::new();
+    for (table, relative) in tables {
+        // The table's bytes: in a section with file contents, not code.
+        let bytes = file.sections().find_map(|section| {
+            let (offset, size) = section.file_range()?;
+            let start = section.address();
+            (table >= start && table - start < size && in_code(table).is_none()).then(|| {
+                let from = usize::try_from(offset + (table - start)).ok()?;
+                let to = usize::try_from(offset + size).ok()?;
+                data.get(from..to)
+            })?
+        });
+        let Some(bytes) = bytes else { continue };
+        targets.extend(table_entries(bytes, table, relative, in_code));
+    }
+    targets
+}
+
+/// The code a table at address `table` whose bytes are `bytes` points to,
+/// as file offsets (`in_code` gives the file offset of an address in
+/// executable code): its `i32` entries relative to `table`, or its absolute
+/// `u64` ones, from the first while they land in code.
+fn table_entries(
+    bytes: &[u8],
+    table: u64,
+    relative: bool,
+    in_code: impl Fn(u64) -> Option<u64>,
+) -> Vec<u64> {
+    /// Entries read from one table at most.
+    const MAX_ENTRIES: usize = 4096;
+    let width = if relative { 4 } else { 8 };
+    let mut targets = Vec::new();
+    for entry in bytes.chunks_exact(width).take(MAX_ENTRIES) {
+        let address = if relative {
+            let Ok(raw) = <[u8; 4]>::try_from(entry) else {
+                break;
+            };
+            table.wrapping_add_signed(i64::from(i32::from_le_bytes(raw)))
+        } else {
+            let Ok(raw) = <[u8; 8]>::try_from(entry) else {
+                break;
+            };
+            u64::from_le_bytes(raw)
+        };
+        match in_code(address) {
+            Some(offset) => targets.push(offset),
+            None => break,
+        }
+    }
+    targets
+}
+
 /// The direct branch targets in a file's executable code, as file offsets:
 /// a branch from anywhere (a function's cold part, another function's tail
 /// jump) into the instructions a probe was moved past would reach the probe
@@ -285,6 +535,11 @@ impl Landings {
         };
         const SHF_EXECINSTR: u64 = 0x4;
         let mut targets = Vec::new();
+        // Executable sections: (address, size, file offset).
+        let mut code_ranges: Vec<(u64, u64, u64)> = Vec::new();
+        // Addresses of tables that code reads at a computed index, possible
+        // jump tables: (address, entries relative to it (i32) or absolute (u64)).
+        let mut tables: Vec<(u64, bool)> = Vec::new();
         for section in file.sections() {
             let executable = section.kind() == SectionKind::Text
                 || matches!(section.flags(), SectionFlags::Elf { sh_flags } if sh_flags & SHF_EXECINSTR != 0);
@@ -300,6 +555,9 @@ impl Landings {
             let Some(code) = data.get(start..start.saturating_add(len)) else {
                 continue;
             };
+            code_ranges.push((section.address(), size, offset));
+            // File offset to address, in this section.
+            let to_address = |at: u64| at.wrapping_sub(offset).wrapping_add(section.address());
             let mut decoder = Decoder::with_ip(64, code, offset, DecoderOptions::NONE);
             let mut insn = Instruction::default();
             while decoder.can_decode() {
@@ -307,8 +565,15 @@ impl Landings {
                 if let Some(to) = near_target(&insn) {
                     targets.push(to);
                 }
+                if let Some(table) = table_of(&insn) {
+                    tables.push(match table {
+                        (at, true) => (to_address(at), true),
+                        absolute => absolute,
+                    });
+                }
             }
         }
+        targets.extend(jump_table_targets(data, file, &code_ranges, tables));
         // Every other symbol is an entry too: a function that falls through
         // into the next one would reach a probe moved past that one's entry.
         for symbol in file.dynamic_symbols().chain(file.symbols()) {
@@ -402,6 +667,7 @@ pub(crate) fn place_in_file(
                     placed.offset,
                     to - file_offset
                 )),
+                moved: Vec::new(),
             }
         }
     }
@@ -415,6 +681,7 @@ pub(crate) fn at_entry(function: &[u8], why: &str) -> Placement {
         mnemonic,
         emulated,
         why: Some(why.to_string()),
+        moved: Vec::new(),
     }
 }
 
@@ -497,6 +764,7 @@ fn emulated(insn: &Instruction, bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memprof_common::arg_regs;
 
     const FREE: Needs = Needs {
         args: 1,
@@ -549,7 +817,7 @@ mod tests {
         ("reallocarray", alloc(3), "48 89 d1 48 85 d2 74 08", 0x6, true),
         ("posix_memalign", alloc(3), "53", 0x0, true),
         ("aligned_alloc", alloc(2), "55", 0x0, true),
-        ("valloc", alloc(1), "48 89 fe bf 00 10 00 00", 0x0, false),
+        ("valloc", alloc(1), "48 89 fe bf 00 10 00 00 e9 a3 49 ff ff", 0x8, true),
         ("free", FREE, "e9 bb 0a 00 00", 0x0, true),
     ];
 
@@ -609,9 +877,9 @@ mod tests {
     /// instruction the walk stops at, and where the probe goes.
     #[rustfmt::skip]
     const MIMALLOC_2_0_9: &[Real] = &[
-        ("malloc", alloc(1), "48 8b 05 49 b4 00 00 48 89 fe 64 48 8b 38", 0x0, false),
-        ("calloc", alloc(2), "48 8b 15 c9 ad 00 00 48 89 f8 64 48 8b 3a", 0x0, false),
-        ("realloc", alloc(2), "48 8b 05 49 a9 00 00 48 89 f2 48 89 fe", 0x0, false),
+        ("malloc", alloc(1), "48 8b 05 49 b4 00 00 48 89 fe 64 48 8b 38 48 81 fe 00 04 00 00 77 29", 0x15, true),
+        ("calloc", alloc(2), "48 8b 15 c9 ad 00 00 48 89 f8 64 48 8b 3a 48 83 f8 01 74 08", 0x12, true),
+        ("realloc", alloc(2), "48 8b 05 49 a9 00 00 48 89 f2 48 89 fe 64 48 8b 00 48 89 c7 e9 f7 4e ff ff", 0x14, true),
         ("reallocarray", alloc(3), "e9 5b 5c ff ff", 0x0, true),
         ("posix_memalign", alloc(3), "e9 6b 5c ff ff", 0x0, true),
         ("aligned_alloc", alloc(2), "e9 eb 59 ff ff", 0x0, true),
@@ -673,6 +941,89 @@ mod tests {
             .unwrap();
         let placed = place(&bytes(code), true, needs);
         assert_eq!(placed.describe(), "+0x30 (jne, emulated)");
+    }
+
+    /// The row of `function` in `table`.
+    fn row(table: &[Real], function: &str) -> Real {
+        table
+            .iter()
+            .find(|(f, ..)| *f == function)
+            .copied()
+            .unwrap()
+    }
+
+    #[test]
+    fn follows_arguments_copied_to_other_registers() {
+        // mimalloc 2.0.9's malloc, calloc and realloc copy their arguments to
+        // other registers and give rdi the thread's heap before their first
+        // branch: the probe reads them from the copies.
+        for (function, described, cookie) in [
+            (
+                "malloc",
+                "+0x15 (ja, emulated, argument 1 in rsi)",
+                arg_regs::with(0, 0, arg_regs::RSI),
+            ),
+            (
+                "calloc",
+                "+0x12 (je, emulated, argument 1 in rax)",
+                arg_regs::with(0, 0, arg_regs::RAX),
+            ),
+            (
+                "realloc",
+                "+0x14 (jmp, emulated, argument 1 in rsi, argument 2 in rdx)",
+                arg_regs::with(arg_regs::with(0, 0, arg_regs::RSI), 1, arg_regs::RDX),
+            ),
+        ] {
+            let (_, needs, code, _, _) = row(MIMALLOC_2_0_9, function);
+            let placed = place(&bytes(code), true, needs);
+            assert_eq!(placed.describe(), described, "mimalloc {function}");
+            assert_eq!(placed.arg_regs(), cookie, "mimalloc {function}");
+        }
+        // musl 1.2.3's valloc: mov %rdi,%rsi; mov $0x1000,%edi; jmp memalign.
+        let (_, needs, code, _, _) = row(MUSL_1_2_3, "valloc");
+        assert_eq!(
+            place(&bytes(code), true, needs).describe(),
+            "+0x8 (jmp, emulated, argument 1 in rsi)"
+        );
+        // Where nothing moved, the cookie is 0: the programs read the calling
+        // convention's registers.
+        let (_, needs, code, _, _) = row(JEMALLOC_5_3_0, "free");
+        assert_eq!(place(&bytes(code), true, needs).arg_regs(), 0);
+        // The cookie's kind bits stay apart from the registers' bits.
+        let cookie = memprof_common::window_cookie::for_window(
+            memprof_common::window_cookie::CALLOC | arg_regs::with(0, 0, arg_regs::RAX),
+            7,
+        );
+        assert_eq!(
+            memprof_common::window_cookie::kind(cookie),
+            memprof_common::window_cookie::CALLOC
+        );
+        assert_eq!(memprof_common::window_cookie::window(cookie), 7);
+        assert_eq!(arg_regs::of(cookie, 0), arg_regs::RAX);
+        assert_eq!(arg_regs::of(cookie, 1), arg_regs::DEFAULT);
+    }
+
+    #[test]
+    fn an_argument_whose_copies_are_all_overwritten_stops_the_walk() {
+        // mov %rdi,%rsi; mov $1,%edi; mov $2,%esi; jne
+        let placed = place(
+            &bytes("48 89 fe bf 01 00 00 00 be 02 00 00 00 75 00"),
+            true,
+            FREE,
+        );
+        assert_eq!(placed.offset, 0);
+        assert_eq!(
+            placed.why.as_deref(),
+            Some("mov at +0x8 writes rsi before any instruction the kernel emulates")
+        );
+        // A 32-bit move is not a copy of a pointer: mov %edi,%esi; mov $1,%edi; jne
+        assert_eq!(offset("89 fe bf 01 00 00 00 75 00", FREE), 0);
+        // A copy into rsp is no home: mov %rdi,%rsp stops at the stack change.
+        assert_eq!(offset("48 89 fc 75 00", FREE), 0);
+        // rbp is read by the frame-pointer walk: mov %rdi,%rbp stops it.
+        let placed = place(&bytes("48 89 fd 75 00"), true, FREE);
+        assert_eq!(placed.offset, 0);
+        assert!(placed.why.unwrap().contains("writes rbp"));
     }
 
     #[test]
@@ -826,6 +1177,58 @@ mod tests {
             .contains("elsewhere in the file lands at +0x3"));
         let placed = place_in_file(&data, &Landings::default(), 0x1000, 10, FREE);
         assert_eq!(placed.offset, 6);
+    }
+
+    #[test]
+    fn jump_tables_are_read_while_they_point_into_code() {
+        // gcc's PIC switch: lea table(%rip),%rdx; movslq (%rdx,%rax,4),%rax;
+        // add %rdx,%rax; jmp *%rax. The lea names the table.
+        let lea = Decoder::with_ip(
+            64,
+            &bytes("48 8d 15 f9 0f 00 00"),
+            0x1000,
+            DecoderOptions::NONE,
+        )
+        .decode();
+        assert_eq!(table_of(&lea), Some((0x2000, true)));
+        // jmp *0x402000(,%rax,8): an absolute table.
+        let jmp = Decoder::with_ip(
+            64,
+            &bytes("ff 24 c5 00 20 40 00"),
+            0x401000,
+            DecoderOptions::NONE,
+        )
+        .decode();
+        assert_eq!(table_of(&jmp), Some((0x402000, false)));
+        // A lea of a stack slot or a plain indirect jump names no table.
+        let stack =
+            Decoder::with_ip(64, &bytes("48 8d 44 24 08"), 0, DecoderOptions::NONE).decode();
+        assert_eq!(table_of(&stack), None);
+        let reg = Decoder::with_ip(64, &bytes("ff e0"), 0, DecoderOptions::NONE).decode();
+        assert_eq!(table_of(&reg), None);
+        // Code at addresses 0x1000..0x1800, file offset = address.
+        let in_code = |a: u64| (0x1000..0x1800).contains(&a).then_some(a);
+        // A table at 0x2000 with entries -0xff0, -0xfe0, then a string.
+        let mut table = Vec::new();
+        for entry in [-0xff0i32, -0xfe0] {
+            table.extend(entry.to_le_bytes());
+        }
+        table.extend(b"abcdefgh");
+        assert_eq!(
+            table_entries(&table, 0x2000, true, in_code),
+            vec![0x1010, 0x1020]
+        );
+        // Absolute entries.
+        let mut table = Vec::new();
+        for entry in [0x1100u64, 0x1200, 0x9999] {
+            table.extend(entry.to_le_bytes());
+        }
+        assert_eq!(
+            table_entries(&table, 0x2000, false, in_code),
+            vec![0x1100, 0x1200]
+        );
+        // A string loaded with lea: no entry lands in code.
+        assert!(table_entries(b"hello, world", 0x2000, true, in_code).is_empty());
     }
 
     #[test]

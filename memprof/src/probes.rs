@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuHashMap};
-use aya::programs::uprobe::UProbeScope;
+use aya::programs::uprobe::{UProbeAttachPoint, UProbeScope};
 use aya::programs::{ProgramError, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use memprof_common::{
@@ -988,7 +988,9 @@ fn attach_sessions(
         if let (Some(windows), sampled::ALLOC_WINDOWED) = (windows, name) {
             let cookies: Vec<u64> = sites
                 .iter()
-                .map(|s| window_cookie(s.kind).unwrap_or(window_cookie::MALLOC))
+                .map(|s| {
+                    window_cookie(s.kind).unwrap_or(window_cookie::MALLOC) | s.placement.arg_regs()
+                })
                 .collect();
             // Once now, so that what would fail in every window fails here.
             drop(
@@ -1013,7 +1015,14 @@ fn attach_sessions(
             "uprobe session {name} on {} at {offsets:#x?}",
             path.display()
         );
-        let link = session_link::attach(&program, path, &offsets, &[], pid)
+        // Cookies only when a probe reads an argument from another register.
+        let cookies: Vec<u64> = sites.iter().map(|s| s.placement.arg_regs()).collect();
+        let cookies: &[u64] = if cookies.iter().any(|&c| c != 0) {
+            &cookies
+        } else {
+            &[]
+        };
+        let link = session_link::attach(&program, path, &offsets, cookies, pid)
             .map_err(|e| session_link::attach_error(e, &what))?;
         keep.push(link);
         keep.push(program);
@@ -1168,10 +1177,29 @@ impl Links {
             let (kind, program) = programs
                 .get(name)
                 .with_context(|| format!("BPF program {name} was not loaded"))?;
-            let mut offsets: Vec<u64> = group.iter().map(|s| s.file_offset).collect();
-            offsets.sort_unstable();
-            offsets.dedup();
-            match session_link::attach_as(*kind, program, path, &offsets, &[], pid) {
+            // The entry's program reads the arguments a moved probe finds
+            // in other registers from its cookie; the return's reads none.
+            let mut points: Vec<(u64, u64)> = group
+                .iter()
+                .map(|s| {
+                    let regs = if *kind == LinkKind::Entry {
+                        s.placement.arg_regs()
+                    } else {
+                        0
+                    };
+                    (s.file_offset, regs)
+                })
+                .collect();
+            points.sort_unstable();
+            points.dedup_by_key(|(offset, _)| *offset);
+            let offsets: Vec<u64> = points.iter().map(|&(offset, _)| offset).collect();
+            let cookies: Vec<u64> = points.iter().map(|&(_, regs)| regs).collect();
+            let cookies: &[u64] = if cookies.iter().any(|&c| c != 0) {
+                &cookies
+            } else {
+                &[]
+            };
+            match session_link::attach_as(*kind, program, path, &offsets, cookies, pid) {
                 Ok(link) => links.push(link),
                 Err(e) if links.is_empty() && multi_unsupported(&e) => {
                     // A kernel that loads the programs but refuses the
@@ -1263,9 +1291,21 @@ fn attach_perf(ebpf: &mut Ebpf, sites: &[&ProbeSite], scope: Scope) -> anyhow::R
     let mut attached = 0;
     for site in sites {
         let (enter, exit) = site.kind.programs();
-        for program in exit.into_iter().chain([enter]) {
+        // The entry's program reads the arguments a moved probe finds in
+        // other registers from its cookie; the return's reads none.
+        let regs = site.placement.arg_regs();
+        let entry_cookie = (regs != 0).then_some(regs);
+        for (program, cookie) in exit
+            .into_iter()
+            .map(|exit| (exit, None))
+            .chain([(enter, entry_cookie)])
+        {
+            let point = UProbeAttachPoint {
+                location: site.file_offset.into(),
+                cookie,
+            };
             uprobe(ebpf, program)?
-                .attach(site.file_offset, &site.library.host_path, aya_scope)
+                .attach(point, &site.library.host_path, aya_scope)
                 .map_err(|error| SiteError {
                     error,
                     site: (*site).clone(),

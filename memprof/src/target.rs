@@ -260,6 +260,7 @@ impl ProbeSite {
             instruction: self.placement.mnemonic.clone(),
             emulated: self.placement.emulated,
             why: self.placement.why.clone(),
+            arguments: self.placement.moved_arguments(),
         }
     }
 }

@@ -56,10 +56,11 @@ pub enum Kind {
     /// `tests/fixtures/soak.c SECS`: churns, meets new stacks and leaks one
     /// 1000-byte block in `soak_leak` every 50 ms, for SECS seconds.
     Soak,
-    /// `tests/fixtures/leaky.c` linked with jemalloc or tcmalloc, which
-    /// replace glibc's malloc: the same ground truth as [`Kind::Leaky`].
+    /// `tests/fixtures/leaky.c` linked with jemalloc, tcmalloc or mimalloc,
+    /// which replace glibc's malloc: the same ground truth as [`Kind::Leaky`].
     LeakyJemalloc,
     LeakyTcmalloc,
+    LeakyMimalloc,
     /// `tests/fixtures/leaky.c` with jemalloc linked into the executable.
     LeakyJemallocStatic,
     /// `tests/fixtures/leaky.c` built with musl-gcc, dynamically and
@@ -168,6 +169,7 @@ impl Kind {
             Kind::GoSleeper => c_fixture("go-sleeper"),
             Kind::LeakyJemalloc => c_fixture("leaky-jemalloc"),
             Kind::LeakyTcmalloc => c_fixture("leaky-tcmalloc"),
+            Kind::LeakyMimalloc => c_fixture("leaky-mimalloc"),
             Kind::LeakyJemallocStatic => c_fixture("leaky-jemalloc-static"),
             Kind::LeakyMusl => c_fixture("leaky-musl"),
             Kind::LeakyMuslStatic => c_fixture("leaky-musl-static"),
@@ -317,6 +319,7 @@ impl Kind {
             | Kind::LeakyNoFramePointers
             | Kind::LeakyJemalloc
             | Kind::LeakyTcmalloc
+            | Kind::LeakyMimalloc
             | Kind::LeakyJemallocStatic
             | Kind::LeakyMusl
             | Kind::LeakyMuslStatic => &LEAKY_C,

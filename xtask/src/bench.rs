@@ -37,6 +37,7 @@ use crate::{
 
 mod python;
 mod servers;
+mod traps;
 mod unwind;
 
 #[derive(Debug, clap::Args)]

@@ -8,9 +8,11 @@
 //! exact ground truth with stacks that start at the caller of malloc or
 //! new. Needs root (run through `cargo xtask test`).
 
+use std::time::Duration;
+
 use tests::{
     assert_ground_truth, assert_rust_fixture_has_frame_pointers, describe_report, profile_json,
-    root_or_skip, Kind, Report,
+    root_or_skip, Fixture, Kind, Memprof, Report, ATTACH_TIMEOUT, DONE_TIMEOUT, FINISH_TIMEOUT,
 };
 
 /// `leaky.c` through `kind`: the report matches its ground truth and names
@@ -64,6 +66,68 @@ fn tcmalloc() {
         return;
     }
     leaky_c_through(Kind::LeakyTcmalloc, "tcmalloc (");
+}
+
+/// mimalloc 2.0's malloc, calloc and realloc copy their arguments to other
+/// registers and give rdi the thread's heap before their first branch: the
+/// probes go to that branch (emulated) and read the arguments from the
+/// copies. The sizes are exact, and `-v` and the report say where each
+/// probe went and where it reads its arguments.
+#[test]
+fn mimalloc() {
+    if !root_or_skip() {
+        return;
+    }
+    let kind = Kind::LeakyMimalloc;
+    let mut fixture = Fixture::spawn(kind);
+    let pid = fixture.pid().to_string();
+    let mut memprof = Memprof::spawn(&["-p", &pid, "-v", "--format", "json", "--top", "1000"]);
+    // With -v, lines about the probes come before recording starts.
+    memprof.wait_line("recording until Ctrl-C", ATTACH_TIMEOUT);
+    fixture.go();
+    fixture.wait_done(DONE_TIMEOUT);
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    output.assert_success();
+    assert!(fixture.finish(Duration::from_secs(10)).success());
+    let report = output.report();
+    assert_ground_truth(&report, kind);
+    let dump = describe_report(&report);
+    assert!(
+        report.target.allocator.starts_with("mimalloc ("),
+        "allocator {:?}\n{dump}",
+        report.target.allocator
+    );
+    for (function, arguments) in [
+        ("malloc", "argument 1 in "),
+        ("calloc", "argument 1 in "),
+        ("realloc", "argument 1 in "),
+    ] {
+        let probe = report
+            .probes
+            .iter()
+            .find(|p| p.functions.iter().any(|f| f == function))
+            .unwrap_or_else(|| panic!("no probe on {function}: {:#?}", report.probes));
+        assert!(
+            probe.emulated && probe.offset > 0,
+            "{function} is probed at an instruction the kernel emulates, past its entry: {probe:?}"
+        );
+        let moved = probe.arguments.as_deref().unwrap_or("");
+        assert!(moved.starts_with(arguments), "{function}: {probe:?}");
+        // -v says the same.
+        let line = format!(
+            "probe on {} in {}: +{:#x} ({}, emulated, {moved})",
+            probe.functions.join("/"),
+            probe.library,
+            probe.offset,
+            probe.instruction
+        );
+        assert!(
+            output.stderr.contains(&line),
+            "-v has no line {line:?}; stderr:\n{}",
+            output.stderr
+        );
+    }
 }
 
 /// musl's calloc calls malloc, its memalign, valloc and reallocarray

@@ -32,6 +32,10 @@ const QUICK_REDIS_KEYS: u64 = 20_000;
 const REDIS_KEY_CEILING: u64 = 5120 + 512;
 /// A sampled estimate may be off by this many standard errors.
 const SIGMAS: f64 = 5.0;
+/// The slowdowns aimed at: full tracking at most 2x the unprofiled server, sampling by
+/// window at most 1.1x.
+const FULL_GOAL: f64 = 2.0;
+const WINDOWED_GOAL: f64 = 1.1;
 /// How long wrk loads nginx in each run.
 const WRK_SECONDS: u64 = 5;
 const QUICK_WRK_SECONDS: u64 = 2;
@@ -43,9 +47,16 @@ enum Mode {
     Full,
     Windowed,
     Floor,
+    WindowedFloor,
 }
 
-const MODES: [Mode; 4] = [Mode::None, Mode::Full, Mode::Windowed, Mode::Floor];
+const MODES: [Mode; 5] = [
+    Mode::None,
+    Mode::Full,
+    Mode::Windowed,
+    Mode::Floor,
+    Mode::WindowedFloor,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -54,6 +65,7 @@ impl Mode {
             Mode::Full => "full",
             Mode::Windowed => "windowed",
             Mode::Floor => "floor",
+            Mode::WindowedFloor => "windowed-floor",
         }
     }
 
@@ -63,6 +75,10 @@ impl Mode {
             Mode::Full => "`memprof`",
             Mode::Windowed => "`memprof --sample-rate 64 --sample-by window`",
             Mode::Floor => "`memprof --floor` (the traps alone)",
+            Mode::WindowedFloor => {
+                "`memprof --floor --sample-rate 64 --sample-by window` (the traps windowed mode \
+                 keeps: free and realloc always, the rest in windows)"
+            }
         }
     }
 
@@ -72,7 +88,15 @@ impl Mode {
             Mode::Full => Some(&[]),
             Mode::Windowed => Some(&["--sample-rate", "64", "--sample-by", "window"]),
             Mode::Floor => Some(&["--floor"]),
+            Mode::WindowedFloor => {
+                Some(&["--floor", "--sample-rate", "64", "--sample-by", "window"])
+            }
         }
+    }
+
+    /// True for the modes that record nothing: their reports hold no blocks.
+    fn floor(self) -> bool {
+        matches!(self, Mode::Floor | Mode::WindowedFloor)
     }
 }
 
@@ -104,6 +128,7 @@ pub(super) struct Setup<'a> {
 }
 
 pub(super) fn run(setup: &Setup<'_>) -> Result<()> {
+    super::traps::run(setup.dir, setup.rounds, setup.quick).context("the cost of one trap")?;
     install_if_missing(&[
         ("redis-server", "redis-server"),
         ("redis-benchmark", "redis-tools"),
@@ -357,19 +382,21 @@ fn print_table(title: &str, tests: &[&str], results: &[Results], check_title: &s
     };
     println!();
     for (t, test) in tests.iter().enumerate() {
-        match (cost(Mode::Floor, t), cost(Mode::Full, t)) {
-            (Some(floor), Some(full)) if floor > 0.0 && full > 0.0 => println!(
-                "{test}: the traps alone (floor) are {:.0}% of full tracking's cost per request \
-                 ({:.1} of {:.1} us)",
-                100.0 * floor / full,
-                floor * 1e6,
-                full * 1e6
-            ),
-            (Some(_), Some(_)) => println!(
-                "{test}: the floor's share of full tracking's cost is not measurable here: an \
-                 unprofiled median was slower than a profiled one (a busy machine: more rounds)"
-            ),
-            _ => {}
+        for (mode, floor, goal) in [
+            (Mode::Full, Mode::Floor, FULL_GOAL),
+            (Mode::Windowed, Mode::WindowedFloor, WINDOWED_GOAL),
+        ] {
+            if let Some(line) = goal_line(
+                test,
+                mode,
+                floor,
+                goal,
+                cost(mode, t),
+                cost(floor, t),
+                none[t],
+            ) {
+                println!("{line}");
+            }
         }
     }
     println!("raw req/s per round:");
@@ -383,6 +410,68 @@ fn print_table(title: &str, tests: &[&str], results: &[Results], check_title: &s
             );
         }
     }
+}
+
+/// What `mode` costs per request against its goal, and the share of that cost its traps alone
+/// (`floor`) take: each cost in microseconds per request over the unprofiled server's. A goal
+/// is out of reach while the floor alone exceeds it: no work in the BPF programs can make the
+/// traps cheaper.
+fn goal_line(
+    test: &str,
+    mode: Mode,
+    floor: Mode,
+    goal: f64,
+    cost: Option<f64>,
+    floor_cost: Option<f64>,
+    none_rps: Option<f64>,
+) -> Option<String> {
+    let (cost, floor_cost, none_rps) = (cost?, floor_cost?, none_rps?);
+    if cost <= 0.0 || floor_cost <= 0.0 {
+        return Some(format!(
+            "{test} {}: not measurable here: an unprofiled median was slower than a profiled \
+             one (a busy machine: more rounds)",
+            mode.name()
+        ));
+    }
+    let base = 1.0 / none_rps;
+    let slowdown = (base + cost) / base;
+    let floor_slowdown = (base + floor_cost) / base;
+    let budget = (goal - 1.0) * base;
+    let verdict = if slowdown <= goal {
+        "met".to_string()
+    } else if floor_slowdown > goal {
+        format!(
+            "out of reach on this kernel: its traps alone are {floor_slowdown:.2}x, {:.1} us a \
+             request against a budget of {:.1} us",
+            floor_cost * 1e6,
+            budget * 1e6
+        )
+    } else {
+        format!(
+            "not met: its traps alone are {floor_slowdown:.2}x, the BPF work on top of them \
+             {:.1} us a request",
+            (cost - floor_cost) * 1e6
+        )
+    };
+    if floor_cost >= cost {
+        return Some(format!(
+            "{test} {}: {slowdown:.2}x (goal {goal}x), {verdict}; the traps alone ({}) cost as \
+             much here ({:.1} against {:.1} us a request: within noise)",
+            mode.name(),
+            floor.name(),
+            floor_cost * 1e6,
+            cost * 1e6
+        ));
+    }
+    Some(format!(
+        "{test} {}: {slowdown:.2}x (goal {goal}x), {verdict}; the traps alone ({}) are {:.0}% \
+         of its cost per request ({:.1} of {:.1} us)",
+        mode.name(),
+        floor.name(),
+        100.0 * floor_cost / cost,
+        floor_cost * 1e6,
+        cost * 1e6
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,7 +622,7 @@ fn redis_run(
         None => None,
         Some(memprof) => {
             let stopped = memprof.stop()?;
-            (column.mode != Mode::Floor).then(|| redis_check(&stopped.report, dbsize))
+            (!column.mode.floor()).then(|| redis_check(&stopped.report, dbsize))
         }
     };
     Ok(RunResult { rps, check })
@@ -690,6 +779,66 @@ mod tests {
         assert_eq!(csv_rps(csv, "SET").unwrap(), 15827.79);
         assert_eq!(csv_rps(csv, "GET").unwrap(), 15114.87);
         assert!(csv_rps(csv, "INCR").is_err());
+    }
+
+    #[test]
+    fn says_whether_a_goal_is_in_reach() {
+        // Unprofiled: 100,000 req/s, 10 us a request.
+        let none = Some(100_000.0);
+        let line = goal_line(
+            "SET",
+            Mode::Full,
+            Mode::Floor,
+            2.0,
+            Some(30e-6),
+            Some(12e-6),
+            none,
+        );
+        assert_eq!(
+            line.unwrap(),
+            "SET full: 4.00x (goal 2x), out of reach on this kernel: its traps alone are 2.20x, \
+             12.0 us a request against a budget of 10.0 us; the traps alone (floor) are 40% of \
+             its cost per request (12.0 of 30.0 us)"
+        );
+        let line = goal_line(
+            "SET",
+            Mode::Full,
+            Mode::Floor,
+            2.0,
+            Some(15e-6),
+            Some(5e-6),
+            none,
+        );
+        assert!(line
+            .unwrap()
+            .contains("not met: its traps alone are 1.50x, the BPF work"));
+        let line = goal_line(
+            "GET",
+            Mode::Windowed,
+            Mode::WindowedFloor,
+            1.1,
+            Some(0.5e-6),
+            Some(0.4e-6),
+            none,
+        );
+        assert!(line
+            .unwrap()
+            .starts_with("GET windowed: 1.05x (goal 1.1x), met;"));
+        assert!(goal_line(
+            "GET",
+            Mode::Full,
+            Mode::Floor,
+            2.0,
+            Some(-1e-6),
+            Some(1e-6),
+            none
+        )
+        .unwrap()
+        .contains("not measurable"));
+        assert_eq!(
+            goal_line("GET", Mode::Full, Mode::Floor, 2.0, None, Some(1e-6), none),
+            None
+        );
     }
 
     #[test]
