@@ -38,6 +38,7 @@ mod outputs;
 mod pprof_proto;
 mod profiles;
 mod python;
+mod python_runs;
 mod rust_fixture;
 mod sampling;
 mod sources;
