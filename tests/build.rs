@@ -2,7 +2,7 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,profiles,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind}.c` are compiled with gcc (`leaky.c` also with musl-gcc), the `.cpp` ones with g++, and [`CFLAGS`] into
+//! `fixtures/{leaky,phases,profiles,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind,perf_map}.c` are compiled with gcc (`leaky.c` also with musl-gcc), the `.cpp` ones with g++, and [`CFLAGS`] into
 //! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
@@ -128,6 +128,7 @@ const C_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("sampled", "sampled", &[]),
     ("mmaps", "mmaps", &[]),
     ("kernel-objects", "kernel_objects", &[]),
+    ("perf-map", "perf_map", &[]),
 ];
 
 /// `leaky.c` built against musl with `musl-gcc` (from `musl-tools`), with

@@ -31,6 +31,7 @@ mod exits;
 mod launch;
 mod load_order;
 pub mod model;
+mod perf_map;
 mod periods;
 mod pipeline;
 mod placement;

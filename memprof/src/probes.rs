@@ -94,12 +94,12 @@ impl ProbeConfig {
         }
     }
 
-    /// True when the Python frames of CPython processes are read: not
-    /// with `--no-python`, and not with sampling yet (its uprobe session
-    /// programs do not walk frames with `bpf_loop`, as the unwinder's
-    /// tables are not used there either).
+    /// True when the Python frames of CPython processes are read (not
+    /// `--no-python`), in full tracking and sampled runs alike: the uprobe
+    /// session programs are loaded with the object's BTF and func_info,
+    /// which their `bpf_loop` callbacks need.
     pub(crate) fn python_frames(&self) -> bool {
-        self.python && !self.sampled()
+        self.python
     }
 
     /// True when allocation calls are sampled.
@@ -315,9 +315,6 @@ impl Probes {
             config.limits.max_stacks,
         );
         crate::unwind::configure(&mut loader, config.unwind, mode != filter::ONE);
-        if config.python && config.sampled() {
-            log::debug!("sampled runs record native stacks only: no Python frames");
-        }
         crate::python::configure(&mut loader, config.python_frames());
         let mut ebpf = loader
             .load(BPF_OBJECT)
@@ -463,6 +460,15 @@ impl Probes {
                 log::warn!("{e:#}: stacks of process {tgid} are walked by frame pointer");
             }
         }
+    }
+
+    /// Looks for CPython in `tgid`, a process of a whole-machine run as
+    /// it is probed, and records its Python frames if it runs one.
+    pub(crate) fn python_process(&mut self, tgid: u32) {
+        if self.config.bench.floor {
+            return;
+        }
+        self.python.add(&mut self.ebpf, tgid);
     }
 
     /// Looks again at the recorded processes for CPython (a launched

@@ -214,6 +214,20 @@ fn is_running_status(status: &str, pid: u32) -> bool {
         && !status_field(status, "State:").starts_with('Z')
 }
 
+/// The pid of `pid` in its own pid namespace (the last of `NSpid` in
+/// `/proc/PID/status`): the one a containerized process knows itself by.
+pub(crate) fn ns_pid(pid: u32) -> Option<u32> {
+    parse_ns_pid(&fs::read_to_string(dir(pid).join("status")).ok()?)
+}
+
+fn parse_ns_pid(status: &str) -> Option<u32> {
+    status_field(status, "NSpid:")
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// memprof's effective capabilities (`CapEff` of `/proc/self/status`), one
 /// bit per capability; 0 when unreadable.
 pub(crate) fn own_capabilities() -> u64 {
@@ -356,6 +370,9 @@ mod tests {
             0x1ff_ffff_ffff
         );
         assert_eq!(parse_capabilities(status), 0);
+        assert_eq!(parse_ns_pid("Pid:\t4242\nNSpid:\t4242\t7\n"), Some(7));
+        assert_eq!(parse_ns_pid("NSpid:\t4242\n"), Some(4242));
+        assert_eq!(parse_ns_pid(status), None);
         let cgroup = "12:cpu,cpuacct:/old\n0::/system.slice/app.service\n";
         assert_eq!(
             parse_cgroup(cgroup).collect::<Vec<_>>(),

@@ -486,9 +486,10 @@ impl<'a> Processes<'a> {
                 self.seen.insert(pid, seen);
                 if self.filter().mode == filter::ALL {
                     // Every process is recorded: each one probed gets its
-                    // unwind tables (the recorded set's get theirs as they
-                    // join it).
+                    // unwind tables and, in CPython, its Python frames (the
+                    // recorded set's get theirs as they join it).
                     probes.unwind_process(pid);
+                    probes.python_process(pid);
                 }
                 if let Some(symbolizers) = &mut self.symbolizers {
                     // After an exec, the old program's mappings are gone.

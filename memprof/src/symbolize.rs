@@ -11,11 +11,14 @@
 //! build id or `.gnu_debuglink`, found by [`crate::debuginfo`], DWARF and
 //! its symbol table); the object itself (DWARF, `.symtab`, the
 //! MiniDebugInfo of `.gnu_debugdata`, `.dynsym`). An address none of them
-//! names keeps its module and its ELF address in it (`module+0x...`).
+//! names keeps its module and its ELF address in it (`module+0x...`). Code
+//! in no file (JIT-compiled, trampolines) is named from the perf map its
+//! runtime writes, if any ([`crate::perf_map`]).
 //!
 //! Kernel stacks (`--kernel`) go through the same symbolizer, from
 //! `/proc/kallsyms`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
@@ -28,6 +31,7 @@ use blazesym::MaybeDefault;
 
 use crate::debuginfo::{self, ObjectInfo};
 use crate::model::Frame;
+use crate::perf_map::PerfMap;
 use crate::procfs;
 use crate::python;
 
@@ -58,6 +62,8 @@ pub(crate) struct Symbolizer {
     python: Option<python::Resolver>,
     /// Executable mappings of no file: start, end, name (`[vdso]`, `[anon]`).
     other: Vec<(u64, u64, String)>,
+    /// Names of the code in no file, when the runtime writes a perf map.
+    perf_map: RefCell<Option<PerfMap>>,
 }
 
 impl Symbolizer {
@@ -74,6 +80,7 @@ impl Symbolizer {
             mappings: Vec::new(),
             python: python::Resolver::of(pid),
             other: Vec::new(),
+            perf_map: RefCell::new(PerfMap::of(pid)),
         };
         sym.refresh();
         sym
@@ -85,6 +92,7 @@ impl Symbolizer {
         self.mappings.clear();
         self.python = python::Resolver::of(self.pid);
         self.other.clear();
+        *self.perf_map.get_mut() = PerfMap::of(self.pid);
         self.refresh();
     }
 
@@ -95,6 +103,9 @@ impl Symbolizer {
         };
         if self.python.is_none() {
             self.python = python::Resolver::of(self.pid);
+        }
+        if let Some(map) = self.perf_map.get_mut() {
+            map.update();
         }
         let exe = procfs::exe_path(self.pid);
         for m in procfs::parse_maps(&maps).filter(|m| m.executable() && m.file().is_none()) {
@@ -171,6 +182,10 @@ impl Symbolizer {
         addrs.sort_unstable();
         addrs.dedup();
         let resolved = self.resolve(&addrs);
+        if let Some(map) = self.perf_map.borrow_mut().as_mut() {
+            // Code compiled since the last look.
+            map.update();
+        }
         stacks
             .iter()
             .map(|(&id, ips)| {
@@ -227,14 +242,23 @@ impl Symbolizer {
     }
 
     /// The frame of an address in no mapped file: in code the kernel or a
-    /// JIT mapped (`[vdso]+0x...`, `[anon]+0x...`), else the bare address.
+    /// JIT mapped (`[vdso]+0x...`, `[anon]+0x...`, named from the perf map
+    /// when there is one), else the bare address.
     fn unnamed(&self, addr: u64) -> Frame {
         let other = self
             .other
             .iter()
             .find(|(start, end, _)| *start <= addr && addr < *end);
+        // A return address: the call is the byte before.
+        let function = self
+            .perf_map
+            .borrow()
+            .as_ref()
+            .and_then(|map| map.name(addr.saturating_sub(1)))
+            .map(str::to_string);
         Frame {
             addr,
+            function,
             module: other.map(|(_, _, name)| name.clone()),
             module_offset: other.map(|(start, _, _)| addr - start),
             ..Frame::default()

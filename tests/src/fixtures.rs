@@ -145,6 +145,10 @@ pub enum Kind {
     /// `tests/fixtures/profiles.c steps`: grows in known steps, printing
     /// `step <k> <CLOCK_MONOTONIC ns>` after each ([`Kind::PROFILES_STEPS`]).
     ProfilesSteps,
+    /// `tests/fixtures/perf_map.c`: keeps 40 x malloc(1500) called through
+    /// a trampoline in anonymous memory that `/tmp/perf-PID.map` names
+    /// (checked in the `perf_map` tests).
+    PerfMap,
 }
 
 impl Kind {
@@ -186,6 +190,7 @@ impl Kind {
             Kind::Sampled => c_fixture("sampled"),
             Kind::Mmaps => c_fixture("mmaps"),
             Kind::KernelObjects => c_fixture("kernel-objects"),
+            Kind::PerfMap => c_fixture("perf-map"),
             Kind::ProfilesRate | Kind::ProfilesPeak | Kind::ProfilesSteps => c_fixture("profiles"),
             Kind::LeakyRust => rust_fixture_path("leaky-rust"),
             Kind::LeakyRustJemalloc => rust_fixture_path("leaky-rust-jemalloc"),
@@ -347,7 +352,8 @@ impl Kind {
             | Kind::Static
             | Kind::Sampled
             | Kind::Mmaps
-            | Kind::KernelObjects => panic!("the {self:?} fixture has no ground-truth table"),
+            | Kind::KernelObjects
+            | Kind::PerfMap => panic!("the {self:?} fixture has no ground-truth table"),
         }
     }
 

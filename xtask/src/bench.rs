@@ -59,6 +59,10 @@ pub(crate) struct BenchArgs {
     /// Only the stack-walk section (the cost per frame of each `--unwind`).
     #[arg(long, conflicts_with = "servers_only")]
     pub unwind_only: bool,
+    /// Only the Python section (ns per allocation of a CPython loop, with and without Python
+    /// frames).
+    #[arg(long, conflicts_with_all = ["servers_only", "unwind_only"])]
+    pub python_only: bool,
     /// Another memprof binary (an earlier build, say), measured beside this one in the
     /// stack-walk and real-server sections, in the same rounds.
     #[arg(long, value_name = "PATH")]
@@ -417,6 +421,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.unwind_only {
         return unwind::run(&dir, &memprof, args.baseline.as_deref(), rounds, pairs);
     }
+    if args.python_only {
+        return python::run(&dir, &memprof, rounds, python::allocs(args.quick));
+    }
     for name in WORKLOADS {
         let source = cmd::root().join(format!("xtask/bench/{name}.c"));
         cmd::step(
@@ -509,7 +516,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         &bench.dir,
         &bench.memprof,
         rounds,
-        if args.quick { 20_000 } else { 200_000 },
+        python::allocs(args.quick),
     )?;
     unwind::run(
         &bench.dir,

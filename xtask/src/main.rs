@@ -130,6 +130,15 @@ mod tests {
         };
         assert_eq!((args.rounds, args.quick), (Some(3), true));
         assert!(Cli::try_parse_from(["cargo xtask", "bench", "--rounds", "0"]).is_err());
+        let cli = Cli::try_parse_from(["cargo xtask", "bench", "--python-only"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench, got {:?}", cli.command);
+        };
+        assert!(args.python_only);
+        assert!(
+            Cli::try_parse_from(["cargo xtask", "bench", "--python-only", "--unwind-only"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -958,7 +958,13 @@ fn render_python_stats(
     stats: &crate::model::PythonStats,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
-    for (name, value) in stats.named() {
+    let named = stats.named();
+    let width = named
+        .iter()
+        .map(|(_, v)| v.to_string().len())
+        .max()
+        .unwrap_or(1);
+    for (name, value) in named {
         let why = match name {
             "py_stacks" => "allocations of CPython processes with their Python frames",
             "py_no_thread" => {
@@ -969,7 +975,7 @@ fn render_python_stats(
             _ => "Python frame chains cut short at the most frames kept",
         };
         if value != 0 {
-            writeln!(out, "  {name:<21} {value:>9}  {why}")?;
+            writeln!(out, "  {name:<21} {value:>width$}  {why}")?;
         }
     }
     Ok(())
@@ -978,6 +984,23 @@ fn render_python_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_stats_line_up_with_the_others() {
+        let mut stats = Stats {
+            allocs: 128,
+            ..Stats::default()
+        };
+        stats.python.py_stacks = 128;
+        let mut out = Vec::new();
+        super::stats(&stats, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let column = |name: &str| {
+            let line = text.lines().find(|l| l.contains(name)).unwrap();
+            line.find("128").unwrap()
+        };
+        assert_eq!(column("py_stacks"), column("allocs"), "{text}");
+    }
 
     #[test]
     fn timestamps() {

@@ -33,12 +33,14 @@ mod launch;
 mod long_run;
 mod many;
 mod outputs;
+mod perf_map;
 // The messages of pprof's profile.proto, shared with memprof's own pprof test.
 #[path = "../../../memprof/tests/common/pprof_proto.rs"]
 mod pprof_proto;
 mod profiles;
 mod pymalloc;
 mod python;
+mod python_runs;
 mod rust_fixture;
 mod sampling;
 mod sources;

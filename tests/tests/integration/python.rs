@@ -13,10 +13,10 @@ use tests::{describe_report, describe_stack, frame_index, root_or_skip};
 
 /// The script's blocks of `bytes(4096)`: 2,000, each 4,096 bytes plus the
 /// bytes object's 33-byte header.
-const HANDLE_COUNT: u64 = 2000;
-const HANDLE_BYTES: u64 = HANDLE_COUNT * (4096 + 33);
+pub(crate) const HANDLE_COUNT: u64 = 2000;
+pub(crate) const HANDLE_BYTES: u64 = HANDLE_COUNT * (4096 + 33);
 
-fn fixture() -> PathBuf {
+pub(crate) fn fixture() -> PathBuf {
     tests::workspace_root().join("tests/fixtures/pygrow.py")
 }
 
@@ -55,7 +55,7 @@ fn profile_script(python: &Path, memprof_args: &[&str]) -> Report {
 }
 
 /// The index of the Python frame `function` at `line` of the fixture.
-fn python_frame(stack: &Stack, function: &str, line: u32) -> Option<usize> {
+pub(crate) fn python_frame(stack: &Stack, function: &str, line: u32) -> Option<usize> {
     stack.frames.iter().position(|f| {
         f.function.as_deref() == Some(function)
             && f.line == Some(line)

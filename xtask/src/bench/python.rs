@@ -1,7 +1,9 @@
 //! The cost of Python frames: ns per allocation of a CPython loop
 //! (Debian's python3.11, `bytes(1000)` kept in a short list, so each is a
 //! malloc and a free) unprofiled, under memprof with native stacks only
-//! (`--no-python`), and under memprof with the Python frames.
+//! (`--no-python`) and with the Python frames, in full tracking and
+//! sampled 1 in 64 (`--sample-rate 64`). `cargo xtask bench --python-only`
+//! runs this section alone.
 
 use super::*;
 
@@ -27,11 +29,25 @@ sys.stdin.read()
 "#;
 
 /// The modes: a name and memprof's flags (None: not profiled).
-const MODES: [(&str, Option<&[&str]>); 3] = [
+const MODES: [(&str, Option<&[&str]>); 5] = [
     ("unprofiled", None),
     ("native stacks", Some(&["--no-python"])),
     ("Python frames", Some(&[])),
+    (
+        "sampled native",
+        Some(&["--no-python", "--sample-rate", "64"]),
+    ),
+    ("sampled Python", Some(&["--sample-rate", "64"])),
 ];
+
+/// Allocations per run.
+pub(super) fn allocs(quick: bool) -> u64 {
+    if quick {
+        20_000
+    } else {
+        200_000
+    }
+}
 
 /// Runs the section: `rounds` rounds of every mode, `allocs` allocations each.
 pub(super) fn run(bench_dir: &Path, memprof: &Path, rounds: u32, allocs: u64) -> Result<()> {
@@ -63,6 +79,11 @@ pub(super) fn run(bench_dir: &Path, memprof: &Path, rounds: u32, allocs: u64) ->
         "Python frames cost {} the native-stack run's time per allocation ({} the unprofiled run's)",
         ratio(medians[2], medians[1]),
         ratio(medians[2], medians[0])
+    );
+    println!(
+        "sampled 1 in 64: Python frames cost {} the native-stack run's time ({} the unprofiled run's)",
+        ratio(medians[4], medians[3]),
+        ratio(medians[4], medians[0])
     );
     Ok(())
 }

@@ -1,0 +1,112 @@
+//! Names of code in anonymous memory from the perf map its runtime writes
+//! (`/tmp/perf-PID.map`): `tests/fixtures/perf_map.c` calls malloc through
+//! a trampoline it copied to an anonymous executable page, and names it
+//! in its perf map only after memprof attached (as a JIT appends to its
+//! map when it compiles). Needs root (run through `cargo xtask test`).
+
+use tests::{describe_report, describe_stack, profile_fixture, root_or_skip, Kind};
+
+/// What the fixture keeps through the trampoline.
+const COUNT: u64 = 40;
+const BYTES: u64 = COUNT * 1500;
+
+#[test]
+fn code_named_by_a_perf_map_appended_during_the_run() {
+    if !root_or_skip() {
+        return;
+    }
+    let (output, _) = profile_fixture(Kind::PerfMap, &["--format", "json", "--top", "100"]);
+    let report = output.report();
+    let dump = describe_report(&report);
+    let stack = report
+        .stacks
+        .iter()
+        .find(|s| tests::frame_index(s, "leak_through_jit").is_some())
+        .unwrap_or_else(|| panic!("no stack of leak_through_jit\n{dump}"));
+    let what = describe_stack(stack);
+    assert_eq!((stack.bytes, stack.count), (BYTES, COUNT), "{what}\n{dump}");
+    let names: Vec<Option<&str>> = stack
+        .frames
+        .iter()
+        .take(3)
+        .map(|f| f.function.as_deref())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            Some("jit_trampoline_leak"),
+            Some("leak_through_jit"),
+            Some("main")
+        ],
+        "{what}"
+    );
+    let trampoline = &stack.frames[0];
+    assert_eq!(
+        trampoline.module.as_deref(),
+        Some("[anon]"),
+        "the trampoline stays in its anonymous mapping: {what}"
+    );
+    // Past the `call *%rsi` at offset 4 of the code at 0x100.
+    assert_eq!(trampoline.module_offset, Some(0x106), "{what}");
+}
+
+/// The same fixture as a container runs it: pid 1 of its own pid namespace,
+/// with a `/tmp` of its own, so its map is `/tmp/perf-1.map` there and
+/// nowhere on the host. memprof reads it through the process's root.
+#[test]
+fn a_containers_perf_map_is_read_in_its_namespaces() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Command, Stdio};
+    if !root_or_skip() {
+        return;
+    }
+    let Some(unshare) = tests::find_program("unshare") else {
+        tests::skip("unshare (util-linux) is not installed");
+        return;
+    };
+    let bin = Kind::PerfMap.path().unwrap();
+    let script = format!("mount -t tmpfs none /tmp && exec {}", bin.display());
+    let mut child = Command::new(unshare)
+        .args(["--mount", "--pid", "--fork", "--propagation", "private"])
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert_eq!(ready.trim(), "ready 1", "pid 1 of its namespace");
+    // The fixture is unshare's only child.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+    let pid = children.trim().to_string();
+    assert!(
+        !std::path::Path::new("/tmp/perf-1.map").exists(),
+        "the fixture's map is not in its own /tmp"
+    );
+    let mut memprof = tests::Memprof::spawn(&["-p", &pid, "--format", "json", "--top", "100"]);
+    memprof.wait_attached(tests::ATTACH_TIMEOUT);
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap().trim(), "done");
+    memprof.interrupt();
+    let output = memprof.finish(tests::FINISH_TIMEOUT);
+    drop(stdin);
+    let status = child.wait().unwrap();
+    output.assert_success();
+    assert!(status.success(), "unshare exited with {status}");
+    let report = output.report();
+    let dump = describe_report(&report);
+    let stack = report
+        .stacks
+        .iter()
+        .find(|s| tests::frame_index(s, "leak_through_jit").is_some())
+        .unwrap_or_else(|| panic!("no stack of leak_through_jit\n{dump}"));
+    assert_eq!((stack.bytes, stack.count), (BYTES, COUNT), "{dump}");
+    assert_eq!(
+        stack.frames[0].function.as_deref(),
+        Some("jit_trampoline_leak"),
+        "{}",
+        describe_stack(stack)
+    );
+}
