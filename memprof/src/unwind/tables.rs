@@ -178,19 +178,25 @@ impl UnwindTables {
 
     /// Builds the tables of `pid` now and keeps them current from then on.
     pub(crate) fn add_process(&self, pid: u32) -> anyhow::Result<()> {
-        {
-            let mut inner = self
-                .inner
+        self.adder()(pid)
+    }
+
+    /// What [`UnwindTables::add_process`] does, for another thread (the
+    /// tracer of a launched command, at its holds).
+    pub(crate) fn adder(&self) -> impl Fn(u32) -> anyhow::Result<()> + Send + 'static {
+        let (inner, pids) = (self.inner.clone(), self.pids.clone());
+        move |pid| {
+            inner
                 .lock()
-                .map_err(|_| anyhow::anyhow!("the unwind table thread panicked"))?;
-            inner.update(pid)?;
-        }
-        if let Ok(mut pids) = self.pids.lock() {
-            if !pids.contains(&pid) {
-                pids.push(pid);
+                .map_err(|_| anyhow::anyhow!("the unwind table thread panicked"))?
+                .update(pid)?;
+            if let Ok(mut pids) = pids.lock() {
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
             }
+            Ok(())
         }
-        Ok(())
     }
 
     /// What the tables cost so far.
