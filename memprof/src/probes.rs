@@ -1272,6 +1272,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_loader_of_a_program_and_of_a_script_is_its_pt_interp() {
+        let sh = Path::new("/bin/sh");
+        let loader = loader_of(sh).expect("/bin/sh is dynamic");
+        assert_eq!(
+            Some(loader.clone()),
+            crate::load_order::interpreter(sh).unwrap()
+        );
+        let script = std::env::temp_dir().join(format!("memprof-loader-{}", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        let of_script = loader_of(&script);
+        let _ = std::fs::remove_file(&script);
+        assert_eq!(of_script, Some(loader));
+    }
+
+    #[test]
     fn past_half_the_stack_maps_a_process_may_hold_an_eighth() {
         assert_eq!(stack_shares(65_536), (8_192, 32_768));
         assert_eq!(stack_shares(1_024), (128, 512));
