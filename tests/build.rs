@@ -2,8 +2,9 @@
 //!
 //! # C fixtures
 //!
-//! `fixtures/{leaky,phases,profiles,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind,perf_map}.c` are compiled with gcc (`leaky.c` also with musl-gcc), the `.cpp` ones with g++, and [`CFLAGS`] into
-//! `$OUT_DIR/fixtures/` (the static one also with `-static`), where the
+//! `fixtures/{leaky,phases,profiles,stacks,transient,execer,soak,oneshot,forker,spawner,clean,steps,selfcheck,demo,static,mmaps,kernel_objects,unwind,perf_map,ctorleak}.c` are compiled with gcc (`leaky.c` also with musl-gcc), the `.cpp` ones with g++, and [`CFLAGS`] into
+//! `$OUT_DIR/fixtures/` (the static one also with `-static`; `ctorleak.c`
+//! linked with `libctorleak.so` from `ctorleak_lib.c`), where the
 //! harness finds them. Building here rather than from the tests means cargo
 //! rebuilds them exactly when a source changes, the compiler runs as the
 //! user who builds (the tests themselves may run as root through `sudo`, and
@@ -168,6 +169,35 @@ fn main() {
         println!("cargo:rerun-if-changed={}", src.display());
         record(&out_dir, name, compile(&src, extra, &out_dir.join(name)));
     }
+    // A program whose first allocations are in constructors: its library's,
+    // then its own (tests/tests/integration/unwind.rs).
+    let lib = out_dir.join("libctorleak.so");
+    let lib_src = Path::new("fixtures/ctorleak_lib.c");
+    println!("cargo:rerun-if-changed={}", lib_src.display());
+    let nofp = ["-O2", "-fomit-frame-pointer", "-momit-leaf-frame-pointer"];
+    let lib_flags = [
+        &nofp[..],
+        &["-shared", "-fPIC", "-Wl,-soname,libctorleak.so"],
+    ]
+    .concat();
+    record(
+        &out_dir,
+        "libctorleak.so",
+        compile(lib_src, &lib_flags, &lib),
+    );
+    let exe_src = Path::new("fixtures/ctorleak.c");
+    println!("cargo:rerun-if-changed={}", exe_src.display());
+    let lib_arg = lib.display().to_string();
+    let exe_flags = [
+        &nofp[..],
+        &["-Wl,--no-as-needed", &lib_arg, "-Wl,-rpath,$ORIGIN"],
+    ]
+    .concat();
+    record(
+        &out_dir,
+        "ctorleak-nofp",
+        compile(exe_src, &exe_flags, &out_dir.join("ctorleak-nofp")),
+    );
     for (name, source, extra) in MUSL_FIXTURES {
         let src = Path::new("fixtures").join(format!("{source}.c"));
         println!("cargo:rerun-if-changed={}", src.display());

@@ -302,6 +302,11 @@ pub mod globals {
     /// `u32`: nonzero to send every allocation and free of a recorded block
     /// through [`super::maps::HEAP_EVENTS`] (the peak).
     pub const LOG_EVENTS: &str = "LOG_EVENTS";
+    /// `u32`: a launched command whose main thread is stopped (for its
+    /// tracer, memprof) each time its dynamic loader changes the set of
+    /// loaded objects, so that their unwind tables are in before their code
+    /// runs; 0: none.
+    pub const HOLD_TGID: &str = "HOLD_TGID";
 }
 
 /// Size of [`maps::HEAP_EVENTS`] when the events are not sent (the smallest allowed).
@@ -339,6 +344,8 @@ pub mod programs {
     pub const PROCESS_EXEC: &str = "process_exec";
     /// Tracepoint `sched/sched_process_fork` (`--follow-forks`).
     pub const PROCESS_FORK: &str = "process_fork";
+    /// Uprobe on the dynamic loader's `_dl_debug_state` (see [`super::globals::HOLD_TGID`]).
+    pub const LOADER_CHANGE: &str = "loader_change";
 }
 
 /// The sampled-mode programs: one uprobe *session* program per kind of

@@ -18,6 +18,11 @@ pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
 /// `Array<PageChunk>`: each object's page index (see [`ExecMapping::pages_start`]),
 /// one object after another, each from the start of a chunk.
 pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
+/// `Queue<u32>`: processes that called exec, for user space to write their
+/// new tables at once rather than at its next look.
+pub const UNWIND_EXECS: &str = "UNWIND_EXECS";
+/// Entries of [`UNWIND_EXECS`]; an exec that finds it full waits for the next look.
+pub const MAX_UNWIND_EXECS: u32 = 1024;
 /// Global `u32`, one of [`mode`].
 pub const UNWIND_MODE: &str = "UNWIND_MODE";
 

@@ -1,12 +1,14 @@
 //! Process events: a thread exits, a process calls exec, a task forks. They
 //! keep the set of recorded processes (`TARGETS`) and what happened to each
-//! (`PROCS`, `EXECS`) true while the run lasts.
+//! (`PROCS`, `EXECS`) true while the run lasts. And a launched command's
+//! dynamic loader changed its objects: it waits for their unwind tables.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_send_signal_thread},
+    macros::{raw_tracepoint, tracepoint, uprobe},
+    programs::{ProbeContext, RawTracePointContext, TracePointContext},
+    Global,
 };
 use memprof_common::{filter, stat, ProcEvents};
 
@@ -96,6 +98,31 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
     };
     if TARGETS.insert(child as u32, 1, BPF_ANY as u64).is_err() {
         bump(stat::FORKS_NOT_FOLLOWED);
+    }
+    0
+}
+
+/// The launched command held at each change of its loaded objects (0: none).
+#[unsafe(no_mangle)]
+static HOLD_TGID: Global<u32> = Global::new(0);
+
+/// `SIGSTOP`: it cannot be caught, and the tracer (memprof) takes it away
+/// before it stops anything: the command never sees it.
+const SIGSTOP: u32 = 19;
+
+/// The dynamic loader of the launched command calls `_dl_debug_state` (the
+/// debuggers' hook) before and after it maps objects, before their
+/// constructors run: its main thread stops for memprof, which writes the
+/// unwind tables of what is mapped now and lets it go on. Only the main
+/// thread, the one memprof traces: a stop of another would stop the command
+/// for good.
+#[uprobe]
+pub fn loader_change(_ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let hold = HOLD_TGID.load();
+    if hold != 0 && id >> 32 == u64::from(hold) && id as u32 == hold {
+        // SAFETY: the helper has no preconditions; it fails harmlessly.
+        unsafe { bpf_send_signal_thread(SIGSTOP) };
     }
     0
 }

@@ -4,10 +4,15 @@
 //! attaches the probes to it (they belong to the process and stay through
 //! exec), then lets it exec: the program's very first allocation is seen.
 //!
-//! The child is traced with ptrace for one reason: to stop it at its exit,
-//! just long enough to read its memory map, through which its stacks are
-//! symbolized (a process that has exited has none). No other event stops it;
-//! the signals it gets are handed on to it unchanged.
+//! The child is traced with ptrace to stop it at its exit, just long enough
+//! to read its memory map, through which its stacks are symbolized (a
+//! process that has exited has none), and, when stacks are walked from
+//! unwind tables, to write the tables of its objects before their code runs:
+//! at its exec (the program and its loader are mapped) and each time its
+//! dynamic loader has mapped objects (a uprobe on the loader's
+//! `_dl_debug_state` stops the main thread with a `SIGSTOP` from the kernel,
+//! which the tracer takes away). Every other signal it gets is handed on to
+//! it unchanged.
 
 use std::ffi::{CString, OsString};
 use std::fs::File;
@@ -16,6 +21,7 @@ use std::os::fd::FromRawFd as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -34,6 +40,18 @@ pub(crate) enum ChildEvent {
 /// How long the child is kept stopped at its exit at most.
 const EXIT_STOP_LIMIT: Duration = Duration::from_secs(10);
 
+/// Why the child is stopped for [`Launched::on_hold`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// It has just called exec: the program and its loader are mapped.
+    Exec,
+    /// Its dynamic loader has mapped objects (or is about to).
+    Loader,
+}
+
+/// What the tracer calls while the child is stopped at a [`Hold`].
+type HoldHook = Box<dyn FnMut(u32, Hold) + Send>;
+
 /// A child started by memprof, held before exec until [`Launched::release`].
 pub(crate) struct Launched {
     pub pid: u32,
@@ -50,6 +68,10 @@ pub(crate) struct Launched {
     exec_error: Option<File>,
     /// Events of the tracer thread.
     pub events: mpsc::UnboundedReceiver<ChildEvent>,
+    /// True when the tracer holds the child (its holds can be asked for).
+    pub traced: bool,
+    /// Called by the tracer at each hold.
+    hook: Arc<Mutex<Option<HoldHook>>>,
 }
 
 /// Forks `command`, held before exec. Fails for a command that cannot be
@@ -115,18 +137,23 @@ pub(crate) fn spawn(command: &[OsString]) -> anyhow::Result<Launched> {
     let pid = pid as u32;
     let (tx, events) = mpsc::unbounded_channel();
     let (seized_tx, seized_rx) = std_mpsc::channel();
+    let hook: Arc<Mutex<Option<HoldHook>>> = Arc::default();
+    let tracer_hook = hook.clone();
     std::thread::Builder::new()
         .name("memprof-tracer".to_string())
-        .spawn(move || trace(pid, &seized_tx, &tx))
+        .spawn(move || trace(pid, &seized_tx, &tx, &tracer_hook))
         .context("starting the tracer thread")?;
-    match seized_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log::warn!(
-            "cannot trace the command ({e}): stacks of allocations it holds at exit may not be \
-             symbolized"
-        ),
+    let traced = match seized_rx.recv() {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            log::warn!(
+                "cannot trace the command ({e}): stacks of allocations it holds at exit may not \
+                 be symbolized, and its first allocations may be walked by frame pointer"
+            );
+            false
+        }
         Err(_) => bail!("the tracer thread ended at once"),
-    }
+    };
     let base = Path::new(program)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -144,6 +171,8 @@ pub(crate) fn spawn(command: &[OsString]) -> anyhow::Result<Launched> {
         go: Some(go),
         exec_error: Some(exec_error),
         events,
+        traced,
+        hook,
     })
 }
 
@@ -175,6 +204,14 @@ impl Launched {
         Ok(target)
     }
 
+    /// Calls `hook` (in the tracer thread) each time the child is held,
+    /// before it goes on.
+    pub(crate) fn on_hold(&self, hook: impl FnMut(u32, Hold) + Send + 'static) {
+        if let Ok(mut slot) = self.hook.lock() {
+            *slot = Some(Box::new(hook));
+        }
+    }
+
     /// Lets the child exec the command; fails when exec failed.
     pub(crate) fn release(&mut self) -> anyhow::Result<()> {
         if let Some(mut go) = self.go.take() {
@@ -200,7 +237,15 @@ fn trace(
     pid: u32,
     seized: &std_mpsc::Sender<Result<(), std::io::Error>>,
     events: &mpsc::UnboundedSender<ChildEvent>,
+    hook: &Mutex<Option<HoldHook>>,
 ) {
+    let hold = |why: Hold| {
+        if let Ok(mut hook) = hook.lock() {
+            if let Some(hook) = hook.as_mut() {
+                hook(pid, why);
+            }
+        }
+    };
     let pid = pid as libc::pid_t;
     // SAFETY: plain ptrace request on our own child.
     let rc = unsafe {
@@ -208,7 +253,7 @@ fn trace(
             libc::PTRACE_SEIZE,
             pid,
             0,
-            libc::PTRACE_O_TRACEEXIT as libc::c_long,
+            (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC) as libc::c_long,
         )
     };
     let _ = seized.send(if rc == 0 {
@@ -242,6 +287,13 @@ fn trace(
                 let _ = acked.recv_timeout(EXIT_STOP_LIMIT);
             }
             unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, 0) };
+        } else if sig == libc::SIGTRAP && event == libc::PTRACE_EVENT_EXEC {
+            hold(Hold::Exec);
+            unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, 0) };
+        } else if sig == libc::SIGSTOP && event == 0 && from_kernel(pid) {
+            // The loader's hold (memprof's own BPF program sent it): taken away.
+            hold(Hold::Loader);
+            unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, 0) };
         } else if event == libc::PTRACE_EVENT_STOP {
             // A group stop (SIGSTOP and the like): stay stopped until SIGCONT.
             unsafe { libc::ptrace(libc::PTRACE_LISTEN, pid, 0, 0) };
@@ -250,6 +302,17 @@ fn trace(
             unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, sig as libc::c_long) };
         }
     }
+}
+
+/// True when the signal that stopped the tracee `pid` was sent by the
+/// kernel (`SI_KERNEL`: a BPF program's `bpf_send_signal_thread`), not by a
+/// process (`kill -STOP` is `SI_USER`).
+fn from_kernel(pid: libc::pid_t) -> bool {
+    // SAFETY: siginfo_t is plain data; PTRACE_GETSIGINFO fills it for a
+    // tracee in a signal-delivery stop.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, pid, 0, &raw mut info) };
+    rc == 0 && info.si_code == libc::SI_KERNEL
 }
 
 /// The program to exec: a path as given, else the first match in `PATH`.

@@ -64,7 +64,12 @@ pub(crate) fn run(
     // Load and attach. The signal handlers come first, so that a Ctrl-C
     // while attaching ends the run with a report.
     let mut waiter = Waiter::new()?;
-    let mut probes = Probes::load(ProbeConfig::of(config), &processes.filter())?;
+    let mut filter = processes.filter();
+    filter.hold = launched.as_ref().filter(|l| l.traced).map_or(0, |l| l.pid);
+    let mut probes = Probes::load(ProbeConfig::of(config), &filter)?;
+    if let Some(launched) = &launched {
+        probes.hold_launched(launched);
+    }
     processes.attach(&mut probes)?;
 
     // Record.

@@ -21,7 +21,7 @@ use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -126,6 +126,9 @@ pub(crate) struct Filter {
     pub follow_forks: bool,
     /// Note every exec in the `EXECS` map (`--comm`).
     pub watch_execs: bool,
+    /// A launched command that memprof traces, held at its exec and its
+    /// loader's changes while its unwind tables are written (0: none).
+    pub hold: u32,
 }
 
 impl Filter {
@@ -137,6 +140,7 @@ impl Filter {
             cgroup: None,
             follow_forks: false,
             watch_execs: false,
+            hold: 0,
         }
     }
 }
@@ -189,6 +193,9 @@ pub(crate) struct Probes {
     sources: crate::sources::Attached,
     /// The unwind tables, when stacks are walked from them.
     unwind: Option<crate::unwind::UnwindTables>,
+    /// A launched command whose tables are written at its holds, not
+    /// before its exec (see [`Probes::hold_launched`]).
+    held: u32,
     /// The CPython processes, whose allocations get Python frames.
     python: crate::python::Watch,
     /// The thread that replays the heap events for the peak.
@@ -315,6 +322,13 @@ impl Probes {
             config.limits.max_stacks,
         );
         crate::unwind::configure(&mut loader, config.unwind, mode != filter::ONE);
+        // Held only when there are tables to write.
+        let held = if config.unwind.rows().is_some() && !config.bench.floor {
+            filter.hold
+        } else {
+            0
+        };
+        loader.override_global(globals::HOLD_TGID, &held, true);
         crate::python::configure(&mut loader, config.python_frames());
         let mut ebpf = loader
             .load(BPF_OBJECT)
@@ -376,6 +390,7 @@ impl Probes {
             attached: 0,
             sources,
             unwind,
+            held,
             python: crate::python::Watch::new(config.python_frames()),
             heap,
             retired: crate::profiles::Retired::default(),
@@ -452,7 +467,7 @@ impl Probes {
     /// Builds the unwind tables of `tgid` and keeps them current; a process
     /// without them has its stacks walked by frame pointer (and counted).
     pub(crate) fn unwind_process(&self, tgid: u32) {
-        if self.config.bench.floor {
+        if self.config.bench.floor || tgid == self.held {
             return;
         }
         if let Some(tables) = &self.unwind {
@@ -469,6 +484,46 @@ impl Probes {
             return;
         }
         self.python.add(&mut self.ebpf, tgid);
+    }
+
+    /// Writes the unwind tables of the launched command, held before its
+    /// exec, at its holds (see [`crate::launch`]) instead of now: at its
+    /// exec, and each time its dynamic loader has mapped objects (a uprobe
+    /// on the loader's `_dl_debug_state`), so that every object has its
+    /// table before its code runs, constructors included.
+    pub(crate) fn hold_launched(&mut self, launched: &crate::launch::Launched) {
+        let Some(tables) = self.unwind.as_ref().filter(|_| self.held == launched.pid) else {
+            return;
+        };
+        let add = tables.adder();
+        launched.on_hold(move |pid, why| {
+            let began = std::time::Instant::now();
+            match add(pid) {
+                Ok(()) => log::debug!(
+                    "pid {pid} held at {why:?} for {:.1} ms while its unwind tables were written",
+                    began.elapsed().as_secs_f64() * 1e3
+                ),
+                Err(e) => log::warn!("{e:#}: stacks of process {pid} are walked by frame pointer"),
+            }
+        });
+        match loader_of(&launched.program) {
+            Some(loader) => {
+                let attached = uprobe(&mut self.ebpf, programs::LOADER_CHANGE).and_then(|p| {
+                    p.load()?;
+                    let pid = NonZeroU32::new(launched.pid).ok_or(Error::NoSuchProcess(0))?;
+                    p.attach("_dl_debug_state", &loader, UProbeScope::OneProcess(pid))?;
+                    Ok(())
+                });
+                if let Err(e) = attached {
+                    log::info!(
+                        "cannot hold {} while its loader maps objects ({e:#}): the first \
+                         allocations of their code may be walked by frame pointer",
+                        launched.cmdline
+                    );
+                }
+            }
+            None => log::debug!("{} has no dynamic loader to hold", launched.cmdline),
+        }
     }
 
     /// Looks again at the recorded processes for CPython (a launched
@@ -1348,6 +1403,22 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> 
     Ok(program.try_into()?)
 }
 
+/// The dynamic loader that `program` (or the interpreter on its `#!`
+/// line) names.
+fn loader_of(program: &Path) -> Option<PathBuf> {
+    let mut program = program.to_path_buf();
+    let mut head = [0u8; 256];
+    let n = fs::File::open(&program)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .ok()?;
+    if let Some(line) = head[..n].strip_prefix(b"#!") {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        program = PathBuf::from(line.split_whitespace().next()?);
+    }
+    crate::load_order::interpreter(&program).ok().flatten()
+}
+
 /// The device and inode of a file: the same library reached through two
 /// processes' `/proc/PID/root` is probed once.
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -1493,6 +1564,21 @@ fn agg_and_stacks(ebpf: &mut Ebpf) -> anyhow::Result<(AggMap<'_>, StacksMap<'_>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loader_of_a_program_and_of_a_script_is_its_pt_interp() {
+        let sh = Path::new("/bin/sh");
+        let loader = loader_of(sh).expect("/bin/sh is dynamic");
+        assert_eq!(
+            Some(loader.clone()),
+            crate::load_order::interpreter(sh).unwrap()
+        );
+        let script = std::env::temp_dir().join(format!("memprof-loader-{}", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        let of_script = loader_of(&script);
+        let _ = std::fs::remove_file(&script);
+        assert_eq!(of_script, Some(loader));
+    }
 
     #[test]
     fn past_half_the_stack_maps_a_process_may_hold_an_eighth() {

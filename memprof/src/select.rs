@@ -123,6 +123,7 @@ impl Selection {
             // Children share their parent's command name.
             follow_forks: self.follow_forks || self.comm.is_some(),
             watch_execs: self.comm.is_some(),
+            hold: 0,
         }
     }
 

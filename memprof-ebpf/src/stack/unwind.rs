@@ -24,15 +24,15 @@ use aya_ebpf::{
     bindings::{pt_regs, BPF_F_NO_PREALLOC},
     helpers::{bpf_probe_read_user, generated::bpf_loop},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, Queue},
     Global,
 };
 use memprof_common::{
     stat,
     unwind::{
         cfa, mapping, mode, walk, ExecMapping, PageChunk, ProcSlot, RowChunk, UnwindRow,
-        MAX_MAPPINGS, MAX_UNWIND_PROCS, PAGES_PER_CHUNK, PAGE_LEN_SHIFT, PAGE_SHIFT,
-        ROWS_PER_CHUNK,
+        MAX_MAPPINGS, MAX_UNWIND_EXECS, MAX_UNWIND_PROCS, PAGES_PER_CHUNK, PAGE_LEN_SHIFT,
+        PAGE_SHIFT, ROWS_PER_CHUNK,
     },
     MAX_FRAMES,
 };
@@ -56,6 +56,10 @@ static UNWIND_PAGES: Array<PageChunk> = Array::with_max_entries(1, 0);
 #[map]
 static UNWIND_PROCS: HashMap<u32, ProcSlot> =
     HashMap::with_max_entries(MAX_UNWIND_PROCS, BPF_F_NO_PREALLOC);
+
+/// Processes that called exec, for user space to write their new tables at once.
+#[map]
+static UNWIND_EXECS: Queue<u32> = Queue::with_max_entries(MAX_UNWIND_EXECS, 0);
 
 /// The processes' executable mappings (sized by the loader).
 #[map]
@@ -121,11 +125,13 @@ pub fn enabled() -> bool {
 
 /// Drops the mapping table of `tgid`, which just called exec: its stacks
 /// are walked by frame pointer (and counted) until user space has read the
-/// new program's mappings.
+/// new program's mappings, which it does as soon as it takes `tgid` from
+/// `UNWIND_EXECS`.
 #[inline(always)]
 pub fn forget(tgid: u32) {
     if enabled() {
         let _ = UNWIND_PROCS.remove(tgid);
+        let _ = UNWIND_EXECS.push(tgid, 0);
     }
 }
 

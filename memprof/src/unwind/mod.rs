@@ -22,7 +22,12 @@
 //!   sorted, compiled once per object (device, inode) and shared by every
 //!   process that maps it. Each process has a sorted table of its executable
 //!   mappings (range, load bias, where its object's rows are), rewritten when
-//!   its mappings change.
+//!   its mappings change: at once after an exec (the exec tracepoint queues
+//!   the process in `UNWIND_EXECS`; its maps are reread every few ms while
+//!   its loader maps its libraries), else within 100 ms. A launched command
+//!   waits for them: it is held at its exec and at each change of its
+//!   loader's objects (see [`crate::launch`]), so its tables are in before
+//!   any of its code runs.
 //! - The BPF side walks with `bpf_loop` (one verified step, up to
 //!   `MAX_FRAMES` runs): find the mapping of the pc (binary search), then its
 //!   row (binary search, at most 22 probes); CFA from the rule, return
@@ -97,14 +102,20 @@ pub(crate) fn tables_of(
     ebpf: &aya::Ebpf,
     unwind: crate::config::Unwind,
 ) -> anyhow::Result<Option<UnwindTables>> {
-    use memprof_common::unwind::{UNWIND_MAPPINGS, UNWIND_PAGES, UNWIND_PROCS, UNWIND_ROWS};
+    use memprof_common::unwind::{
+        UNWIND_EXECS, UNWIND_MAPPINGS, UNWIND_PAGES, UNWIND_PROCS, UNWIND_ROWS,
+    };
     use std::os::fd::AsFd as _;
     if unwind.rows().is_none() {
         return Ok(None);
     }
     let open = |name: &str| -> anyhow::Result<aya::maps::MapData> {
         let data = match ebpf.map(name) {
-            Some(aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data)) => data,
+            Some(
+                aya::maps::Map::Array(data)
+                | aya::maps::Map::HashMap(data)
+                | aya::maps::Map::Queue(data),
+            ) => data,
             _ => anyhow::bail!("BPF map {name} missing from the object"),
         };
         let fd = data
@@ -119,6 +130,7 @@ pub(crate) fn tables_of(
         aya::maps::Map::Array(open(UNWIND_PAGES)?),
         aya::maps::Map::HashMap(open(UNWIND_PROCS)?),
         aya::maps::Map::Array(open(UNWIND_MAPPINGS)?),
+        aya::maps::Map::Queue(open(UNWIND_EXECS)?),
     )
     .map(Some)
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, Queue};
 use memprof_common::unwind::{
     mapping, ExecMapping, PageChunk, ProcSlot, RowChunk, UnwindRow, MAX_MAPPINGS, PAGES_PER_CHUNK,
     ROWS_PER_CHUNK,
@@ -22,6 +22,14 @@ use super::compile;
 
 /// How often the processes' memory maps are reread.
 const REFRESH_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the processes that called exec are taken from `UNWIND_EXECS`,
+/// and those that did lately have their maps reread: their loader maps
+/// their libraries in the first milliseconds.
+const EXECS_EVERY: Duration = Duration::from_millis(5);
+
+/// How long a process that called exec has its maps reread every [`EXECS_EVERY`].
+const YOUNG_FOR: Duration = Duration::from_millis(300);
 
 /// What the tables cost, for the report and the bench.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -99,14 +107,17 @@ pub(crate) struct UnwindTables {
 }
 
 impl UnwindTables {
-    /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PAGES`, `UNWIND_PROCS`
-    /// and `UNWIND_MAPPINGS` and starts the thread that keeps them current.
+    /// Takes over the maps `UNWIND_ROWS`, `UNWIND_PAGES`, `UNWIND_PROCS`,
+    /// `UNWIND_MAPPINGS` and `UNWIND_EXECS` and starts the thread that keeps
+    /// them current.
     pub(crate) fn new(
         rows: Map,
         pages: Map,
         procs: Map,
         mappings: Map,
+        execs: Map,
     ) -> anyhow::Result<UnwindTables> {
+        let mut execs = Queue::<MapData, u32>::try_from(execs).context("UNWIND_EXECS map")?;
         let rows = Array::<MapData, RowChunk>::try_from(rows).context("UNWIND_ROWS map")?;
         let pages = Array::<MapData, PageChunk>::try_from(pages).context("UNWIND_PAGES map")?;
         let max_page_chunks = pages.len();
@@ -140,9 +151,30 @@ impl UnwindTables {
             std::thread::Builder::new()
                 .name("memprof-unwind".into())
                 .spawn(move || {
+                    // Processes that called exec lately, and since when.
+                    let mut young: HashMap<u32, Instant> = HashMap::new();
+                    let mut last_all = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(REFRESH_EVERY);
-                        let list = pids.lock().map(|p| p.clone()).unwrap_or_default();
+                        std::thread::sleep(EXECS_EVERY);
+                        while let Ok(pid) = execs.pop(0) {
+                            young.insert(pid, Instant::now());
+                        }
+                        young.retain(|_, since| since.elapsed() < YOUNG_FOR);
+                        let list = if last_all.elapsed() >= REFRESH_EVERY {
+                            last_all = Instant::now();
+                            let Ok(mut pids) = pids.lock() else { return };
+                            // A process met first at its exec is followed from then on.
+                            for &pid in young.keys() {
+                                if !pids.contains(&pid) {
+                                    pids.push(pid);
+                                }
+                            }
+                            pids.clone()
+                        } else if young.is_empty() {
+                            continue;
+                        } else {
+                            young.keys().copied().collect()
+                        };
                         let Ok(mut inner) = inner.lock() else { return };
                         let mut gone = Vec::new();
                         for pid in list {
@@ -155,6 +187,7 @@ impl UnwindTables {
                         // pid reused meanwhile is added again when it is
                         // met).
                         if !gone.is_empty() {
+                            young.retain(|pid, _| !gone.contains(pid));
                             if let Ok(mut inner) = inner_for_gone.lock() {
                                 for &pid in &gone {
                                     inner.forget(pid);
@@ -178,19 +211,25 @@ impl UnwindTables {
 
     /// Builds the tables of `pid` now and keeps them current from then on.
     pub(crate) fn add_process(&self, pid: u32) -> anyhow::Result<()> {
-        {
-            let mut inner = self
-                .inner
+        self.adder()(pid)
+    }
+
+    /// What [`UnwindTables::add_process`] does, for another thread (the
+    /// tracer of a launched command, at its holds).
+    pub(crate) fn adder(&self) -> impl Fn(u32) -> anyhow::Result<()> + Send + 'static {
+        let (inner, pids) = (self.inner.clone(), self.pids.clone());
+        move |pid| {
+            inner
                 .lock()
-                .map_err(|_| anyhow::anyhow!("the unwind table thread panicked"))?;
-            inner.update(pid)?;
-        }
-        if let Ok(mut pids) = self.pids.lock() {
-            if !pids.contains(&pid) {
-                pids.push(pid);
+                .map_err(|_| anyhow::anyhow!("the unwind table thread panicked"))?
+                .update(pid)?;
+            if let Ok(mut pids) = pids.lock() {
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
             }
+            Ok(())
         }
-        Ok(())
     }
 
     /// What the tables cost so far.

@@ -416,3 +416,69 @@ fn sampled_runs_walk_stacks_from_tables() {
     assert!(report.stats.unwind.unwind_cfi > 0, "{dump}");
     assert_eq!(report.stats.unwind.unwind_no_table, 0, "{dump}");
 }
+
+/// A launched command's first allocations, in its library's constructor
+/// (run by the dynamic loader before the program's entry) and its own
+/// (before main): each walked from call frame information, none by frame
+/// pointer for want of a table, the bytes exact. memprof writes the tables
+/// while the command is held at its exec and after its loader mapped its
+/// libraries.
+#[test]
+fn a_launched_commands_first_allocations_are_walked_from_tables() {
+    if !root_or_skip() {
+        return;
+    }
+    let bin = tests::c_fixtures_dir().join("ctorleak-nofp");
+    assert!(
+        bin.exists(),
+        "the ctorleak-nofp fixture was not built: see {}.error",
+        bin.display()
+    );
+    let bin_arg = bin.display().to_string();
+    for unwind in ["auto", "dwarf"] {
+        let output = tests::run_memprof(
+            &[],
+            &[
+                "--format", "json", "--top", "1000", "--unwind", unwind, "--", &bin_arg,
+            ],
+            std::time::Duration::from_secs(120),
+        );
+        output.assert_success();
+        let report = output.report();
+        let dump = describe_report(&report);
+        assert_eq!(
+            (report.totals.bytes, report.totals.count),
+            (11_110, 6),
+            "{dump}"
+        );
+        assert_eq!(report.stats.unwind.unwind_no_table, 0, "{dump}");
+        // (function, bytes, count, the caller that ran it)
+        for (function, bytes, count, runner) in [
+            ("lib_ctor_leak", 3333, 3, "_dl_init"),
+            ("exe_ctor_leak", 4444, 2, "__libc_start_main_impl"),
+            ("main_leak", 3333, 1, "__libc_start_main_impl"),
+        ] {
+            let stacks: Vec<_> = report
+                .stacks
+                .iter()
+                .filter(|s| frame_index(s, function) == Some(0))
+                .collect();
+            assert_eq!(
+                (
+                    stacks.iter().map(|s| s.bytes).sum::<u64>(),
+                    stacks.iter().map(|s| s.count).sum::<u64>()
+                ),
+                (bytes, count),
+                "{function}\n{dump}"
+            );
+            for stack in stacks {
+                assert_eq!(stack.walk, Some(Walk::Cfi), "{}", describe_stack(stack));
+                assert!(
+                    frame_index(stack, runner).is_some(),
+                    "the stack of {function} does not reach {runner}: {}",
+                    describe_stack(stack)
+                );
+            }
+        }
+    }
+}
