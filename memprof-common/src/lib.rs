@@ -409,7 +409,10 @@ pub mod arg_regs {
     pub const RDX: u64 = 4;
     pub const RSI: u64 = 5;
     pub const RDI: u64 = 6;
-    pub const RBP: u64 = 7;
+    /// Not a register: the constant 1, for a factor the probed code has
+    /// already multiplied into the other (reallocarray's `mul`). rbp is
+    /// never a home of an argument (the walk stops at a write to it).
+    pub const ONE: u64 = 7;
     pub const R8: u64 = 8;
     pub const R9: u64 = 9;
     pub const R10: u64 = 10;

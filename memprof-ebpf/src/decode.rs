@@ -71,7 +71,7 @@ pub(crate) fn arg(ctx: &ProbeContext, cookie: u64, n: usize) -> u64 {
             read_volatile(&(*regs).rdx),
             read_volatile(&(*regs).rsi),
             read_volatile(&(*regs).rdi),
-            read_volatile(&(*regs).rbp),
+            1, // arg_regs::ONE
             read_volatile(&(*regs).r8),
             read_volatile(&(*regs).r9),
             read_volatile(&(*regs).r10),

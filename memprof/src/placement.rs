@@ -112,7 +112,10 @@ impl Placement {
         (!self.moved.is_empty()).then(|| {
             self.moved
                 .iter()
-                .map(|(arg, reg)| format!("argument {} in {}", arg + 1, register_name(*reg)))
+                .map(|(arg, reg)| match *reg {
+                    ONE => format!("argument {} multiplied in", arg + 1),
+                    reg => format!("argument {} in {}", arg + 1, register_name(reg)),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         })
@@ -137,7 +140,7 @@ fn pt_regs_index(reg: Register) -> u64 {
         Register::RDX => r::RDX,
         Register::RSI => r::RSI,
         Register::RDI => r::RDI,
-        Register::RBP => r::RBP,
+        ONE => r::ONE,
         Register::R8 => r::R8,
         Register::R9 => r::R9,
         Register::R10 => r::R10,
@@ -156,6 +159,11 @@ fn register_name(reg: Register) -> String {
     format!("{reg:?}").to_lowercase()
 }
 
+/// Where a factor that the probed code has multiplied into another argument
+/// is read: the constant 1 (rbp stands for it, being never a home of an
+/// argument: the walk stops at a write to it).
+const ONE: Register = Register::RBP;
+
 /// What the probes at a function read when they fire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Needs {
@@ -164,6 +172,9 @@ pub(crate) struct Needs {
     /// True when a return probe (or a session's return half) is attached
     /// too: it takes the return address from `[rsp]` when the entry fires.
     pub returns: bool,
+    /// The two arguments the entry program multiplies (calloc's, reallocarray's
+    /// count and size): a `mul` of the one by the other may stand for both.
+    pub factors: Option<(usize, usize)>,
 }
 
 /// The probe's place in `function`, all of the function's bytes from its
@@ -240,7 +251,7 @@ struct Walk {
 fn first_emulated(code: &[u8], needs: Needs) -> Walk {
     let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
-    let mut homes = Homes::new(needs.args);
+    let mut homes = Homes::new(needs.args, needs.factors);
     let mut walk = Walk {
         entry: None,
         chosen: None,
@@ -300,15 +311,40 @@ struct Homes {
     /// Per argument, in order: its registers, the calling convention's first
     /// while it holds it.
     regs: Vec<Vec<Register>>,
+    /// See [`Needs::factors`].
+    factors: Option<(usize, usize)>,
 }
 
 impl Homes {
-    fn new(args: usize) -> Homes {
+    fn new(args: usize, factors: Option<(usize, usize)>) -> Homes {
         Homes {
             regs: ARGS[..args.min(ARGS.len())]
                 .iter()
                 .map(|&reg| vec![reg])
                 .collect(),
+            factors,
+        }
+    }
+
+    /// The factors `insn` multiplies, when it is `mul r64` of a home of one
+    /// factor (rax) by a home of the other: (the one whose product rax then
+    /// holds, the one that becomes [`ONE`]).
+    fn product(&self, insn: &Instruction) -> Option<(usize, usize)> {
+        let (a, b) = self.factors?;
+        if insn.mnemonic() != Mnemonic::Mul
+            || insn.op_count() != 1
+            || insn.op0_kind() != OpKind::Register
+            || !insn.op0_register().is_gpr64()
+        {
+            return None;
+        }
+        let by = insn.op0_register();
+        let holds =
+            |arg: usize, reg: Register| self.regs.get(arg).is_some_and(|h| h.contains(&reg));
+        if (holds(a, Register::RAX) && holds(b, by)) || (holds(b, Register::RAX) && holds(a, by)) {
+            Some((a, b))
+        } else {
+            None
         }
     }
 
@@ -338,6 +374,7 @@ impl Homes {
         if written.contains(&Register::RBP) {
             return Some(Register::RBP);
         }
+        let product = self.product(insn);
         let mut lost = None;
         for homes in &mut self.regs {
             let copied = copy.is_some_and(|(_, from)| homes.contains(&from));
@@ -350,6 +387,14 @@ impl Homes {
             }
             if homes.is_empty() && lost.is_none() {
                 lost = last;
+            }
+        }
+        if let Some((a, b)) = product {
+            // rax holds a x b (the low half, as the programs compute it).
+            if let (Some(_), Some(_)) = (self.regs.get(a), self.regs.get(b)) {
+                self.regs[a] = vec![Register::RAX];
+                self.regs[b] = vec![ONE];
+                lost = self.regs.iter().position(Vec::is_empty).and(lost);
             }
         }
         lost
@@ -769,12 +814,20 @@ mod tests {
     const FREE: Needs = Needs {
         args: 1,
         returns: false,
+        factors: None,
     };
 
+    /// An allocation function of `args` arguments; calloc's 2 and
+    /// reallocarray's 3 are multiplied as the programs do.
     const fn alloc(args: usize) -> Needs {
         Needs {
             args,
             returns: true,
+            factors: match args {
+                2 => Some((0, 1)),
+                3 => Some((1, 2)),
+                _ => None,
+            },
         }
     }
 
@@ -799,7 +852,7 @@ mod tests {
         ("malloc", alloc(1), "41 54", 0x0, true),
         ("calloc", alloc(2), "41 55", 0x0, true),
         ("realloc", alloc(2), "41 57", 0x0, true),
-        ("reallocarray", alloc(3), "48 89 f0 48 f7 e2", 0x0, false),
+        ("reallocarray", alloc(3), "48 89 f0 48 f7 e2 48 89 c6 70 05", 0x9, true),
         ("posix_memalign", alloc(3), "80 3d 01 02 14 00 00 41 54", 0x7, true),
         ("aligned_alloc", alloc(2), "80 3d 71 0e 14 00 00 74 07", 0x7, true),
         ("valloc", alloc(1), "80 3d 31 0e 14 00 00 53", 0x7, true),
@@ -1110,22 +1163,45 @@ mod tests {
 
     #[test]
     fn stops_when_an_argument_is_overwritten() {
-        // glibc 2.36 reallocarray: mov %rsi,%rax; mul %rdx (writes rdx); mov %rax,%rsi; jo; jmp
-        let placed = place(
-            &bytes("48 89 f0 48 f7 e2 48 89 c6 70 05 e9 00 00 00 00"),
-            true,
-            alloc(3),
-        );
+        // mov %rsi,%rax; mul %rdx (writes rdx, not as reallocarray's factor
+        // here: calloc's factors are the first two); mov %rax,%rsi; jo; jmp
+        let code = "48 89 f0 48 f7 e2 48 89 c6 70 05 e9 00 00 00 00";
+        let three = Needs {
+            args: 3,
+            returns: true,
+            factors: None,
+        };
+        let placed = place(&bytes(code), true, three);
         assert_eq!((placed.offset, placed.emulated), (0, false));
         assert_eq!(
             placed.why.as_deref(),
             Some("mul at +0x3 writes rdx before any instruction the kernel emulates")
         );
         // A probe that reads rdi only may go past both writes, to the jo.
+        assert_eq!(offset(code, FREE), 9);
+    }
+
+    #[test]
+    fn a_multiplication_of_the_two_factors_stands_for_both() {
+        // glibc 2.36's reallocarray: mov %rsi,%rax; mul %rdx; mov %rax,%rsi;
+        // jo; jmp realloc: at the jo, rsi (and rax) hold nmemb x size, which
+        // the program multiplies by 1.
+        let (_, needs, code, _, _) = row(GLIBC_2_36, "reallocarray");
+        let placed = place(&bytes(code), true, needs);
         assert_eq!(
-            offset("48 89 f0 48 f7 e2 48 89 c6 70 05 e9 00 00 00 00", FREE),
-            9
+            placed.describe(),
+            "+0x9 (jo, emulated, argument 2 in rax, argument 3 multiplied in)"
         );
+        assert_eq!(
+            placed.arg_regs(),
+            arg_regs::with(arg_regs::with(0, 1, arg_regs::RAX), 2, arg_regs::ONE)
+        );
+        // mul by a register that is not the other factor: the size is lost.
+        // mov %rsi,%rax; mul %rcx; jo
+        assert_eq!(offset("48 89 f0 48 f7 e1 70 05", alloc(3)), 0);
+        // The product is lost when rax is written before the branch:
+        // mov %rsi,%rax; mul %rdx; xor %eax,%eax; jo
+        assert_eq!(offset("48 89 f0 48 f7 e2 31 c0 70 05", alloc(3)), 0);
     }
 
     #[test]

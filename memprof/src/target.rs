@@ -712,6 +712,11 @@ fn sites_in(
             let needs = placement::Needs {
                 args: site.kind.arguments(),
                 returns: !site.kind.releases(),
+                factors: match site.kind {
+                    Kind::Calloc => Some((0, 1)),
+                    Kind::ReallocArray | Kind::PyCalloc => Some((1, 2)),
+                    _ => None,
+                },
             };
             site.placement =
                 placement::place_in_file(&data, &landings, site.file_offset, size, needs);
