@@ -32,9 +32,11 @@ pub(crate) struct Held {
 }
 
 impl Held {
+    /// Saturating: a block of an absurd size (a wrong argument read, a
+    /// lying allocator) must not stop the replay.
     fn add(&mut self, other: Held) {
-        self.bytes += other.bytes;
-        self.count += other.count;
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.count = self.count.saturating_add(other.count);
     }
 
     fn is_zero(&self) -> bool {
@@ -125,6 +127,25 @@ impl PeakReplay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_of_absurd_sizes_do_not_stop_the_replay() {
+        let mut replay = PeakReplay::default();
+        let event = |kind, size| HeapEvent {
+            kind,
+            size,
+            tgid: 1,
+            stack_id: 7,
+            ..HeapEvent::default()
+        };
+        for _ in 0..3 {
+            replay.apply(&event(heap_event::ALLOC, u64::MAX - 5));
+        }
+        replay.apply(&event(heap_event::FREE, u64::MAX - 5));
+        // The first block reached the largest total that can be held.
+        assert_eq!(replay.found().count, 1);
+        assert_eq!(replay.found().bytes, i64::MAX as u64);
+    }
 
     fn ev(kind: u32, ts: u64, size: u64, stack_id: i64) -> HeapEvent {
         HeapEvent {
