@@ -188,16 +188,24 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The `MapData` behind the map types memprof uses.
+/// The `MapData` behind a map (every type a uprobe program may use, so
+/// that a new map of the object does not stop the links).
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
         Map::Array(m)
+        | Map::BloomFilter(m)
         | Map::HashMap(m)
-        | Map::PerCpuArray(m)
+        | Map::LpmTrie(m)
         | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
-        | Map::StackTraceMap(m)
+        | Map::PerCpuLruHashMap(m)
+        | Map::PerfEventArray(m)
+        | Map::ProgramArray(m)
+        | Map::Queue(m)
         | Map::RingBuf(m)
+        | Map::Stack(m)
+        | Map::StackTraceMap(m)
         | Map::Unsupported(m) => Some(m),
         _ => None,
     }
