@@ -51,6 +51,7 @@ pub(crate) fn run(
         launched.as_ref(),
         !config.bench.probe_at_entry,
         config.at_exit,
+        config.sampling.is_none(),
     )?;
     let describe = match &launched {
         Some(l) if !selection.is_one() => format!("{} and its children", l.cmdline),

@@ -261,6 +261,8 @@ pub(crate) struct Processes<'a> {
     selection: &'a Selection,
     /// Probes at each function's cheapest equivalent instruction.
     placed: bool,
+    /// Probe CPython's pymalloc (full tracking only).
+    pymalloc: bool,
     /// The processes selected by pid (`-p`, a launched command).
     roots: Vec<u32>,
     /// A launched command: its pid.
@@ -331,6 +333,7 @@ impl<'a> Processes<'a> {
         launched: Option<&Launched>,
         placed: bool,
         at_exit: bool,
+        pymalloc: bool,
     ) -> anyhow::Result<Processes<'a>> {
         let command = launched.map(|l| l.pid);
         let mut roots = selection.pids.clone();
@@ -340,6 +343,7 @@ impl<'a> Processes<'a> {
         let mut processes = Processes {
             selection,
             placed,
+            pymalloc,
             roots: roots.clone(),
             command,
             opened: HashMap::new(),
@@ -547,7 +551,16 @@ impl<'a> Processes<'a> {
     }
 
     /// What memprof reads of `target` (the process `pid`) to probe it.
-    fn opened(&self, pid: u32, target: TargetProcess) -> anyhow::Result<(Opened, Option<OwnedFd>)> {
+    fn opened(
+        &self,
+        pid: u32,
+        mut target: TargetProcess,
+    ) -> anyhow::Result<(Opened, Option<OwnedFd>)> {
+        if !self.pymalloc {
+            if let Some((_, verdict @ Ok(()))) = &mut target.python {
+                *verdict = Err("pymalloc is recorded with full tracking only".to_string());
+            }
+        }
         let sites = target.probe_sites(self.placed)?;
         let allocator = target.allocator_description();
         let pidfd = target.pidfd().and_then(|fd| fd.try_clone().ok());
