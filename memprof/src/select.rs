@@ -557,7 +557,7 @@ impl<'a> Processes<'a> {
         mut target: TargetProcess,
     ) -> anyhow::Result<(Opened, Option<OwnedFd>)> {
         if !self.pymalloc {
-            if let Some((_, verdict @ Ok(()))) = &mut target.python {
+            if let Some((_, verdict @ Ok(_))) = &mut target.python {
                 *verdict = Err("pymalloc is recorded with full tracking only".to_string());
             }
         }
