@@ -164,6 +164,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::PerCpuHashMap(m)
         | Map::StackTraceMap(m)
         | Map::RingBuf(m)
+        | Map::Queue(m)
         | Map::Unsupported(m) => Some(m),
         _ => None,
     }
