@@ -920,6 +920,15 @@ fn utc_timestamp(secs: f64) -> Option<String> {
 
 /// The unwinding counters of a text report, when stacks were walked from
 /// tables (nothing otherwise).
+/// The width of the widest of `named`'s values.
+fn value_width(named: &[(&str, u64)]) -> usize {
+    named
+        .iter()
+        .map(|(_, v)| v.to_string().len())
+        .max()
+        .unwrap_or(1)
+}
+
 fn render_unwind_stats(
     stats: &crate::model::UnwindStats,
     out: &mut dyn std::io::Write,
@@ -928,11 +937,7 @@ fn render_unwind_stats(
     if named.iter().all(|&(_, v)| v == 0) {
         return Ok(());
     }
-    let width = named
-        .iter()
-        .map(|(_, v)| v.to_string().len())
-        .max()
-        .unwrap_or(1);
+    let width = value_width(&named);
     for (name, value) in named {
         let why = match name {
             "unwind_cfi" => "stacks walked from call frame information (.eh_frame)",
@@ -959,11 +964,7 @@ fn render_python_stats(
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     let named = stats.named();
-    let width = named
-        .iter()
-        .map(|(_, v)| v.to_string().len())
-        .max()
-        .unwrap_or(1);
+    let width = value_width(&named);
     for (name, value) in named {
         let why = match name {
             "py_stacks" => "allocations of CPython processes with their Python frames",

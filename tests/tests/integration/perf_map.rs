@@ -4,11 +4,30 @@
 //! in its perf map only after memprof attached (as a JIT appends to its
 //! map when it compiles). Needs root (run through `cargo xtask test`).
 
-use tests::{describe_report, describe_stack, profile_fixture, root_or_skip, Kind};
+use tests::{describe_report, describe_stack, profile_fixture, root_or_skip, Kind, Report, Stack};
 
 /// What the fixture keeps through the trampoline.
 const COUNT: u64 = 40;
 const BYTES: u64 = COUNT * 1500;
+
+/// The stack of what the fixture keeps through its trampoline: exact, and
+/// the trampoline named innermost.
+fn check_trampoline_stack(report: &Report) -> &Stack {
+    let dump = describe_report(report);
+    let stack = report
+        .stacks
+        .iter()
+        .find(|s| tests::frame_index(s, "leak_through_jit").is_some())
+        .unwrap_or_else(|| panic!("no stack of leak_through_jit\n{dump}"));
+    let what = describe_stack(stack);
+    assert_eq!((stack.bytes, stack.count), (BYTES, COUNT), "{what}\n{dump}");
+    assert_eq!(
+        stack.frames[0].function.as_deref(),
+        Some("jit_trampoline_leak"),
+        "{what}"
+    );
+    stack
+}
 
 #[test]
 fn code_named_by_a_perf_map_appended_during_the_run() {
@@ -17,14 +36,8 @@ fn code_named_by_a_perf_map_appended_during_the_run() {
     }
     let (output, _) = profile_fixture(Kind::PerfMap, &["--format", "json", "--top", "100"]);
     let report = output.report();
-    let dump = describe_report(&report);
-    let stack = report
-        .stacks
-        .iter()
-        .find(|s| tests::frame_index(s, "leak_through_jit").is_some())
-        .unwrap_or_else(|| panic!("no stack of leak_through_jit\n{dump}"));
+    let stack = check_trampoline_stack(&report);
     let what = describe_stack(stack);
-    assert_eq!((stack.bytes, stack.count), (BYTES, COUNT), "{what}\n{dump}");
     let names: Vec<Option<&str>> = stack
         .frames
         .iter()
@@ -95,18 +108,5 @@ fn a_containers_perf_map_is_read_in_its_namespaces() {
     let status = child.wait().unwrap();
     output.assert_success();
     assert!(status.success(), "unshare exited with {status}");
-    let report = output.report();
-    let dump = describe_report(&report);
-    let stack = report
-        .stacks
-        .iter()
-        .find(|s| tests::frame_index(s, "leak_through_jit").is_some())
-        .unwrap_or_else(|| panic!("no stack of leak_through_jit\n{dump}"));
-    assert_eq!((stack.bytes, stack.count), (BYTES, COUNT), "{dump}");
-    assert_eq!(
-        stack.frames[0].function.as_deref(),
-        Some("jit_trampoline_leak"),
-        "{}",
-        describe_stack(stack)
-    );
+    check_trampoline_stack(&output.report());
 }
