@@ -611,6 +611,51 @@ pub fn run_memprof(wrapper: &[&str], args: &[&str], timeout: Duration) -> Output
     Memprof::spawn_with(wrapper, args).finish(timeout)
 }
 
+/// Profiles a program that speaks the fixtures' protocol on its stdio
+/// (a first line `ready ...`, then `done` once it read `go`), started by
+/// `command`: `memprof -p PID --format json` and `memprof_args`, where
+/// `pid` finds the process to attach to from the program and its ready
+/// line; go, done, Ctrl-C. Checks that memprof and the program exit
+/// cleanly and returns the report.
+pub fn profile_stdio_program(
+    mut command: Command,
+    pid: impl FnOnce(&Child, &str) -> String,
+    memprof_args: &[&str],
+) -> Report {
+    let what = format!("{:?}", command.get_program());
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    let pid = pid(&child, ready.trim());
+    let mut args = vec!["-p", pid.as_str(), "--format", "json"];
+    args.extend_from_slice(memprof_args);
+    let mut memprof = Memprof::spawn(&args);
+    memprof.wait_attached(ATTACH_TIMEOUT);
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap().trim(), "done");
+    memprof.interrupt();
+    let output = memprof.finish(FINISH_TIMEOUT);
+    drop(stdin);
+    let status = child.wait().unwrap();
+    output.assert_success();
+    assert!(status.success(), "{what} exited with {status}");
+    output.report()
+}
+
+/// The pid of a `ready PID` line.
+pub fn ready_pid(_: &Child, ready: &str) -> String {
+    ready
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("not a ready line: {ready}"))
+        .trim()
+        .to_owned()
+}
+
 /// The whole dance for a go/done fixture: start it, attach memprof with
 /// `-p PID` and `memprof_args`, send go, wait for done, interrupt memprof,
 /// collect its output, and check that the fixture then exits 0 (a profiler

@@ -68,8 +68,7 @@ fn code_named_by_a_perf_map_appended_during_the_run() {
 /// nowhere on the host. memprof reads it through the process's root.
 #[test]
 fn a_containers_perf_map_is_read_in_its_namespaces() {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     if !root_or_skip() {
         return;
     }
@@ -79,34 +78,25 @@ fn a_containers_perf_map_is_read_in_its_namespaces() {
     };
     let bin = Kind::PerfMap.path().unwrap();
     let script = format!("mount -t tmpfs none /tmp && exec {}", bin.display());
-    let mut child = Command::new(unshare)
+    let mut command = Command::new(unshare);
+    command
         .args(["--mount", "--pid", "--fork", "--propagation", "private"])
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
-    assert_eq!(ready.trim(), "ready 1", "pid 1 of its namespace");
-    // The fixture is unshare's only child.
-    let children =
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
-    let pid = children.trim().to_string();
-    assert!(
-        !std::path::Path::new("/tmp/perf-1.map").exists(),
-        "the fixture's map is not in its own /tmp"
+        .args(["sh", "-c", &script]);
+    let report = tests::profile_stdio_program(
+        command,
+        |child, ready| {
+            assert_eq!(ready, "ready 1", "pid 1 of its namespace");
+            // The fixture is unshare's only child.
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+                    .unwrap();
+            assert!(
+                !std::path::Path::new("/tmp/perf-1.map").exists(),
+                "the fixture's map is not in its own /tmp"
+            );
+            children.trim().to_string()
+        },
+        &["--top", "100"],
     );
-    let mut memprof = tests::Memprof::spawn(&["-p", &pid, "--format", "json", "--top", "100"]);
-    memprof.wait_attached(tests::ATTACH_TIMEOUT);
-    writeln!(stdin, "go").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap().trim(), "done");
-    memprof.interrupt();
-    let output = memprof.finish(tests::FINISH_TIMEOUT);
-    drop(stdin);
-    let status = child.wait().unwrap();
-    output.assert_success();
-    assert!(status.success(), "unshare exited with {status}");
-    check_trampoline_stack(&output.report());
+    check_trampoline_stack(&report);
 }

@@ -175,34 +175,9 @@ fn attached(python: &Path, env: &[(&str, &str)]) -> Report {
 
 /// [`attached`] with the script `script`.
 fn attached_to(python: &Path, script: &Path, env: &[(&str, &str)]) -> Report {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(python)
-        .arg(script)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", python.display()));
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
-    let pid = ready.strip_prefix("ready ").unwrap().trim().to_owned();
-    let mut memprof = tests::Memprof::spawn(&["-p", &pid, "--format", "json", "--top", "1000"]);
-    memprof.wait_attached(tests::ATTACH_TIMEOUT);
-    writeln!(stdin, "go").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap().trim(), "done");
-    memprof.interrupt();
-    let output = memprof.finish(tests::FINISH_TIMEOUT);
-    drop(stdin);
-    let status = child.wait().unwrap();
-    output.assert_success();
-    assert!(
-        status.success(),
-        "{} exited with {status}",
-        python.display()
-    );
-    output.report()
+    let mut command = std::process::Command::new(python);
+    command.arg(script).envs(env.iter().copied());
+    tests::profile_stdio_program(command, tests::ready_pid, &["--top", "1000"])
 }
 
 /// `memprof -o JSON -- python fixture run`: the fixture runs straight

@@ -23,35 +23,11 @@ pub(crate) fn fixture() -> PathBuf {
 /// Runs `python fixture` (ready/go/done on stdio) under `memprof -p PID
 /// --format json` and `memprof_args`; returns the report.
 fn profile_script(python: &Path, memprof_args: &[&str]) -> Report {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(python)
-        .arg(fixture())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", python.display()));
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
-    let pid = ready.strip_prefix("ready ").unwrap().trim().to_owned();
-    let mut all = vec!["-p", &pid, "--format", "json", "--top", "1000"];
+    let mut command = std::process::Command::new(python);
+    command.arg(fixture());
+    let mut all = vec!["--top", "1000"];
     all.extend_from_slice(memprof_args);
-    let mut memprof = tests::Memprof::spawn(&all);
-    memprof.wait_attached(tests::ATTACH_TIMEOUT);
-    writeln!(stdin, "go").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap().trim(), "done");
-    memprof.interrupt();
-    let output = memprof.finish(tests::FINISH_TIMEOUT);
-    drop(stdin);
-    let status = child.wait().unwrap();
-    output.assert_success();
-    assert!(
-        status.success(),
-        "{} exited with {status}",
-        python.display()
-    );
-    output.report()
+    tests::profile_stdio_program(command, tests::ready_pid, &all)
 }
 
 /// The index of the Python frame `function` at `line` of the fixture.
