@@ -76,7 +76,12 @@ fn a_containers_perf_map_is_read_in_its_namespaces() {
         tests::skip("unshare (util-linux) is not installed");
         return;
     };
-    let bin = Kind::PerfMap.path().unwrap();
+    // A copy outside /tmp, which the container's own /tmp hides (a
+    // checkout under /tmp builds its fixtures there).
+    let dir = std::path::PathBuf::from(format!("/var/tmp/memprof-perf-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("perf-map");
+    std::fs::copy(Kind::PerfMap.path().unwrap(), &bin).unwrap();
     let script = format!("mount -t tmpfs none /tmp && exec {}", bin.display());
     let mut command = Command::new(unshare);
     command
@@ -98,5 +103,6 @@ fn a_containers_perf_map_is_read_in_its_namespaces() {
         },
         &["--top", "100"],
     );
+    let _ = std::fs::remove_dir_all(&dir);
     check_trampoline_stack(&report);
 }
