@@ -1076,14 +1076,8 @@ fn attach_sessions(
             "uprobe session {name} on {} at {offsets:#x?}",
             path.display()
         );
-        // Cookies only when a probe reads an argument from another register.
         let cookies: Vec<u64> = sites.iter().map(|s| s.placement.arg_regs()).collect();
-        let cookies: &[u64] = if cookies.iter().any(|&c| c != 0) {
-            &cookies
-        } else {
-            &[]
-        };
-        let link = session_link::attach(&program, path, &offsets, cookies, pid)
+        let link = session_link::attach(&program, path, &offsets, &cookies, pid)
             .map_err(|e| session_link::attach_error(e, &what))?;
         keep.push(link);
         keep.push(program);
@@ -1255,12 +1249,7 @@ impl Links {
             points.dedup_by_key(|(offset, _)| *offset);
             let offsets: Vec<u64> = points.iter().map(|&(offset, _)| offset).collect();
             let cookies: Vec<u64> = points.iter().map(|&(_, regs)| regs).collect();
-            let cookies: &[u64] = if cookies.iter().any(|&c| c != 0) {
-                &cookies
-            } else {
-                &[]
-            };
-            match session_link::attach_as(*kind, program, path, &offsets, cookies, pid) {
+            match session_link::attach_as(*kind, program, path, &offsets, &cookies, pid) {
                 Ok(link) => links.push(link),
                 Err(e) if links.is_empty() && multi_unsupported(&e) => {
                     // A kernel that loads the programs but refuses the

@@ -414,7 +414,8 @@ pub(crate) fn attach_as(
         attach_type: kind.attach_type(),
         path: path.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
-        cookies: if cookies.is_empty() {
+        // None when every cookie is 0: what a probe without one reads.
+        cookies: if cookies.iter().all(|&c| c == 0) {
             0
         } else {
             cookies.as_ptr() as u64
