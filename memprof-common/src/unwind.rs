@@ -147,8 +147,13 @@ const _: () = assert!(core::mem::size_of::<ExecMapping>() == 48);
 pub struct ProcSlot {
     pub slot: u32,
     pub len: u32,
+    /// Names this table among every table written in the run (never 0, never
+    /// reused): what a walk learns of an address under one table holds for
+    /// as long as the table does.
+    pub generation: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProcSlot>() == 8);
+const _: () = assert!(core::mem::size_of::<ProcSlot>() == 16);
 
 /// `StackTrace::walk`: bits saying how the stack was walked, and in the
 /// second byte why it ended early (0: it is complete).

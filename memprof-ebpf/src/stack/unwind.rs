@@ -7,16 +7,19 @@
 //! are (binary searches written as loops made it follow every path of every
 //! search); the searches' bounds live in a map value, which the verifier
 //! does not track, so a run can make a few probes. For each frame it finds
-//! the mapping of the pc (the mapping of the previous frame first, which is
-//! usually it; else a binary search in the process's table), records the
-//! pc, finds the row in effect (the object's page index narrows it to the
-//! rows of one 128-byte page of code, most often 1 to 4), and computes the
-//! caller's registers: CFA from the row's rule, return address at CFA - 8,
-//! rbp from where the row says it was saved, rsp = CFA. Most frames take one
-//! run. In objects built with frame pointers (`--unwind auto`) a frame is a
-//! frame-pointer step, with no row search. A pc in no executable mapping is
-//! never recorded; every early end says why in the stack's `walk` word and
-//! in `STATS`.
+//! how to reach the caller's, its rule: a row of the tables, or in code
+//! without a table (or, under `--unwind auto`, built with frame pointers) a
+//! frame-pointer step. First in this CPU's [`RULES`], which keeps the rule
+//! of each address it walked last: an allocation's frames are most often
+//! those of an earlier one, and a run walks up to [`FRAMES_PER_RUN`] such
+//! frames at the cost of a frame-pointer walk's. Else it finds the mapping
+//! of the pc (the mapping of the previous frame first, which is usually it;
+//! else a binary search in the process's table), and the row in effect
+//! (the object's page index narrows it to the rows of one 128-byte page of
+//! code, most often 1 to 4). A step: CFA from the rule, return address at
+//! CFA - 8 (read with rbp when the row saved it nearby), rbp restored, rsp
+//! = CFA. A pc in no executable mapping is never recorded; every early end
+//! says why in the stack's `walk` word and in `STATS`.
 
 use core::ffi::c_void;
 
@@ -65,8 +68,8 @@ static UNWIND_EXECS: Queue<u32> = Queue::with_max_entries(MAX_UNWIND_EXECS, 0);
 #[map]
 static UNWIND_MAPPINGS: Array<ExecMapping> = Array::with_max_entries(1, 0);
 
-/// Frame-pointer steps in one run of [`step`], while the frames stay in one mapping.
-const FP_STEPS_PER_RUN: usize = 8;
+/// Frames whose rule is in this CPU's [`RULES`] walked in one run of [`step`].
+const FRAMES_PER_RUN: usize = 8;
 
 /// Probes of a binary search in one run of [`step`].
 const PROBES_PER_RUN: usize = 4;
@@ -79,6 +82,14 @@ const RUNS_PER_FRAME: u32 = (10u32 + 23).div_ceil(PROBES_PER_RUN as u32) + 2;
 /// What the next run of [`step`] does.
 const FIND_MAPPING: u32 = 0;
 const FIND_ROW: u32 = 1;
+
+/// [`Rule::kind`] of a frame-pointer step: code without a table, or built
+/// with frame pointers (`--unwind auto`). The others are [`cfa`]'s.
+const FP_STEP: u8 = 0x80;
+
+/// The saved registers read with the return address in one read: rbp saved
+/// at most this many words below the CFA (most functions that save it).
+const SAVED_WORDS: u64 = 8;
 
 /// The state of this CPU's walk. In a map rather than on the stack: the
 /// verifier knows nothing of a map value's contents, so it checks [`step`]
@@ -114,8 +125,46 @@ struct Walk {
     first: u32,
     /// Nonzero: a frame-pointer step in objects built with frame pointers.
     fp_objects: u32,
-    _pad: u32,
+    /// The process's table ([`ProcSlot::generation`]).
+    generation: u32,
+    /// Where rbp was saved, in the words read below the CFA.
+    saved_word: u64,
 }
+
+/// How a frame's caller is found: a row of the tables ([`cfa`] kinds, with
+/// [`UnwindRow`]'s meaning of `cfa_offset` and `rbp`), or [`FP_STEP`].
+#[derive(Clone, Copy)]
+struct Rule {
+    cfa_offset: u16,
+    kind: u8,
+    rbp: i8,
+}
+
+/// Entries of this CPU's [`RULES`].
+const RULE_ENTRIES: usize = 1024;
+
+/// The rule of an address, as a walk found it under one process table.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Remembered {
+    ip: u64,
+    /// [`rule_tag`] of the table and frame it was found for (0: empty).
+    tag: u32,
+    rule: Rule,
+}
+
+/// This CPU's rules of the addresses it walked last, by a hash of the
+/// address: an allocation's frames are most often those of one before it,
+/// and a remembered frame costs one map read instead of two searches.
+/// Entries of a table that was replaced are never met again (the tag holds
+/// its generation); rows are never moved while the run lasts.
+#[repr(C)]
+struct RuleCache {
+    entries: [Remembered; RULE_ENTRIES],
+}
+
+#[map]
+static RULES: PerCpuArray<RuleCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// True when stacks are walked from unwind tables.
 #[inline(always)]
@@ -149,28 +198,23 @@ pub fn capture(regs: *const pt_regs, tgid: u32, seed: u64) -> Option<(u64, u64)>
     let state = WALK.get_ptr_mut(0)?;
     // SAFETY: this CPU's value; programs do not migrate while running.
     let state = unsafe { &mut *state };
-    // The last walk's first mapping: this CPU's allocations often come from
-    // the same code.
-    let hint = state.hint;
-    *state = Walk {
-        ip,
-        sp,
-        bp,
-        hash: seed,
-        len: 0,
-        walk: 0,
-        lo: 0,
-        hi: maps,
-        base: u64::from(slot.slot) * MAX_MAPPINGS as u64,
-        maps,
-        bias: 0,
-        pc: 0,
-        hint,
-        phase: FIND_MAPPING,
-        first: 1,
-        fp_objects: u32::from(UNWIND_MODE.load() == mode::AUTO),
-        _pad: 0,
-    };
+    // Field by field, not a whole value (a call of memset in BPF). `hint`
+    // stays from the last walk: this CPU's allocations often come from the
+    // same code.
+    state.ip = ip;
+    state.sp = sp;
+    state.bp = bp;
+    state.hash = seed;
+    state.len = 0;
+    state.walk = 0;
+    state.lo = 0;
+    state.hi = maps;
+    state.base = u64::from(slot.slot) * MAX_MAPPINGS as u64;
+    state.maps = maps;
+    state.phase = FIND_MAPPING;
+    state.first = 1;
+    state.fp_objects = u32::from(UNWIND_MODE.load() == mode::AUTO);
+    state.generation = slot.generation;
     // SAFETY: `step` has the callback signature bpf_loop expects; it finds
     // the state in `WALK` itself.
     unsafe {
@@ -228,6 +272,37 @@ fn read(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+/// What tells the rules of `st.ip` under its process's table apart: the
+/// table, and whether the frame is the first (whose pc is looked up as it
+/// is, not as a return address).
+#[inline(always)]
+fn rule_tag(st: &Walk) -> u32 {
+    st.generation << 1 | (st.first & 1)
+}
+
+/// Where `ip`'s rule is kept in [`RULES`].
+#[inline(always)]
+fn rule_index(ip: u64) -> usize {
+    ((ip ^ (ip >> 17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize & (RULE_ENTRIES - 1)
+}
+
+/// Keeps the rule of `st.ip` for the next walks on this CPU.
+#[inline(always)]
+fn remember(st: &Walk, rule: Rule) {
+    let Some(cache) = RULES.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value; programs do not migrate while running.
+    let cache = unsafe { &mut *cache };
+    if let Some(entry) = cache.entries.get_mut(rule_index(st.ip)) {
+        *entry = Remembered {
+            ip: st.ip,
+            tag: rule_tag(st),
+            rule,
+        };
+    }
+}
+
 /// Starts looking for the mapping of the next frame's pc.
 #[inline(always)]
 fn next_frame(st: &mut Walk) -> i64 {
@@ -238,9 +313,9 @@ fn next_frame(st: &mut Walk) -> i64 {
     0
 }
 
-/// One run of the walk (the `bpf_loop` callback): a few probes of a binary
-/// search, or the end of one and the step to the caller's frame. Returns 0
-/// to go on, 1 to stop.
+/// One run of the walk (the `bpf_loop` callback): the frames whose rules
+/// this CPU remembers, then a few probes of a binary search, or the end of
+/// one and the step to the caller's frame. Returns 0 to go on, 1 to stop.
 #[inline(never)]
 extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(st) = WALK.get_ptr_mut(0) else {
@@ -250,6 +325,27 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let st = unsafe { &mut *st };
     if st.phase == FIND_ROW {
         return find_row(st);
+    }
+    if let Some(cache) = RULES.get_ptr_mut(0) {
+        // SAFETY: this CPU's value, only read here.
+        let cache = unsafe { &*cache };
+        let mut known_frames = 0;
+        while known_frames < FRAMES_PER_RUN {
+            let Some(known) = cache.entries.get(rule_index(st.ip)) else {
+                break;
+            };
+            if known.ip != st.ip || known.tag != rule_tag(st) {
+                break;
+            }
+            let rule = known.rule;
+            if record(st) != 0 || apply(st, rule) != 0 {
+                return 1;
+            }
+            known_frames += 1;
+        }
+        if known_frames == FRAMES_PER_RUN {
+            return 0;
+        }
     }
     // The last frame's mapping first.
     if st.hint < st.maps {
@@ -290,10 +386,10 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     frame(st, m)
 }
 
-/// The pc is in the process's code, in mapping `m`: records the frame and
-/// steps to the caller's, or starts the search for its row.
+/// Records `st.ip` as the walk's next frame. Returns 0, or 1 when the walk
+/// must stop.
 #[inline(always)]
-fn frame(st: &mut Walk, m: &ExecMapping) -> i64 {
+fn record(st: &mut Walk) -> i64 {
     let Some(buf) = scratch() else {
         return stop(st, walk::end::READ_FAILED);
     };
@@ -303,53 +399,28 @@ fn frame(st: &mut Walk, m: &ExecMapping) -> i64 {
     *slot = st.ip;
     st.len += 1;
     st.hash = mix(st.hash, st.ip);
+    0
+}
 
+/// The pc is in the process's code, in mapping `m`: records the frame and
+/// steps to the caller's, or starts the search for its row.
+#[inline(always)]
+fn frame(st: &mut Walk, m: &ExecMapping) -> i64 {
     if m.rows_len == 0 || (st.fp_objects != 0 && m.flags & mapping::FRAME_POINTERS != 0) {
-        // No table for this code, or code built with frame pointers:
-        // frame-pointer steps, several in this run while the callers stay
-        // in the same mapping (a program's own frames, most often).
-        st.walk |= walk::FP;
-        for i in 0..FP_STEPS_PER_RUN {
-            if st.bp == 0 {
-                // The outermost frame (`_start` clears rbp).
-                return 1;
-            }
-            // A frame lies above the stack pointer: this also makes every
-            // step move up the stack. (The caller's rbp, read here, is
-            // checked when it is used as a frame pointer: a caller without
-            // frame pointers has its own rule for it.)
-            if st.bp < st.sp {
-                return stop(st, walk::end::BAD_FRAME_POINTER);
-            }
-            // SAFETY: reading user memory through the helper, which handles faults.
-            let Ok([next, ret]) = (unsafe { bpf_probe_read_user(st.bp as *const [u64; 2]) }) else {
-                return stop(st, walk::end::READ_FAILED);
-            };
-            if ret == 0 {
-                return 1;
-            }
-            st.sp = st.bp.wrapping_add(16);
-            st.bp = next;
-            st.ip = ret;
-            st.first = 0;
-            // A caller in another mapping, or the last step of this run:
-            // the next run records it (and finds its mapping).
-            if i + 1 == FP_STEPS_PER_RUN || !(m.start <= ret && ret < m.end) {
-                break;
-            }
-            // Read afresh from the map value, so that the compiler does not
-            // carry a pointer across iterations whose range the verifier
-            // cannot bound.
-            // SAFETY: a field of this CPU's walk state.
-            let len = unsafe { core::ptr::read_volatile(&st.len) };
-            let Some(slot) = buf.ips.get_mut(len as usize) else {
-                return stop(st, walk::end::TOO_DEEP);
-            };
-            *slot = ret;
-            st.len += 1;
-            st.hash = mix(st.hash, ret);
+        // No table for this code, or code built with frame pointers.
+        let rule = Rule {
+            cfa_offset: 16,
+            kind: FP_STEP,
+            rbp: -2,
+        };
+        remember(st, rule);
+        if record(st) != 0 {
+            return 1;
         }
-        return next_frame(st);
+        return apply(st, rule);
+    }
+    if record(st) != 0 {
+        return 1;
     }
     let pc = st
         .ip
@@ -402,15 +473,38 @@ fn find_row(st: &mut Walk) -> i64 {
     if st.hi - st.lo > 1 {
         return 0;
     }
-    let Some(r) = row(st.lo).filter(|r| u64::from(r.pc) <= st.pc) else {
-        return stop(st, walk::end::NO_CFI);
+    let rule = match row(st.lo) {
+        Some(r) if u64::from(r.pc) <= st.pc => Rule {
+            cfa_offset: r.cfa_offset,
+            kind: r.kind,
+            rbp: r.rbp,
+        },
+        Some(_) => Rule {
+            cfa_offset: 0,
+            kind: cfa::NONE,
+            rbp: 0,
+        },
+        None => return stop(st, walk::end::NO_CFI),
     };
-    let offset = u64::from(r.cfa_offset);
-    let cfa = match r.kind {
+    remember(st, rule);
+    apply(st, rule)
+}
+
+/// Steps from the frame at `st.ip` (recorded) to its caller's by `rule`.
+/// Returns 0 to go on, 1 to stop.
+#[inline(always)]
+fn apply(st: &mut Walk, rule: Rule) -> i64 {
+    let offset = u64::from(rule.cfa_offset);
+    let cfa = match rule.kind {
+        FP_STEP => return fp_step(st),
         cfa::RSP => st.sp.wrapping_add(offset),
         cfa::RBP => st.bp.wrapping_add(offset),
         cfa::PLT => {
-            let extra = if (st.ip & 15) >= r.rbp as u64 { 8 } else { 0 };
+            let extra = if (st.ip & 15) >= rule.rbp as u64 {
+                8
+            } else {
+                0
+            };
             st.sp.wrapping_add(offset + extra)
         }
         cfa::END => {
@@ -420,20 +514,79 @@ fn find_row(st: &mut Walk) -> i64 {
         cfa::NONE => return stop(st, walk::end::NO_CFI),
         _ => return stop(st, walk::end::UNSUPPORTED),
     };
-    let Some(ret) = read(cfa.wrapping_sub(8)) else {
-        return stop(st, walk::end::READ_FAILED);
+    let saved = if rule.kind == cfa::PLT {
+        0
+    } else {
+        i64::from(rule.rbp)
     };
-    if r.kind != cfa::PLT && r.rbp != 0 {
-        let Some(bp) = read(cfa.wrapping_add((i64::from(r.rbp) * 8) as u64)) else {
+    let ret = if (-(SAVED_WORDS as i64)..0).contains(&saved) {
+        // rbp saved just below the return address: one read for both. (The
+        // words below a frame's saved registers are its own, or its
+        // callees': always in memory.)
+        // SAFETY: reading user memory through the helper, which handles faults.
+        let Ok(words) = (unsafe {
+            bpf_probe_read_user(
+                cfa.wrapping_sub(SAVED_WORDS * 8) as *const [u64; SAVED_WORDS as usize]
+            )
+        }) else {
+            return stop(st, walk::end::READ_FAILED);
+        };
+        // The word of rbp, through the map value: a bound the verifier
+        // follows (the compiler drops a mask of an index it knows is in range).
+        st.saved_word = (SAVED_WORDS as i64 + saved) as u64;
+        // SAFETY: a field of this CPU's walk state.
+        let word = unsafe { core::ptr::read_volatile(&st.saved_word) } & (SAVED_WORDS - 1);
+        let Some(&bp) = words.get(word as usize) else {
             return stop(st, walk::end::READ_FAILED);
         };
         st.bp = bp;
-    }
+        words[SAVED_WORDS as usize - 1]
+    } else {
+        let Some(ret) = read(cfa.wrapping_sub(8)) else {
+            return stop(st, walk::end::READ_FAILED);
+        };
+        if saved != 0 {
+            let Some(bp) = read(cfa.wrapping_add((saved * 8) as u64)) else {
+                return stop(st, walk::end::READ_FAILED);
+            };
+            st.bp = bp;
+        }
+        ret
+    };
     st.walk |= walk::CFI;
     if ret == 0 {
         return 1;
     }
     st.sp = cfa;
+    st.ip = ret;
+    next_frame(st)
+}
+
+/// A frame-pointer step: the caller's rbp and return address are the two
+/// words at rbp.
+#[inline(always)]
+fn fp_step(st: &mut Walk) -> i64 {
+    st.walk |= walk::FP;
+    if st.bp == 0 {
+        // The outermost frame (`_start` clears rbp).
+        return 1;
+    }
+    // A frame lies above the stack pointer: this also makes every step move
+    // up the stack. (The caller's rbp, read here, is checked when it is used
+    // as a frame pointer: a caller without frame pointers has its own rule
+    // for it.)
+    if st.bp < st.sp {
+        return stop(st, walk::end::BAD_FRAME_POINTER);
+    }
+    // SAFETY: reading user memory through the helper, which handles faults.
+    let Ok([next, ret]) = (unsafe { bpf_probe_read_user(st.bp as *const [u64; 2]) }) else {
+        return stop(st, walk::end::READ_FAILED);
+    };
+    if ret == 0 {
+        return 1;
+    }
+    st.sp = st.bp.wrapping_add(16);
+    st.bp = next;
     st.ip = ret;
     next_frame(st)
 }

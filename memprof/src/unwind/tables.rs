@@ -83,6 +83,8 @@ struct Inner {
     free_slots: Vec<u32>,
     /// Each process's slot.
     slots: HashMap<u32, u32>,
+    /// The last table's [`ProcSlot::generation`].
+    generation: u32,
     /// Next free chunk of `rows`.
     next_chunk: u32,
     max_chunks: u32,
@@ -136,6 +138,7 @@ impl UnwindTables {
             max_page_chunks,
             free_slots: (0..slots).rev().collect(),
             slots: HashMap::new(),
+            generation: 0,
             next_chunk: 0,
             max_chunks,
             objects: HashMap::new(),
@@ -352,9 +355,13 @@ impl Inner {
                     .with_context(|| format!("writing the mapping table of process {pid}"));
             }
         }
+        // 0 is never a table's: a walk's empty cache entries match none.
+        self.generation = self.generation.wrapping_add(1).max(1);
         let header = ProcSlot {
             slot,
             len: table.len() as u32,
+            generation: self.generation,
+            _pad: 0,
         };
         if let Err(e) = self.procs.insert(pid, header, 0) {
             self.free_slots.push(slot);
