@@ -25,7 +25,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_NO_PREALLOC},
-    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    helpers::{bpf_probe_read_user, generated, generated::bpf_loop},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, Queue},
     Global,
@@ -69,7 +69,7 @@ static UNWIND_EXECS: Queue<u32> = Queue::with_max_entries(MAX_UNWIND_EXECS, 0);
 static UNWIND_MAPPINGS: Array<ExecMapping> = Array::with_max_entries(1, 0);
 
 /// Frames whose rule is in this CPU's [`RULES`] walked in one run of [`step`].
-const FRAMES_PER_RUN: usize = 8;
+const FRAMES_PER_RUN: usize = 16;
 
 /// Probes of a binary search in one run of [`step`].
 const PROBES_PER_RUN: usize = 4;
@@ -87,9 +87,11 @@ const FIND_ROW: u32 = 1;
 /// with frame pointers (`--unwind auto`). The others are [`cfa`]'s.
 const FP_STEP: u8 = 0x80;
 
-/// The saved registers read with the return address in one read: rbp saved
-/// at most this many words below the CFA (most functions that save it).
-const SAVED_WORDS: u64 = 8;
+/// Pages of the stack a walk keeps copies of ([`STACK_COPY`]).
+const STACK_PAGES: usize = 4;
+
+/// The size of a page of the stack, and of a copy.
+const PAGE_BYTES: u64 = 4096;
 
 /// The state of this CPU's walk. In a map rather than on the stack: the
 /// verifier knows nothing of a map value's contents, so it checks [`step`]
@@ -127,8 +129,6 @@ struct Walk {
     fp_objects: u32,
     /// The process's table ([`ProcSlot::generation`]).
     generation: u32,
-    /// Where rbp was saved, in the words read below the CFA.
-    saved_word: u64,
 }
 
 /// How a frame's caller is found: a row of the tables ([`cfa`] kinds, with
@@ -165,6 +165,22 @@ struct RuleCache {
 
 #[map]
 static RULES: PerCpuArray<RuleCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies of the pages of the stack this CPU's walk read, each in slot
+/// `page number % STACK_PAGES`. A stack's frames lie close together: one
+/// read of a page serves the frames in it, where a read per frame took
+/// most of a walk's time (the helper's fixed cost, about 70 ns here, is
+/// most of a read's). A whole page is always safe to read when one of its
+/// words is: memory is mapped, and present, by page.
+#[repr(C)]
+struct StackCopy {
+    /// Each slot's page number + 1 in this walk (0: none).
+    pages: [u64; STACK_PAGES],
+    words: [[u64; (PAGE_BYTES / 8) as usize]; STACK_PAGES],
+}
+
+#[map]
+static STACK_COPY: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
 
 /// True when stacks are walked from unwind tables.
 #[inline(always)]
@@ -215,6 +231,9 @@ pub fn capture(regs: *const pt_regs, tgid: u32, seed: u64) -> Option<(u64, u64)>
     state.first = 1;
     state.fp_objects = u32::from(UNWIND_MODE.load() == mode::AUTO);
     state.generation = slot.generation;
+    let copy = STACK_COPY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value; programs do not migrate while running.
+    unsafe { (*copy).pages = [0; STACK_PAGES] };
     // SAFETY: `step` has the callback signature bpf_loop expects; it finds
     // the state in `WALK` itself.
     unsafe {
@@ -266,10 +285,38 @@ fn page(i: u64) -> Option<u32> {
         .copied()
 }
 
+/// The word of the stack at `addr`, from this walk's copy of its page
+/// (copied first if needed).
 #[inline(always)]
 fn read(addr: u64) -> Option<u64> {
-    // SAFETY: reading user memory through the helper, which handles faults.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+    if addr & 7 != 0 {
+        // SAFETY: reading user memory through the helper, which handles faults.
+        return unsafe { bpf_probe_read_user(addr as *const u64) }.ok();
+    }
+    let copy = STACK_COPY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value; programs do not migrate while running.
+    let copy = unsafe { &mut *copy };
+    let page = addr / PAGE_BYTES;
+    let slot = page as usize & (STACK_PAGES - 1);
+    let words = copy.words.get_mut(slot)?;
+    let tag = copy.pages.get_mut(slot)?;
+    if *tag != page + 1 {
+        // SAFETY: reading user memory through the helper, which handles
+        // faults, into a map value of that size.
+        let failed = unsafe {
+            generated::bpf_probe_read_user(
+                words.as_mut_ptr() as *mut c_void,
+                PAGE_BYTES as u32,
+                (page * PAGE_BYTES) as *const c_void,
+            )
+        } != 0;
+        if failed {
+            *tag = 0;
+            return None;
+        }
+        *tag = page + 1;
+    }
+    words.get(((addr % PAGE_BYTES) / 8) as usize).copied()
 }
 
 /// What tells the rules of `st.ip` under its process's table apart: the
@@ -519,40 +566,15 @@ fn apply(st: &mut Walk, rule: Rule) -> i64 {
     } else {
         i64::from(rule.rbp)
     };
-    let ret = if (-(SAVED_WORDS as i64)..0).contains(&saved) {
-        // rbp saved just below the return address: one read for both. (The
-        // words below a frame's saved registers are its own, or its
-        // callees': always in memory.)
-        // SAFETY: reading user memory through the helper, which handles faults.
-        let Ok(words) = (unsafe {
-            bpf_probe_read_user(
-                cfa.wrapping_sub(SAVED_WORDS * 8) as *const [u64; SAVED_WORDS as usize]
-            )
-        }) else {
-            return stop(st, walk::end::READ_FAILED);
-        };
-        // The word of rbp, through the map value: a bound the verifier
-        // follows (the compiler drops a mask of an index it knows is in range).
-        st.saved_word = (SAVED_WORDS as i64 + saved) as u64;
-        // SAFETY: a field of this CPU's walk state.
-        let word = unsafe { core::ptr::read_volatile(&st.saved_word) } & (SAVED_WORDS - 1);
-        let Some(&bp) = words.get(word as usize) else {
+    let Some(ret) = read(cfa.wrapping_sub(8)) else {
+        return stop(st, walk::end::READ_FAILED);
+    };
+    if saved != 0 {
+        let Some(bp) = read(cfa.wrapping_add((saved * 8) as u64)) else {
             return stop(st, walk::end::READ_FAILED);
         };
         st.bp = bp;
-        words[SAVED_WORDS as usize - 1]
-    } else {
-        let Some(ret) = read(cfa.wrapping_sub(8)) else {
-            return stop(st, walk::end::READ_FAILED);
-        };
-        if saved != 0 {
-            let Some(bp) = read(cfa.wrapping_add((saved * 8) as u64)) else {
-                return stop(st, walk::end::READ_FAILED);
-            };
-            st.bp = bp;
-        }
-        ret
-    };
+    }
     st.walk |= walk::CFI;
     if ret == 0 {
         return 1;
@@ -578,8 +600,7 @@ fn fp_step(st: &mut Walk) -> i64 {
     if st.bp < st.sp {
         return stop(st, walk::end::BAD_FRAME_POINTER);
     }
-    // SAFETY: reading user memory through the helper, which handles faults.
-    let Ok([next, ret]) = (unsafe { bpf_probe_read_user(st.bp as *const [u64; 2]) }) else {
+    let (Some(next), Some(ret)) = (read(st.bp), read(st.bp.wrapping_add(8))) else {
         return stop(st, walk::end::READ_FAILED);
     };
     if ret == 0 {
