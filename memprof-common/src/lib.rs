@@ -470,7 +470,8 @@ pub mod stat {
     pub const FORKS_NOT_FOLLOWED: u32 = 13;
     /// Stacks walked from call frame information (in part at least).
     pub const UNWIND_CFI: u32 = 14;
-    /// Stacks of processes without an unwind table yet, walked by frame pointer.
+    /// Stacks of processes without an unwind table yet (or of code mapped
+    /// since theirs was written), walked by frame pointer.
     pub const UNWIND_NO_TABLE: u32 = 15;
     /// Stacks cut short, by cause (see `unwind::walk::end`).
     pub const UNWIND_NOT_MAPPED: u32 = 16;

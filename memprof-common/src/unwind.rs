@@ -162,7 +162,9 @@ pub mod walk {
     pub const FP: u64 = 1;
     /// At least one frame was found from call frame information.
     pub const CFI: u64 = 2;
-    /// The process had no unwind table yet: walked by frame pointer only.
+    /// The process had no unwind table yet, or its table did not know the
+    /// first frame's code yet (an object mapped since): walked by frame
+    /// pointer only.
     pub const NO_TABLE: u64 = 4;
     /// Shift of the [`end`] code.
     pub const END_SHIFT: u32 = 8;

@@ -77,7 +77,6 @@ pub(crate) fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32) -> i64 {
     let mut how = walk::FP;
     if unwind::enabled() {
         match unwind::capture(regs, tgid, HASH_SEED ^ u64::from(tgid)) {
-            Some((_, 0)) => return STACK_LOST,
             Some((hash, len)) => {
                 let hash = python::append(buf, hash, len, tgid);
                 return (mix(hash, len) >> 1) as i64;

@@ -202,8 +202,9 @@ pub fn forget(tgid: u32) {
 
 /// Walks the stack of `regs` of the process `tgid` into this CPU's scratch
 /// buffer; returns the hash of its frames (as `capture_stack` computes it
-/// before the length) and their number, or None when the process has no
-/// table yet.
+/// before the length) and their number (at least 1), or None when the
+/// process has no table yet, or its table does not know the first frame's
+/// code yet.
 #[inline(always)]
 pub fn capture(regs: *const pt_regs, tgid: u32, seed: u64) -> Option<(u64, u64)> {
     // SAFETY: the value is only read.
@@ -244,6 +245,12 @@ pub fn capture(regs: *const pt_regs, tgid: u32, seed: u64) -> Option<(u64, u64)>
             0,
         )
     };
+    if state.len == 0 {
+        // The first frame's code is in none of the table's mappings: an
+        // object mapped since the table was written (`dlopen`), whose table
+        // comes at user space's next look.
+        return None;
+    }
     bump(stat::UNWIND_CFI);
     match state.walk >> walk::END_SHIFT {
         walk::end::NOT_MAPPED => bump(stat::UNWIND_NOT_MAPPED),

@@ -272,6 +272,33 @@ fn a_junk_frame_pointer_does_not_derail_the_walk() {
     assert_frames_in_code(&report, &code);
 }
 
+/// A library whose constructor allocates as soon as `dlopen` mapped it,
+/// before memprof's next look at the process's mappings: its blocks are
+/// each from a stack that starts at the allocating function (walked by
+/// frame pointer and counted as without a table until the table knows the
+/// library), none lost, and no frame outside the process's code.
+#[test]
+fn code_mapped_since_the_last_look_still_has_its_stacks() {
+    if !root_or_skip() {
+        return;
+    }
+    let lib = tests::c_fixtures_dir().join("libctorleak.so");
+    assert!(lib.exists(), "{} was not built", lib.display());
+    let lib = lib.display().to_string();
+    let (report, code) = profile_program(&unwind_fixture(), &["dlopen", &lib], &[]);
+    let dump = describe_report(&report);
+    assert_frames_in_code(&report, &code);
+    let ctor: Vec<_> = report
+        .stacks
+        .iter()
+        .filter(|s| frame_index(s, "lib_ctor_leak") == Some(0))
+        .collect();
+    let bytes: u64 = ctor.iter().map(|s| s.bytes).sum();
+    let count: u64 = ctor.iter().map(|s| s.count).sum();
+    assert_eq!((bytes, count), (3333, 3), "{dump}");
+    assert_eq!(report.stats.stack_lost, 0, "{dump}");
+}
+
 /// `fp` and `nofp`, the same program built with and without frame
 /// pointers: the same leaks, exactly, and each leak's stack runs through
 /// `serve` (four frames of it) to `main`, complete; the build without frame
