@@ -329,8 +329,11 @@ pub(crate) fn outstanding(
                 frames.insert(s.stack_id, vec![model::Frame::no_room()]);
             }
             let no_room = s.stack_id == memprof_common::STACK_NO_ROOM;
-            let frames = frames.remove(&s.stack_id).unwrap_or_default();
+            let mut frames = frames.remove(&s.stack_id).unwrap_or_default();
             let word = recorded.walks.get(&s.stack_id).copied();
+            if word.is_some_and(|w| w & memprof_common::unwind::walk::FP != 0) {
+                cut_at_no_code(&mut frames);
+            }
             let (walk, truncation) = match word {
                 Some(word) if !no_room && !frames.is_empty() => {
                     walk_of(word, symbolize::reaches_start(&frames))
@@ -369,6 +372,18 @@ pub(crate) fn outstanding(
         totals,
         younger,
         sampling,
+    }
+}
+
+/// Cuts a stack walked by frame pointer (in part at least) before its first
+/// frame, after the first, that lies in no code of the process (a bare
+/// address: no module, no name): where a frame pointer that was not one
+/// led. The stack then does not reach the program's start, and is marked
+/// cut short. (The first frame is the allocator's return address itself.)
+fn cut_at_no_code(frames: &mut Vec<model::Frame>) {
+    let no_code = |f: &model::Frame| f.module.is_none() && f.function.is_none();
+    if let Some(at) = frames.iter().skip(1).position(no_code) {
+        frames.truncate(at + 1);
     }
 }
 
@@ -550,6 +565,37 @@ mod tests {
             walk_of(walk::CFI | end(99), true),
             (Some(Walk::Cfi), Some(Truncation::Other))
         );
+    }
+
+    #[test]
+    fn a_frame_pointer_walk_stops_before_an_address_in_no_code() {
+        let named = |name: &str| model::Frame {
+            function: Some(name.to_string()),
+            ..model::Frame::default()
+        };
+        let in_module = model::Frame {
+            module: Some("/usr/lib/libfoo.so".to_string()),
+            ..model::Frame::default()
+        };
+        let bare = |addr| model::Frame {
+            addr,
+            ..model::Frame::default()
+        };
+        let mut frames = vec![
+            named("leak"),
+            in_module.clone(),
+            bare(0x3730_3230_3030_3030),
+            named("main"),
+        ];
+        cut_at_no_code(&mut frames);
+        assert_eq!(frames, [named("leak"), in_module]);
+        // The first frame stays, whatever it is.
+        let mut frames = vec![bare(0x1000), bare(0x2000)];
+        cut_at_no_code(&mut frames);
+        assert_eq!(frames, [bare(0x1000)]);
+        let mut whole = vec![named("leak"), named("main")];
+        cut_at_no_code(&mut whole);
+        assert_eq!(whole, [named("leak"), named("main")]);
     }
 
     #[test]
