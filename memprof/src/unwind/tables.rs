@@ -255,6 +255,12 @@ fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// True when process `pid` still has its memory (not gone, not a zombie).
+fn has_mappings(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/map_files"))
+        .is_ok_and(|mut entries| entries.next().is_some())
+}
+
 /// One executable mapping of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MapsLine {
@@ -400,6 +406,18 @@ impl Inner {
             .or_else(|_| std::fs::read(format!("/proc/{pid}/root{}", line.path)))
         {
             Ok(data) => self.load(&data, &line.path),
+            Err(e) if !has_mappings(pid) => {
+                // The process left before its objects could be read: not
+                // the object's fault, so the next process to map it has it
+                // read again.
+                log::debug!("{}: {e}: process {pid} is gone", line.path);
+                return Object {
+                    rows: None,
+                    pages: (0, 0, 0),
+                    flags: 0,
+                    segments: Vec::new(),
+                };
+            }
             Err(e) => {
                 log::warn!("{}: {e}: its frames are walked by frame pointer", line.path);
                 self.stats.failed += 1;
