@@ -197,6 +197,26 @@ fn assert_frames_in_code(report: &memprof::model::Report, code: &[(u64, u64)]) {
     }
 }
 
+/// The stacks of `report` whose first frame is `function`.
+fn stacks_from<'a>(
+    report: &'a memprof::model::Report,
+    function: &str,
+) -> Vec<&'a memprof::model::Stack> {
+    report
+        .stacks
+        .iter()
+        .filter(|s| frame_index(s, function) == Some(0))
+        .collect()
+}
+
+/// The bytes and allocations of `stacks`, summed.
+fn bytes_and_count(stacks: &[&memprof::model::Stack]) -> (u64, u64) {
+    (
+        stacks.iter().map(|s| s.bytes).sum(),
+        stacks.iter().map(|s| s.count).sum(),
+    )
+}
+
 /// `tests/fixtures/unwind.c` at -O2 without frame pointers.
 fn unwind_fixture() -> std::path::PathBuf {
     let path = tests::c_fixtures_dir().join("unwind-nofp");
@@ -250,14 +270,8 @@ fn a_junk_frame_pointer_does_not_derail_the_walk() {
     let (report, code) = profile_program(&unwind_fixture(), &[], &[]);
     let dump = describe_report(&report);
     assert_frames_in_code(&report, &code);
-    let junk: Vec<_> = report
-        .stacks
-        .iter()
-        .filter(|s| frame_index(s, "junk_rbp_alloc") == Some(0))
-        .collect();
-    let bytes: u64 = junk.iter().map(|s| s.bytes).sum();
-    let count: u64 = junk.iter().map(|s| s.count).sum();
-    assert_eq!((bytes, count), (8000, 4), "{dump}");
+    let junk = stacks_from(&report, "junk_rbp_alloc");
+    assert_eq!(bytes_and_count(&junk), (8000, 4), "{dump}");
     for stack in junk {
         assert!(
             frame_index(stack, "main") == Some(1),
@@ -288,14 +302,8 @@ fn code_mapped_since_the_last_look_still_has_its_stacks() {
     let (report, code) = profile_program(&unwind_fixture(), &["dlopen", &lib], &[]);
     let dump = describe_report(&report);
     assert_frames_in_code(&report, &code);
-    let ctor: Vec<_> = report
-        .stacks
-        .iter()
-        .filter(|s| frame_index(s, "lib_ctor_leak") == Some(0))
-        .collect();
-    let bytes: u64 = ctor.iter().map(|s| s.bytes).sum();
-    let count: u64 = ctor.iter().map(|s| s.count).sum();
-    assert_eq!((bytes, count), (3333, 3), "{dump}");
+    let ctor = stacks_from(&report, "lib_ctor_leak");
+    assert_eq!(bytes_and_count(&ctor), (3333, 3), "{dump}");
     assert_eq!(report.stats.stack_lost, 0, "{dump}");
 }
 
