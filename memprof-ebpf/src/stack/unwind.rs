@@ -12,14 +12,14 @@
 //! frame-pointer step. First in this CPU's [`RULES`], which keeps the rule
 //! of each address it walked last: an allocation's frames are most often
 //! those of an earlier one, and a run walks up to [`FRAMES_PER_RUN`] such
-//! frames at the cost of a frame-pointer walk's. Else it finds the mapping
-//! of the pc (the mapping of the previous frame first, which is usually it;
-//! else a binary search in the process's table), and the row in effect
-//! (the object's page index narrows it to the rows of one 128-byte page of
-//! code, most often 1 to 4). A step: CFA from the rule, return address at
-//! CFA - 8 (read with rbp when the row saved it nearby), rbp restored, rsp
-//! = CFA. A pc in no executable mapping is never recorded; every early end
-//! says why in the stack's `walk` word and in `STATS`.
+//! frames with no search. Else it finds the mapping of the pc (the mapping
+//! of the previous frame first, which is usually it; else a binary search
+//! in the process's table), and the row in effect (the object's page index
+//! narrows it to the rows of one 128-byte page of code, most often 1 to 4).
+//! A step: CFA from the rule, return address at CFA - 8, rbp restored, rsp
+//! = CFA, the stack's words read from this CPU's copies of its pages
+//! ([`STACK_COPY`]). A pc in no executable mapping is never recorded; every
+//! early end says why in the stack's `walk` word and in `STATS`.
 
 use core::ffi::c_void;
 
