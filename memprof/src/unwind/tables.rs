@@ -70,6 +70,18 @@ struct Object {
     segments: Vec<Segment>,
 }
 
+impl Object {
+    /// An object whose frames are walked by frame pointer.
+    fn without_table() -> Object {
+        Object {
+            rows: None,
+            pages: (0, 0, 0),
+            flags: 0,
+            segments: Vec::new(),
+        }
+    }
+}
+
 /// What identifies an executable mapping: start, end, file offset, (device, inode).
 type MappingKey = (u64, u64, u64, (u64, u64));
 
@@ -411,22 +423,12 @@ impl Inner {
                 // the object's fault, so the next process to map it has it
                 // read again.
                 log::debug!("{}: {e}: process {pid} is gone", line.path);
-                return Object {
-                    rows: None,
-                    pages: (0, 0, 0),
-                    flags: 0,
-                    segments: Vec::new(),
-                };
+                return Object::without_table();
             }
             Err(e) => {
                 log::warn!("{}: {e}: its frames are walked by frame pointer", line.path);
                 self.stats.failed += 1;
-                Object {
-                    rows: None,
-                    pages: (0, 0, 0),
-                    flags: 0,
-                    segments: Vec::new(),
-                }
+                Object::without_table()
             }
         };
         self.stats.build_us += began.elapsed().as_micros() as u64;
